@@ -1,0 +1,225 @@
+"""CaptioningRNN: the cs231n image-captioning model, built only from ``functional``.
+
+    features (N, D) ──affine──► h0 (N, H)
+    captions_in (N, T) ──embed──► words (N, T, W) ──rnn/lstm(h0)──► hidden (N, T, H)
+    hidden ──vocab projection + masked softmax──► loss (scalar)
+
+``captions[:, :-1]`` is fed in and ``captions[:, 1:]`` is predicted; positions
+whose target is ``<NULL>`` do not count.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Mapping
+
+import torch
+from torch import Tensor, nn
+
+from . import functional as F
+
+NULL, START, END = "<NULL>", "<START>", "<END>"
+CELL_TYPES = ("rnn", "lstm")
+PARAM_NAMES = ("W_embed", "W_proj", "b_proj", "Wx", "Wh", "b", "W_vocab", "b_vocab")
+
+# The recurrent state carried between sampling steps: (h, c); c is None for a vanilla RNN.
+State = tuple[Tensor, "Tensor | None"]
+
+
+class CaptioningRNN(nn.Module):
+    """Image-captioning RNN or LSTM over pre-extracted image features.
+
+    Args:
+        word_to_idx: vocabulary, a mapping from word to id with ids in [0, V); must
+            contain ``<NULL>``; sampling also needs ``<START>`` and ``<END>``.
+        input_dim: D, the width of an image feature vector (512 for fc7-PCA).
+        wordvec_dim: W, the width of a word vector.
+        hidden_dim: H, the width of the recurrent hidden state.
+        cell_type: ``'rnn'`` (tanh) or ``'lstm'``.
+        dtype: dtype of every parameter (float64 for gradient checks).
+
+    Parameters (``model.params``), with cs231n's names, shapes and initialisation:
+        W_embed (V, W) ~ N(0, 1) / 100;   W_proj (D, H) ~ N(0, 1) / sqrt(D);  b_proj (H,) = 0
+        Wx (W, gH) ~ N(0, 1) / sqrt(W);   Wh (H, gH) ~ N(0, 1) / sqrt(H);     b (gH,) = 0
+        W_vocab (H, V) ~ N(0, 1) / sqrt(H);                                   b_vocab (V,) = 0
+    where g = 1 for the RNN and 4 for the LSTM.
+    """
+
+    def __init__(
+        self,
+        word_to_idx: Mapping[str, int],
+        input_dim: int = 512,
+        wordvec_dim: int = 128,
+        hidden_dim: int = 128,
+        cell_type: str = "rnn",
+        dtype: torch.dtype = torch.float32,
+    ) -> None:
+        super().__init__()
+        if cell_type not in CELL_TYPES:
+            raise ValueError(f"cell_type must be one of {CELL_TYPES}, got {cell_type!r}")
+        if NULL not in word_to_idx:
+            raise ValueError(f"word_to_idx must contain the padding token {NULL!r}")
+        for name, value in (("input_dim", input_dim), ("wordvec_dim", wordvec_dim), ("hidden_dim", hidden_dim)):
+            if not isinstance(value, int) or value <= 0:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        if not dtype.is_floating_point:
+            raise ValueError(f"dtype must be a floating-point dtype, got {dtype}")
+
+        self.word_to_idx = dict(word_to_idx)
+        self.idx_to_word = {idx: word for word, idx in self.word_to_idx.items()}
+        self.cell_type = cell_type
+        self.input_dim, self.wordvec_dim, self.hidden_dim = input_dim, wordvec_dim, hidden_dim
+        self.vocab_size = len(self.word_to_idx)
+        self.null_id = self.word_to_idx[NULL]
+        self.start_id = self.word_to_idx.get(START)
+        self.end_id = self.word_to_idx.get(END)
+
+        V, D, W, H = self.vocab_size, input_dim, wordvec_dim, hidden_dim
+        gates = 4 if cell_type == "lstm" else 1
+
+        def normal(*shape: int, scale: float) -> nn.Parameter:
+            return nn.Parameter(torch.randn(*shape, dtype=dtype) * scale)
+
+        def zeros(size: int) -> nn.Parameter:
+            return nn.Parameter(torch.zeros(size, dtype=dtype))
+
+        self.W_embed = normal(V, W, scale=1 / 100)
+        self.W_proj = normal(D, H, scale=1 / math.sqrt(D))
+        self.b_proj = zeros(H)
+        self.Wx = normal(W, gates * H, scale=1 / math.sqrt(W))
+        self.Wh = normal(H, gates * H, scale=1 / math.sqrt(H))
+        self.b = zeros(gates * H)
+        self.W_vocab = normal(H, V, scale=1 / math.sqrt(H))
+        self.b_vocab = zeros(V)
+
+    @property
+    def params(self) -> dict[str, nn.Parameter]:
+        """The parameters under cs231n's names (the same objects as ``named_parameters``)."""
+        return {name: getattr(self, name) for name in PARAM_NAMES}
+
+    # ------------------------------------------------------------------ #
+    # Training
+    # ------------------------------------------------------------------ #
+
+    def forward(self, features: Tensor, captions: Tensor) -> Tensor:
+        """Same as :meth:`loss`; lets wrappers such as DDP call the module."""
+        return self.loss(features, captions)
+
+    def loss(self, features: Tensor, captions: Tensor) -> Tensor:
+        """Training loss of a minibatch.
+
+        Args:
+            features: (N, D) image features, in the model's dtype.
+            captions: (N, T + 1) integer token ids, each caption ``<START> ... <END> <NULL>...``.
+
+        Returns:
+            Scalar: masked cross-entropy summed over the T predicted positions, divided by N.
+        """
+        self._check_features(features)
+        if not isinstance(captions, Tensor) or captions.dim() != 2 or captions.shape[1] < 2:
+            shape = tuple(captions.shape) if isinstance(captions, Tensor) else type(captions).__name__
+            raise ValueError(f"captions must be an (N, T+1) tensor with T+1 >= 2, got {shape}")
+        if captions.shape[0] != features.shape[0]:
+            raise ValueError(
+                f"captions hold {captions.shape[0]} captions but features hold {features.shape[0]} images"
+            )
+        captions_in, captions_out = captions[:, :-1], captions[:, 1:]  # (N, T) each
+        mask = captions_out != self.null_id  # (N, T)
+
+        h0 = self._initial_hidden(features)  # (N, H)
+        words = F.word_embedding(captions_in, self.W_embed)  # (N, T, W)
+        recurrent = F.lstm if self.cell_type == "lstm" else F.rnn
+        hidden = recurrent(words, h0, self.Wx, self.Wh, self.b)  # (N, T, H)
+        return F.vocab_softmax_loss(hidden, self.W_vocab, self.b_vocab, captions_out, mask)
+
+    # ------------------------------------------------------------------ #
+    # Generation: one step at a time, shared by every decoder
+    # ------------------------------------------------------------------ #
+
+    def initial_state(self, features: Tensor) -> State:
+        """Recurrent state before the first word: ``(h0, c0)`` with h0 (N, H); c0 zeros or None."""
+        self._check_features(features)
+        h0 = self._initial_hidden(features)
+        return h0, (torch.zeros_like(h0) if self.cell_type == "lstm" else None)
+
+    def step(self, words: Tensor, state: State) -> tuple[Tensor, State]:
+        """Feed one word per sequence.
+
+        Args:
+            words: (N,) token ids of the current words.
+            state: ``(h, c)`` from :meth:`initial_state` or the previous step, each (N, H).
+
+        Returns:
+            ``(scores, state)``: (N, V) unnormalised scores of the next word, and the new state.
+        """
+        h, c = state
+        x = F.word_embedding(words[:, None], self.W_embed)[:, 0]  # (N, W)
+        if self.cell_type == "lstm":
+            h, c = F.lstm_step(x, h, c, self.Wx, self.Wh, self.b)
+        else:
+            h = F.rnn_step(x, h, self.Wx, self.Wh, self.b)
+        scores = F.temporal_affine(h[:, None], self.W_vocab, self.b_vocab)[:, 0]  # (N, V)
+        return scores, (h, c)
+
+    @torch.no_grad()
+    def sample(self, features: Tensor, max_length: int = 30) -> Tensor:
+        """Greedy captions.
+
+        Args:
+            features: (N, D) image features.
+            max_length: number of words to generate per image.
+
+        Returns:
+            (N, max_length) LongTensor. Column 0 is the first generated word (not
+            ``<START>``); after a row emits ``<END>`` the rest of it is ``<NULL>``.
+        """
+        self.check_can_generate()
+        if max_length <= 0:
+            raise ValueError(f"max_length must be positive, got {max_length}")
+        state = self.initial_state(features)
+        N = features.shape[0]
+        captions = torch.full((N, max_length), self.null_id, dtype=torch.long, device=features.device)
+        words = torch.full((N,), self.start_id, dtype=torch.long, device=features.device)
+        finished = torch.zeros(N, dtype=torch.bool, device=features.device)
+        for t in range(max_length):
+            scores, state = self.step(words, state)
+            words = scores.argmax(dim=1)
+            captions[:, t] = words.masked_fill(finished, self.null_id)
+            finished |= words == self.end_id
+            if bool(finished.all()):
+                break
+        return captions
+
+    # ------------------------------------------------------------------ #
+    # Helpers
+    # ------------------------------------------------------------------ #
+
+    def check_can_generate(self) -> None:
+        """Generation starts from ``<START>`` and stops at ``<END>``: both must be in the vocabulary."""
+        missing = [token for token, idx in ((START, self.start_id), (END, self.end_id)) if idx is None]
+        if missing:
+            raise ValueError(f"word_to_idx lacks {', '.join(missing)}, needed to generate captions")
+
+    def _initial_hidden(self, features: Tensor) -> Tensor:
+        return F.temporal_affine(features[:, None], self.W_proj, self.b_proj)[:, 0]  # (N, H)
+
+    def _check_features(self, features: Tensor) -> None:
+        if not isinstance(features, Tensor) or features.dim() != 2:
+            shape = tuple(features.shape) if isinstance(features, Tensor) else type(features).__name__
+            raise ValueError(f"features must be an (N, D) tensor, got {shape}")
+        if features.shape[1] != self.input_dim:
+            raise ValueError(
+                f"features have width {features.shape[1]} but the model expects input_dim={self.input_dim}"
+            )
+        dtype = self.W_proj.dtype
+        if features.dtype != dtype:
+            raise ValueError(
+                f"features have dtype {features.dtype} but the model's parameters are {dtype}; "
+                f"convert them with features.to({dtype})"
+            )
+
+    def extra_repr(self) -> str:
+        return (
+            f"cell_type={self.cell_type!r}, vocab_size={self.vocab_size}, input_dim={self.input_dim}, "
+            f"wordvec_dim={self.wordvec_dim}, hidden_dim={self.hidden_dim}"
+        )

@@ -1,0 +1,255 @@
+"""Every autograd Function: float64 gradcheck, agreement with plain autograd, float32, bad inputs."""
+
+import pytest
+import torch
+from torch.autograd import gradcheck
+
+import caption_torch.functional as F
+
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+
+
+# --------------------------------------------------------------------------- #
+# Reference implementations: the same math written with plain differentiable ops
+# --------------------------------------------------------------------------- #
+
+
+def ref_rnn_step(x, prev_h, Wx, Wh, b):
+    return torch.tanh(x @ Wx + prev_h @ Wh + b)
+
+
+def ref_rnn(x, h0, Wx, Wh, b):
+    h, outputs = h0, []
+    for t in range(x.shape[1]):
+        h = ref_rnn_step(x[:, t], h, Wx, Wh, b)
+        outputs.append(h)
+    return torch.stack(outputs, dim=1)
+
+
+def ref_lstm_step(x, prev_h, prev_c, Wx, Wh, b):
+    i, f, o, g = (x @ Wx + prev_h @ Wh + b).chunk(4, dim=1)
+    next_c = torch.sigmoid(f) * prev_c + torch.sigmoid(i) * torch.tanh(g)
+    return torch.sigmoid(o) * torch.tanh(next_c), next_c
+
+
+def ref_lstm(x, h0, Wx, Wh, b):
+    h, c, outputs = h0, torch.zeros_like(h0), []
+    for t in range(x.shape[1]):
+        h, c = ref_lstm_step(x[:, t], h, c, Wx, Wh, b)
+        outputs.append(h)
+    return torch.stack(outputs, dim=1)
+
+
+def ref_temporal_softmax_loss(x, y, mask):
+    log_probs = torch.log_softmax(x, dim=2)
+    nll = -log_probs.gather(2, y[..., None]).squeeze(2)
+    return (nll * mask).sum() / x.shape[0]
+
+
+def ref_vocab_softmax_loss(hidden, W, b, y, mask):
+    return ref_temporal_softmax_loss(hidden @ W + b, y, mask)
+
+
+# --------------------------------------------------------------------------- #
+# Cases: (custom function, reference, factory of differentiable inputs, fixed extra inputs)
+# --------------------------------------------------------------------------- #
+
+
+def make_case(name, N, T, D, H, V, dtype, device):
+    """Inputs for one Function at the given sizes; the first list is differentiable."""
+    gen = torch.Generator().manual_seed(0)
+
+    def randn(*shape, scale=1.0):
+        return (torch.randn(*shape, generator=gen, dtype=torch.float64) * scale).to(dtype=dtype, device=device)
+
+    ids = torch.randint(V, (N, T), generator=gen).to(device)
+    mask = (torch.rand(N, T, generator=gen) > 0.3).to(device)
+    wscale = 1 / D**0.5
+    hscale = 1 / H**0.5
+    if name == "rnn_step":
+        return F.rnn_step, ref_rnn_step, [randn(N, D), randn(N, H), randn(D, H, scale=wscale),
+                                          randn(H, H, scale=hscale), randn(H)], []
+    if name == "rnn":
+        return F.rnn, ref_rnn, [randn(N, T, D), randn(N, H), randn(D, H, scale=wscale),
+                                randn(H, H, scale=hscale), randn(H)], []
+    if name == "lstm_step":
+        return F.lstm_step, ref_lstm_step, [randn(N, D), randn(N, H), randn(N, H), randn(D, 4 * H, scale=wscale),
+                                            randn(H, 4 * H, scale=hscale), randn(4 * H)], []
+    if name == "lstm":
+        return F.lstm, ref_lstm, [randn(N, T, D), randn(N, H), randn(D, 4 * H, scale=wscale),
+                                  randn(H, 4 * H, scale=hscale), randn(4 * H)], []
+    if name == "word_embedding":
+        return (lambda W, x: F.word_embedding(x, W)), (lambda W, x: W[x]), [randn(V, D)], [ids]
+    if name == "temporal_affine":
+        return F.temporal_affine, (lambda x, w, b: x @ w + b), [randn(N, T, D), randn(D, V, scale=wscale),
+                                                                  randn(V)], []
+    if name == "temporal_softmax_loss":
+        return F.temporal_softmax_loss, ref_temporal_softmax_loss, [randn(N, T, V)], [ids, mask]
+    if name == "vocab_softmax_loss":
+        return F.vocab_softmax_loss, ref_vocab_softmax_loss, [randn(N, T, H), randn(H, V, scale=hscale),
+                                                              randn(V)], [ids, mask]
+    raise KeyError(name)
+
+
+FUNCTIONS = ["rnn_step", "rnn", "lstm_step", "lstm", "word_embedding", "temporal_affine",
+             "temporal_softmax_loss", "vocab_softmax_loss"]  # fmt: skip
+
+
+def _outputs(result):
+    return result if isinstance(result, tuple) else (result,)
+
+
+@pytest.mark.parametrize("name", FUNCTIONS)
+def test_gradcheck_float64(name):
+    fn, _, inputs, extra = make_case(name, N=3, T=4, D=5, H=4, V=6, dtype=torch.float64, device="cpu")
+    inputs = [t.requires_grad_() for t in inputs]
+    assert gradcheck(lambda *args: fn(*args, *extra), inputs, eps=1e-6, atol=1e-6, rtol=1e-5)
+
+
+@pytest.mark.parametrize("name", FUNCTIONS)
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("device", DEVICES)
+def test_matches_plain_autograd(name, dtype, device):
+    """Same forward values and gradients as autograd through the same ops."""
+    fn, ref, inputs, extra = make_case(name, N=4, T=5, D=6, H=7, V=9, dtype=dtype, device=device)
+    ours_in = [t.clone().requires_grad_() for t in inputs]
+    ref_in = [t.clone().requires_grad_() for t in inputs]
+    ours, expected = _outputs(fn(*ours_in, *extra)), _outputs(ref(*ref_in, *extra))
+    tol = dict(rtol=1e-10, atol=1e-10) if dtype == torch.float64 else dict(rtol=1e-4, atol=1e-5)
+    gen = torch.Generator().manual_seed(1)
+    upstream = [torch.randn(o.shape, generator=gen, dtype=torch.float64).to(o) for o in expected]
+    for a, b in zip(ours, expected):
+        torch.testing.assert_close(a, b, **tol)
+    grads = torch.autograd.grad(ours, ours_in, upstream)
+    ref_grads = torch.autograd.grad(expected, ref_in, upstream)
+    for g, rg in zip(grads, ref_grads):
+        torch.testing.assert_close(g, rg, **tol)
+
+
+@pytest.mark.parametrize("name", FUNCTIONS)
+def test_float32_realistic_sizes(name):
+    """At COCO sizes in float32: finite, and within float32 noise of a float64 run."""
+    sizes = dict(N=32, T=16, D=256, H=512, V=1004)
+    fn, _, inputs32, extra = make_case(name, dtype=torch.float32, device="cpu", **sizes)
+    _, _, inputs64, _ = make_case(name, dtype=torch.float64, device="cpu", **sizes)
+    ins32 = [t.requires_grad_() for t in inputs32]
+    ins64 = [t.requires_grad_() for t in inputs64]
+    out32, out64 = _outputs(fn(*ins32, *extra)), _outputs(fn(*ins64, *extra))
+    loss32 = sum(o.double().sum() for o in out32)
+    loss64 = sum(o.sum() for o in out64)
+    grads32 = torch.autograd.grad(loss32, ins32)
+    grads64 = torch.autograd.grad(loss64, ins64)
+    for o32, o64 in zip(out32, out64):
+        assert torch.isfinite(o32).all()
+        torch.testing.assert_close(o32.double(), o64, rtol=1e-4, atol=1e-4)
+    for g32, g64 in zip(grads32, grads64):
+        assert torch.isfinite(g32).all()
+        scale = g64.abs().max().clamp_min(1e-12)
+        assert ((g32.double() - g64).abs().max() / scale) < 1e-4
+
+
+def test_needs_input_grad_skips_unneeded_gradients():
+    """Only the weights require grad: backward must not compute (or return) the others."""
+    _, _, (x, h0, Wx, Wh, b), _ = make_case("rnn", N=2, T=3, D=4, H=5, V=6, dtype=torch.float64, device="cpu")
+    Wh.requires_grad_()
+    out = F.rnn(x, h0, Wx, Wh, b)
+    (grad_Wh,) = torch.autograd.grad(out.sum(), [Wh])
+    assert grad_Wh.shape == Wh.shape and x.grad is None and h0.grad is None
+
+
+def test_word_embedding_accumulates_repeated_words():
+    W = torch.zeros(4, 2, dtype=torch.float64, requires_grad=True)
+    x = torch.tensor([[1, 1, 1], [1, 3, 0]])
+    F.word_embedding(x, W).sum().backward()
+    torch.testing.assert_close(W.grad[:, 0], torch.tensor([1.0, 4.0, 0.0, 1.0], dtype=torch.float64))
+
+
+def test_softmax_loss_is_stable_for_huge_scores():
+    x = torch.tensor([[[1e4, -1e4, 0.0]], [[5e3, 5e3, -1e4]]], dtype=torch.float32, requires_grad=True)
+    y = torch.tensor([[0], [1]])
+    loss = F.temporal_softmax_loss(x, y, torch.ones(2, 1, dtype=torch.bool))
+    loss.backward()
+    # Row 0 is certain and right (loss 0); row 1 splits evenly (loss log 2); divided by N = 2.
+    torch.testing.assert_close(loss, torch.tensor(0.5 * torch.log(torch.tensor(2.0)).item()))
+    assert torch.isfinite(x.grad).all()
+
+
+def test_softmax_loss_divides_by_batch_not_tokens():
+    x = torch.zeros(4, 3, 5, dtype=torch.float64)
+    y = torch.zeros(4, 3, dtype=torch.long)
+    mask = torch.zeros(4, 3, dtype=torch.bool)
+    mask[0, 0] = True  # one counted token out of 12
+    loss = F.temporal_softmax_loss(x, y, mask)
+    torch.testing.assert_close(loss, torch.log(torch.tensor(5.0, dtype=torch.float64)) / 4)
+
+
+def test_fused_loss_with_everything_masked_is_zero_with_zero_gradient():
+    hidden = torch.randn(2, 3, 4, dtype=torch.float64, requires_grad=True)
+    W = torch.randn(4, 5, dtype=torch.float64, requires_grad=True)
+    b = torch.zeros(5, dtype=torch.float64, requires_grad=True)
+    y = torch.zeros(2, 3, dtype=torch.long)
+    loss = F.vocab_softmax_loss(hidden, W, b, y, torch.zeros(2, 3, dtype=torch.bool))
+    loss.backward()
+    assert loss.item() == 0.0
+    assert hidden.grad.abs().sum() == 0 and W.grad.abs().sum() == 0
+
+
+# --------------------------------------------------------------------------- #
+# Bad inputs: a ValueError naming what is wrong
+# --------------------------------------------------------------------------- #
+
+
+def _rnn_inputs():
+    return [torch.randn(2, 3, 4), torch.randn(2, 5), torch.randn(4, 5), torch.randn(5, 5), torch.randn(5)]
+
+
+@pytest.mark.parametrize(
+    "mutate, message",
+    [
+        (lambda a: a.__setitem__(0, torch.randn(2, 3, 6)), "input width of x"),
+        (lambda a: a.__setitem__(1, torch.randn(3, 5)), "batch size of x"),
+        (lambda a: a.__setitem__(3, torch.randn(5, 4)), "Wh"),
+        (lambda a: a.__setitem__(4, torch.randn(6)), "b has size 6"),
+        (lambda a: a.__setitem__(0, torch.randn(2, 4)), "x must have 3 dimensions"),
+        (lambda a: a.__setitem__(2, torch.randn(4, 5, dtype=torch.float64)), "share one dtype"),
+        (lambda a: a.__setitem__(0, torch.ones(2, 3, 4, dtype=torch.long)), "floating-point"),
+    ],
+)
+def test_rnn_bad_inputs(mutate, message):
+    args = _rnn_inputs()
+    mutate(args)
+    with pytest.raises(ValueError, match=message):
+        F.rnn(*args)
+
+
+def test_lstm_rejects_rnn_sized_weights():
+    x, h0, Wx, Wh, b = _rnn_inputs()
+    with pytest.raises(ValueError, match="4 x the hidden width"):
+        F.lstm(x, h0, Wx, Wh, b)
+
+
+@pytest.mark.parametrize(
+    "ids, message",
+    [
+        (torch.tensor([[0, 7]]), "token id 7, outside the vocabulary"),
+        (torch.tensor([[-1, 0]]), "token id -1"),
+        (torch.tensor([[0.0, 1.0]]), "integer tensor"),
+        (torch.tensor([0, 1]), "2 dimensions"),
+    ],
+)
+def test_word_embedding_bad_ids(ids, message):
+    with pytest.raises(ValueError, match=message):
+        F.word_embedding(ids, torch.randn(5, 3))
+
+
+def test_softmax_loss_bad_targets_and_mask():
+    x = torch.randn(2, 3, 4)
+    with pytest.raises(ValueError, match="outside the vocabulary"):
+        F.temporal_softmax_loss(x, torch.full((2, 3), 4), torch.ones(2, 3, dtype=torch.bool))
+    with pytest.raises(ValueError, match="y has shape"):
+        F.temporal_softmax_loss(x, torch.zeros(2, 2, dtype=torch.long), torch.ones(2, 2, dtype=torch.bool))
+    with pytest.raises(ValueError, match="mask must be"):
+        F.temporal_softmax_loss(x, torch.zeros(2, 3, dtype=torch.long), torch.ones(3, 2, dtype=torch.bool))
+    with pytest.raises(ValueError, match="vocabulary size of W_vocab"):
+        F.vocab_softmax_loss(torch.randn(2, 3, 4), torch.randn(4, 5), torch.randn(6),
+                             torch.zeros(2, 3, dtype=torch.long), torch.ones(2, 3, dtype=torch.bool))

@@ -1,0 +1,132 @@
+"""CaptioningRNN: the notebook's loss values, gradcheck of the whole loss, sampling, bad input."""
+
+import pytest
+import torch
+from torch.autograd import gradcheck
+
+from caption_torch import CaptioningRNN
+from caption_torch.model import PARAM_NAMES
+
+TINY_VOCAB = {"<NULL>": 0, "cat": 2, "dog": 3}
+VOCAB = {"<NULL>": 0, "<START>": 1, "<END>": 2, "<UNK>": 3, "a": 4, "cat": 5, "dog": 6}
+
+
+@pytest.mark.parametrize("cell_type, feature_range, expected", [
+    ("rnn", (-1.5, 0.3), 9.83235591003),   # the seed notebook
+    ("lstm", (-0.5, 1.7), 9.82445935443),  # the assignment's LSTM notebook
+])
+def test_fixed_value_loss(cell_type, feature_range, expected):
+    N, D, W, H, T = 10, 20, 30, 40, 13
+    model = CaptioningRNN(TINY_VOCAB, D, W, H, cell_type=cell_type, dtype=torch.float64)
+    with torch.no_grad():
+        for param in model.params.values():
+            param.copy_(torch.linspace(-1.4, 1.3, param.numel(), dtype=torch.float64).reshape(param.shape))
+    features = torch.linspace(*feature_range, N * D, dtype=torch.float64).reshape(N, D)
+    captions = torch.arange(N * T).reshape(N, T) % len(TINY_VOCAB)
+    assert abs(model.loss(features, captions).item() - expected) < 1e-10
+
+
+def test_params_have_assignment_names_shapes_and_init():
+    torch.manual_seed(0)
+    model = CaptioningRNN(VOCAB, input_dim=512, wordvec_dim=256, hidden_dim=128, cell_type="lstm")
+    shapes = {name: tuple(p.shape) for name, p in model.params.items()}
+    assert shapes == {"W_embed": (7, 256), "W_proj": (512, 128), "b_proj": (128,), "Wx": (256, 512),
+                      "Wh": (128, 512), "b": (512,), "W_vocab": (128, 7), "b_vocab": (7,)}
+    assert set(model.params) == set(PARAM_NAMES)
+    assert all(p is dict(model.named_parameters())[n] for n, p in model.params.items())
+    assert model.b.abs().sum() == 0 and model.b_vocab.abs().sum() == 0
+    # Standard deviations follow 1/100 and 1/sqrt(fan_in).
+    assert abs(model.W_embed.std().item() - 0.01) < 0.003
+    assert abs(model.W_proj.std().item() - 512 ** -0.5) < 0.003
+
+
+@pytest.mark.parametrize("cell_type", ["rnn", "lstm"])
+def test_gradcheck_whole_loss(cell_type):
+    torch.manual_seed(231)
+    N, T, D, W, H = 3, 5, 4, 5, 6
+    model = CaptioningRNN(VOCAB, D, W, H, cell_type=cell_type, dtype=torch.float64)
+    features = torch.randn(N, D, dtype=torch.float64)
+    captions = torch.randint(len(VOCAB), (N, T))
+    names = list(model.params)
+
+    def loss_of(*values):
+        # functional_call swaps the parameters for `values`; forward() is the loss.
+        return torch.func.functional_call(model, dict(zip(names, values)), (features, captions))
+
+    values = [p.detach().clone().requires_grad_() for p in model.params.values()]
+    assert gradcheck(loss_of, values, eps=1e-6, atol=1e-6)
+
+
+def _trained_to_say(model, words):
+    """Bias the vocabulary so that greedy decoding follows `words` in order."""
+    ids = [model.word_to_idx[w] for w in words]
+    with torch.no_grad():
+        model.W_vocab.zero_()
+        model.b_vocab.fill_(-10)
+        model.b_vocab[ids[0]] = 10  # constant prediction: every step emits ids[0]
+    return ids
+
+
+@pytest.mark.parametrize("cell_type", ["rnn", "lstm"])
+def test_sample_shape_and_null_after_end(cell_type):
+    torch.manual_seed(0)
+    model = CaptioningRNN(VOCAB, 8, 6, 5, cell_type=cell_type)
+    _trained_to_say(model, ["<END>"])
+    captions = model.sample(torch.randn(4, 8), max_length=7)
+    assert captions.shape == (4, 7) and captions.dtype == torch.long
+    assert (captions[:, 0] == VOCAB["<END>"]).all()
+    assert (captions[:, 1:] == VOCAB["<NULL>"]).all()
+
+
+def test_sample_never_starts_with_start_and_runs_to_max_length():
+    torch.manual_seed(0)
+    model = CaptioningRNN(VOCAB, 8, 6, 5)
+    _trained_to_say(model, ["cat"])
+    captions = model.sample(torch.randn(3, 8), max_length=5)
+    assert (captions == VOCAB["cat"]).all()
+
+
+def test_sample_is_batched_consistently():
+    torch.manual_seed(0)
+    model = CaptioningRNN(VOCAB, 8, 6, 16, cell_type="lstm")
+    features = torch.randn(5, 8)
+    together = model.sample(features, max_length=6)
+    one_by_one = torch.cat([model.sample(features[i:i + 1], max_length=6) for i in range(5)])
+    assert torch.equal(together, one_by_one)
+
+
+def test_sample_makes_no_graph():
+    model = CaptioningRNN(VOCAB, 8, 6, 5)
+    assert not model.sample(torch.randn(2, 8), 3).requires_grad
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(cell_type="gru"), "cell_type must be one of"),
+    (dict(word_to_idx={"a": 0}), "<NULL>"),
+    (dict(hidden_dim=0), "hidden_dim must be a positive integer"),
+])
+def test_constructor_errors(kwargs, message):
+    args = dict(word_to_idx=VOCAB, input_dim=4, wordvec_dim=3, hidden_dim=5) | kwargs
+    with pytest.raises(ValueError, match=message):
+        CaptioningRNN(**args)
+
+
+def test_loss_errors():
+    model = CaptioningRNN(VOCAB, 4, 3, 5)
+    captions = torch.tensor([[1, 4, 5, 2], [1, 6, 2, 0]])
+    with pytest.raises(ValueError, match="width 7 but the model expects input_dim=4"):
+        model.loss(torch.randn(2, 7), captions)
+    with pytest.raises(ValueError, match="dtype torch.float64"):
+        model.loss(torch.randn(2, 4, dtype=torch.float64), captions)
+    with pytest.raises(ValueError, match="token id 99, outside the vocabulary"):
+        model.loss(torch.randn(2, 4), captions.clone().fill_(99))
+    with pytest.raises(ValueError, match="3 images"):
+        model.loss(torch.randn(3, 4), captions)
+    with pytest.raises(ValueError, match="T\\+1 >= 2"):
+        model.loss(torch.randn(2, 4), captions[:, :1])
+
+
+def test_sample_needs_start_and_end():
+    model = CaptioningRNN(TINY_VOCAB, 4, 3, 5)
+    with pytest.raises(ValueError, match="<START>, <END>"):
+        model.sample(torch.randn(1, 4))
