@@ -1,0 +1,262 @@
+"""Datasets and the LightningDataModule over a cs231n-layout data folder.
+
+Training items are captions; evaluation items are images with all their
+reference captions. Features are streamed from HDF5: every batch reads its
+feature rows in ONE sorted, de-duplicated h5py call, in whichever process asks
+(the file is opened lazily there, never before a fork, and never pickled)::
+
+    batch indices ─► caption rows ─► image rows (B,) ─► np.unique ─► h5py read (U, D)
+                                                          └─ inverse ─► (B, D) in batch order
+
+``feature_storage`` trades memory for speed: ``"hdf5"`` (stream), ``"memory"``
+(the whole split as one CPU tensor, shared with workers) or ``"device"`` (on the
+accelerator; batches carry image rows and features are gathered there after the
+transfer, in ``on_after_batch_transfer``).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import NamedTuple
+
+import h5py
+import lightning as L
+import numpy as np
+import torch
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset
+
+from . import coco
+from .synthetic import ensure_synthetic_dataset
+
+FEATURE_STORAGES = ("hdf5", "memory", "device")
+
+
+class CaptionBatch(NamedTuple):
+    """A training minibatch of captions."""
+
+    features: Tensor | None  # (B, D) float32; None until gathered when features live on the device
+    captions: Tensor  # (B, T) int64, <START> ... <END> <NULL>...
+    image_rows: Tensor  # (B,) int64, row of each caption's image in the split's feature file
+
+
+class ImageBatch(NamedTuple):
+    """An evaluation minibatch of images with every reference caption."""
+
+    features: Tensor | None  # (B, D) float32
+    references: Tensor  # (B, R, T) int64; rows of -1 where an image has fewer than R captions
+    image_rows: Tensor  # (B,) int64
+
+
+class FeatureRows:
+    """Reads rows of a split's feature matrix from HDF5, memory, or not at all (device storage)."""
+
+    def __init__(self, path: Path, storage: str = "hdf5") -> None:
+        if storage not in FEATURE_STORAGES:
+            raise ValueError(f"feature_storage must be one of {FEATURE_STORAGES}, got {storage!r}")
+        self.path, self.storage = Path(path), storage
+        self._file: h5py.File | None = None
+        self._pid: int | None = None
+        self.in_memory = torch.from_numpy(self._read_all()) if storage == "memory" else None
+
+    def _read_all(self) -> np.ndarray:
+        with h5py.File(self.path, "r") as f:
+            return np.asarray(f["features"], dtype=np.float32)
+
+    def _dataset(self) -> h5py.Dataset:
+        # Open on first use in this process: an h5py handle must not cross a fork.
+        if self._file is None or self._pid != os.getpid():
+            self._file, self._pid = h5py.File(self.path, "r"), os.getpid()
+        return self._file["features"]
+
+    def read(self, rows: np.ndarray) -> Tensor | None:
+        """Features of the given image rows, (B, D) float32 in the order asked; None for device storage."""
+        if self.storage == "device":
+            return None
+        if self.in_memory is not None:
+            return self.in_memory[torch.from_numpy(rows)]
+        unique_rows, inverse = np.unique(rows, return_inverse=True)  # h5py needs increasing indices
+        block = self._dataset()[unique_rows]
+        return torch.from_numpy(np.asarray(block, dtype=np.float32)[inverse.reshape(-1)])
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_file": None, "_pid": None}
+
+
+def _already_batched(batch):
+    """collate_fn for datasets that build whole batches in ``__getitems__``."""
+    return batch
+
+
+class CaptionDataset(Dataset):
+    """One item per caption; ``__getitems__`` builds a :class:`CaptionBatch` in one read."""
+
+    def __init__(self, captions: coco.SplitCaptions, features: FeatureRows) -> None:
+        self.captions = torch.from_numpy(captions.captions)
+        self.image_idxs = captions.image_idxs
+        self.features = features
+
+    def __len__(self) -> int:
+        return self.captions.shape[0]
+
+    def __getitems__(self, indices: list[int]) -> CaptionBatch:
+        index = np.asarray(indices, dtype=np.int64)
+        rows = self.image_idxs[index]
+        return CaptionBatch(self.features.read(rows), self.captions[index], torch.from_numpy(rows))
+
+    def __getitem__(self, index: int) -> CaptionBatch:
+        return self.__getitems__([index])
+
+
+class ImageDataset(Dataset):
+    """One item per image that has captions, with all of them as references."""
+
+    def __init__(self, captions: coco.SplitCaptions, features: FeatureRows, image_rows: np.ndarray | None = None):
+        order = np.argsort(captions.image_idxs, kind="stable")
+        sorted_rows = captions.image_idxs[order]
+        all_rows, starts = np.unique(sorted_rows, return_index=True)
+        groups = np.split(order, starts[1:])
+        by_row = dict(zip(all_rows.tolist(), groups))
+        self.image_rows = all_rows if image_rows is None else np.asarray(image_rows, dtype=np.int64)
+        missing = [row for row in self.image_rows.tolist() if row not in by_row]
+        if missing:
+            raise ValueError(f"images {missing[:5]} have no captions")
+        self.caption_indices = [by_row[row] for row in self.image_rows.tolist()]
+        self.captions = captions.captions
+        self.features = features
+
+    def __len__(self) -> int:
+        return len(self.image_rows)
+
+    def references(self, index: int) -> np.ndarray:
+        """(R, T) reference captions of the image at ``index``."""
+        return self.captions[self.caption_indices[index]]
+
+    def __getitems__(self, indices: list[int]) -> ImageBatch:
+        rows = self.image_rows[np.asarray(indices, dtype=np.int64)]
+        refs = [self.references(i) for i in indices]
+        padded = np.full((len(indices), max(len(r) for r in refs), self.captions.shape[1]), -1, dtype=np.int64)
+        for i, r in enumerate(refs):
+            padded[i, : len(r)] = r
+        return ImageBatch(self.features.read(rows), torch.from_numpy(padded), torch.from_numpy(rows))
+
+    def __getitem__(self, index: int) -> ImageBatch:
+        return self.__getitems__([index])
+
+
+class CaptionDataModule(L.LightningDataModule):
+    """Train on captions, validate on images, from a cs231n-layout folder or the embedded default.
+
+    Args:
+        data_dir: a ``coco_captioning``-layout folder; None uses the embedded synthetic dataset,
+            generated on first use by ``prepare_data``.
+        batch_size: captions per training batch.
+        eval_batch_size: images per validation batch (default: ``batch_size``).
+        num_workers: DataLoader worker processes.
+        max_train: train on this many random captions only (cs231n's ``max_train``).
+        max_val_images: validate on this many random val images only (None: all).
+        pca_features: 512-d fc7-PCA (True) or the 4096-d fc7 files (False).
+        feature_storage: ``"hdf5"``, ``"memory"`` or ``"device"`` (see module docstring).
+        pin_memory: pin batches for faster host-to-GPU copies.
+        seed: seed of the ``max_train`` / ``max_val_images`` subsets.
+        synthetic_size: size of the embedded dataset when ``data_dir`` is None.
+    """
+
+    def __init__(
+        self,
+        data_dir: str | Path | None = None,
+        batch_size: int = 128,
+        eval_batch_size: int | None = None,
+        num_workers: int = 0,
+        max_train: int | None = None,
+        max_val_images: int | None = None,
+        pca_features: bool = True,
+        feature_storage: str = "hdf5",
+        pin_memory: bool = False,
+        seed: int = 0,
+        synthetic_size: str = "default",
+    ) -> None:
+        super().__init__()
+        for name, value in (("batch_size", batch_size), ("eval_batch_size", eval_batch_size),
+                            ("max_train", max_train), ("max_val_images", max_val_images)):  # fmt: skip
+            if value is not None and (not isinstance(value, int) or value <= 0):
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        if num_workers < 0:
+            raise ValueError(f"num_workers must be >= 0, got {num_workers}")
+        if feature_storage not in FEATURE_STORAGES:
+            raise ValueError(f"feature_storage must be one of {FEATURE_STORAGES}, got {feature_storage!r}")
+        # Checkpoints store these hyperparameters; a str (not a Path) keeps them loadable with weights_only.
+        data_dir = str(data_dir) if data_dir is not None else None
+        self.save_hyperparameters()
+        self.data_dir: Path | None = Path(data_dir) if data_dir is not None else None
+        self.word_to_idx: dict[str, int] = {}
+        self.idx_to_word: list[str] = []
+        self.feature_dim = 0
+        self._device_features: dict[str, Tensor] = {}
+
+    def prepare_data(self) -> None:
+        # Runs once per node, before setup: the only place that writes files.
+        if self.hparams.data_dir is None:
+            ensure_synthetic_dataset(self.hparams.synthetic_size)
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.word_to_idx:  # already set up (train.py sets up early to build the model)
+            return
+        hp = self.hparams
+        if self.data_dir is None:
+            self.data_dir = ensure_synthetic_dataset(hp.synthetic_size)
+        self.word_to_idx, self.idx_to_word = coco.read_vocab(self.data_dir)
+        splits = coco.read_captions(self.data_dir, vocab_size=len(self.idx_to_word))
+        start = self.word_to_idx["<START>"]
+        features = {}
+        for split, captions in splits.items():
+            num_images, self.feature_dim = coco.feature_shape(self.data_dir, split, hp.pca_features)
+            coco.check_image_idxs(captions, num_images, split, self.data_dir)
+            not_started = int((captions.captions[:, 0] != start).sum())
+            if not_started:
+                raise coco.CocoDataError(
+                    f"{self.data_dir / coco.CAPTIONS_FILE}: {not_started} {split} captions do not begin with "
+                    f"<START> (id {start}); every caption must be <START> ... <END> <NULL>..."
+                )
+            features[split] = FeatureRows(self.data_dir / coco.feature_file(split, hp.pca_features), hp.feature_storage)
+
+        train = splits["train"]
+        if hp.max_train is not None:
+            train = coco.SplitCaptions(*coco.subsample(train.captions, train.image_idxs, hp.max_train, hp.seed))
+        self.train_set = CaptionDataset(train, features["train"])
+        val_rows = np.unique(splits["val"].image_idxs)
+        if hp.max_val_images is not None and hp.max_val_images < len(val_rows):
+            val_rows = np.sort(np.random.default_rng(hp.seed).choice(val_rows, hp.max_val_images, replace=False))
+        self.val_set = ImageDataset(splits["val"], features["val"], val_rows)
+        self.train_images = ImageDataset(train, features["train"])
+
+    def _loader(self, dataset: Dataset, batch_size: int, shuffle: bool) -> DataLoader:
+        workers = self.hparams.num_workers
+        return DataLoader(
+            dataset,
+            batch_size=batch_size,
+            shuffle=shuffle,
+            num_workers=workers,
+            collate_fn=_already_batched,
+            pin_memory=self.hparams.pin_memory,
+            persistent_workers=workers > 0,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader(self.train_set, self.hparams.batch_size, shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader(self.val_set, self.hparams.eval_batch_size or self.hparams.batch_size, shuffle=False)
+
+    def on_after_batch_transfer(self, batch, dataloader_idx: int):
+        """With ``feature_storage="device"``, gather the batch's features on the device."""
+        if batch.features is not None:
+            return batch
+        # Training batches come from the train split, image batches from val (see the loaders).
+        split = "train" if isinstance(batch, CaptionBatch) else "val"
+        device = batch.image_rows.device
+        if split not in self._device_features or self._device_features[split].device != device:
+            features = coco.read_features(self.data_dir, split, self.hparams.pca_features)
+            self._device_features[split] = torch.from_numpy(features).to(device)
+        return batch._replace(features=self._device_features[split][batch.image_rows])

@@ -1,0 +1,299 @@
+"""Caption decoders built only on the model's one-word-at-a-time API.
+
+    state = model.initial_state(features)        features (N, D) -> state (h, c), each (N, H)
+    scores, state = model.step(words, state)     words (N,)      -> scores (N, V)
+
+Every decoder returns what ``CaptioningRNN.sample`` returns: an (N, max_length)
+LongTensor whose column 0 is the first generated word (not ``<START>``), with only
+``<NULL>`` after a row's ``<END>``. A row that never emits ``<END>`` fills all
+``max_length`` columns.
+
+Beam search keeps K hypotheses per image and runs all N * K of them as one batch::
+
+    state rows   [img0 beam0, img0 beam1, ..., img0 beamK-1, img1 beam0, ...]   (N * K, H)
+    scores       (N * K, V) ──view──► (N, K, V) ──flatten K and V──► (N, K * V)
+                                      top K per image ──► parent beam = i // V, word = i % V
+
+Log-probabilities are accumulated in float64 so that summing them over a caption
+does not make near-equal hypotheses tie.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+from torch import Tensor
+
+from .model import CaptioningRNN
+
+__all__ = ["greedy_decode", "temperature_sample", "beam_search", "caption_log_probs", "decode", "DECODE_METHODS"]
+
+DECODE_METHODS = ("greedy", "beam", "sample")
+
+
+# --------------------------------------------------------------------------- #
+# Greedy and sampling: one hypothesis per image
+# --------------------------------------------------------------------------- #
+
+
+def _generate(
+    model: CaptioningRNN, features: Tensor, max_length: int, choose_next: Callable[[Tensor], Tensor]
+) -> Tensor:
+    """Feed each chosen word back in; ``choose_next`` maps scores (N, V) to words (N,)."""
+    model.check_can_generate()
+    _check_max_length(max_length)
+    state = model.initial_state(features)
+    N, device = features.shape[0], features.device
+    captions = torch.full((N, max_length), model.null_id, dtype=torch.long, device=device)
+    words = torch.full((N,), model.start_id, dtype=torch.long, device=device)
+    finished = torch.zeros(N, dtype=torch.bool, device=device)
+    for t in range(max_length):
+        scores, state = model.step(words, state)
+        words = choose_next(scores)
+        captions[:, t] = words.masked_fill(finished, model.null_id)
+        finished |= words == model.end_id
+        if bool(finished.all()):
+            break
+    return captions
+
+
+@torch.no_grad()
+def greedy_decode(model: CaptioningRNN, features: Tensor, max_length: int = 30) -> Tensor:
+    """The most likely word at every step; equals ``model.sample(features, max_length)``.
+
+    Args:
+        features: (N, D) image features.
+
+    Returns:
+        (N, max_length) LongTensor of word ids.
+    """
+    return _generate(model, features, max_length, lambda scores: scores.argmax(dim=1))
+
+
+@torch.no_grad()
+def temperature_sample(
+    model: CaptioningRNN,
+    features: Tensor,
+    temperature: float = 1.0,
+    max_length: int = 30,
+    generator: torch.Generator | None = None,
+) -> Tensor:
+    """Draw every word from softmax(scores / temperature).
+
+    Temperatures below 1 sharpen the distribution (towards greedy as it goes to 0),
+    above 1 flatten it.
+
+    Args:
+        features: (N, D) image features.
+        temperature: positive.
+        generator: source of randomness (on the features' device), for reproducible draws.
+
+    Returns:
+        (N, max_length) LongTensor of word ids.
+    """
+    _check_temperature(temperature)
+
+    def draw(scores: Tensor) -> Tensor:
+        # float64: at tiny temperatures scores / temperature would overflow float32.
+        probs = torch.softmax(scores.double() / temperature, dim=1)  # (N, V)
+        return torch.multinomial(probs, 1, generator=generator)[:, 0]
+
+    return _generate(model, features, max_length, draw)
+
+
+# --------------------------------------------------------------------------- #
+# Beam search
+# --------------------------------------------------------------------------- #
+
+
+@torch.no_grad()
+def beam_search(
+    model: CaptioningRNN,
+    features: Tensor,
+    beam_size: int = 3,
+    max_length: int = 30,
+    length_normalization: bool = True,
+) -> Tensor:
+    """The best of ``beam_size`` hypotheses per image, batched over images and beams.
+
+    A hypothesis is ranked by its mean log-probability per generated word (``<END>``
+    included) or, without length normalisation, by its summed log-probability. At
+    each step the K hypotheses of an image are replaced by the K best candidates
+    among: every live hypothesis extended by every word, and every finished
+    hypothesis (ended by ``<END>``) as it is - it keeps its score and is not extended.
+    The search stops when all hypotheses are finished or after ``max_length`` words.
+    The answer is the best of the finished hypotheses that were ever in the beam and
+    of the live ones at the end.
+
+    With ``beam_size=1`` this is greedy decoding. With larger K it usually beats
+    greedy but is not guaranteed to: greedy's prefix can fall out of the beam.
+
+    Args:
+        features: (N, D) image features.
+        beam_size: K, the hypotheses kept per image.
+        length_normalization: rank by mean instead of summed log-probability; the sum
+            favours short captions.
+
+    Returns:
+        (N, max_length) LongTensor of word ids, formatted as :func:`greedy_decode`'s.
+    """
+    model.check_can_generate()
+    _check_beam_size(beam_size)
+    _check_max_length(max_length)
+    h0, c0 = model.initial_state(features)  # (N, H) each
+    N, K, V, device = features.shape[0], beam_size, model.vocab_size, features.device
+    null_id, end_id = model.null_id, model.end_id
+
+    state = (h0.repeat_interleave(K, dim=0), None if c0 is None else c0.repeat_interleave(K, dim=0))  # (N*K, H)
+    words = torch.full((N * K,), model.start_id, dtype=torch.long, device=device)
+    tokens = torch.full((N, K, max_length), null_id, dtype=torch.long, device=device)
+    # The K beams of an image start identical; -inf keeps all but the first from
+    # expanding at step 0, so that the first step yields K different words.
+    log_prob_sum = torch.zeros(N, K, dtype=torch.float64, device=device)
+    log_prob_sum[:, 1:] = float("-inf")
+    lengths = torch.zeros(N, K, dtype=torch.long, device=device)  # words generated, <END> included
+    finished = torch.zeros(N, K, dtype=torch.bool, device=device)
+    # A finished hypothesis can later be pushed out of the beam by live ones that
+    # score better for now but worse in the end; remember the best one ever seen.
+    best_finished_score = torch.full((N,), float("-inf"), dtype=torch.float64, device=device)
+    best_finished_tokens = torch.full((N, max_length), null_id, dtype=torch.long, device=device)
+
+    def ranking(log_prob_sum: Tensor, lengths: Tensor) -> Tensor:
+        return log_prob_sum / lengths.clamp(min=1) if length_normalization else log_prob_sum
+
+    for t in range(max_length):
+        scores, state = model.step(words, state)
+        log_probs = torch.log_softmax(scores.double(), dim=1).view(N, K, V)
+
+        # Candidate (beam k, word v). A finished beam has one candidate, itself, which
+        # sits in column <NULL> (the word it "emits"); its other columns are -inf.
+        candidate_sum = (log_prob_sum[..., None] + log_probs).masked_fill(finished[..., None], float("-inf"))
+        candidate_sum[..., null_id] = torch.where(finished, log_prob_sum, candidate_sum[..., null_id])
+        candidate_length = torch.where(finished, lengths, t + 1)  # (N, K)
+        candidate_score = ranking(candidate_sum, candidate_length[..., None])
+
+        best = candidate_score.view(N, K * V).topk(K, dim=1).indices  # (N, K)
+        parent, word = best // V, best % V
+        parent_finished = finished.gather(1, parent)
+        log_prob_sum = candidate_sum.view(N, K * V).gather(1, best)
+        lengths = candidate_length.gather(1, parent)
+        finished = parent_finished | (word == end_id)
+        # A finished parent's word is <NULL> already unless a -inf filler was picked
+        # (only when fewer than K candidates are finite); keep the format either way.
+        word = word.masked_fill(parent_finished, null_id)
+
+        tokens = tokens.gather(1, parent[..., None].expand(N, K, max_length))
+        tokens[:, :, t] = word
+        rows = (torch.arange(N, device=device)[:, None] * K + parent).view(N * K)
+        h, c = state
+        state = (h.index_select(0, rows), None if c is None else c.index_select(0, rows))
+        words = word.view(N * K)
+
+        finished_score, finished_beam = ranking(log_prob_sum, lengths).masked_fill(~finished, float("-inf")).max(1)
+        improved = finished_score > best_finished_score  # (N,)
+        best_finished_score = torch.where(improved, finished_score, best_finished_score)
+        best_finished_tokens[improved] = tokens[improved, finished_beam[improved]]
+        # -inf beams are fillers that can never be chosen; they need not finish.
+        if bool((finished | log_prob_sum.isneginf()).all()):
+            break
+
+    # Live hypotheses that reached max_length compete with the best finished one.
+    final_score, final_beam = ranking(log_prob_sum, lengths).max(dim=1)  # (N,)
+    final_tokens = tokens[torch.arange(N, device=device), final_beam]
+    return torch.where((final_score > best_finished_score)[:, None], final_tokens, best_finished_tokens)
+
+
+# --------------------------------------------------------------------------- #
+# Scoring given captions
+# --------------------------------------------------------------------------- #
+
+
+@torch.no_grad()
+def caption_log_probs(
+    model: CaptioningRNN, features: Tensor, captions: Tensor, length_normalization: bool = False
+) -> Tensor:
+    """Log-probability of given captions under the model (teacher forcing), in float64.
+
+    Every word up to and including the first ``<END>`` counts, as in the decoders:
+    ``<NULL>`` after ``<END>`` is padding, a ``<NULL>`` before it is a word the model
+    chose. A row without ``<END>`` counts all T words.
+
+    Args:
+        features: (N, D) image features.
+        captions: (N, T) word ids in the decoders' format (no ``<START>``).
+        length_normalization: return the mean log-probability per counted word (the
+            score beam search ranks by) instead of the sum.
+
+    Returns:
+        (N,) float64 tensor.
+    """
+    model.check_can_generate()
+    if not isinstance(captions, Tensor) or captions.dim() != 2 or captions.shape[0] != features.shape[0]:
+        shape = tuple(captions.shape) if isinstance(captions, Tensor) else type(captions).__name__
+        raise ValueError(f"captions must be an (N, T) tensor with N = {features.shape[0]}, got {shape}")
+    state = model.initial_state(features)
+    N, T = captions.shape
+    words = torch.full((N,), model.start_id, dtype=torch.long, device=features.device)
+    total = torch.zeros(N, dtype=torch.float64, device=features.device)
+    counted = torch.zeros(N, dtype=torch.long, device=features.device)
+    ended = torch.zeros(N, dtype=torch.bool, device=features.device)
+    for t in range(T):
+        scores, state = model.step(words, state)
+        words = captions[:, t]
+        log_probs = torch.log_softmax(scores.double(), dim=1).gather(1, words[:, None])[:, 0]  # (N,)
+        total += torch.where(ended, 0.0, log_probs)
+        counted += ~ended
+        ended |= words == model.end_id
+    return total / counted.clamp(min=1) if length_normalization else total
+
+
+# --------------------------------------------------------------------------- #
+# One entry point
+# --------------------------------------------------------------------------- #
+
+
+def decode(
+    model: CaptioningRNN,
+    features: Tensor,
+    method: str = "greedy",
+    *,
+    beam_size: int = 3,
+    temperature: float = 1.0,
+    max_length: int = 30,
+    length_normalization: bool = True,
+    generator: torch.Generator | None = None,
+) -> Tensor:
+    """Decode with ``method`` in ``DECODE_METHODS``: ``"greedy"``, ``"beam"`` or ``"sample"``.
+
+    Every argument is checked whichever method uses it, so that a bad setting fails
+    at once rather than when someone switches methods.
+
+    Returns:
+        (N, max_length) LongTensor of word ids.
+    """
+    if method not in DECODE_METHODS:
+        raise ValueError(f"method must be one of {DECODE_METHODS}, got {method!r}")
+    _check_beam_size(beam_size)
+    _check_temperature(temperature)
+    _check_max_length(max_length)
+    if method == "beam":
+        return beam_search(model, features, beam_size, max_length, length_normalization)
+    if method == "sample":
+        return temperature_sample(model, features, temperature, max_length, generator)
+    return greedy_decode(model, features, max_length)
+
+
+def _check_beam_size(beam_size: int) -> None:
+    if isinstance(beam_size, bool) or not isinstance(beam_size, int) or beam_size < 1:
+        raise ValueError(f"beam_size must be an integer >= 1, got {beam_size!r}")
+
+
+def _check_temperature(temperature: float) -> None:
+    if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not temperature > 0:
+        raise ValueError(f"temperature must be a positive number, got {temperature!r}")
+
+
+def _check_max_length(max_length: int) -> None:
+    if isinstance(max_length, bool) or not isinstance(max_length, int) or max_length < 1:
+        raise ValueError(f"max_length must be an integer >= 1, got {max_length!r}")

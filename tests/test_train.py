@@ -1,0 +1,55 @@
+"""train.py end to end on a small folder in cs231n's layout (seconds, not minutes)."""
+
+import re
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import train  # noqa: E402
+
+SMALL = ["--hidden-dim", "32", "--wordvec-dim", "16", "--accelerator", "cpu", "--devices", "1"]
+
+
+def run_train(capsys, *args):
+    assert train.main([str(a) for a in args]) == 0
+    return capsys.readouterr().out
+
+
+def test_overfit_prints_seed_lines_plot_and_samples(coco_folder, tmp_path, capsys):
+    out = run_train(capsys, "--data-dir", coco_folder, "--overfit", "20", "--batch-size", "10", "--epochs", "6",
+                    "--log-dir", tmp_path, *SMALL)
+    iterations = re.findall(r"\(Iteration (\d+) / 12\) loss: ([\d.]+)", out)
+    assert [int(i) for i, _ in iterations] == [1, 11, 12]
+    losses = [float(x) for _, x in iterations]
+    assert losses[-1] < losses[0]
+    assert out.count("\ntrain\n") == 2 and out.count("\nval\n") == 2 and "GT:     <START>" in out
+    assert "image:  http://example.org/" in out
+    plot = Path(re.search(r"loss plot: (\S+)", out).group(1))
+    assert plot.is_file() and plot.stat().st_size > 10_000
+    assert Path(re.search(r"checkpoint: (\S+)", out).group(1)).name == "last.ckpt"
+
+
+def test_full_run_reports_bleu_and_resumes(coco_folder, tmp_path, capsys):
+    args = ["--data-dir", coco_folder, "--batch-size", "8", "--log-dir", tmp_path, *SMALL]
+    out = run_train(capsys, *args, "--epochs", "1")
+    for n in (1, 2, 3, 4):
+        value = float(re.search(rf"BLEU-{n}: ([\d.]+)", out).group(1))
+        assert 0.0 <= value <= 1.0
+    last = Path(re.search(r"checkpoint: (\S+)", out).group(1))
+    first_state = torch.load(last, weights_only=False)
+    assert first_state["epoch"] == 0 and first_state["global_step"] == 5
+
+    out = run_train(capsys, *args, "--epochs", "2", "--resume")
+    state = torch.load(Path(re.search(r"checkpoint: (\S+)", out).group(1)), weights_only=False)
+    assert state["global_step"] == 10  # continued from step 5, not restarted
+    lr = state["optimizer_states"][0]["param_groups"][0]["lr"]
+    assert lr == pytest.approx(5e-3 * 0.9**2)
+
+
+def test_bad_flags_exit_with_a_message(capsys):
+    with pytest.raises(SystemExit):
+        train.main(["--overfit", "0"])
+    assert "must be a positive integer" in capsys.readouterr().err
