@@ -123,6 +123,7 @@ class ImageDataset(Dataset):
         if missing:
             raise ValueError(f"images {missing[:5]} have no captions")
         self.caption_indices = [by_row[row] for row in self.image_rows.tolist()]
+        self.split_captions = captions
         self.captions = captions.captions
         self.features = features
 

@@ -20,7 +20,6 @@ does not make near-equal hypotheses tie.
 
 from __future__ import annotations
 
-from typing import Callable
 
 import torch
 from torch import Tensor
@@ -37,27 +36,6 @@ DECODE_METHODS = ("greedy", "beam", "sample")
 # --------------------------------------------------------------------------- #
 
 
-def _generate(
-    model: CaptioningRNN, features: Tensor, max_length: int, choose_next: Callable[[Tensor], Tensor]
-) -> Tensor:
-    """Feed each chosen word back in; ``choose_next`` maps scores (N, V) to words (N,)."""
-    model.check_can_generate()
-    _check_max_length(max_length)
-    state = model.initial_state(features)
-    N, device = features.shape[0], features.device
-    captions = torch.full((N, max_length), model.null_id, dtype=torch.long, device=device)
-    words = torch.full((N,), model.start_id, dtype=torch.long, device=device)
-    finished = torch.zeros(N, dtype=torch.bool, device=device)
-    for t in range(max_length):
-        scores, state = model.step(words, state)
-        words = choose_next(scores)
-        captions[:, t] = words.masked_fill(finished, model.null_id)
-        finished |= words == model.end_id
-        if bool(finished.all()):
-            break
-    return captions
-
-
 @torch.no_grad()
 def greedy_decode(model: CaptioningRNN, features: Tensor, max_length: int = 30) -> Tensor:
     """The most likely word at every step; equals ``model.sample(features, max_length)``.
@@ -68,7 +46,7 @@ def greedy_decode(model: CaptioningRNN, features: Tensor, max_length: int = 30) 
     Returns:
         (N, max_length) LongTensor of word ids.
     """
-    return _generate(model, features, max_length, lambda scores: scores.argmax(dim=1))
+    return model.sample(features, max_length)
 
 
 @torch.no_grad()
@@ -99,7 +77,7 @@ def temperature_sample(
         probs = torch.softmax(scores.double() / temperature, dim=1)  # (N, V)
         return torch.multinomial(probs, 1, generator=generator)[:, 0]
 
-    return _generate(model, features, max_length, draw)
+    return model.generate(features, max_length, draw)
 
 
 # --------------------------------------------------------------------------- #

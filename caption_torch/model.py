@@ -11,7 +11,7 @@ whose target is ``<NULL>`` do not count.
 from __future__ import annotations
 
 import math
-from typing import Mapping
+from typing import Callable, Mapping
 
 import torch
 from torch import Tensor, nn
@@ -162,33 +162,46 @@ class CaptioningRNN(nn.Module):
         return scores, (h, c)
 
     @torch.no_grad()
-    def sample(self, features: Tensor, max_length: int = 30) -> Tensor:
-        """Greedy captions.
+    def generate(self, features: Tensor, max_length: int, choose_next: Callable[[Tensor], Tensor]) -> Tensor:
+        """Generate captions word by word, feeding each chosen word back in.
 
         Args:
             features: (N, D) image features.
-            max_length: number of words to generate per image.
+            max_length: number of words to generate per image (>= 1).
+            choose_next: maps scores (N, V) of the next word to chosen word ids (N,).
 
         Returns:
             (N, max_length) LongTensor. Column 0 is the first generated word (not
             ``<START>``); after a row emits ``<END>`` the rest of it is ``<NULL>``.
         """
         self.check_can_generate()
-        if max_length <= 0:
-            raise ValueError(f"max_length must be positive, got {max_length}")
+        if isinstance(max_length, bool) or not isinstance(max_length, int) or max_length < 1:
+            raise ValueError(f"max_length must be an integer >= 1, got {max_length!r}")
         state = self.initial_state(features)
-        N = features.shape[0]
-        captions = torch.full((N, max_length), self.null_id, dtype=torch.long, device=features.device)
-        words = torch.full((N,), self.start_id, dtype=torch.long, device=features.device)
-        finished = torch.zeros(N, dtype=torch.bool, device=features.device)
+        N, device = features.shape[0], features.device
+        captions = torch.full((N, max_length), self.null_id, dtype=torch.long, device=device)
+        words = torch.full((N,), self.start_id, dtype=torch.long, device=device)
+        finished = torch.zeros(N, dtype=torch.bool, device=device)
         for t in range(max_length):
             scores, state = self.step(words, state)
-            words = scores.argmax(dim=1)
+            words = choose_next(scores)
             captions[:, t] = words.masked_fill(finished, self.null_id)
             finished |= words == self.end_id
-            if bool(finished.all()):
+            if bool(finished.all()):  # one host sync per word; saves the steps after the last <END>
                 break
         return captions
+
+    def sample(self, features: Tensor, max_length: int = 30) -> Tensor:
+        """Greedy captions: the most likely word at every step (cs231n's ``sample``).
+
+        Args:
+            features: (N, D) image features.
+            max_length: number of words to generate per image.
+
+        Returns:
+            (N, max_length) LongTensor, as :meth:`generate`.
+        """
+        return self.generate(features, max_length, lambda scores: scores.argmax(dim=1))
 
     # ------------------------------------------------------------------ #
     # Helpers

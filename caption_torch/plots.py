@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import textwrap
 from pathlib import Path
 from typing import Sequence
 
@@ -45,6 +46,67 @@ def plot_loss_history(
     if steps_per_epoch:
         top = ax.secondary_xaxis("top", functions=(lambda i: i / steps_per_epoch, lambda e: e * steps_per_epoch))
         top.set_xlabel("Epoch")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def _load_url_image(url: str, timeout: float = 5.0) -> np.ndarray | None:
+    """The image at ``url``, or None when it cannot be fetched (offline machines are normal)."""
+    import io
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response:
+            return plt.imread(io.BytesIO(response.read()), format=url.rsplit(".", 1)[-1])
+    except Exception:  # no network, 404, not an image: the panel shows the URL instead
+        return None
+
+
+def _draw_source(ax, source) -> None:
+    """Draw an image panel: a synthetic scene, a fetched URL, or the URL as text."""
+    from .scenes import draw_scene
+
+    if isinstance(source, dict):
+        draw_scene(source, ax)
+        return
+    image = _load_url_image(source) if source.startswith(("http://", "https://")) else None
+    if image is not None:
+        ax.imshow(image)
+    else:
+        ax.set_facecolor("#eeeeee")
+        ax.text(0.5, 0.5, "image not reachable:\n" + "\n".join(textwrap.wrap(source, 28)),
+                ha="center", va="center", fontsize=8, color="#555555", transform=ax.transAxes)  # fmt: skip
+    ax.set_xticks([])
+    ax.set_yticks([])
+
+
+def caption_grid(panels: Sequence[tuple], path: Path | str, title: str = "", columns: int = 4) -> Path:
+    """Save images with their generated and reference captions under each, like the notebook's figure.
+
+    Args:
+        panels: ``(source, generated, reference)`` per image; source is a scene dict (embedded
+            data, drawn offline) or an image URL (fetched if reachable, else shown as text).
+        path: PNG to write.
+        title: figure title.
+
+    Returns:
+        The path written.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    columns = min(columns, max(len(panels), 1))
+    rows = max(1, -(-len(panels) // columns))
+    fig, axes = plt.subplots(rows, columns, figsize=(3.4 * columns, 4.3 * rows), dpi=100, squeeze=False)
+    for ax in axes.flat[len(panels) :]:
+        ax.axis("off")
+    for ax, (source, generated, reference) in zip(axes.flat, panels):
+        _draw_source(ax, source)
+        wrapped = textwrap.fill(f"ours: {generated}", 36) + "\n" + textwrap.fill(f"ref: {reference}", 36)
+        ax.set_title(wrapped, fontsize=8.5, loc="left")
+    if title:
+        fig.suptitle(title, fontsize=12)
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)

@@ -1,4 +1,4 @@
-"""benchmarks/bench.py at tiny sizes: every row function runs and returns sane numbers, in seconds."""
+"""benchmarks/ at tiny sizes: every row function runs and returns sane numbers, in seconds."""
 
 import json
 import math
@@ -10,12 +10,12 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `benchmarks` lives next to `tests`
 
-from benchmarks import bench  # noqa: E402
+from benchmarks import bench, rows  # noqa: E402
 from benchmarks.timing import peak_memory_bytes, time_interleaved  # noqa: E402
 
 CPU = torch.device("cpu")
-TINY = bench.Shapes(input_dim=16, wordvec_dim=8, hidden_dim=12, vocab_size=40, time_steps=16)
-ONE_ROUND = bench.Rounds(rounds=2, warmup=1)
+TINY = rows.Shapes(input_dim=16, wordvec_dim=8, hidden_dim=12, vocab_size=40, time_steps=16)
+ONE_ROUND = rows.Rounds(rounds=2, warmup=1)
 
 
 def _assert_positive_finite(row, keys):
@@ -26,45 +26,45 @@ def _assert_positive_finite(row, keys):
 
 
 def test_captions_look_like_coco():
-    captions = bench.coco_like_captions(2000, bench.Shapes(), torch.Generator().manual_seed(0))
-    assert captions.shape == (2000, 17) and (captions[:, 0] == bench.START_ID).all()
-    assert ((captions == bench.END_ID).sum(1) == 1).all()
-    masked = (captions[:, 1:] == bench.NULL_ID).float().mean().item()
+    captions = rows.coco_like_captions(2000, rows.Shapes(), torch.Generator().manual_seed(0))
+    assert captions.shape == (2000, 17) and (captions[:, 0] == rows.START_ID).all()
+    assert ((captions == rows.END_ID).sum(1) == 1).all()
+    masked = (captions[:, 1:] == rows.NULL_ID).float().mean().item()
     assert 0.2 < masked < 0.35
     # Nothing but <NULL> after <END>.
-    end_at = (captions == bench.END_ID).int().argmax(1)
+    end_at = (captions == rows.END_ID).int().argmax(1)
     after_end = torch.arange(17) > end_at[:, None]
-    assert (captions[after_end] == bench.NULL_ID).all()
+    assert (captions[after_end] == rows.NULL_ID).all()
 
 
 @pytest.mark.parametrize("cell_type", ["rnn", "lstm"])
 def test_native_copy_has_the_same_loss_and_gradients(cell_type):
-    row = bench.check_equivalence(cell_type, CPU)
+    row = rows.check_equivalence(cell_type, CPU)
     assert row["ok"] and row["loss_difference"] <= 1e-10 and row["grad_difference"] <= 1e-10
 
 
 @pytest.mark.parametrize("cell_type", ["rnn", "lstm"])
 def test_training_step_row(cell_type):
-    row = bench.bench_training_step(cell_type, 4, TINY, CPU, ONE_ROUND)
+    row = rows.bench_training_step(cell_type, 4, TINY, CPU, ONE_ROUND)
     _assert_positive_finite(row, ["project_ms", "native_ms", "speedup", "project_captions_per_s", "masked_fraction"])
     assert "errors" not in row
 
 
 def test_bf16_mixed_step_row_reports_rather_than_raises():
     # The CUDA bf16 path, exercised through CPU autocast: a contender that rejects it is reported.
-    row = bench.bench_training_step("lstm", 4, TINY, CPU, ONE_ROUND, precision="bf16-mixed")
+    row = rows.bench_training_step("lstm", 4, TINY, CPU, ONE_ROUND, precision="bf16-mixed")
     _assert_positive_finite(row, ["native_ms"])
     assert ("speedup" in row) != ("errors" in row)
 
 
 def test_sampling_row():
-    row = bench.bench_sampling("lstm", 10, 5, TINY, CPU, ONE_ROUND)
+    row = rows.bench_sampling("lstm", 10, 5, TINY, CPU, ONE_ROUND)
     _assert_positive_finite(row, ["project_captions_per_s", "native_captions_per_s", "speedup"])
     assert row["same_captions"] == 1.0  # same weights, same greedy decisions
 
 
 def test_memory_row_and_profiler_peak():
-    row = bench.bench_memory("rnn", 8, TINY, CPU)
+    row = rows.bench_memory("rnn", 8, TINY, CPU)
     _assert_positive_finite(row, ["project_mib", "native_mib", "ratio"])
     # A known allocation pattern: 4 MB kept + 8 MB transient -> the peak is 12 MB.
     def work():
@@ -76,20 +76,21 @@ def test_memory_row_and_profiler_peak():
 
 
 def test_flops_row():
-    step_row = bench.bench_training_step("lstm", 4, TINY, CPU, ONE_ROUND)
-    reference = bench.matmul_gflops(CPU, ONE_ROUND, m=64, k=32, n=48)
-    row = bench.flops_row(step_row, TINY, reference)
-    _assert_positive_finite(row, [f"{name}_gflops" for name in reference] + ["useful_gflop", "project_gflops", "native_gflops", "native_executed_gflops",
-                                  "matmul_gflops", "project_fraction", "native_fraction"])
+    step_row = rows.bench_training_step("lstm", 4, TINY, CPU, ONE_ROUND)
+    reference = rows.matmul_gflops(CPU, ONE_ROUND, m=64, k=32, n=48)
+    row = rows.flops_row(step_row, TINY, reference)
+    measured = ["useful_gflop", "project_gflops", "native_gflops", "native_executed_gflops", "matmul_gflops",
+                "project_fraction", "native_fraction"]
+    _assert_positive_finite(row, measured + [f"{name}_gflops" for name in reference])
     # Counting by hand for the RNN: 2 * feature projection + 3 * (input + recurrence + vocab).
     N, T, D, W, H, V, K = 2, 16, 16, 8, 12, 40, 20
     expected = 2 * (2 * N * D * H) + 3 * (2 * N * T * W * H + 2 * N * T * H * H + 2 * K * H * V)
-    assert bench.training_step_flops("rnn", N, K, TINY) == expected
+    assert rows.training_step_flops("rnn", N, K, TINY) == expected
 
 
 def test_delivery_rate_counts_captions():
     batches = [(torch.zeros(5, 16), torch.zeros(5, 17, dtype=torch.long), torch.zeros(5))] * 4
-    rate, startup = bench.delivery_rate(batches, batches=10)
+    rate, startup = rows.delivery_rate(batches, batches=10)
     assert rate > 0 and startup >= 0
 
 
@@ -113,11 +114,11 @@ def test_data_row_on_a_tiny_synthetic_folder(tmp_path):
     synthetic = pytest.importorskip("caption_torch.synthetic")
     pytest.importorskip("caption_torch.data")
     data_dir = synthetic.write_synthetic_dataset(tmp_path / "tiny", size="tiny", seed=0)
-    row = bench.bench_data_module(data_dir, num_workers=0, batch=16, batches=3, train_captions_per_s=100.0)
+    row = rows.bench_data_module(data_dir, num_workers=0, batch=16, batches=3, train_captions_per_s=100.0)
     _assert_positive_finite(row, ["captions_per_s", "startup_s", "train_captions_per_s", "ratio"])
 
 
 def test_data_row_is_skipped_when_the_data_module_is_missing(monkeypatch):
     monkeypatch.setitem(sys.modules, "caption_torch.data", None)  # makes the import raise ImportError
-    rows = bench.run_data_rows(bench.parse_args(["--quick"]), train_captions_per_s=100.0)
-    assert len(rows) == 1 and rows[0]["skipped"].startswith("data module not available")
+    data_rows = bench.run_data_rows(bench.parse_args(["--quick"]), train_captions_per_s=100.0)
+    assert len(data_rows) == 1 and data_rows[0]["skipped"].startswith("data module not available")

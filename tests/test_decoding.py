@@ -156,6 +156,8 @@ class ScriptedModel:
 
     words = {"<NULL>": 0, "<START>": 1, "<END>": 2, "a": 3, "b": 4}
     vocab_size, null_id, start_id, end_id = 5, 0, 1, 2
+    # The generation loop itself is the real model's; only step() is scripted.
+    generate, sample = CaptioningRNN.generate, CaptioningRNN.sample
 
     def __init__(self, table):
         self.table = {tuple(self.words[w] for w in key.split()): probs for key, probs in table.items()}

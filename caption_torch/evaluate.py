@@ -1,0 +1,155 @@
+"""Caption a split with a trained checkpoint and score it: BLEU-1..4 and CIDEr-D.
+
+    python -m caption_torch.evaluate --ckpt lightning_logs/version_0/checkpoints/last.ckpt
+    python -m caption_torch.evaluate --ckpt CKPT --beam-size 3 --show 8 --out grid.png
+
+Every image of the split is captioned (batched) and compared with all of its
+reference captions. The captions are written as JSON lines (image row, URL or
+scene, generated caption, references) next to the checkpoint unless --jsonl says
+where.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from . import coco
+from .data import CaptionDataModule, ImageDataset
+from .decoding import DECODE_METHODS, decode
+from .metrics import caption_text, evaluate_captions
+from .model import CaptioningRNN
+from .plots import caption_grid
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that is missing, unreadable, or does not fit the data."""
+
+
+def load_model(path: Path | str) -> CaptioningRNN:
+    """Rebuild the CaptioningRNN stored in a ``train.py`` checkpoint, loading tensors only.
+
+    ``weights_only=True``: a checkpoint holds tensors, numbers, strings, lists and
+    dicts, so loading one never runs code from it.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist")
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # torch raises several types for corrupt or foreign files
+        raise CheckpointError(f"checkpoint {path} cannot be loaded safely: {error}") from None
+    if not isinstance(checkpoint, dict) or not {"hyper_parameters", "state_dict"} <= checkpoint.keys():
+        raise CheckpointError(f"checkpoint {path} lacks hyper_parameters/state_dict: was it written by train.py?")
+    hp = checkpoint["hyper_parameters"]
+    model = CaptioningRNN(hp["word_to_idx"], hp["input_dim"], hp["wordvec_dim"], hp["hidden_dim"], hp["cell_type"])
+    weights = {k.removeprefix("model."): v for k, v in checkpoint["state_dict"].items() if k.startswith("model.")}
+    model.load_state_dict(weights)
+    return model.eval()
+
+
+def check_model_fits_data(model: CaptioningRNN, word_to_idx: dict[str, int], feature_dim: int) -> None:
+    """The checkpoint's vocabulary and feature width must be the data's; say what differs."""
+    if feature_dim != model.input_dim:
+        raise CheckpointError(
+            f"the checkpoint expects {model.input_dim}-d features but the data has {feature_dim}-d "
+            "(--full-features picks the 4096-d fc7 files)"
+        )
+    if word_to_idx != model.word_to_idx:
+        differing = sorted(set(word_to_idx.items()) ^ set(model.word_to_idx.items()), key=lambda kv: kv[1])
+        raise CheckpointError(
+            f"the checkpoint's vocabulary ({model.vocab_size} words) is not the data's ({len(word_to_idx)} words); "
+            f"first difference: {differing[0][0]!r} -> {differing[0][1]}"
+        )
+
+
+def caption_split(model: CaptioningRNN, images: ImageDataset, batch_size: int, **decode_args) -> list[list[int]]:
+    """Generated captions (token ids) for every image of ``images``, in order."""
+    generated: list[list[int]] = []
+    for start in tqdm(range(0, len(images), batch_size), desc="captioning", unit="batch", leave=False):
+        batch = images.__getitems__(list(range(start, min(start + batch_size, len(images)))))
+        generated += decode(model, batch.features, **decode_args).tolist()
+    return generated
+
+
+def image_sources(data_dir: Path, split: str) -> list:
+    """Per image: its scene dict (embedded data) or its URL (real COCO)."""
+    scenes = data_dir / f"{split}2014_scenes.json"
+    return json.loads(scenes.read_text()) if scenes.is_file() else coco.read_urls(data_dir, split).tolist()
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--ckpt", type=Path, required=True, help="checkpoint written by train.py")
+    parser.add_argument("--data-dir", type=Path, default=None, help="coco_captioning folder (default: embedded)")
+    parser.add_argument("--synthetic-size", default="default", help="embedded dataset size when no --data-dir")
+    parser.add_argument("--full-features", action="store_true", help="the 4096-d fc7 features")
+    parser.add_argument("--split", choices=coco.SPLITS, default="val", help="split to caption (default: val)")
+    parser.add_argument("--method", choices=DECODE_METHODS, default=None,
+                        help="decoder (default: beam if --beam-size > 1, else greedy)")
+    parser.add_argument("--beam-size", type=int, default=1, help="beam width; 1 is greedy (default: 1)")
+    parser.add_argument("--temperature", type=float, default=1.0, help="temperature for --method sample")
+    parser.add_argument("--max-length", type=int, default=30, help="longest generated caption (default: 30)")
+    parser.add_argument("--max-images", type=int, default=None, help="caption only the first N images")
+    parser.add_argument("--batch-size", type=int, default=500, help="images per decoding batch (default: 500)")
+    parser.add_argument("--seed", type=int, default=0, help="seed for --method sample and --show")
+    parser.add_argument("--jsonl", type=Path, default=None, help="where to write the captions as JSON lines")
+    parser.add_argument("--show", type=int, default=0, metavar="N", help="draw N images with their captions")
+    parser.add_argument("--out", type=Path, default=Path("captions.png"), help="PNG for --show (default: captions.png)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    method = args.method or ("beam" if args.beam_size > 1 else "greedy")
+    try:
+        model = load_model(args.ckpt)
+        dm = CaptionDataModule(args.data_dir, pca_features=not args.full_features, synthetic_size=args.synthetic_size)
+        dm.prepare_data()
+        dm.setup("validate")
+        check_model_fits_data(model, dm.word_to_idx, dm.feature_dim)
+    except (CheckpointError, coco.CocoDataError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    images = dm.val_set if args.split == "val" else dm.train_images
+    if args.max_images is not None:
+        images = ImageDataset(images.split_captions, images.features, images.image_rows[: args.max_images])
+
+    generator = torch.Generator().manual_seed(args.seed)
+    decode_args = dict(method=method, beam_size=args.beam_size, temperature=args.temperature,
+                       max_length=args.max_length, generator=generator)  # fmt: skip
+    generated = caption_split(model, images, args.batch_size, **decode_args)
+    candidates = [caption_text(ids, dm.idx_to_word) for ids in generated]
+    references = [[caption_text(ref, dm.idx_to_word) for ref in images.references(i)] for i in range(len(images))]
+    scores = evaluate_captions(candidates, references)
+
+    label = f"beam {args.beam_size}" if method == "beam" else method
+    print(f"{args.split} split, {len(images)} images, {label} decoding, checkpoint {args.ckpt}")
+    for name, value in scores.items():
+        print(f"{name}: {value:.4f}")
+
+    sources = image_sources(dm.data_dir, args.split)
+    jsonl = args.jsonl or args.ckpt.with_name(f"{args.ckpt.stem}-{args.split}-{method}{args.beam_size}.jsonl")
+    with open(jsonl, "w") as out:
+        for i, row in enumerate(images.image_rows.tolist()):
+            source = sources[row]
+            record = {"image": row, ("url" if isinstance(source, str) else "scene"): source,
+                      "generated": candidates[i], "references": references[i]}  # fmt: skip
+            out.write(json.dumps(record) + "\n")
+    print(f"captions: {jsonl}")
+
+    if args.show > 0:
+        chosen = np.random.default_rng(args.seed).choice(len(images), min(args.show, len(images)), replace=False)
+        panels = [(sources[images.image_rows[i]], candidates[i], references[i][0]) for i in chosen]
+        print(f"picture: {caption_grid(panels, args.out, title=f'{args.split} images, {label} decoding')}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
