@@ -58,3 +58,14 @@ def write_coco_folder(
 @pytest.fixture
 def coco_folder(tmp_path: Path) -> Path:
     return write_coco_folder(tmp_path / "coco_captioning")
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _one_thread():
+    """Tests use tiny tensors: one thread avoids oversubscribing a busy 2-core machine (100x slower there)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
