@@ -22,6 +22,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 
 from caption_torch import coco
 from caption_torch.callbacks import LossHistory
+from caption_torch.checkpointing import AtomicCheckpointIO, LastCheckpoint
 from caption_torch.data import CaptionDataModule, FeatureRows
 from caption_torch.plots import plot_loss_history
 from caption_torch.system import CaptioningSystem
@@ -86,6 +87,8 @@ def build_parser() -> argparse.ArgumentParser:
                           help="32-true, bf16-mixed, 16-mixed (CUDA), ... (default: 32-true)")
     hardware.add_argument("--resume", nargs="?", const="last", default=None, metavar="CKPT",
                           help="continue from a checkpoint; without a path, the newest lightning_logs/*/last.ckpt")
+    hardware.add_argument("--checkpoint-every", type=positive_int, default=None, metavar="STEPS",
+                          help="also refresh last.ckpt every STEPS training steps (default: every epoch end)")
     hardware.add_argument("--log-dir", type=Path, default=Path("."),
                           help="folder that receives lightning_logs/ (default: .)")
     return parser
@@ -158,10 +161,11 @@ def main(argv: list[str] | None = None) -> int:
                               lr=args.lr, lr_decay=args.lr_decay)  # fmt: skip
     history = LossHistory(print_every=10)
     validate = args.overfit is None  # the notebook's overfit run has no validation
-    checkpoints = ModelCheckpoint(
-        monitor="val_bleu4" if validate else None, mode="max", save_last=True,
-        filename="best-{epoch}-{val_bleu4:.4f}" if validate else "{epoch}",
-    )  # fmt: skip
+    last = LastCheckpoint(every_n_steps=args.checkpoint_every)
+    callbacks = [history, last]
+    if validate:
+        best = ModelCheckpoint(monitor="val_bleu4", mode="max", filename="best-{epoch}-{val_bleu4:.4f}")
+        callbacks.append(best)
     trainer = L.Trainer(
         default_root_dir=args.log_dir,
         max_epochs=args.epochs,
@@ -170,7 +174,8 @@ def main(argv: list[str] | None = None) -> int:
         num_nodes=args.num_nodes,
         strategy=args.strategy,
         precision=args.precision,
-        callbacks=[history, checkpoints],
+        callbacks=callbacks,
+        plugins=[AtomicCheckpointIO()],
         enable_progress_bar=validate,
         limit_val_batches=None if validate else 0,
         num_sanity_val_steps=0,
@@ -193,7 +198,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  BLEU-{n}: {metrics[f'val_bleu{n}'].item():.4f}")
     print(f"\nfinal training loss: {history.losses[-1]:.6f}")
     print(f"loss plot: {plot}")
-    print(f"checkpoint: {checkpoints.last_model_path}")
+    if validate:
+        print(f"best checkpoint: {best.best_model_path}")
+    print(f"checkpoint: {last.path}")
     return 0
 
 
