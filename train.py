@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
+import warnings
 from pathlib import Path
 
 import lightning as L
@@ -33,6 +35,12 @@ OVERFIT_DEFAULTS = dict(cell="rnn", hidden_dim=512, wordvec_dim=256, batch_size=
 OVERFIT_LSTM_LR_DECAY = 0.995
 # A full run on the embedded dataset: a few minutes on a 2-core CPU.
 FULL_DEFAULTS = dict(cell="rnn", hidden_dim=512, wordvec_dim=256, batch_size=128, epochs=4, lr=5e-3, lr_decay=0.9)
+
+
+def quiet_lightning() -> None:
+    """Drop Lightning's advertising tips and a deprecation warning it raises itself; keep everything else."""
+    logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(lambda record: "Tip:" not in record.getMessage())
+    warnings.filterwarnings("ignore", message=".*isinstance\\(treespec, LeafSpec\\)")
 
 
 def positive_int(text: str) -> int:
@@ -142,6 +150,7 @@ def print_samples(system: CaptioningSystem, dm: CaptionDataModule, seed: int) ->
 
 def main(argv: list[str] | None = None) -> int:
     args = resolve_defaults(build_parser().parse_args(argv))
+    quiet_lightning()
     L.seed_everything(args.seed, workers=True, verbose=False)
     dm = CaptionDataModule(
         data_dir=args.data_dir,
