@@ -92,8 +92,13 @@ def make_pair(
 
 
 def training_step(model: nn.Module, features: Tensor, captions: Tensor, precision: str = "fp32") -> Callable[[], None]:
-    """One optimisation step as a closure: zero_grad(set_to_none), loss, backward, Adam."""
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    """One optimisation step as a closure: zero_grad(set_to_none), loss, backward, Adam.
+
+    Both models get the same optimizer: fused Adam (one kernel for all parameters, as
+    CaptioningSystem uses). The foreach default costs ~5.6 ms a step for these
+    parameters on the 2-core CPU, the same for both, which would only blur the ratio.
+    """
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3, fused=True)
 
     def step() -> None:
         optimizer.zero_grad(set_to_none=True)

@@ -24,6 +24,8 @@ argument) and then calls ``Function.apply``.
 
 from __future__ import annotations
 
+import os
+
 import torch
 from torch import Tensor
 from torch.autograd.function import FunctionCtx, once_differentiable
@@ -31,8 +33,10 @@ from torch.autograd.function import FunctionCtx, once_differentiable
 __all__ = [
     "rnn_step",
     "rnn",
+    "rnn_projected",
     "lstm_step",
     "lstm",
+    "lstm_projected",
     "word_embedding",
     "temporal_affine",
     "temporal_softmax_loss",
@@ -100,6 +104,45 @@ def _check_recurrent(x: Tensor, h0: Tensor, Wx: Tensor, Wh: Tensor, b: Tensor, g
 
 
 # --------------------------------------------------------------------------- #
+# Matrix products
+# --------------------------------------------------------------------------- #
+# On CPUs, float32 products go through oneDNN (the library behind nn.LSTM's CPU
+# kernels) when this torch build has it: torch.mm goes to the BLAS, which was
+# measured 2-2.5x slower on the AMD EPYC this project is benchmarked on, for every
+# product shape the model uses (benchmarks/README.md). Other dtypes and devices use
+# torch.mm. Set CAPTION_TORCH_ONEDNN=0 to always use torch.mm.
+
+
+def _probe_onednn() -> bool:
+    if os.environ.get("CAPTION_TORCH_ONEDNN", "1") == "0":
+        return False
+    try:
+        probe = torch.arange(6.0).view(2, 3)
+        product = torch.ops.mkldnn._linear_pointwise(probe, probe, None, "none", [], "")
+        return torch.equal(product, probe @ probe.T)
+    except (AttributeError, RuntimeError, NotImplementedError):
+        return False
+
+
+_ONEDNN = _probe_onednn()
+
+
+def _mm(a: Tensor, b: Tensor) -> Tensor:
+    """``a @ b`` for (M, K) and (K, P) matrices, through oneDNN for CPU float32 (any strides)."""
+    if _ONEDNN and a.dtype == torch.float32 and a.device.type == "cpu" and a.numel() and b.numel():
+        # _linear_pointwise(x, w) computes x @ w.T with w of shape (out, in).
+        return torch.ops.mkldnn._linear_pointwise(a, b.T, None, "none", [], "")
+    return torch.mm(a, b)
+
+
+def _addmm(bias: Tensor, a: Tensor, b: Tensor) -> Tensor:
+    """``bias + a @ b`` with a (P,) bias broadcast over rows."""
+    if _ONEDNN and a.dtype == torch.float32 and a.device.type == "cpu" and a.numel() and b.numel():
+        return torch.ops.mkldnn._linear_pointwise(a, b.T, bias, "none", [], "")
+    return torch.addmm(bias, a, b)
+
+
+# --------------------------------------------------------------------------- #
 # Vanilla RNN
 # --------------------------------------------------------------------------- #
 
@@ -114,7 +157,7 @@ class RNNStep(torch.autograd.Function):
 
     @staticmethod
     def forward(x: Tensor, prev_h: Tensor, Wx: Tensor, Wh: Tensor, b: Tensor) -> Tensor:
-        return torch.tanh(torch.addmm(torch.addmm(b, x, Wx), prev_h, Wh))  # (N, H)
+        return _addmm(b, x, Wx).add_(_mm(prev_h, Wh)).tanh_()  # (N, H)
 
     @staticmethod
     def setup_context(ctx: FunctionCtx, inputs: tuple, output: Tensor) -> None:
@@ -127,72 +170,12 @@ class RNNStep(torch.autograd.Function):
         x, prev_h, Wx, Wh, next_h = ctx.saved_tensors
         need_x, need_h, need_Wx, need_Wh, need_b = ctx.needs_input_grad
         grad_a = _tanh_backward(grad_next_h, next_h)  # (N, H)
-        grad_x = grad_a @ Wx.T if need_x else None
-        grad_prev_h = grad_a @ Wh.T if need_h else None
-        grad_Wx = x.T @ grad_a if need_Wx else None
-        grad_Wh = prev_h.T @ grad_a if need_Wh else None
+        grad_x = _mm(grad_a, Wx.T) if need_x else None
+        grad_prev_h = _mm(grad_a, Wh.T) if need_h else None
+        grad_Wx = _mm(x.T, grad_a) if need_Wx else None
+        grad_Wh = _mm(prev_h.T, grad_a) if need_Wh else None
         grad_b = grad_a.sum(0) if need_b else None
         return grad_x, grad_prev_h, grad_Wx, grad_Wh, grad_b
-
-
-class RNN(torch.autograd.Function):
-    """A vanilla RNN over a whole sequence, with backprop-through-time in backward.
-
-    Layout (batch-major, as cs231n)::
-
-        x      (N, T, D) ──one GEMM──► x_proj (N, T, H)
-        h0     (N, H)    ──loop over t: h_t = tanh(x_proj[:, t] + h_{t-1} @ Wh)
-        output (N, T, H)  = [h_1, ..., h_T]
-    """
-
-    @staticmethod
-    def forward(x: Tensor, h0: Tensor, Wx: Tensor, Wh: Tensor, b: Tensor) -> Tensor:
-        N, T, D = x.shape
-        H = h0.shape[1]
-        # All input projections at once; the loop below adds only the recurrent term.
-        hidden_states = torch.addmm(b, x.reshape(N * T, D), Wx).view(N, T, H)
-        h = h0
-        for t in range(T):
-            step = hidden_states[:, t]  # (N, H) view into the output buffer
-            step.addmm_(h, Wh).tanh_()
-            h = step
-        return hidden_states
-
-    @staticmethod
-    def setup_context(ctx: FunctionCtx, inputs: tuple, output: Tensor) -> None:
-        x, h0, Wx, Wh, _ = inputs
-        ctx.save_for_backward(x, h0, Wx, Wh, output)
-
-    @staticmethod
-    @once_differentiable
-    def backward(ctx: FunctionCtx, grad_hidden_states: Tensor):
-        x, h0, Wx, Wh, hidden_states = ctx.saved_tensors
-        need_x, need_h0, need_Wx, need_Wh, need_b = ctx.needs_input_grad
-        N, T, D = x.shape
-        H = h0.shape[1]
-        # grad_a[:, t] is the gradient w.r.t. the pre-activation of step t.
-        grad_a = torch.empty_like(hidden_states)  # (N, T, H)
-        grad_h = grad_hidden_states[:, T - 1]
-        for t in range(T - 1, -1, -1):
-            step = grad_a[:, t]
-            torch.mul(grad_h, 1 - hidden_states[:, t].square(), out=step)
-            if t > 0:
-                # Gradient into h_{t-1}: from step t through Wh, plus the loss at t-1.
-                grad_h = torch.addmm(grad_hidden_states[:, t - 1], step, Wh.T)
-        grad_h0 = grad_a[:, 0] @ Wh.T if need_h0 else None
-
-        grad_a_flat = grad_a.view(N * T, H)
-        grad_x = (grad_a_flat @ Wx.T).view(N, T, D) if need_x else None
-        grad_Wx = x.reshape(N * T, D).T @ grad_a_flat if need_Wx else None
-        grad_Wh = None
-        if need_Wh:
-            # h_{t-1} for every t: h0 followed by the first T-1 outputs.
-            grad_Wh = h0.T @ grad_a[:, 0]
-            if T > 1:
-                previous = hidden_states[:, :-1].reshape(N * (T - 1), H)
-                grad_Wh.addmm_(previous.T, grad_a[:, 1:].reshape(N * (T - 1), H))
-        grad_b = grad_a_flat.sum(0) if need_b else None
-        return grad_x, grad_h0, grad_Wx, grad_Wh, grad_b
 
 
 def rnn_step(x: Tensor, prev_h: Tensor, Wx: Tensor, Wh: Tensor, b: Tensor) -> Tensor:
@@ -212,21 +195,6 @@ def rnn_step(x: Tensor, prev_h: Tensor, Wx: Tensor, Wh: Tensor, b: Tensor) -> Te
     return RNNStep.apply(x, prev_h, Wx, Wh, b)
 
 
-def rnn(x: Tensor, h0: Tensor, Wx: Tensor, Wh: Tensor, b: Tensor) -> Tensor:
-    """A vanilla RNN run over a whole sequence.
-
-    Args:
-        x: (N, T, D) input sequence.
-        h0: (N, H) initial hidden state.
-        Wx: (D, H), Wh: (H, H), b: (H,) as in :func:`rnn_step`.
-
-    Returns:
-        (N, T, H) hidden states of every timestep (h0 not included).
-    """
-    _check_recurrent(x, h0, Wx, Wh, b, gates=1, x_ndim=3)
-    return RNN.apply(x, h0, Wx, Wh, b)
-
-
 # --------------------------------------------------------------------------- #
 # LSTM
 # --------------------------------------------------------------------------- #
@@ -236,38 +204,47 @@ def rnn(x: Tensor, h0: Tensor, Wx: Tensor, Wh: Tensor, b: Tensor) -> Tensor:
 
 
 def _lstm_gates_(a: Tensor) -> Tensor:
-    """Turn pre-activations (N, 4H) into gate activations [i, f, o, g] in place."""
-    H = a.shape[1] // 4
-    a[:, : 3 * H].sigmoid_()
-    a[:, 3 * H :].tanh_()
+    """Turn pre-activations (..., 4H) into gate activations [i, f, o, g] in place."""
+    H = a.shape[-1] // 4
+    a[..., : 3 * H].sigmoid_()
+    a[..., 3 * H :].tanh_()
     return a
 
 
-def _lstm_step_backward(
-    grad_h: Tensor, grad_c: Tensor, gates: Tensor, prev_c: Tensor, next_c: Tensor, grad_a: Tensor
-) -> Tensor:
-    """Backward through one LSTM cell, excluding the matrix products.
+def _lstm_backward_coefficients(gates: Tensor, prev_c: Tensor, next_c: Tensor) -> tuple[Tensor, Tensor]:
+    """What turns the gradients w.r.t. (next_h, next_c) into gate gradients, for any leading shape.
+
+    With c' = f c + i g and h' = o tanh(c'), the total gradient into c' is
+    ``grad_c = grad_c' + grad_h' * o (1 - tanh(c')^2)``, and the gradients w.r.t. the
+    pre-activations [a_i, a_f, a_o, a_g] are ``[grad_c, grad_c, grad_h', grad_c] * coefficients``.
 
     Args:
-        grad_h: (N, H) gradient w.r.t. next_h.
-        grad_c: (N, H) gradient w.r.t. next_c arriving from the following step.
-        gates: (N, 4H) activations [i, f, o, g].
-        prev_c, next_c: (N, H) cell states before and after the step.
-        grad_a: (N, 4H) buffer that receives the gradient w.r.t. the pre-activations.
+        gates: (..., 4H) activations [i, f, o, g].
+        prev_c, next_c: (..., H) cell states before and after the step.
 
     Returns:
-        (N, H) gradient w.r.t. prev_c.
+        ``(coefficients (..., 4H), c_from_h (..., H))`` where c_from_h = o (1 - tanh(c')^2).
+        Computed for every timestep at once, outside the sequential loop.
     """
-    H = prev_c.shape[1]
-    i, f, o, g = gates[:, :H], gates[:, H : 2 * H], gates[:, 2 * H : 3 * H], gates[:, 3 * H :]
+    H = prev_c.shape[-1]
+    i, f, o, g = (gates[..., k * H : (k + 1) * H] for k in range(4))
     tanh_c = torch.tanh(next_c)
-    grad_c = grad_c + grad_h * o * (1 - tanh_c * tanh_c)  # total gradient into next_c
+    coefficients = torch.empty_like(gates)
     # sigmoid'(a) = s (1 - s); tanh'(a) = 1 - t^2
-    torch.mul(grad_c * g, i * (1 - i), out=grad_a[:, :H])
-    torch.mul(grad_c * prev_c, f * (1 - f), out=grad_a[:, H : 2 * H])
-    torch.mul(grad_h * tanh_c, o * (1 - o), out=grad_a[:, 2 * H : 3 * H])
-    torch.mul(grad_c * i, 1 - g * g, out=grad_a[:, 3 * H :])
-    return grad_c * f
+    torch.mul(g, i * (1 - i), out=coefficients[..., :H])
+    torch.mul(prev_c, f * (1 - f), out=coefficients[..., H : 2 * H])
+    torch.mul(tanh_c, o * (1 - o), out=coefficients[..., 2 * H : 3 * H])
+    torch.mul(i, 1 - g * g, out=coefficients[..., 3 * H :])
+    return coefficients, o * (1 - tanh_c * tanh_c)
+
+
+def _lstm_gate_gradients_(coefficients: Tensor, grad_c: Tensor, grad_h: Tensor) -> Tensor:
+    """In place: coefficients (N, 4H) become the pre-activation gradients (see above)."""
+    N, H = grad_c.shape
+    coefficients[:, : 2 * H].view(N, 2, H).mul_(grad_c[:, None])  # i and f
+    coefficients[:, 2 * H : 3 * H].mul_(grad_h)  # o
+    coefficients[:, 3 * H :].mul_(grad_c)  # g
+    return coefficients
 
 
 class LSTMStep(torch.autograd.Function):
@@ -275,9 +252,9 @@ class LSTMStep(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, prev_h, prev_c, Wx, Wh, b):
-        gates = _lstm_gates_(torch.addmm(torch.addmm(b, x, Wx), prev_h, Wh))  # (N, 4H)
+        gates = _lstm_gates_(_addmm(b, x, Wx).add_(_mm(prev_h, Wh)))  # (N, 4H)
         H = prev_h.shape[1]
-        next_c = gates[:, H : 2 * H] * prev_c + gates[:, :H] * gates[:, 3 * H :]
+        next_c = torch.addcmul(gates[:, :H] * gates[:, 3 * H :], gates[:, H : 2 * H], prev_c)
         next_h = gates[:, 2 * H : 3 * H] * torch.tanh(next_c)
         ctx.save_for_backward(x, prev_h, prev_c, Wx, Wh, gates, next_c)
         return next_h, next_c
@@ -287,74 +264,18 @@ class LSTMStep(torch.autograd.Function):
     def backward(ctx, grad_next_h, grad_next_c):
         x, prev_h, prev_c, Wx, Wh, gates, next_c = ctx.saved_tensors
         need_x, need_h, need_c, need_Wx, need_Wh, need_b = ctx.needs_input_grad
-        # An output that did not reach the loss arrives as None or zeros.
-        if grad_next_h is None:
-            grad_next_h = torch.zeros_like(next_c)
-        if grad_next_c is None:
-            grad_next_c = torch.zeros_like(next_c)
-        grad_a = torch.empty_like(gates)
-        grad_prev_c = _lstm_step_backward(grad_next_h, grad_next_c, gates, prev_c, next_c, grad_a)
+        H = prev_c.shape[1]
+        coefficients, c_from_h = _lstm_backward_coefficients(gates, prev_c, next_c)
+        grad_c = torch.addcmul(grad_next_c, grad_next_h, c_from_h)  # total gradient into next_c
+        grad_a = _lstm_gate_gradients_(coefficients, grad_c, grad_next_h)  # (N, 4H)
         return (
-            grad_a @ Wx.T if need_x else None,
-            grad_a @ Wh.T if need_h else None,
-            grad_prev_c if need_c else None,
-            x.T @ grad_a if need_Wx else None,
-            prev_h.T @ grad_a if need_Wh else None,
+            _mm(grad_a, Wx.T) if need_x else None,
+            _mm(grad_a, Wh.T) if need_h else None,
+            grad_c * gates[:, H : 2 * H] if need_c else None,
+            _mm(x.T, grad_a) if need_Wx else None,
+            _mm(prev_h.T, grad_a) if need_Wh else None,
             grad_a.sum(0) if need_b else None,
         )
-
-
-class LSTM(torch.autograd.Function):
-    """An LSTM over a whole sequence (initial cell state zero), BPTT in backward.
-
-    Saved for backward: gate activations (N, T, 4H), cell states (N, T, H) and
-    the output hidden states (N, T, H).
-    """
-
-    @staticmethod
-    def forward(ctx, x, h0, Wx, Wh, b):
-        N, T, D = x.shape
-        H = h0.shape[1]
-        gates = torch.addmm(b, x.reshape(N * T, D), Wx).view(N, T, 4 * H)
-        cells = x.new_empty(N, T, H)
-        hidden_states = x.new_empty(N, T, H)
-        h, c = h0, torch.zeros_like(h0)
-        for t in range(T):
-            step = gates[:, t]  # (N, 4H) view
-            _lstm_gates_(step.addmm_(h, Wh))
-            c = torch.addcmul(step[:, 3 * H :] * step[:, :H], step[:, H : 2 * H], c, out=cells[:, t])
-            h = torch.mul(step[:, 2 * H : 3 * H], torch.tanh(c), out=hidden_states[:, t])
-        ctx.save_for_backward(x, h0, Wx, Wh, gates, cells, hidden_states)
-        return hidden_states
-
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, grad_hidden_states):
-        x, h0, Wx, Wh, gates, cells, hidden_states = ctx.saved_tensors
-        need_x, need_h0, need_Wx, need_Wh, need_b = ctx.needs_input_grad
-        N, T, D = x.shape
-        H = h0.shape[1]
-        grad_a = torch.empty_like(gates)  # (N, T, 4H)
-        zeros = torch.zeros_like(h0)
-        grad_h, grad_c = grad_hidden_states[:, T - 1], zeros
-        for t in range(T - 1, -1, -1):
-            prev_c = cells[:, t - 1] if t > 0 else zeros
-            grad_c = _lstm_step_backward(grad_h, grad_c, gates[:, t], prev_c, cells[:, t], grad_a[:, t])
-            if t > 0:
-                grad_h = torch.addmm(grad_hidden_states[:, t - 1], grad_a[:, t], Wh.T)
-        grad_h0 = grad_a[:, 0] @ Wh.T if need_h0 else None
-
-        grad_a_flat = grad_a.view(N * T, 4 * H)
-        grad_x = (grad_a_flat @ Wx.T).view(N, T, D) if need_x else None
-        grad_Wx = x.reshape(N * T, D).T @ grad_a_flat if need_Wx else None
-        grad_Wh = None
-        if need_Wh:
-            grad_Wh = h0.T @ grad_a[:, 0]
-            if T > 1:
-                previous = hidden_states[:, :-1].reshape(N * (T - 1), H)
-                grad_Wh.addmm_(previous.T, grad_a[:, 1:].reshape(N * (T - 1), 4 * H))
-        grad_b = grad_a_flat.sum(0) if need_b else None
-        return grad_x, grad_h0, grad_Wx, grad_Wh, grad_b
 
 
 def lstm_step(
@@ -378,19 +299,311 @@ def lstm_step(
     return LSTMStep.apply(x, prev_h, prev_c, Wx, Wh, b)
 
 
-def lstm(x: Tensor, h0: Tensor, Wx: Tensor, Wh: Tensor, b: Tensor) -> Tensor:
+# --------------------------------------------------------------------------- #
+# Sequences: one Function runs the whole time loop, forward and backward
+# --------------------------------------------------------------------------- #
+# Everything inside is time-major, so that each timestep is one contiguous block:
+#
+#     x (N, T, D) ─transpose─► (T*N, D) ─one GEMM─► pre-activations (T, N, gH)
+#     states (T+1, N, H) = [h0, h_1, ..., h_T]      (h_{t-1} for every t: states[:-1])
+#     output (N, T, H)   = states[1:].transpose(0, 1)   (a view: no copy)
+#
+# ``lengths`` (optional, non-increasing) says how many steps each sequence needs:
+# positions t >= lengths[n] are neither computed nor differentiated (their output is
+# zero). Sorted rows make the active rows of every step a prefix, states[t, :n_t],
+# so skipping the padding costs nothing but a smaller product.
+
+
+def _time_major(x: Tensor) -> Tensor:
+    """(N, T, D) -> (T*N, D) rows in time-major order; free when x is a transposed time-major tensor."""
+    N, T, D = x.shape
+    return x.transpose(0, 1).reshape(T * N, D)
+
+
+def _active_rows(lengths: Tensor | None, N: int, T: int) -> list[int]:
+    """How many (sorted) sequences are still running at each timestep."""
+    if lengths is None:
+        return [N] * T
+    return (lengths[None, :] > torch.arange(T, device=lengths.device)[:, None]).sum(1).tolist()
+
+
+def _keep_active_(grad_a: Tensor, active: list[int]) -> Tensor:
+    """Zero the rows of finished sequences (their coefficients were computed for all rows)."""
+    for t, n in enumerate(active):
+        if n < grad_a.shape[1]:
+            grad_a[t, n:] = 0
+    return grad_a
+
+
+def _rnn_forward_loop(pre_activations: Tensor, h0: Tensor, Wh: Tensor, active: list[int]) -> Tensor:
+    """states (T+1, N, H) from pre-activations (T, N, H): h_t = tanh(pre[t-1] + h_{t-1} @ Wh)."""
+    T, N, H = pre_activations.shape
+    states = pre_activations.new_zeros(T + 1, N, H)
+    states[0] = h0
+    for t, n in enumerate(active):
+        torch.add(pre_activations[t, :n], _mm(states[t, :n], Wh), out=states[t + 1, :n]).tanh_()
+    return states
+
+
+def _rnn_backward_loop(grad_output: Tensor, states: Tensor, Wh: Tensor, active: list[int]) -> Tensor:
+    """grad_a (T, N, H): the gradient w.r.t. every pre-activation, by backprop through time."""
+    grad_out = grad_output.transpose(0, 1)  # (T, N, H)
+    T = grad_out.shape[0]
+    grad_a = _keep_active_(1 - states[1:].square(), active)  # tanh' for all steps at once
+    grad_h = grad_out[T - 1, : active[T - 1]]
+    for t in range(T - 1, -1, -1):
+        step = grad_a[t, : active[t]].mul_(grad_h)
+        if t > 0:  # into h_{t-1}: through Wh from step t, plus the loss at t-1
+            grad_h = _into_previous(_mm(step, Wh.T), grad_out[t - 1, : active[t - 1]])
+    return grad_a
+
+
+def _into_previous(through_recurrence: Tensor, direct: Tensor) -> Tensor:
+    """Sum of the gradient from step t (its n_t rows) and the direct one at t-1 (n_{t-1} >= n_t rows)."""
+    n = through_recurrence.shape[0]
+    if direct.shape[0] == n:
+        return through_recurrence.add_(direct)
+    total = direct.clone()
+    total[:n] += through_recurrence
+    return total
+
+
+def _lstm_forward_loop(gates: Tensor, h0: Tensor, Wh: Tensor, active: list[int]) -> tuple[Tensor, Tensor]:
+    """Run the LSTM over pre-activations ``gates`` (T, N, 4H), activating them in place.
+
+    Returns:
+        ``(states, cells)``, each (T+1, N, H): [h0, h_1..h_T] and [0, c_1..c_T].
+    """
+    T, N, H4 = gates.shape
+    H = H4 // 4
+    states, cells = gates.new_zeros(T + 1, N, H), gates.new_zeros(T + 1, N, H)
+    states[0] = h0
+    for t, n in enumerate(active):
+        a = _lstm_gates_(gates[t, :n].add_(_mm(states[t, :n], Wh)))  # (n, 4H) = [i, f, o, g]
+        torch.mul(a[:, :H], a[:, 3 * H :], out=cells[t + 1, :n]).addcmul_(a[:, H : 2 * H], cells[t, :n])
+        torch.tanh(cells[t + 1, :n], out=states[t + 1, :n]).mul_(a[:, 2 * H : 3 * H])
+    return states, cells
+
+
+def _lstm_backward_loop(grad_output: Tensor, gates: Tensor, cells: Tensor, Wh: Tensor, active: list[int]):
+    """grad_a (T, N, 4H): the gradient w.r.t. every gate pre-activation, by BPTT."""
+    grad_out = grad_output.transpose(0, 1)  # (T, N, H)
+    T, H = grad_out.shape[0], Wh.shape[0]
+    forget = gates[..., H : 2 * H]
+    # The coefficients of every step at once; the loop turns them into grad_a in place.
+    grad_a, c_from_h = _lstm_backward_coefficients(gates, cells[:-1], cells[1:])
+    _keep_active_(grad_a, active)
+    grad_h = grad_out[T - 1, : active[T - 1]]
+    carry = torch.zeros_like(grad_h)  # gradient into c_t from step t + 1
+    for t in range(T - 1, -1, -1):
+        n = active[t]
+        if carry.shape[0] < n:  # sequences that end at t had nothing after them
+            carry = torch.cat([carry, carry.new_zeros(n - carry.shape[0], H)])
+        grad_c = torch.addcmul(carry, grad_h, c_from_h[t, :n])  # total gradient into c_t
+        step = _lstm_gate_gradients_(grad_a[t, :n], grad_c, grad_h)
+        if t > 0:
+            carry = grad_c * forget[t, :n]
+            grad_h = _into_previous(_mm(step, Wh.T), grad_out[t - 1, : active[t - 1]])
+    return grad_a
+
+
+def _recurrent_weight_grads(ctx, grad_a: Tensor, states: Tensor, x: Tensor | None, Wx: Tensor | None, Wh: Tensor):
+    """The gradients that follow the time loop: one GEMM each for h0, x, Wx and Wh, and a sum for b."""
+    T, N, G = grad_a.shape
+    H = states.shape[2]
+    needs = dict(zip(ctx.input_names, ctx.needs_input_grad))
+    grad_a_flat = grad_a.view(T * N, G)
+    grads = {
+        "h0": _mm(grad_a[0], Wh.T) if needs.get("h0") else None,
+        # h_{t-1} for every t is states[:-1] = [h0, h_1, ..., h_{T-1}]: one contiguous matrix.
+        "Wh": _mm(states[:-1].view(T * N, H).T, grad_a_flat) if needs.get("Wh") else None,
+        "b": grad_a_flat.sum(0) if needs.get("b") else None,
+        "x_projected": grad_a.transpose(0, 1) if needs.get("x_projected") else None,
+    }
+    if x is not None:
+        D = x.shape[2]
+        grads["x"] = _mm(grad_a_flat, Wx.T).view(T, N, D).transpose(0, 1) if needs.get("x") else None
+        grads["Wx"] = _mm(_time_major(x).T, grad_a_flat) if needs.get("Wx") else None
+    return tuple(grads.get(name) for name in ctx.input_names)
+
+
+class RNN(torch.autograd.Function):
+    """A vanilla RNN over a whole sequence; backward runs backprop-through-time itself."""
+
+    @staticmethod
+    def forward(ctx, x, h0, Wx, Wh, b, lengths):
+        N, T, D = x.shape
+        active = _active_rows(lengths, N, T)
+        pre_activations = _addmm(b, _time_major(x), Wx).view(T, N, -1)  # all input projections at once
+        states = _rnn_forward_loop(pre_activations, h0, Wh, active)
+        ctx.save_for_backward(x, Wx, Wh, states)
+        ctx.active, ctx.input_names = active, ("x", "h0", "Wx", "Wh", "b", "lengths")
+        return states[1:].transpose(0, 1)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_output):
+        x, Wx, Wh, states = ctx.saved_tensors
+        grad_a = _rnn_backward_loop(grad_output, states, Wh, ctx.active)
+        return _recurrent_weight_grads(ctx, grad_a, states, x, Wx, Wh)
+
+
+class RNNProjected(torch.autograd.Function):
+    """The RNN's time loop alone, for inputs already multiplied by Wx (plus b)."""
+
+    @staticmethod
+    def forward(ctx, x_projected, h0, Wh, lengths):
+        N, T, _ = x_projected.shape
+        active = _active_rows(lengths, N, T)
+        states = _rnn_forward_loop(x_projected.transpose(0, 1), h0, Wh, active)
+        ctx.save_for_backward(Wh, states)
+        ctx.active, ctx.input_names = active, ("x_projected", "h0", "Wh", "lengths")
+        return states[1:].transpose(0, 1)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_output):
+        Wh, states = ctx.saved_tensors
+        grad_a = _rnn_backward_loop(grad_output, states, Wh, ctx.active)
+        return _recurrent_weight_grads(ctx, grad_a, states, None, None, Wh)
+
+
+class LSTM(torch.autograd.Function):
+    """An LSTM over a whole sequence (initial cell state zero); backward runs BPTT itself.
+
+    Saved for backward: the gate activations (T, N, 4H) and the hidden and cell
+    states (T+1, N, H). The backward loop does only what is sequential (a few small
+    ops and one GEMM per step); what can be computed for all steps at once is.
+    """
+
+    @staticmethod
+    def forward(ctx, x, h0, Wx, Wh, b, lengths):
+        N, T, D = x.shape
+        active = _active_rows(lengths, N, T)
+        gates = _addmm(b, _time_major(x), Wx).view(T, N, -1)  # pre-activations, activated in place
+        states, cells = _lstm_forward_loop(gates, h0, Wh, active)
+        ctx.save_for_backward(x, Wx, Wh, gates, states, cells)
+        ctx.active, ctx.input_names = active, ("x", "h0", "Wx", "Wh", "b", "lengths")
+        return states[1:].transpose(0, 1)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_output):
+        x, Wx, Wh, gates, states, cells = ctx.saved_tensors
+        grad_a = _lstm_backward_loop(grad_output, gates, cells, Wh, ctx.active)
+        return _recurrent_weight_grads(ctx, grad_a, states, x, Wx, Wh)
+
+
+class LSTMProjected(torch.autograd.Function):
+    """The LSTM's time loop alone, for inputs already multiplied by Wx (plus b)."""
+
+    @staticmethod
+    def forward(ctx, x_projected, h0, Wh, lengths):
+        N, T, _ = x_projected.shape
+        active = _active_rows(lengths, N, T)
+        # A time-major copy: the loop activates the gates in place, and x_projected is the caller's.
+        gates = x_projected.new_empty(T, N, x_projected.shape[2]).copy_(x_projected.transpose(0, 1))
+        states, cells = _lstm_forward_loop(gates, h0, Wh, active)
+        ctx.save_for_backward(Wh, gates, states, cells)
+        ctx.active, ctx.input_names = active, ("x_projected", "h0", "Wh", "lengths")
+        return states[1:].transpose(0, 1)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_output):
+        Wh, gates, states, cells = ctx.saved_tensors
+        grad_a = _lstm_backward_loop(grad_output, gates, cells, Wh, ctx.active)
+        return _recurrent_weight_grads(ctx, grad_a, states, None, None, Wh)
+
+
+def _check_lengths(lengths: Tensor | None, N: int, T: int) -> None:
+    if lengths is None:
+        return
+    if not isinstance(lengths, Tensor) or lengths.is_floating_point() or lengths.dtype == torch.bool:
+        raise ValueError(f"lengths must be an integer tensor, got {getattr(lengths, 'dtype', type(lengths))}")
+    if lengths.shape != (N,):
+        raise ValueError(f"lengths must have shape ({N},) (one per sequence), got {tuple(lengths.shape)}")
+    if N and (int(lengths.min()) < 0 or int(lengths.max()) > T):
+        raise ValueError(f"lengths must lie in [0, {T}] (the number of timesteps)")
+    if N > 1 and bool((lengths[1:] > lengths[:-1]).any()):
+        raise ValueError("lengths must be sorted in non-increasing order (sort the batch by length)")
+
+
+def _check_projected(x_projected: Tensor, h0: Tensor, Wh: Tensor, gates: int) -> None:
+    _check_float("x_projected", x_projected, 3)
+    _check_float("h0", h0, 2)
+    _check_float("Wh", Wh, 2)
+    _check_same_dtype(x_projected=x_projected, h0=h0, Wh=Wh)
+    H = h0.shape[1]
+    _check_dim("h0", h0, 0, x_projected.shape[0], "the batch size of x_projected")
+    _check_dim("Wh", Wh, 0, H, "the hidden width")
+    _check_dim("Wh", Wh, 1, gates * H, f"{gates} x the hidden width")
+    _check_dim("x_projected", x_projected, 2, gates * H, f"{gates} x the hidden width")
+
+
+def rnn(x: Tensor, h0: Tensor, Wx: Tensor, Wh: Tensor, b: Tensor, lengths: Tensor | None = None) -> Tensor:
+    """A vanilla RNN run over a whole sequence.
+
+    Args:
+        x: (N, T, D) input sequence.
+        h0: (N, H) initial hidden state.
+        Wx: (D, H), Wh: (H, H), b: (H,) as in :func:`rnn_step`.
+        lengths: optional (N,) non-increasing integers in [0, T]: sequence n needs only its
+            first lengths[n] steps; its later outputs are zero and get no gradient.
+
+    Returns:
+        (N, T, H) hidden states of every timestep (h0 not included).
+    """
+    _check_recurrent(x, h0, Wx, Wh, b, gates=1, x_ndim=3)
+    _check_lengths(lengths, x.shape[0], x.shape[1])
+    return RNN.apply(x, h0, Wx, Wh, b, lengths)
+
+
+def rnn_projected(x_projected: Tensor, h0: Tensor, Wh: Tensor, lengths: Tensor | None = None) -> Tensor:
+    """:func:`rnn` for inputs already projected: ``rnn(x, h0, Wx, Wh, b) == rnn_projected(x @ Wx + b, h0, Wh)``.
+
+    Args:
+        x_projected: (N, T, H) input projections (e.g. rows of a per-word table).
+        h0: (N, H), Wh: (H, H), lengths: as :func:`rnn`.
+
+    Returns:
+        (N, T, H) hidden states.
+    """
+    _check_projected(x_projected, h0, Wh, gates=1)
+    _check_lengths(lengths, x_projected.shape[0], x_projected.shape[1])
+    return RNNProjected.apply(x_projected, h0, Wh, lengths)
+
+
+def lstm(x: Tensor, h0: Tensor, Wx: Tensor, Wh: Tensor, b: Tensor, lengths: Tensor | None = None) -> Tensor:
     """An LSTM run over a whole sequence; the initial cell state is zero.
 
     Args:
         x: (N, T, D) input sequence.
         h0: (N, H) initial hidden state.
         Wx: (D, 4H), Wh: (H, 4H), b: (4H,) as in :func:`lstm_step`.
+        lengths: optional (N,) non-increasing step counts, as :func:`rnn`.
 
     Returns:
         (N, T, H) hidden states of every timestep.
     """
     _check_recurrent(x, h0, Wx, Wh, b, gates=4, x_ndim=3)
-    return LSTM.apply(x, h0, Wx, Wh, b)
+    _check_lengths(lengths, x.shape[0], x.shape[1])
+    return LSTM.apply(x, h0, Wx, Wh, b, lengths)
+
+
+def lstm_projected(x_projected: Tensor, h0: Tensor, Wh: Tensor, lengths: Tensor | None = None) -> Tensor:
+    """:func:`lstm` for inputs already projected: ``lstm(x, h0, Wx, Wh, b) == lstm_projected(x @ Wx + b, h0, Wh)``.
+
+    Args:
+        x_projected: (N, T, 4H) input projections.
+        h0: (N, H), Wh: (H, 4H), lengths: as :func:`lstm`.
+
+    Returns:
+        (N, T, H) hidden states.
+    """
+    _check_projected(x_projected, h0, Wh, gates=4)
+    _check_lengths(lengths, x_projected.shape[0], x_projected.shape[1])
+    return LSTMProjected.apply(x_projected, h0, Wh, lengths)
 
 
 # --------------------------------------------------------------------------- #
@@ -450,7 +663,7 @@ class TemporalAffine(torch.autograd.Function):
     @staticmethod
     def forward(x: Tensor, w: Tensor, b: Tensor) -> Tensor:
         N, T, D = x.shape
-        return torch.addmm(b, x.reshape(N * T, D), w).view(N, T, w.shape[1])
+        return _addmm(b, x.reshape(N * T, D), w).view(N, T, w.shape[1])
 
     @staticmethod
     def setup_context(ctx: FunctionCtx, inputs: tuple, output: Tensor) -> None:
@@ -463,8 +676,8 @@ class TemporalAffine(torch.autograd.Function):
         x, w = ctx.saved_tensors
         N, T, D = x.shape
         grad_flat = grad_out.reshape(N * T, w.shape[1])
-        grad_x = (grad_flat @ w.T).view(N, T, D) if ctx.needs_input_grad[0] else None
-        grad_w = x.reshape(N * T, D).T @ grad_flat if ctx.needs_input_grad[1] else None
+        grad_x = _mm(grad_flat, w.T).view(N, T, D) if ctx.needs_input_grad[0] else None
+        grad_w = _mm(x.reshape(N * T, D).T, grad_flat) if ctx.needs_input_grad[1] else None
         grad_b = grad_flat.sum(0) if ctx.needs_input_grad[2] else None
         return grad_x, grad_w, grad_b
 
@@ -546,29 +759,28 @@ class VocabSoftmaxLoss(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, hidden, W_vocab, b_vocab, y, mask):
-        N, T, H = hidden.shape
-        rows = mask.reshape(N * T).nonzero().squeeze(1)  # (K,)
-        scored = hidden.reshape(N * T, H).index_select(0, rows)  # (K, H)
-        targets = y.reshape(N * T).index_select(0, rows)  # (K,)
-        log_probs = _log_softmax_(torch.addmm(b_vocab, scored, W_vocab))  # (K, V)
-        loss = -log_probs.gather(1, targets[:, None]).sum() / N
-        ctx.save_for_backward(scored, W_vocab, rows, targets, log_probs.exp_())
-        ctx.hidden_shape = (N, T, H)
+        keep = mask.bool()  # (N, T)
+        # Boolean indexing reads the K scored rows in (n, t) order from any strides: the
+        # time-major view that rnn/lstm return is not copied whole.
+        scored = hidden[keep]  # (K, H)
+        targets = y[keep]  # (K,)
+        log_probs = _log_softmax_(_addmm(b_vocab, scored, W_vocab))  # (K, V)
+        loss = -log_probs.gather(1, targets[:, None]).sum() / hidden.shape[0]
+        ctx.save_for_backward(hidden, scored, W_vocab, keep, targets, log_probs.exp_())
         return loss
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_loss):
-        scored, W_vocab, rows, targets, probs = ctx.saved_tensors
+        hidden, scored, W_vocab, keep, targets, probs = ctx.saved_tensors
         need_hidden, need_W, need_b = ctx.needs_input_grad[:3]
-        N, T, H = ctx.hidden_shape
-        grad_scores = _softmax_loss_grad(probs, targets, grad_loss / N)  # (K, V)
+        grad_scores = _softmax_loss_grad(probs, targets, grad_loss / hidden.shape[0])  # (K, V)
         grad_hidden = None
         if need_hidden:
-            grad_hidden = scored.new_zeros(N * T, H)
-            grad_hidden.index_copy_(0, rows, grad_scores @ W_vocab.T)
-            grad_hidden = grad_hidden.view(N, T, H)
-        grad_W = scored.T @ grad_scores if need_W else None
+            # zeros_like keeps hidden's strides, so the gradient has the layout rnn/lstm expect.
+            grad_hidden = torch.zeros_like(hidden)
+            grad_hidden[keep] = _mm(grad_scores, W_vocab.T)
+        grad_W = _mm(scored.T, grad_scores) if need_W else None
         grad_b = grad_scores.sum(0) if need_b else None
         return grad_hidden, grad_W, grad_b, None, None
 

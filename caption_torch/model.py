@@ -123,14 +123,38 @@ class CaptioningRNN(nn.Module):
             raise ValueError(
                 f"captions hold {captions.shape[0]} captions but features hold {features.shape[0]} images"
             )
+        # The loss is a sum over captions, so their order is free: sorting by length lets the
+        # recurrence skip every caption's padding (the steps after its last scored word).
+        mask = captions[:, 1:] != self.null_id  # (N, T): which predictions count
+        positions = torch.arange(1, mask.shape[1] + 1, device=mask.device)
+        lengths = (mask * positions).amax(dim=1)  # (N,): last scored position + 1
+        lengths, order = lengths.sort(descending=True, stable=True)
+        features, captions, mask = features[order], captions[order], mask[order]
         captions_in, captions_out = captions[:, :-1], captions[:, 1:]  # (N, T) each
-        mask = captions_out != self.null_id  # (N, T)
 
         h0 = self._initial_hidden(features)  # (N, H)
-        words = F.word_embedding(captions_in, self.W_embed)  # (N, T, W)
-        recurrent = F.lstm if self.cell_type == "lstm" else F.rnn
-        hidden = recurrent(words, h0, self.Wx, self.Wh, self.b)  # (N, T, H)
+        hidden = self._hidden_states(captions_in, h0, lengths)  # (N, T, H)
         return F.vocab_softmax_loss(hidden, self.W_vocab, self.b_vocab, captions_out, mask)
+
+    def _hidden_states(self, captions_in: Tensor, h0: Tensor, lengths: Tensor) -> Tensor:
+        """Hidden states (N, T, H) for input words (N, T), by one of two equal computations.
+
+        Each input word's projection ``W_embed[w] @ Wx + b`` depends on the word only. With
+        more positions than vocabulary words (N*T > V, e.g. batch 512 on COCO) it is cheaper
+        to project the whole vocabulary once, (V, W) @ (W, gH), and look rows up, than to
+        project every position, (N*T, W) @ (W, gH); backward then accumulates per word.
+        Embedding the transposed captions gives time-major memory, which the recurrence
+        uses inside; the transposes back are views, so neither path copies.
+        """
+        N, T = captions_in.shape
+        if N * T > self.vocab_size:
+            table = F.temporal_affine(self.W_embed[None], self.Wx, self.b)[0]  # (V, gH)
+            projected = F.word_embedding(captions_in.T, table).transpose(0, 1)  # (N, T, gH)
+            recurrence = F.lstm_projected if self.cell_type == "lstm" else F.rnn_projected
+            return recurrence(projected, h0, self.Wh, lengths)
+        words = F.word_embedding(captions_in.T, self.W_embed).transpose(0, 1)  # (N, T, W)
+        recurrence = F.lstm if self.cell_type == "lstm" else F.rnn
+        return recurrence(words, h0, self.Wx, self.Wh, self.b, lengths)
 
     # ------------------------------------------------------------------ #
     # Generation: one step at a time, shared by every decoder

@@ -130,3 +130,46 @@ def test_sample_needs_start_and_end():
     model = CaptioningRNN(TINY_VOCAB, 4, 3, 5)
     with pytest.raises(ValueError, match="<START>, <END>"):
         model.sample(torch.randn(1, 4))
+
+
+def reference_loss(model, features, captions):
+    """The whole model in plain autograd ops, no custom Function (padding not skipped, no table)."""
+    p = model.params
+    captions_in, captions_out = captions[:, :-1], captions[:, 1:]
+    h = features @ p["W_proj"] + p["b_proj"]
+    c = torch.zeros_like(h)
+    x = p["W_embed"][captions_in]
+    outputs = []
+    for t in range(captions_in.shape[1]):
+        a = x[:, t] @ p["Wx"] + h @ p["Wh"] + p["b"]
+        if model.cell_type == "rnn":
+            h = torch.tanh(a)
+        else:
+            i, f, o, g = a.chunk(4, dim=1)
+            c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
+            h = torch.sigmoid(o) * torch.tanh(c)
+        outputs.append(h)
+    scores = torch.stack(outputs, 1) @ p["W_vocab"] + p["b_vocab"]
+    nll = torch.nn.functional.cross_entropy(scores.transpose(1, 2), captions_out, reduction="none")
+    return (nll * (captions_out != model.null_id)).sum() / captions.shape[0]
+
+
+@pytest.mark.parametrize("cell_type", ["rnn", "lstm"])
+@pytest.mark.parametrize("batch", [1, 2, 9])  # N*T = 4 < V = 7 (per-position projection), 8 and 36 > V (table)
+def test_loss_and_gradients_match_plain_autograd(cell_type, batch):
+    """Sorting by length, skipping padding and the vocabulary table change nothing."""
+    torch.manual_seed(batch)
+    model = CaptioningRNN(VOCAB, 8, 6, 5, cell_type=cell_type, dtype=torch.float64)
+    features = torch.randn(batch, 8, dtype=torch.float64)
+    lengths = torch.randint(1, 5, (batch,))
+    captions = torch.zeros(batch, 5, dtype=torch.long)
+    for n, length in enumerate(lengths.tolist()):  # <START> words <END> <NULL>...
+        captions[n, : length + 1] = torch.cat([torch.tensor([1]), torch.randint(3, 7, (length - 1,)),
+                                               torch.tensor([2])])
+    names = list(model.params)
+    ours = torch.autograd.grad(model.loss(features, captions), list(model.params.values()))
+    expected_loss = reference_loss(model, features, captions)
+    expected = torch.autograd.grad(expected_loss, list(model.params.values()))
+    torch.testing.assert_close(model.loss(features, captions), expected_loss, rtol=1e-12, atol=1e-12)
+    for name, g, e in zip(names, ours, expected):
+        torch.testing.assert_close(g, e, rtol=1e-10, atol=1e-12, msg=name)
