@@ -59,6 +59,9 @@ def _check_float(name: str, tensor: Tensor, ndim: int) -> None:
 
 
 def _check_same_dtype(**tensors: Tensor) -> None:
+    device = next(iter(tensors.values())).device.type
+    if torch.is_autocast_enabled(device):
+        return  # mixed dtypes are autocast's normal input; the wrappers cast them (see _apply_autocast)
     dtypes = {name: t.dtype for name, t in tensors.items()}
     if len(set(dtypes.values())) > 1:
         listed = ", ".join(f"{name}={dtype}" for name, dtype in dtypes.items())
@@ -101,6 +104,27 @@ def _check_recurrent(x: Tensor, h0: Tensor, Wx: Tensor, Wh: Tensor, b: Tensor, g
     _check_dim("Wh", Wh, 0, hidden, "the hidden width")
     _check_dim("Wh", Wh, 1, gates * hidden, f"{gates} x the hidden width")
     _check_dim("b", b, 0, gates * hidden, f"{gates} x the hidden width")
+
+
+# --------------------------------------------------------------------------- #
+# Mixed precision
+# --------------------------------------------------------------------------- #
+# Autocast does not look inside a custom Function, so the wrappers do its job: under
+# autocast, the products (recurrences, affine maps) run in the autocast dtype (bf16 or
+# fp16) and the losses in float32; the Function itself then runs with autocast off, so
+# nothing inside is cast again. Gradients flow back through ordinary ``.to()`` casts,
+# so float32 parameters receive float32 gradients.
+
+
+def _apply_autocast(function, *args, low_precision: bool):
+    """``function.apply(*args)`` with autocast's casting done explicitly (see above)."""
+    device = next((a.device.type for a in args if isinstance(a, Tensor)), "cpu")
+    if not torch.is_autocast_enabled(device):
+        return function.apply(*args)
+    dtype = torch.get_autocast_dtype(device) if low_precision else torch.float32
+    cast = [a.to(dtype) if isinstance(a, Tensor) and a.is_floating_point() else a for a in args]
+    with torch.autocast(device, enabled=False):
+        return function.apply(*cast)
 
 
 # --------------------------------------------------------------------------- #
@@ -204,7 +228,7 @@ def rnn_step(x: Tensor, prev_h: Tensor, Wx: Tensor, Wh: Tensor, b: Tensor) -> Te
         (N, H) next hidden state ``tanh(x @ Wx + prev_h @ Wh + b)``.
     """
     _check_recurrent(x, prev_h, Wx, Wh, b, gates=1, x_ndim=2)
-    return RNNStep.apply(x, prev_h, Wx, Wh, b)
+    return _apply_autocast(RNNStep, x, prev_h, Wx, Wh, b, low_precision=True)
 
 
 # --------------------------------------------------------------------------- #
@@ -308,7 +332,7 @@ def lstm_step(
     _check_same_dtype(prev_h=prev_h, prev_c=prev_c)
     if prev_c.shape != prev_h.shape:
         raise ValueError(f"prev_c has shape {tuple(prev_c.shape)} but prev_h has {tuple(prev_h.shape)}")
-    return LSTMStep.apply(x, prev_h, prev_c, Wx, Wh, b)
+    return _apply_autocast(LSTMStep, x, prev_h, prev_c, Wx, Wh, b, low_precision=True)
 
 
 # --------------------------------------------------------------------------- #
@@ -622,7 +646,7 @@ def rnn(x: Tensor, h0: Tensor, Wx: Tensor, Wh: Tensor, b: Tensor, lengths: Tenso
     """
     _check_recurrent(x, h0, Wx, Wh, b, gates=1, x_ndim=3)
     _check_lengths(lengths, x.shape[0], x.shape[1])
-    return RNN.apply(x, h0, Wx, Wh, b, lengths)
+    return _apply_autocast(RNN, x, h0, Wx, Wh, b, lengths, low_precision=True)
 
 
 def rnn_projected(x_projected: Tensor, h0: Tensor, Wh: Tensor, lengths: Tensor | None = None) -> Tensor:
@@ -637,7 +661,7 @@ def rnn_projected(x_projected: Tensor, h0: Tensor, Wh: Tensor, lengths: Tensor |
     """
     _check_projected(x_projected, h0, Wh, gates=1)
     _check_lengths(lengths, x_projected.shape[0], x_projected.shape[1])
-    return RNNProjected.apply(x_projected, h0, Wh, lengths)
+    return _apply_autocast(RNNProjected, x_projected, h0, Wh, lengths, low_precision=True)
 
 
 def lstm(x: Tensor, h0: Tensor, Wx: Tensor, Wh: Tensor, b: Tensor, lengths: Tensor | None = None) -> Tensor:
@@ -654,7 +678,7 @@ def lstm(x: Tensor, h0: Tensor, Wx: Tensor, Wh: Tensor, b: Tensor, lengths: Tens
     """
     _check_recurrent(x, h0, Wx, Wh, b, gates=4, x_ndim=3)
     _check_lengths(lengths, x.shape[0], x.shape[1])
-    return LSTM.apply(x, h0, Wx, Wh, b, lengths)
+    return _apply_autocast(LSTM, x, h0, Wx, Wh, b, lengths, low_precision=True)
 
 
 def lstm_projected(x_projected: Tensor, h0: Tensor, Wh: Tensor, lengths: Tensor | None = None) -> Tensor:
@@ -669,7 +693,7 @@ def lstm_projected(x_projected: Tensor, h0: Tensor, Wh: Tensor, lengths: Tensor 
     """
     _check_projected(x_projected, h0, Wh, gates=4)
     _check_lengths(lengths, x_projected.shape[0], x_projected.shape[1])
-    return LSTMProjected.apply(x_projected, h0, Wh, lengths)
+    return _apply_autocast(LSTMProjected, x_projected, h0, Wh, lengths, low_precision=True)
 
 
 # --------------------------------------------------------------------------- #
@@ -765,7 +789,7 @@ def temporal_affine(x: Tensor, w: Tensor, b: Tensor) -> Tensor:
     _check_same_dtype(x=x, w=w, b=b)
     _check_dim("w", w, 0, x.shape[2], "the input width of x")
     _check_dim("b", b, 0, w.shape[1], "the output width of w")
-    return TemporalAffine.apply(x, w, b)
+    return _apply_autocast(TemporalAffine, x, w, b, low_precision=True)
 
 
 def _log_softmax_(scores: Tensor) -> Tensor:
@@ -830,7 +854,8 @@ class VocabSoftmaxLoss(torch.autograd.Function):
         # time-major view that rnn/lstm return is not copied whole.
         scored = hidden[keep]  # (K, H)
         targets = y[keep]  # (K,)
-        log_probs = _log_softmax_(_addmm(b_vocab, scored, W_vocab))  # (K, V)
+        # The product may be bf16/fp16 under autocast; the softmax and the loss are float32.
+        log_probs = _log_softmax_(_addmm(b_vocab, scored, W_vocab).float())  # (K, V)
         loss = -log_probs.gather(1, targets[:, None]).sum() / hidden.shape[0]
         ctx.save_for_backward(hidden, scored, W_vocab, keep, targets, log_probs.exp_())
         return loss
@@ -840,7 +865,7 @@ class VocabSoftmaxLoss(torch.autograd.Function):
     def backward(ctx, grad_loss):
         hidden, scored, W_vocab, keep, targets, probs = ctx.saved_tensors
         need_hidden, need_W, need_b = ctx.needs_input_grad[:3]
-        grad_scores = _softmax_loss_grad(probs, targets, grad_loss / hidden.shape[0])  # (K, V)
+        grad_scores = _softmax_loss_grad(probs, targets, grad_loss / hidden.shape[0]).to(scored.dtype)  # (K, V)
         grad_hidden = None
         if need_hidden:
             # zeros_like keeps hidden's strides, so the gradient has the layout rnn/lstm expect.
@@ -875,7 +900,7 @@ def temporal_softmax_loss(x: Tensor, y: Tensor, mask: Tensor) -> Tensor:
     """
     _check_float("x", x, 3)
     _check_targets(y, mask, x.shape[:2], x.shape[2])
-    return TemporalSoftmaxLoss.apply(x, y, mask)
+    return _apply_autocast(TemporalSoftmaxLoss, x, y, mask, low_precision=False)
 
 
 def vocab_softmax_loss(hidden: Tensor, W_vocab: Tensor, b_vocab: Tensor, y: Tensor, mask: Tensor) -> Tensor:
@@ -901,4 +926,4 @@ def vocab_softmax_loss(hidden: Tensor, W_vocab: Tensor, b_vocab: Tensor, y: Tens
     _check_dim("W_vocab", W_vocab, 0, hidden.shape[2], "the hidden width")
     _check_dim("b_vocab", b_vocab, 0, W_vocab.shape[1], "the vocabulary size of W_vocab")
     _check_targets(y, mask, hidden.shape[:2], W_vocab.shape[1])
-    return VocabSoftmaxLoss.apply(hidden, W_vocab, b_vocab, y, mask)
+    return _apply_autocast(VocabSoftmaxLoss, hidden, W_vocab, b_vocab, y, mask, low_precision=True)
