@@ -116,6 +116,9 @@ def _check_recurrent(x: Tensor, h0: Tensor, Wx: Tensor, Wh: Tensor, b: Tensor, g
 # so float32 parameters receive float32 gradients.
 
 
+_HALF_DTYPES = (torch.bfloat16, torch.float16)
+
+
 def _apply_autocast(function, *args, low_precision: bool):
     """``function.apply(*args)`` with autocast's casting done explicitly (see above)."""
     device = next((a.device.type for a in args if isinstance(a, Tensor)), "cpu")
@@ -855,7 +858,8 @@ class VocabSoftmaxLoss(torch.autograd.Function):
         scored = hidden[keep]  # (K, H)
         targets = y[keep]  # (K,)
         # The product may be bf16/fp16 under autocast; the softmax and the loss are float32.
-        log_probs = _log_softmax_(_addmm(b_vocab, scored, W_vocab).float())  # (K, V)
+        scores = _addmm(b_vocab, scored, W_vocab)  # (K, V)
+        log_probs = _log_softmax_(scores.float() if scores.dtype in _HALF_DTYPES else scores)
         loss = -log_probs.gather(1, targets[:, None]).sum() / hidden.shape[0]
         ctx.save_for_backward(hidden, scored, W_vocab, keep, targets, log_probs.exp_())
         return loss
