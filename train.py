@@ -20,12 +20,14 @@ from pathlib import Path
 import lightning as L
 import numpy as np
 import torch
+from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.callbacks import ModelCheckpoint
 
 from caption_torch import coco
 from caption_torch.callbacks import LossHistory
 from caption_torch.checkpointing import AtomicCheckpointIO, LastCheckpoint
 from caption_torch.data import CaptionDataModule, FeatureRows
+from caption_torch.evaluate import CheckpointError, check_model_fits_data, load_model
 from caption_torch.plots import plot_loss_history
 from caption_torch.system import CaptioningSystem
 
@@ -35,6 +37,11 @@ OVERFIT_DEFAULTS = dict(cell="rnn", hidden_dim=512, wordvec_dim=256, batch_size=
 OVERFIT_LSTM_LR_DECAY = 0.995
 # A full run on the embedded dataset: a few minutes on a 2-core CPU.
 FULL_DEFAULTS = dict(cell="rnn", hidden_dim=512, wordvec_dim=256, batch_size=128, epochs=4, lr=5e-3, lr_decay=0.9)
+# These train in child processes and hand back only the weights and metrics, not the loss history or
+# checkpoint paths this script reports; --strategy ddp re-runs the script on every rank instead.
+SPAWNING_STRATEGIES = ("ddp_spawn", "ddp_fork", "ddp_notebook")
+# Flags whose value is part of a checkpoint's model: resuming with another value cannot work.
+MODEL_FLAGS = dict(wordvec_dim="--wordvec-dim", hidden_dim="--hidden-dim", cell_type="--cell")
 
 
 def quiet_lightning() -> None:
@@ -112,6 +119,9 @@ def resolve_defaults(args: argparse.Namespace) -> argparse.Namespace:
             setattr(args, name, value)
     if args.num_workers < 0:
         raise SystemExit(f"error: --num-workers must be >= 0, got {args.num_workers}")
+    if args.strategy.startswith(SPAWNING_STRATEGIES):
+        raise SystemExit(f"error: --strategy {args.strategy} trains in child processes whose loss history "
+                         "train.py cannot report; use --strategy ddp")  # fmt: skip
     return args
 
 
@@ -121,6 +131,17 @@ def find_last_checkpoint(log_dir: Path) -> Path:
     if not candidates:
         raise SystemExit(f"error: --resume found no {log_dir}/lightning_logs/version_*/checkpoints/last.ckpt")
     return candidates[-1]
+
+
+def check_resumable(path: Path | str, system: CaptioningSystem) -> None:
+    """The checkpoint must exist and hold this run's model: vocabulary, feature width, sizes and cell."""
+    stored = load_model(path)  # weights_only; CheckpointError if missing or unreadable
+    check_model_fits_data(stored, system.model.word_to_idx, system.model.input_dim)
+    for name, flag in MODEL_FLAGS.items():
+        theirs, ours = getattr(stored, name), getattr(system.model, name)
+        if theirs != ours:
+            raise CheckpointError(f"checkpoint {path} was trained with {flag} {theirs} but this run has {ours}; "
+                                  "resume with the flags it was trained with")  # fmt: skip
 
 
 def image_description(data_dir: Path, split: str, row: int, urls: dict) -> str:
@@ -150,6 +171,16 @@ def print_samples(system: CaptioningSystem, dm: CaptionDataModule, seed: int) ->
 
 def main(argv: list[str] | None = None) -> int:
     args = resolve_defaults(build_parser().parse_args(argv))
+    # Bad data, sizes or checkpoint, a non-finite loss, hardware flags Lightning cannot satisfy: one line, no traceback.
+    try:
+        return run(args)
+    except (ValueError, FloatingPointError, MisconfigurationException) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+
+
+def run(args: argparse.Namespace) -> int:
+    """Train as the flags say; rank 0 then prints the samples, metrics and paths."""
     quiet_lightning()
     L.seed_everything(args.seed, workers=True, verbose=False)
     dm = CaptionDataModule(
@@ -184,6 +215,7 @@ def main(argv: list[str] | None = None) -> int:
         strategy=args.strategy,
         precision=args.precision,
         callbacks=callbacks,
+        enable_checkpointing=validate,  # else Lightning adds a default ModelCheckpoint beside LastCheckpoint
         plugins=[AtomicCheckpointIO()],
         enable_progress_bar=validate,
         limit_val_batches=None if validate else 0,
@@ -192,12 +224,18 @@ def main(argv: list[str] | None = None) -> int:
         enable_model_summary=False,
     )
     ckpt_path = find_last_checkpoint(args.log_dir) if args.resume == "last" else args.resume
+    if ckpt_path is not None:
+        check_resumable(ckpt_path, system)
     trainer.fit(system, datamodule=dm, ckpt_path=ckpt_path)
+    log_dir = Path(trainer.log_dir)  # a broadcast under DDP: every rank must ask, before the others return
+    if torch.distributed.is_initialized():
+        # The last collective is done; left to interpreter exit, gloo sometimes aborts a rank whose peer is gone.
+        torch.distributed.destroy_process_group()
     if not trainer.is_global_zero:
         return 0
 
     steps_per_epoch = max(1, trainer.num_training_batches)
-    plot = plot_loss_history(history.losses, Path(trainer.log_dir) / "loss.png", steps_per_epoch=steps_per_epoch)
+    plot = plot_loss_history(history.losses, log_dir / "loss.png", steps_per_epoch=steps_per_epoch)
     print_samples(system, dm, args.seed)
     if validate:
         metrics = trainer.callback_metrics

@@ -60,7 +60,9 @@ class LossHistory(L.Callback):
         self.losses.extend(values)
 
     def state_dict(self) -> dict:
-        return {"losses": list(self.losses)}
+        # A checkpoint taken between flushes (--checkpoint-every) must not drop the pending losses.
+        pending = torch.stack(self._pending).float().cpu().tolist() if self._pending else []
+        return {"losses": self.losses + pending}
 
     def load_state_dict(self, state_dict: dict) -> None:
         self.losses = list(state_dict.get("losses", []))

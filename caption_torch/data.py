@@ -210,9 +210,9 @@ class CaptionDataModule(L.LightningDataModule):
         self.word_to_idx, self.idx_to_word = coco.read_vocab(self.data_dir)
         splits = coco.read_captions(self.data_dir, vocab_size=len(self.idx_to_word))
         start = self.word_to_idx["<START>"]
-        features = {}
+        features, widths = {}, {}
         for split, captions in splits.items():
-            num_images, self.feature_dim = coco.feature_shape(self.data_dir, split, hp.pca_features)
+            num_images, widths[split] = coco.feature_shape(self.data_dir, split, hp.pca_features)
             coco.check_image_idxs(captions, num_images, split, self.data_dir)
             not_started = int((captions.captions[:, 0] != start).sum())
             if not_started:
@@ -221,6 +221,10 @@ class CaptionDataModule(L.LightningDataModule):
                     f"<START> (id {start}); every caption must be <START> ... <END> <NULL>..."
                 )
             features[split] = FeatureRows(self.data_dir / coco.feature_file(split, hp.pca_features), hp.feature_storage)
+        if len(set(widths.values())) > 1:  # one model reads both splits
+            raise coco.CocoDataError(f"{self.data_dir}: the feature files disagree on the width D: " + ", ".join(
+                f"{coco.feature_file(split, hp.pca_features)} has {width}" for split, width in widths.items()))
+        self.feature_dim = widths["train"]
 
         train = splits["train"]
         if hp.max_train is not None:
