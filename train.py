@@ -36,7 +36,8 @@ OVERFIT_DEFAULTS = dict(cell="rnn", hidden_dim=512, wordvec_dim=256, batch_size=
 # The assignment's LSTM notebook decays more slowly.
 OVERFIT_LSTM_LR_DECAY = 0.995
 # A full run on the embedded dataset: a few minutes on a 2-core CPU.
-FULL_DEFAULTS = dict(cell="rnn", hidden_dim=512, wordvec_dim=256, batch_size=128, epochs=4, lr=5e-3, lr_decay=0.9)
+# (LSTM, 12 epochs: 1m46s on the 2-core CPU, val BLEU-4 0.33; the RNN reaches 0.15 in 4 epochs.)
+FULL_DEFAULTS = dict(cell="lstm", hidden_dim=512, wordvec_dim=256, batch_size=128, epochs=12, lr=5e-3, lr_decay=0.9)
 # These train in child processes and hand back only the weights and metrics, not the loss history or
 # checkpoint paths this script reports; --strategy ddp re-runs the script on every rank instead.
 SPAWNING_STRATEGIES = ("ddp_spawn", "ddp_fork", "ddp_notebook")
@@ -83,7 +84,7 @@ def build_parser() -> argparse.ArgumentParser:
                       help="stream features from HDF5, hold them in RAM, or on the accelerator (default: hdf5)")
 
     model = parser.add_argument_group("model and optimisation (defaults: see README)")
-    model.add_argument("--cell", choices=["rnn", "lstm"], default=None, help="recurrent cell (default: rnn)")
+    model.add_argument("--cell", choices=["rnn", "lstm"], default=None, help="recurrent cell (default: rnn with --overfit, as the notebook; lstm otherwise)")
     model.add_argument("--hidden-dim", type=positive_int, default=None, help="hidden state width H (default: 512)")
     model.add_argument("--wordvec-dim", type=positive_int, default=None, help="word vector width W (default: 256)")
     model.add_argument("--batch-size", type=positive_int, default=None, help="captions per batch")

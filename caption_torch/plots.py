@@ -98,7 +98,7 @@ def caption_grid(panels: Sequence[tuple], path: Path | str, title: str = "", col
     path.parent.mkdir(parents=True, exist_ok=True)
     columns = min(columns, max(len(panels), 1))
     rows = max(1, -(-len(panels) // columns))
-    fig, axes = plt.subplots(rows, columns, figsize=(3.4 * columns, 4.3 * rows), dpi=100, squeeze=False)
+    fig, axes = plt.subplots(rows, columns, figsize=(3.4 * columns, 4.7 * rows), dpi=100, squeeze=False)
     for ax in axes.flat[len(panels) :]:
         ax.axis("off")
     for ax, (source, generated, reference) in zip(axes.flat, panels):
