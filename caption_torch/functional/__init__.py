@@ -1,0 +1,45 @@
+"""The math of the captioning model: one ``torch.autograd.Function`` per layer.
+
+Every Function computes its forward pass with plain tensor ops and its backward
+pass by hand (no autograd inside ``backward``); ``tests/test_functional.py``
+proves each one with ``torch.autograd.gradcheck``. Argument order and weight
+layouts follow cs231n's ``rnn_layers.py``: weight matrices are ``(in, out)``, so a
+layer computes ``x @ W + b``.
+
+Shapes use these letters throughout:
+
+    N  batch size                 T  timesteps
+    D  input width                H  hidden width
+    V  vocabulary size            K  number of unmasked (scored) tokens
+
+The sequence Functions (``rnn``, ``lstm``) run the whole sequence in one Function
+so that backward can do backprop-through-time itself: the input projections of
+all timesteps are one GEMM before the time loop, and the weight and input
+gradients are one GEMM each after it; only the recurrent ``h @ Wh`` stays inside
+the Python loop over T.
+
+Every lowercase wrapper validates its inputs (clear ``ValueError`` naming the
+argument) and then calls ``Function.apply``. The modules, in dependency order:
+
+    _common.py    input checks, autocast casting, the matrix products (oneDNN on CPU)
+    steps.py      rnn_step, lstm_step and the LSTM gate algebra
+    sequences.py  rnn, lstm (+ *_projected): packed time loops with BPTT in backward
+    words.py      word_embedding, temporal_affine, temporal_softmax_loss, vocab_softmax_loss
+"""
+
+from .sequences import lstm, lstm_projected, rnn, rnn_projected
+from .steps import lstm_step, rnn_step
+from .words import temporal_affine, temporal_softmax_loss, vocab_softmax_loss, word_embedding
+
+__all__ = [
+    "rnn_step",
+    "rnn",
+    "rnn_projected",
+    "lstm_step",
+    "lstm",
+    "lstm_projected",
+    "word_embedding",
+    "temporal_affine",
+    "temporal_softmax_loss",
+    "vocab_softmax_loss",
+]

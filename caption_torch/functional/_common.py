@@ -1,0 +1,133 @@
+"""What every Function's wrapper and body share: input checks, autocast casting, matrix products."""
+
+from __future__ import annotations
+
+import os
+
+import torch
+from torch import Tensor
+
+
+# --------------------------------------------------------------------------- #
+# Input validation shared by the wrappers
+# --------------------------------------------------------------------------- #
+
+
+def _check_float(name: str, tensor: Tensor, ndim: int) -> None:
+    if not isinstance(tensor, Tensor):
+        raise ValueError(f"{name} must be a torch.Tensor, got {type(tensor).__name__}")
+    if not tensor.is_floating_point():
+        raise ValueError(f"{name} must be a floating-point tensor, got dtype {tensor.dtype}")
+    if tensor.dim() != ndim:
+        raise ValueError(f"{name} must have {ndim} dimensions, got shape {tuple(tensor.shape)}")
+
+
+def _check_same_dtype(**tensors: Tensor) -> None:
+    device = next(iter(tensors.values())).device.type
+    if torch.is_autocast_enabled(device):
+        return  # mixed dtypes are autocast's normal input; the wrappers cast them (see _apply_autocast)
+    dtypes = {name: t.dtype for name, t in tensors.items()}
+    if len(set(dtypes.values())) > 1:
+        listed = ", ".join(f"{name}={dtype}" for name, dtype in dtypes.items())
+        raise ValueError(f"all floating-point inputs must share one dtype, got {listed}")
+
+
+def _check_dim(name: str, tensor: Tensor, dim: int, expected: int, meaning: str) -> None:
+    if tensor.shape[dim] != expected:
+        raise ValueError(
+            f"{name} has size {tensor.shape[dim]} in dimension {dim} but {meaning} is {expected} "
+            f"(shape {tuple(tensor.shape)})"
+        )
+
+
+def _check_token_ids(name: str, ids: Tensor, vocab_size: int, ndim: int) -> None:
+    if not isinstance(ids, Tensor) or ids.is_floating_point() or ids.is_complex() or ids.dtype == torch.bool:
+        dtype = ids.dtype if isinstance(ids, Tensor) else type(ids).__name__
+        raise ValueError(f"{name} must be an integer tensor of token ids, got {dtype}")
+    if ids.dim() != ndim:
+        raise ValueError(f"{name} must have {ndim} dimensions, got shape {tuple(ids.shape)}")
+    if ids.numel() > 0:
+        low, high = int(ids.min()), int(ids.max())
+        if low < 0 or high >= vocab_size:
+            bad = low if low < 0 else high
+            raise ValueError(f"{name} contains token id {bad}, outside the vocabulary [0, {vocab_size})")
+
+
+def _check_recurrent(x: Tensor, h0: Tensor, Wx: Tensor, Wh: Tensor, b: Tensor, gates: int, x_ndim: int) -> None:
+    """Shared shape checks for the four recurrent wrappers (gates = 1 for RNN, 4 for LSTM)."""
+    _check_float("x", x, x_ndim)
+    _check_float("prev_h" if x_ndim == 2 else "h0", h0, 2)
+    _check_float("Wx", Wx, 2)
+    _check_float("Wh", Wh, 2)
+    _check_float("b", b, 1)
+    _check_same_dtype(x=x, h0=h0, Wx=Wx, Wh=Wh, b=b)
+    hidden = h0.shape[1]
+    _check_dim("h0", h0, 0, x.shape[0], "the batch size of x")
+    _check_dim("Wx", Wx, 0, x.shape[-1], "the input width of x")
+    _check_dim("Wx", Wx, 1, gates * hidden, f"{gates} x the hidden width")
+    _check_dim("Wh", Wh, 0, hidden, "the hidden width")
+    _check_dim("Wh", Wh, 1, gates * hidden, f"{gates} x the hidden width")
+    _check_dim("b", b, 0, gates * hidden, f"{gates} x the hidden width")
+
+
+# --------------------------------------------------------------------------- #
+# Mixed precision
+# --------------------------------------------------------------------------- #
+# Autocast does not look inside a custom Function, so the wrappers do its job: under
+# autocast, the products (recurrences, affine maps) run in the autocast dtype (bf16 or
+# fp16) and the losses in float32; the Function itself then runs with autocast off, so
+# nothing inside is cast again. Gradients flow back through ordinary ``.to()`` casts,
+# so float32 parameters receive float32 gradients.
+
+
+_HALF_DTYPES = (torch.bfloat16, torch.float16)
+
+
+def _apply_autocast(function, *args, low_precision: bool):
+    """``function.apply(*args)`` with autocast's casting done explicitly (see above)."""
+    device = next((a.device.type for a in args if isinstance(a, Tensor)), "cpu")
+    if not torch.is_autocast_enabled(device):
+        return function.apply(*args)
+    dtype = torch.get_autocast_dtype(device) if low_precision else torch.float32
+    cast = [a.to(dtype) if isinstance(a, Tensor) and a.is_floating_point() else a for a in args]
+    with torch.autocast(device, enabled=False):
+        return function.apply(*cast)
+
+
+# --------------------------------------------------------------------------- #
+# Matrix products
+# --------------------------------------------------------------------------- #
+# On CPUs, float32 products go through oneDNN (the library behind nn.LSTM's CPU
+# kernels) when this torch build has it: torch.mm goes to the BLAS, which was
+# measured 2-2.5x slower on the AMD EPYC this project is benchmarked on, for every
+# product shape the model uses (benchmarks/README.md). Other dtypes and devices use
+# torch.mm. Set CAPTION_TORCH_ONEDNN=0 to always use torch.mm.
+
+
+def _probe_onednn() -> bool:
+    if os.environ.get("CAPTION_TORCH_ONEDNN", "1") == "0":
+        return False
+    try:
+        probe = torch.arange(6.0).view(2, 3)
+        product = torch.ops.mkldnn._linear_pointwise(probe, probe, None, "none", [], "")
+        return torch.equal(product, probe @ probe.T)
+    except (AttributeError, RuntimeError, NotImplementedError):
+        return False
+
+
+_ONEDNN = _probe_onednn()
+
+
+def _mm(a: Tensor, b: Tensor) -> Tensor:
+    """``a @ b`` for (M, K) and (K, P) matrices, through oneDNN for CPU float32 (any strides)."""
+    if _ONEDNN and a.dtype == torch.float32 and a.device.type == "cpu" and a.numel() and b.numel():
+        # _linear_pointwise(x, w) computes x @ w.T with w of shape (out, in).
+        return torch.ops.mkldnn._linear_pointwise(a, b.T, None, "none", [], "")
+    return torch.mm(a, b)
+
+
+def _addmm(bias: Tensor, a: Tensor, b: Tensor) -> Tensor:
+    """``bias + a @ b`` with a (P,) bias broadcast over rows."""
+    if _ONEDNN and a.dtype == torch.float32 and a.device.type == "cpu" and a.numel() and b.numel():
+        return torch.ops.mkldnn._linear_pointwise(a, b.T, bias, "none", [], "")
+    return torch.addmm(bias, a, b)

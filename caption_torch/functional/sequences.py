@@ -1,0 +1,366 @@
+"""Whole sequences: one Function per sequence runs the time loop forward and backward."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+from torch.autograd.function import once_differentiable
+
+from ._common import _addmm, _apply_autocast, _check_dim, _check_float, _check_recurrent, _check_same_dtype, _mm
+from .steps import _lstm_backward_coefficients, _lstm_gate_gradients_, _lstm_gates_
+
+# --------------------------------------------------------------------------- #
+# Sequences: one Function runs the whole time loop, forward and backward
+# --------------------------------------------------------------------------- #
+# Inside, rows are "packed" time-major: step 0's sequences, then step 1's, ... and a
+# sequence that has finished (t >= lengths[n]; lengths sorted, non-increasing) is
+# simply absent, so no product or elementwise op ever touches padding:
+#
+#     x (N, T, D) ─pack─► (P, D) ─one GEMM─► pre-activations (P, gH)      P = sum(lengths)
+#     states (N + P, H) = [h0 | h_1 of step 0's rows | h_2 of step 1's rows | ...]
+#     step t reads h_t = rows of block t, first n_t of them (n_t = sequences still running)
+#     output (N, T, H) ◄─unpack─ states[N:]  (zeros where finished; a transposed view)
+#
+# Without lengths every sequence runs all T steps; packing is then the identity and
+# costs no copy.
+
+
+class _Packing:
+    """Where each (timestep, sequence) pair lives in the packed layout above.
+
+    Args:
+        lengths: (N,) non-increasing step counts, or None for all T.
+    """
+
+    def __init__(self, lengths: Tensor | None, N: int, T: int) -> None:
+        self.N, self.T = N, T
+        if lengths is None:
+            self.active, self.index = [N] * T, None
+        else:
+            running = lengths[None, :] > torch.arange(T, device=lengths.device)[:, None]  # (T, N)
+            self.active = running.sum(1).tolist()
+            self.index = None if all(n == N for n in self.active) else running.reshape(-1).nonzero().squeeze(1)
+        self.offsets = [0]
+        for n in self.active:
+            self.offsets.append(self.offsets[-1] + n)
+        self.total = self.offsets[-1]
+
+    def rows(self, t: int) -> slice:
+        """Rows of step t in packed (P, ...) tensors."""
+        return slice(self.offsets[t], self.offsets[t] + self.active[t])
+
+    def previous_rows(self, t: int) -> slice:
+        """Rows of h_t (the state step t reads) in the (N + P, H) states buffer."""
+        start = 0 if t == 0 else self.N + self.offsets[t - 1]
+        return slice(start, start + self.active[t])
+
+    def pack(self, time_major: Tensor) -> Tensor:
+        """(T*N, C) time-major rows -> (P, C) rows of running sequences."""
+        return time_major if self.index is None else time_major.index_select(0, self.index)
+
+    def unpack(self, packed: Tensor) -> Tensor:
+        """(P, C) -> (N, T, C), zeros where a sequence has finished."""
+        C = packed.shape[1]
+        if self.index is None:
+            return packed.view(self.T, self.N, C).transpose(0, 1)
+        full = packed.new_zeros(self.T * self.N, C).index_copy_(0, self.index, packed)
+        return full.view(self.T, self.N, C).transpose(0, 1)
+
+    def previous_states(self, states: Tensor) -> Tensor:
+        """(P, H): h_t for every packed row of step t, one matrix for the weight gradient."""
+        if self.index is None:
+            return states[: self.total]  # [h0, h_1..h_{T-1}], already contiguous
+        return torch.cat([states[self.previous_rows(t)] for t in range(self.T)])
+
+
+def _time_major(x: Tensor) -> Tensor:
+    """(N, T, C) -> (T*N, C) rows in time-major order; free when x is a transposed time-major tensor."""
+    N, T, C = x.shape
+    return x.transpose(0, 1).reshape(T * N, C)
+
+
+def _rnn_forward_loop(pre_activations: Tensor, h0: Tensor, Wh: Tensor, packing: _Packing) -> Tensor:
+    """states (N + P, H) from packed pre-activations (P, H): h_{t+1} = tanh(pre_t + h_t @ Wh)."""
+    states = pre_activations.new_empty(packing.N + packing.total, h0.shape[1])
+    states[: packing.N] = h0
+    for t in range(packing.T):
+        rows = packing.rows(t)
+        out = slice(packing.N + rows.start, packing.N + rows.stop)
+        torch.add(pre_activations[rows], _mm(states[packing.previous_rows(t)], Wh), out=states[out]).tanh_()
+    return states
+
+
+def _into_previous(through_recurrence: Tensor, direct: Tensor) -> Tensor:
+    """Gradient into h_t: from step t (its n_t rows) plus the loss at h_t directly (n_{t-1} >= n_t rows)."""
+    n = through_recurrence.shape[0]
+    if direct.shape[0] == n:
+        return through_recurrence.add_(direct)
+    total = direct.clone()
+    total[:n] += through_recurrence
+    return total
+
+
+def _rnn_backward_loop(grad_out: Tensor, states: Tensor, Wh: Tensor, packing: _Packing) -> Tensor:
+    """grad_a (P, H): the gradient w.r.t. every packed pre-activation, by backprop through time.
+
+    Args:
+        grad_out: (P, H) packed gradient w.r.t. the outputs.
+    """
+    outputs = states[packing.N :]
+    grad_a = 1 - outputs * outputs  # tanh' for every step at once
+    T = packing.T
+    grad_h = grad_out[packing.rows(T - 1)]
+    for t in range(T - 1, -1, -1):
+        step = grad_a[packing.rows(t)].mul_(grad_h)
+        if t > 0:
+            grad_h = _into_previous(_mm(step, Wh.T), grad_out[packing.rows(t - 1)])
+    return grad_a
+
+
+def _lstm_forward_loop(gates: Tensor, h0: Tensor, Wh: Tensor, packing: _Packing) -> tuple[Tensor, Tensor]:
+    """Run the LSTM over packed pre-activations ``gates`` (P, 4H), activating them in place.
+
+    Returns:
+        ``(states, cells)``, each (N + P, H): [h0 | h_1 ...] and [0 | c_1 ...], packed.
+    """
+    N, H = packing.N, h0.shape[1]
+    states, cells = gates.new_empty(N + packing.total, H), gates.new_empty(N + packing.total, H)
+    states[:N], cells[:N] = h0, 0
+    for t in range(packing.T):
+        rows, prev = packing.rows(t), packing.previous_rows(t)
+        out = slice(N + rows.start, N + rows.stop)
+        a = _lstm_gates_(gates[rows].add_(_mm(states[prev], Wh)))  # (n_t, 4H) = [i, f, o, g]
+        torch.mul(a[:, :H], a[:, 3 * H :], out=cells[out]).addcmul_(a[:, H : 2 * H], cells[prev])
+        torch.tanh(cells[out], out=states[out]).mul_(a[:, 2 * H : 3 * H])
+    return states, cells
+
+
+def _lstm_backward_loop(grad_out: Tensor, gates: Tensor, cells: Tensor, Wh: Tensor, packing: _Packing) -> Tensor:
+    """grad_a (P, 4H): the gradient w.r.t. every packed gate pre-activation, by BPTT."""
+    H, T = Wh.shape[0], packing.T
+    forget = gates[:, H : 2 * H]
+    # The coefficients of every step at once; the loop turns them into grad_a in place.
+    grad_a, c_from_h = _lstm_backward_coefficients(gates, packing.previous_states(cells), cells[packing.N :])
+    grad_h = grad_out[packing.rows(T - 1)]
+    carry = torch.zeros_like(grad_h)  # gradient into c_{t+1} from step t + 1
+    for t in range(T - 1, -1, -1):
+        rows = packing.rows(t)
+        if carry.shape[0] < grad_h.shape[0]:  # sequences whose last step is t had nothing after them
+            carry = torch.cat([carry, carry.new_zeros(grad_h.shape[0] - carry.shape[0], H)])
+        grad_c = torch.addcmul(carry, grad_h, c_from_h[rows])  # total gradient into c_{t+1}
+        step = _lstm_gate_gradients_(grad_a[rows], grad_c, grad_h)
+        if t > 0:
+            carry = grad_c * forget[rows]
+            grad_h = _into_previous(_mm(step, Wh.T), grad_out[packing.rows(t - 1)])
+    return grad_a
+
+
+def _after_the_loop(ctx, grad_a: Tensor, states: Tensor, x_packed: Tensor | None, Wx: Tensor | None, Wh: Tensor):
+    """The gradients that follow the time loop: one GEMM each for h0, x, Wx and Wh, and a sum for b."""
+    packing: _Packing = ctx.packing
+    needs = dict(zip(ctx.input_names, ctx.needs_input_grad))
+    grads: dict[str, Tensor | None] = {}
+    if needs.get("h0"):
+        first = packing.rows(0)
+        grads["h0"] = states.new_zeros(packing.N, states.shape[1])
+        grads["h0"][: packing.active[0]] = _mm(grad_a[first], Wh.T)
+    if needs.get("Wh"):
+        grads["Wh"] = _mm(packing.previous_states(states).T, grad_a)
+    if needs.get("b"):
+        grads["b"] = grad_a.sum(0)
+    if needs.get("x_projected"):
+        grads["x_projected"] = packing.unpack(grad_a)
+    if needs.get("x"):
+        grads["x"] = packing.unpack(_mm(grad_a, Wx.T))
+    if needs.get("Wx"):
+        grads["Wx"] = _mm(x_packed.T, grad_a)
+    return tuple(grads.get(name) for name in ctx.input_names)
+
+
+def _own_copy(packed: Tensor, source: Tensor) -> Tensor:
+    """``packed`` if it is already a new tensor, else a copy (the LSTM activates it in place)."""
+    shares = packed.untyped_storage().data_ptr() == source.untyped_storage().data_ptr()
+    return packed.clone() if shares else packed
+
+
+class RNN(torch.autograd.Function):
+    """A vanilla RNN over a whole sequence; backward runs backprop-through-time itself."""
+
+    @staticmethod
+    def forward(ctx, x, h0, Wx, Wh, b, lengths):
+        N, T, _ = x.shape
+        packing = _Packing(lengths, N, T)
+        x_packed = packing.pack(_time_major(x))  # (P, D)
+        states = _rnn_forward_loop(_addmm(b, x_packed, Wx), h0, Wh, packing)  # one GEMM for all inputs
+        ctx.save_for_backward(x_packed, Wx, Wh, states)
+        ctx.packing, ctx.input_names = packing, ("x", "h0", "Wx", "Wh", "b", "lengths")
+        return packing.unpack(states[N:])
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_output):
+        x_packed, Wx, Wh, states = ctx.saved_tensors
+        grad_out = ctx.packing.pack(_time_major(grad_output))
+        grad_a = _rnn_backward_loop(grad_out, states, Wh, ctx.packing)
+        return _after_the_loop(ctx, grad_a, states, x_packed, Wx, Wh)
+
+
+class RNNProjected(torch.autograd.Function):
+    """The RNN's time loop alone, for inputs already multiplied by Wx (plus b)."""
+
+    @staticmethod
+    def forward(ctx, x_projected, h0, Wh, lengths):
+        N, T, _ = x_projected.shape
+        packing = _Packing(lengths, N, T)
+        states = _rnn_forward_loop(packing.pack(_time_major(x_projected)), h0, Wh, packing)
+        ctx.save_for_backward(Wh, states)
+        ctx.packing, ctx.input_names = packing, ("x_projected", "h0", "Wh", "lengths")
+        return packing.unpack(states[N:])
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_output):
+        Wh, states = ctx.saved_tensors
+        grad_out = ctx.packing.pack(_time_major(grad_output))
+        grad_a = _rnn_backward_loop(grad_out, states, Wh, ctx.packing)
+        return _after_the_loop(ctx, grad_a, states, None, None, Wh)
+
+
+class LSTM(torch.autograd.Function):
+    """An LSTM over a whole sequence (initial cell state zero); backward runs BPTT itself.
+
+    Saved for backward: the packed gate activations (P, 4H) and hidden and cell states
+    (N + P, H). The backward loop does only what is sequential (a few small ops and
+    one GEMM per step); what can be computed for all steps at once is, before it.
+    """
+
+    @staticmethod
+    def forward(ctx, x, h0, Wx, Wh, b, lengths):
+        N, T, _ = x.shape
+        packing = _Packing(lengths, N, T)
+        x_packed = packing.pack(_time_major(x))  # (P, D)
+        gates = _addmm(b, x_packed, Wx)  # (P, 4H) pre-activations, activated in place by the loop
+        states, cells = _lstm_forward_loop(gates, h0, Wh, packing)
+        ctx.save_for_backward(x_packed, Wx, Wh, gates, states, cells)
+        ctx.packing, ctx.input_names = packing, ("x", "h0", "Wx", "Wh", "b", "lengths")
+        return packing.unpack(states[N:])
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_output):
+        x_packed, Wx, Wh, gates, states, cells = ctx.saved_tensors
+        grad_out = ctx.packing.pack(_time_major(grad_output))
+        grad_a = _lstm_backward_loop(grad_out, gates, cells, Wh, ctx.packing)
+        return _after_the_loop(ctx, grad_a, states, x_packed, Wx, Wh)
+
+
+class LSTMProjected(torch.autograd.Function):
+    """The LSTM's time loop alone, for inputs already multiplied by Wx (plus b)."""
+
+    @staticmethod
+    def forward(ctx, x_projected, h0, Wh, lengths):
+        N, T, _ = x_projected.shape
+        packing = _Packing(lengths, N, T)
+        gates = _own_copy(packing.pack(_time_major(x_projected)), x_projected)  # (P, 4H)
+        states, cells = _lstm_forward_loop(gates, h0, Wh, packing)
+        ctx.save_for_backward(Wh, gates, states, cells)
+        ctx.packing, ctx.input_names = packing, ("x_projected", "h0", "Wh", "lengths")
+        return packing.unpack(states[N:])
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_output):
+        Wh, gates, states, cells = ctx.saved_tensors
+        grad_out = ctx.packing.pack(_time_major(grad_output))
+        grad_a = _lstm_backward_loop(grad_out, gates, cells, Wh, ctx.packing)
+        return _after_the_loop(ctx, grad_a, states, None, None, Wh)
+
+
+def _check_lengths(lengths: Tensor | None, N: int, T: int) -> None:
+    if lengths is None:
+        return
+    if not isinstance(lengths, Tensor) or lengths.is_floating_point() or lengths.dtype == torch.bool:
+        raise ValueError(f"lengths must be an integer tensor, got {getattr(lengths, 'dtype', type(lengths))}")
+    if lengths.shape != (N,):
+        raise ValueError(f"lengths must have shape ({N},) (one per sequence), got {tuple(lengths.shape)}")
+    if N and (int(lengths.min()) < 0 or int(lengths.max()) > T):
+        raise ValueError(f"lengths must lie in [0, {T}] (the number of timesteps)")
+    if N > 1 and bool((lengths[1:] > lengths[:-1]).any()):
+        raise ValueError("lengths must be sorted in non-increasing order (sort the batch by length)")
+
+
+def _check_projected(x_projected: Tensor, h0: Tensor, Wh: Tensor, gates: int) -> None:
+    _check_float("x_projected", x_projected, 3)
+    _check_float("h0", h0, 2)
+    _check_float("Wh", Wh, 2)
+    _check_same_dtype(x_projected=x_projected, h0=h0, Wh=Wh)
+    H = h0.shape[1]
+    _check_dim("h0", h0, 0, x_projected.shape[0], "the batch size of x_projected")
+    _check_dim("Wh", Wh, 0, H, "the hidden width")
+    _check_dim("Wh", Wh, 1, gates * H, f"{gates} x the hidden width")
+    _check_dim("x_projected", x_projected, 2, gates * H, f"{gates} x the hidden width")
+
+
+def rnn(x: Tensor, h0: Tensor, Wx: Tensor, Wh: Tensor, b: Tensor, lengths: Tensor | None = None) -> Tensor:
+    """A vanilla RNN run over a whole sequence.
+
+    Args:
+        x: (N, T, D) input sequence.
+        h0: (N, H) initial hidden state.
+        Wx: (D, H), Wh: (H, H), b: (H,) as in :func:`rnn_step`.
+        lengths: optional (N,) non-increasing integers in [0, T]: sequence n needs only its
+            first lengths[n] steps; its later outputs are zero and get no gradient.
+
+    Returns:
+        (N, T, H) hidden states of every timestep (h0 not included).
+    """
+    _check_recurrent(x, h0, Wx, Wh, b, gates=1, x_ndim=3)
+    _check_lengths(lengths, x.shape[0], x.shape[1])
+    return _apply_autocast(RNN, x, h0, Wx, Wh, b, lengths, low_precision=True)
+
+
+def rnn_projected(x_projected: Tensor, h0: Tensor, Wh: Tensor, lengths: Tensor | None = None) -> Tensor:
+    """:func:`rnn` for inputs already projected: ``rnn(x, h0, Wx, Wh, b) == rnn_projected(x @ Wx + b, h0, Wh)``.
+
+    Args:
+        x_projected: (N, T, H) input projections (e.g. rows of a per-word table).
+        h0: (N, H), Wh: (H, H), lengths: as :func:`rnn`.
+
+    Returns:
+        (N, T, H) hidden states.
+    """
+    _check_projected(x_projected, h0, Wh, gates=1)
+    _check_lengths(lengths, x_projected.shape[0], x_projected.shape[1])
+    return _apply_autocast(RNNProjected, x_projected, h0, Wh, lengths, low_precision=True)
+
+
+def lstm(x: Tensor, h0: Tensor, Wx: Tensor, Wh: Tensor, b: Tensor, lengths: Tensor | None = None) -> Tensor:
+    """An LSTM run over a whole sequence; the initial cell state is zero.
+
+    Args:
+        x: (N, T, D) input sequence.
+        h0: (N, H) initial hidden state.
+        Wx: (D, 4H), Wh: (H, 4H), b: (4H,) as in :func:`lstm_step`.
+        lengths: optional (N,) non-increasing step counts, as :func:`rnn`.
+
+    Returns:
+        (N, T, H) hidden states of every timestep.
+    """
+    _check_recurrent(x, h0, Wx, Wh, b, gates=4, x_ndim=3)
+    _check_lengths(lengths, x.shape[0], x.shape[1])
+    return _apply_autocast(LSTM, x, h0, Wx, Wh, b, lengths, low_precision=True)
+
+
+def lstm_projected(x_projected: Tensor, h0: Tensor, Wh: Tensor, lengths: Tensor | None = None) -> Tensor:
+    """:func:`lstm` for inputs already projected: ``lstm(x, h0, Wx, Wh, b) == lstm_projected(x @ Wx + b, h0, Wh)``.
+
+    Args:
+        x_projected: (N, T, 4H) input projections.
+        h0: (N, H), Wh: (H, 4H), lengths: as :func:`lstm`.
+
+    Returns:
+        (N, T, H) hidden states.
+    """
+    _check_projected(x_projected, h0, Wh, gates=4)
+    _check_lengths(lengths, x_projected.shape[0], x_projected.shape[1])
+    return _apply_autocast(LSTMProjected, x_projected, h0, Wh, lengths, low_precision=True)

@@ -1,0 +1,165 @@
+"""One timestep: the vanilla-RNN and LSTM cells, and the LSTM gate algebra the sequences reuse."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+from torch.autograd.function import FunctionCtx, once_differentiable
+
+from ._common import _addmm, _apply_autocast, _check_float, _check_recurrent, _check_same_dtype, _mm
+
+# --------------------------------------------------------------------------- #
+# Vanilla RNN
+# --------------------------------------------------------------------------- #
+
+
+def _tanh_backward(grad_out: Tensor, tanh_out: Tensor) -> Tensor:
+    """d tanh(a) / da expressed through the output: grad * (1 - tanh(a)^2)."""
+    return grad_out * (1 - tanh_out * tanh_out)
+
+
+class RNNStep(torch.autograd.Function):
+    """One vanilla-RNN timestep: ``next_h = tanh(x @ Wx + prev_h @ Wh + b)``."""
+
+    @staticmethod
+    def forward(x: Tensor, prev_h: Tensor, Wx: Tensor, Wh: Tensor, b: Tensor) -> Tensor:
+        return _addmm(b, x, Wx).add_(_mm(prev_h, Wh)).tanh_()  # (N, H)
+
+    @staticmethod
+    def setup_context(ctx: FunctionCtx, inputs: tuple, output: Tensor) -> None:
+        x, prev_h, Wx, Wh, _ = inputs
+        ctx.save_for_backward(x, prev_h, Wx, Wh, output)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx: FunctionCtx, grad_next_h: Tensor):
+        x, prev_h, Wx, Wh, next_h = ctx.saved_tensors
+        need_x, need_h, need_Wx, need_Wh, need_b = ctx.needs_input_grad
+        grad_a = _tanh_backward(grad_next_h, next_h)  # (N, H)
+        grad_x = _mm(grad_a, Wx.T) if need_x else None
+        grad_prev_h = _mm(grad_a, Wh.T) if need_h else None
+        grad_Wx = _mm(x.T, grad_a) if need_Wx else None
+        grad_Wh = _mm(prev_h.T, grad_a) if need_Wh else None
+        grad_b = grad_a.sum(0) if need_b else None
+        return grad_x, grad_prev_h, grad_Wx, grad_Wh, grad_b
+
+
+def rnn_step(x: Tensor, prev_h: Tensor, Wx: Tensor, Wh: Tensor, b: Tensor) -> Tensor:
+    """One vanilla-RNN step.
+
+    Args:
+        x: (N, D) inputs of this timestep.
+        prev_h: (N, H) hidden state of the previous timestep.
+        Wx: (D, H) input-to-hidden weights.
+        Wh: (H, H) hidden-to-hidden weights.
+        b: (H,) bias.
+
+    Returns:
+        (N, H) next hidden state ``tanh(x @ Wx + prev_h @ Wh + b)``.
+    """
+    _check_recurrent(x, prev_h, Wx, Wh, b, gates=1, x_ndim=2)
+    return _apply_autocast(RNNStep, x, prev_h, Wx, Wh, b, low_precision=True)
+
+
+# --------------------------------------------------------------------------- #
+# LSTM
+# --------------------------------------------------------------------------- #
+# Gate layout as cs231n's LSTM notebook: a = x Wx + h Wh + b is split into four
+# H-wide blocks [i | f | o | g]; i, f, o = sigmoid, g = tanh.
+#   c' = f * c + i * g        h' = o * tanh(c')
+
+
+def _lstm_gates_(a: Tensor) -> Tensor:
+    """Turn pre-activations (..., 4H) into gate activations [i, f, o, g] in place."""
+    H = a.shape[-1] // 4
+    a[..., : 3 * H].sigmoid_()
+    a[..., 3 * H :].tanh_()
+    return a
+
+
+def _lstm_backward_coefficients(gates: Tensor, prev_c: Tensor, next_c: Tensor) -> tuple[Tensor, Tensor]:
+    """What turns the gradients w.r.t. (next_h, next_c) into gate gradients, for any leading shape.
+
+    With c' = f c + i g and h' = o tanh(c'), the total gradient into c' is
+    ``grad_c = grad_c' + grad_h' * o (1 - tanh(c')^2)``, and the gradients w.r.t. the
+    pre-activations [a_i, a_f, a_o, a_g] are ``[grad_c, grad_c, grad_h', grad_c] * coefficients``.
+
+    Args:
+        gates: (..., 4H) activations [i, f, o, g].
+        prev_c, next_c: (..., H) cell states before and after the step.
+
+    Returns:
+        ``(coefficients (..., 4H), c_from_h (..., H))`` where c_from_h = o (1 - tanh(c')^2).
+        Computed for every timestep at once, outside the sequential loop.
+    """
+    H = prev_c.shape[-1]
+    i, f, o, g = (gates[..., k * H : (k + 1) * H] for k in range(4))
+    tanh_c = torch.tanh(next_c)
+    coefficients = torch.empty_like(gates)
+    # sigmoid'(a) = s (1 - s); tanh'(a) = 1 - t^2
+    torch.mul(g, i * (1 - i), out=coefficients[..., :H])
+    torch.mul(prev_c, f * (1 - f), out=coefficients[..., H : 2 * H])
+    torch.mul(tanh_c, o * (1 - o), out=coefficients[..., 2 * H : 3 * H])
+    torch.mul(i, 1 - g * g, out=coefficients[..., 3 * H :])
+    return coefficients, o * (1 - tanh_c * tanh_c)
+
+
+def _lstm_gate_gradients_(coefficients: Tensor, grad_c: Tensor, grad_h: Tensor) -> Tensor:
+    """In place: coefficients (N, 4H) become the pre-activation gradients (see above)."""
+    N, H = grad_c.shape
+    coefficients[:, : 2 * H].view(N, 2, H).mul_(grad_c[:, None])  # i and f
+    coefficients[:, 2 * H : 3 * H].mul_(grad_h)  # o
+    coefficients[:, 3 * H :].mul_(grad_c)  # g
+    return coefficients
+
+
+class LSTMStep(torch.autograd.Function):
+    """One LSTM timestep returning ``(next_h, next_c)``."""
+
+    @staticmethod
+    def forward(ctx, x, prev_h, prev_c, Wx, Wh, b):
+        gates = _lstm_gates_(_addmm(b, x, Wx).add_(_mm(prev_h, Wh)))  # (N, 4H)
+        H = prev_h.shape[1]
+        next_c = torch.addcmul(gates[:, :H] * gates[:, 3 * H :], gates[:, H : 2 * H], prev_c)
+        next_h = gates[:, 2 * H : 3 * H] * torch.tanh(next_c)
+        ctx.save_for_backward(x, prev_h, prev_c, Wx, Wh, gates, next_c)
+        return next_h, next_c
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_next_h, grad_next_c):
+        x, prev_h, prev_c, Wx, Wh, gates, next_c = ctx.saved_tensors
+        need_x, need_h, need_c, need_Wx, need_Wh, need_b = ctx.needs_input_grad
+        H = prev_c.shape[1]
+        coefficients, c_from_h = _lstm_backward_coefficients(gates, prev_c, next_c)
+        grad_c = torch.addcmul(grad_next_c, grad_next_h, c_from_h)  # total gradient into next_c
+        grad_a = _lstm_gate_gradients_(coefficients, grad_c, grad_next_h)  # (N, 4H)
+        return (
+            _mm(grad_a, Wx.T) if need_x else None,
+            _mm(grad_a, Wh.T) if need_h else None,
+            grad_c * gates[:, H : 2 * H] if need_c else None,
+            _mm(x.T, grad_a) if need_Wx else None,
+            _mm(prev_h.T, grad_a) if need_Wh else None,
+            grad_a.sum(0) if need_b else None,
+        )
+
+
+def lstm_step(
+    x: Tensor, prev_h: Tensor, prev_c: Tensor, Wx: Tensor, Wh: Tensor, b: Tensor
+) -> tuple[Tensor, Tensor]:
+    """One LSTM step.
+
+    Args:
+        x: (N, D) inputs of this timestep.
+        prev_h, prev_c: (N, H) previous hidden and cell states.
+        Wx: (D, 4H), Wh: (H, 4H), b: (4H,) weights for the gates [i, f, o, g].
+
+    Returns:
+        ``(next_h, next_c)``, each (N, H).
+    """
+    _check_recurrent(x, prev_h, Wx, Wh, b, gates=4, x_ndim=2)
+    _check_float("prev_c", prev_c, 2)
+    _check_same_dtype(prev_h=prev_h, prev_c=prev_c)
+    if prev_c.shape != prev_h.shape:
+        raise ValueError(f"prev_c has shape {tuple(prev_c.shape)} but prev_h has {tuple(prev_h.shape)}")
+    return _apply_autocast(LSTMStep, x, prev_h, prev_c, Wx, Wh, b, low_precision=True)

@@ -1,0 +1,251 @@
+"""Words in and out: the embedding lookup, the vocabulary projection and the masked softmax loss."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+from torch.autograd.function import FunctionCtx, once_differentiable
+
+from ._common import (
+    _HALF_DTYPES,
+    _addmm,
+    _apply_autocast,
+    _check_dim,
+    _check_float,
+    _check_same_dtype,
+    _check_token_ids,
+    _mm,
+)
+
+# --------------------------------------------------------------------------- #
+# Word embedding
+# --------------------------------------------------------------------------- #
+
+
+class WordEmbedding(torch.autograd.Function):
+    """Look up the row of W for every token id: ``out[n, t] = W[x[n, t]]``."""
+
+    @staticmethod
+    def forward(x: Tensor, W: Tensor) -> Tensor:
+        return W.index_select(0, x.reshape(-1)).view(*x.shape, W.shape[1])
+
+    @staticmethod
+    def setup_context(ctx: FunctionCtx, inputs: tuple, output: Tensor) -> None:
+        x, W = inputs
+        ctx.save_for_backward(x)
+        ctx.vocab_size = W.shape[0]
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx: FunctionCtx, grad_out: Tensor):
+        (x,) = ctx.saved_tensors
+        if not ctx.needs_input_grad[1]:
+            return None, None
+        D = grad_out.shape[-1]
+        grad_W = grad_out.new_zeros(ctx.vocab_size, D)
+        # index_add_ accumulates: a word used several times gets the sum of its gradients.
+        grad_W.index_add_(0, x.reshape(-1), grad_out.reshape(-1, D))
+        return None, grad_W
+
+
+def word_embedding(x: Tensor, W: Tensor) -> Tensor:
+    """Embed token ids.
+
+    Args:
+        x: (N, T) integer token ids, each in [0, V).
+        W: (V, D) embedding matrix.
+
+    Returns:
+        (N, T, D) word vectors.
+    """
+    _check_float("W", W, 2)
+    _check_token_ids("x", x, W.shape[0], ndim=2)
+    return WordEmbedding.apply(x, W)
+
+
+# --------------------------------------------------------------------------- #
+# Vocabulary projection and loss
+# --------------------------------------------------------------------------- #
+
+
+class TemporalAffine(torch.autograd.Function):
+    """``out[n, t] = x[n, t] @ w + b`` as one GEMM over all N*T rows."""
+
+    @staticmethod
+    def forward(x: Tensor, w: Tensor, b: Tensor) -> Tensor:
+        N, T, D = x.shape
+        return _addmm(b, x.reshape(N * T, D), w).view(N, T, w.shape[1])
+
+    @staticmethod
+    def setup_context(ctx: FunctionCtx, inputs: tuple, output: Tensor) -> None:
+        x, w, _ = inputs
+        ctx.save_for_backward(x, w)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx: FunctionCtx, grad_out: Tensor):
+        x, w = ctx.saved_tensors
+        N, T, D = x.shape
+        grad_flat = grad_out.reshape(N * T, w.shape[1])
+        grad_x = _mm(grad_flat, w.T).view(N, T, D) if ctx.needs_input_grad[0] else None
+        grad_w = _mm(x.reshape(N * T, D).T, grad_flat) if ctx.needs_input_grad[1] else None
+        grad_b = grad_flat.sum(0) if ctx.needs_input_grad[2] else None
+        return grad_x, grad_w, grad_b
+
+
+def temporal_affine(x: Tensor, w: Tensor, b: Tensor) -> Tensor:
+    """Apply one affine map at every timestep.
+
+    Args:
+        x: (N, T, D) inputs.
+        w: (D, M) weights.
+        b: (M,) bias.
+
+    Returns:
+        (N, T, M) outputs.
+    """
+    _check_float("x", x, 3)
+    _check_float("w", w, 2)
+    _check_float("b", b, 1)
+    _check_same_dtype(x=x, w=w, b=b)
+    _check_dim("w", w, 0, x.shape[2], "the input width of x")
+    _check_dim("b", b, 0, w.shape[1], "the output width of w")
+    return _apply_autocast(TemporalAffine, x, w, b, low_precision=True)
+
+
+def _log_softmax_(scores: Tensor) -> Tensor:
+    """Row-wise log-softmax of (K, V) scores, computed in place and returned."""
+    # Subtracting the row max keeps exp() finite for scores in the thousands.
+    scores.sub_(scores.amax(dim=1, keepdim=True))
+    return scores.sub_(scores.exp().sum(dim=1, keepdim=True).log_())
+
+
+def _softmax_loss_grad(probs: Tensor, targets: Tensor, scale: Tensor) -> Tensor:
+    """Gradient of ``scale * NLL`` w.r.t. the scores: ``(probs - onehot(targets)) * scale``.
+
+    Args:
+        probs: (K, V) softmax probabilities (left untouched: backward may run twice).
+        targets: (K,) correct token ids.
+        scale: scalar, or (K, 1) per-row weights.
+    """
+    grad = probs * scale
+    rows = torch.arange(probs.shape[0], device=probs.device)
+    row_scale = scale.reshape(-1) if scale.dim() > 0 else scale
+    grad[rows, targets] -= row_scale
+    return grad
+
+
+class TemporalSoftmaxLoss(torch.autograd.Function):
+    """Masked softmax cross-entropy summed over timesteps and divided by N."""
+
+    @staticmethod
+    def forward(ctx, x, y, mask):
+        N, T, V = x.shape
+        keep = mask.reshape(N * T, 1).to(x.dtype)
+        targets = y.reshape(N * T)
+        log_probs = _log_softmax_(x.reshape(N * T, V).clone())
+        loss = -(log_probs.gather(1, targets[:, None]) * keep).sum() / N
+        ctx.save_for_backward(log_probs.exp_(), targets, keep)  # probs, (N*T, V)
+        ctx.batch_size = N
+        return loss
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_loss):
+        probs, targets, keep = ctx.saved_tensors
+        if not ctx.needs_input_grad[0]:
+            return None, None, None
+        N = ctx.batch_size
+        grad = _softmax_loss_grad(probs, targets, keep * (grad_loss / N))
+        return grad.view(N, -1, probs.shape[1]), None, None
+
+
+class VocabSoftmaxLoss(torch.autograd.Function):
+    """``temporal_affine`` followed by ``temporal_softmax_loss``, fused.
+
+    Only the K unmasked positions are scored: padding after ``<END>`` never reaches
+    the (N*T, H) @ (H, V) product, which is the largest GEMM of the model. Saves
+    the (K, H) scored hidden states and the (K, V) probabilities.
+    """
+
+    @staticmethod
+    def forward(ctx, hidden, W_vocab, b_vocab, y, mask):
+        keep = mask.bool()  # (N, T)
+        # Boolean indexing reads the K scored rows in (n, t) order from any strides: the
+        # time-major view that rnn/lstm return is not copied whole.
+        scored = hidden[keep]  # (K, H)
+        targets = y[keep]  # (K,)
+        # The product may be bf16/fp16 under autocast; the softmax and the loss are float32.
+        scores = _addmm(b_vocab, scored, W_vocab)  # (K, V)
+        log_probs = _log_softmax_(scores.float() if scores.dtype in _HALF_DTYPES else scores)
+        loss = -log_probs.gather(1, targets[:, None]).sum() / hidden.shape[0]
+        ctx.save_for_backward(hidden, scored, W_vocab, keep, targets, log_probs.exp_())
+        return loss
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_loss):
+        hidden, scored, W_vocab, keep, targets, probs = ctx.saved_tensors
+        need_hidden, need_W, need_b = ctx.needs_input_grad[:3]
+        grad_scores = _softmax_loss_grad(probs, targets, grad_loss / hidden.shape[0]).to(scored.dtype)  # (K, V)
+        grad_hidden = None
+        if need_hidden:
+            # zeros_like keeps hidden's strides, so the gradient has the layout rnn/lstm expect.
+            grad_hidden = torch.zeros_like(hidden)
+            grad_hidden[keep] = _mm(grad_scores, W_vocab.T)
+        grad_W = _mm(scored.T, grad_scores) if need_W else None
+        grad_b = grad_scores.sum(0) if need_b else None
+        return grad_hidden, grad_W, grad_b, None, None
+
+
+def _check_targets(y: Tensor, mask: Tensor, batch_shape: tuple, vocab_size: int) -> None:
+    """Targets y and mask must both be (N, T); y must hold ids in [0, V)."""
+    _check_token_ids("y", y, vocab_size, ndim=2)
+    if tuple(y.shape) != tuple(batch_shape):
+        raise ValueError(f"y has shape {tuple(y.shape)} but the scores have (N, T) = {tuple(batch_shape)}")
+    if not isinstance(mask, Tensor) or mask.shape != y.shape:
+        shape = tuple(mask.shape) if isinstance(mask, Tensor) else type(mask).__name__
+        raise ValueError(f"mask must be a tensor of shape {tuple(y.shape)} like y, got {shape}")
+
+
+def temporal_softmax_loss(x: Tensor, y: Tensor, mask: Tensor) -> Tensor:
+    """Masked softmax loss over a sequence, as cs231n's ``temporal_softmax_loss``.
+
+    Args:
+        x: (N, T, V) scores.
+        y: (N, T) correct token ids in [0, V).
+        mask: (N, T) bool (or 0/1): which positions count.
+
+    Returns:
+        Scalar loss: the masked cross-entropy summed over all timesteps and divided
+        by N (not by the number of unmasked tokens).
+    """
+    _check_float("x", x, 3)
+    _check_targets(y, mask, x.shape[:2], x.shape[2])
+    return _apply_autocast(TemporalSoftmaxLoss, x, y, mask, low_precision=False)
+
+
+def vocab_softmax_loss(hidden: Tensor, W_vocab: Tensor, b_vocab: Tensor, y: Tensor, mask: Tensor) -> Tensor:
+    """``temporal_softmax_loss(temporal_affine(hidden, W_vocab, b_vocab), y, mask)`` in one Function.
+
+    Equal to the two-Function composition (tested), but the scores of masked
+    positions are never computed and no (N, T, V) tensor is materialised.
+
+    Args:
+        hidden: (N, T, H) hidden states.
+        W_vocab: (H, V) vocabulary projection.
+        b_vocab: (V,) its bias.
+        y: (N, T) correct token ids in [0, V).
+        mask: (N, T) bool (or 0/1): which positions count.
+
+    Returns:
+        Scalar loss, summed over timesteps and divided by N.
+    """
+    _check_float("hidden", hidden, 3)
+    _check_float("W_vocab", W_vocab, 2)
+    _check_float("b_vocab", b_vocab, 1)
+    _check_same_dtype(hidden=hidden, W_vocab=W_vocab, b_vocab=b_vocab)
+    _check_dim("W_vocab", W_vocab, 0, hidden.shape[2], "the hidden width")
+    _check_dim("b_vocab", b_vocab, 0, W_vocab.shape[1], "the vocabulary size of W_vocab")
+    _check_targets(y, mask, hidden.shape[:2], W_vocab.shape[1])
+    return _apply_autocast(VocabSoftmaxLoss, hidden, W_vocab, b_vocab, y, mask, low_precision=True)
