@@ -78,6 +78,32 @@ def make_case(name, N, T, D, H, V, dtype, device):
     if name == "lstm":
         return F.lstm, ref_lstm, [randn(N, T, D), randn(N, H), randn(D, 4 * H, scale=wscale),
                                   randn(H, 4 * H, scale=hscale), randn(4 * H)], []
+    # Sorted step counts with a finished-early and an empty sequence: padding must be skipped exactly.
+    lengths = torch.linspace(T, 0, N).round().long().to(device)
+    if name in ("rnn_lengths", "lstm_lengths"):
+        cell = name.split("_")[0]
+        gates = 4 if cell == "lstm" else 1
+        fn = F.lstm if cell == "lstm" else F.rnn
+        ref = ref_lstm if cell == "lstm" else ref_rnn
+
+        def masked_ref(*args):
+            out = ref(*args)
+            return out * (torch.arange(T, device=device)[None, :] < lengths[:, None])[..., None]
+
+        return (lambda *args: fn(*args, lengths)), masked_ref, [
+            randn(N, T, D), randn(N, H), randn(D, gates * H, scale=wscale), randn(H, gates * H, scale=hscale),
+            randn(gates * H)], []
+    if name in ("rnn_projected", "lstm_projected"):
+        cell = name.split("_")[0]
+        gates = 4 if cell == "lstm" else 1
+        fn = F.lstm_projected if cell == "lstm" else F.rnn_projected
+        ref = ref_lstm if cell == "lstm" else ref_rnn
+
+        def identity_ref(x_projected, h0, Wh):  # x @ I + 0 is x: the reference with an identity Wx
+            eye = torch.eye(gates * H, dtype=x_projected.dtype, device=device)
+            return ref(x_projected, h0, eye, Wh, torch.zeros(gates * H, dtype=x_projected.dtype, device=device))
+
+        return fn, identity_ref, [randn(N, T, gates * H), randn(N, H), randn(H, gates * H, scale=hscale)], []
     if name == "word_embedding":
         return (lambda W, x: F.word_embedding(x, W)), (lambda W, x: W[x]), [randn(V, D)], [ids]
     if name == "temporal_affine":
@@ -91,7 +117,8 @@ def make_case(name, N, T, D, H, V, dtype, device):
     raise KeyError(name)
 
 
-FUNCTIONS = ["rnn_step", "rnn", "lstm_step", "lstm", "word_embedding", "temporal_affine",
+FUNCTIONS = ["rnn_step", "rnn", "rnn_lengths", "rnn_projected", "lstm_step", "lstm", "lstm_lengths",
+             "lstm_projected", "word_embedding", "temporal_affine",
              "temporal_softmax_loss", "vocab_softmax_loss"]  # fmt: skip
 
 
