@@ -156,7 +156,7 @@ def check_rnn_backward() -> Iterator[CheckLine]:
 
 
 def check_word_embedding_forward() -> Iterator[CheckLine]:
-    N, T, V, D = 2, 4, 5, 3
+    V, D = 5, 3  # the notebook: N, T, V, D = 2, 4, 5, 3
     x = torch.tensor([[0, 3, 1, 2], [2, 1, 0, 3]])
     W = torch.tensor(_lin(0, 1, V, D))
     out = F.word_embedding(x, W)
