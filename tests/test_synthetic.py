@@ -10,7 +10,7 @@ import pytest
 from matplotlib.backends.backend_agg import FigureCanvasAgg  # Agg: headless, no pyplot
 from matplotlib.figure import Figure
 
-from caption_torch import scenes, synthetic
+from caption_torch import scenes, synthetic, wording
 from caption_torch.synthetic import SIZES, ensure_synthetic_dataset, write_synthetic_dataset
 
 TINY = SIZES["tiny"]
@@ -109,7 +109,7 @@ def test_no_caption_is_longer_than_15_words_even_for_the_wordiest_scenes():
     sampler = synthetic._SceneSampler(synthetic.HeldOut.draw(0))
     rng = np.random.default_rng(1)
     lengths = [len(words) for i in range(3000)
-               for words in synthetic._captions(rng, sampler.sample(rng, novel=i % 2 == 1), 0.0)]
+               for words in wording.describe(rng, sampler.sample(rng, novel=i % 2 == 1), 0.0)]
     assert max(lengths) == 15 and min(lengths) >= 4  # long ones are shortened, not cut
 
 
@@ -186,11 +186,11 @@ def test_scene_dicts_hold_what_drawing_needs(tiny):
 
 
 def test_caption_words_and_scene_tables_name_the_same_things():
-    assert set(synthetic.NOUN_WORDS) == set(scenes.NOUN_SHAPES)
-    assert set(synthetic.SETTING_WORDS) == set(scenes.SETTINGS)
-    assert set(synthetic.COLOUR_WORDS) == set(scenes.COLOURS)
-    assert set(synthetic.RELATION_WORDS) == set(scenes.RELATIONS)
-    assert set(synthetic.SIZE_WORDS) == set(scenes.SIZE_RADIUS)
+    assert set(wording.NOUN_WORDS) == set(scenes.NOUN_SHAPES)
+    assert set(wording.SETTING_WORDS) == set(scenes.SETTINGS)
+    assert set(wording.COLOUR_WORDS) == set(scenes.COLOURS)
+    assert set(wording.RELATION_WORDS) == set(scenes.RELATIONS)
+    assert set(wording.SIZE_WORDS) == set(scenes.SIZE_RADIUS)
     assert set(scenes.NOUN_SHAPES.values()) <= set(scenes.SHAPES)
 
 
