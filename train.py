@@ -26,6 +26,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from caption_torch import coco
 from caption_torch.callbacks import LossHistory
 from caption_torch.checkpointing import AtomicCheckpointIO, LastCheckpoint
+from caption_torch.cli import positive_float, positive_int
 from caption_torch.data import CaptionDataModule, FeatureRows
 from caption_torch.evaluate import CheckpointError, check_model_fits_data, load_model
 from caption_torch.plots import plot_loss_history
@@ -49,20 +50,6 @@ def quiet_lightning() -> None:
     """Drop Lightning's advertising tips and a deprecation warning it raises itself; keep everything else."""
     logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(lambda record: "Tip:" not in record.getMessage())
     warnings.filterwarnings("ignore", message=".*isinstance\\(treespec, LeafSpec\\)")
-
-
-def positive_int(text: str) -> int:
-    value = int(text)
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {value}")
-    return value
-
-
-def positive_float(text: str) -> float:
-    value = float(text)
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be positive, got {value}")
-    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -119,9 +106,9 @@ def resolve_defaults(args: argparse.Namespace) -> argparse.Namespace:
         if getattr(args, name) is None:
             setattr(args, name, value)
     if args.num_workers < 0:
-        raise SystemExit(f"error: --num-workers must be >= 0, got {args.num_workers}")
+        raise ValueError(f"--num-workers must be >= 0, got {args.num_workers}")
     if args.strategy.startswith(SPAWNING_STRATEGIES):
-        raise SystemExit(f"error: --strategy {args.strategy} trains in child processes whose loss history "
+        raise ValueError(f"--strategy {args.strategy} trains in child processes whose loss history "
                          "train.py cannot report; use --strategy ddp")  # fmt: skip
     return args
 
@@ -130,7 +117,7 @@ def find_last_checkpoint(log_dir: Path) -> Path:
     candidates = sorted((log_dir / "lightning_logs").glob("version_*/checkpoints/last.ckpt"),
                         key=lambda p: p.stat().st_mtime)  # fmt: skip
     if not candidates:
-        raise SystemExit(f"error: --resume found no {log_dir}/lightning_logs/version_*/checkpoints/last.ckpt")
+        raise ValueError(f"--resume found no {log_dir}/lightning_logs/version_*/checkpoints/last.ckpt")
     return candidates[-1]
 
 
@@ -171,10 +158,10 @@ def print_samples(system: CaptioningSystem, dm: CaptionDataModule, seed: int) ->
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = resolve_defaults(build_parser().parse_args(argv))
+    args = build_parser().parse_args(argv)  # malformed flags: argparse's usage message, exit 2
     # Bad data, sizes or checkpoint, a non-finite loss, hardware flags Lightning cannot satisfy: one line, no traceback.
     try:
-        return run(args)
+        return run(resolve_defaults(args))
     except (ValueError, FloatingPointError, MisconfigurationException) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

@@ -21,6 +21,7 @@ import torch
 from tqdm import tqdm
 
 from . import coco
+from .cli import positive_float, positive_int
 from .data import CaptionDataModule, ImageDataset
 from .decoding import DECODE_METHODS, decode
 from .metrics import caption_text, evaluate_captions
@@ -93,11 +94,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--split", choices=coco.SPLITS, default="val", help="split to caption (default: val)")
     parser.add_argument("--method", choices=DECODE_METHODS, default=None,
                         help="decoder (default: beam if --beam-size > 1, else greedy)")
-    parser.add_argument("--beam-size", type=int, default=1, help="beam width; 1 is greedy (default: 1)")
-    parser.add_argument("--temperature", type=float, default=1.0, help="temperature for --method sample")
-    parser.add_argument("--max-length", type=int, default=30, help="longest generated caption (default: 30)")
-    parser.add_argument("--max-images", type=int, default=None, help="caption only the first N images")
-    parser.add_argument("--batch-size", type=int, default=500, help="images per decoding batch (default: 500)")
+    parser.add_argument("--beam-size", type=positive_int, default=1, help="beam width; 1 is greedy (default: 1)")
+    parser.add_argument("--temperature", type=positive_float, default=1.0, help="temperature for --method sample")
+    parser.add_argument("--max-length", type=positive_int, default=30, help="longest generated caption (default: 30)")
+    parser.add_argument("--max-images", type=positive_int, default=None, help="caption only the first N images")
+    parser.add_argument("--batch-size", type=positive_int, default=500, help="images per decoding batch (default: 500)")
     parser.add_argument("--seed", type=int, default=0, help="seed for --method sample and --show")
     parser.add_argument("--jsonl", type=Path, default=None, help="where to write the captions as JSON lines")
     parser.add_argument("--show", type=int, default=0, metavar="N", help="draw N images with their captions")
@@ -114,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
         dm.prepare_data()
         dm.setup("validate")
         check_model_fits_data(model, dm.word_to_idx, dm.feature_dim)
-    except (CheckpointError, coco.CocoDataError) as error:
+    except ValueError as error:  # CheckpointError and CocoDataError included
         print(f"error: {error}", file=sys.stderr)
         return 2
     images = dm.val_set if args.split == "val" else dm.train_images
