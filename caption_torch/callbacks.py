@@ -51,12 +51,15 @@ class LossHistory(L.Callback):
         values = torch.stack(self._pending).float().cpu().tolist()
         first_step = trainer.global_step - len(values) + 1
         self._pending.clear()
-        for offset, value in enumerate(values):
-            if not math.isfinite(value):
-                raise FloatingPointError(
-                    f"training loss became {value} at step {first_step + offset}; "
-                    "lower the learning rate (--lr) or check the features for NaN/inf"
-                )
+        bad = next((offset for offset, value in enumerate(values) if not math.isfinite(value)), None)
+        # Every rank flushes at the same steps; deciding together means no rank is left waiting
+        # in the next all-reduce for one that stopped.
+        if not trainer.strategy.reduce_boolean_decision(bad is None, all=True):
+            where = (f"became {values[bad]} at step {first_step + bad}" if bad is not None else
+                     f"became non-finite on another process between steps {first_step} and {trainer.global_step}")
+            raise FloatingPointError(
+                f"training loss {where}; lower the learning rate (--lr) or check the features for NaN/inf"
+            )
         self.losses.extend(values)
 
     def state_dict(self) -> dict:

@@ -13,6 +13,7 @@ from typing import Mapping
 import lightning as L
 import torch
 from torch import Tensor
+from torchmetrics import MeanMetric
 from torchmetrics.text import BLEUScore
 
 from .data import CaptionBatch, ImageBatch
@@ -53,6 +54,7 @@ class CaptioningSystem(L.LightningModule):
         self.model = CaptioningRNN(dict(word_to_idx), input_dim, wordvec_dim, hidden_dim, cell_type)
         self.idx_to_word = [word for word, _ in sorted(self.model.word_to_idx.items(), key=lambda item: item[1])]
         self.val_bleu = torch.nn.ModuleList(BLEUScore(n_gram=n) for n in BLEU_ORDERS)
+        self.val_loss = MeanMetric()
 
     def forward(self, features: Tensor) -> Tensor:
         """Greedy captions (N, max_length) for (N, D) features."""
@@ -70,7 +72,10 @@ class CaptioningSystem(L.LightningModule):
         repeated = batch.features[:, None].expand(-1, references.shape[1], -1)[present]  # (C, D)
         captions = references[present]  # (C, T)
         loss = self.model.loss(repeated, captions)
-        self.log("val_loss", loss, prog_bar=True, batch_size=captions.shape[0], sync_dist=True)
+        # A mean over captions, weighted by each batch's count, summed across processes: images
+        # have 5 to 7 captions, so a plain mean of per-process means would not be a one-device run's.
+        self.val_loss.update(loss, weight=captions.shape[0])
+        self.log("val_loss", self.val_loss, prog_bar=True, on_step=False, on_epoch=True)
 
         samples = self.model.sample(batch.features, self.hparams.max_length)  # (B, L)
         candidates = [caption_text(row, self.idx_to_word) for row in samples.tolist()]
