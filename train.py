@@ -132,29 +132,25 @@ def check_resumable(path: Path | str, system: CaptioningSystem) -> None:
                                   "resume with the flags it was trained with")  # fmt: skip
 
 
-def image_description(data_dir: Path, split: str, row: int, urls: dict) -> str:
-    """The image's URL, or for the embedded data its scene, in one line."""
-    if split not in urls:
-        scenes = data_dir / f"{split}2014_scenes.json"
-        urls[split] = json.loads(scenes.read_text()) if scenes.is_file() else coco.read_urls(data_dir, split)
-    entry = urls[split][row]
-    return entry if isinstance(entry, str) else "scene: " + json.dumps(entry, separators=(",", ":"))
+def describe_image(source) -> str:
+    """An image source (URL, or the embedded data's scene dict) in one line."""
+    return source if isinstance(source, str) else "scene: " + json.dumps(source, separators=(",", ":"))
 
 
 def print_samples(system: CaptioningSystem, dm: CaptionDataModule, seed: int) -> None:
     """Greedy captions for two train and two val images next to a ground truth, as the notebook."""
     rng = np.random.default_rng(seed)
     model = system.model.cpu().eval()
-    described: dict = {}
     for split, dataset in (("train", dm.train_images), ("val", dm.val_set)):
         features = FeatureRows(dataset.features.path)  # read from the file, whatever the storage
+        sources = coco.image_sources(dm.data_dir, split)
         for index in rng.choice(len(dataset), size=min(2, len(dataset)), replace=False):
             row = int(dataset.image_rows[index])
             sample = model.sample(features.read(np.array([row])), system.hparams.max_length)[0]
             truth = dataset.references(index)[0]
             print(f"\n{split}\n  sample: {coco.decode_captions(sample, dm.idx_to_word)}")
             print(f"  GT:     {coco.decode_captions(truth, dm.idx_to_word)}")
-            print(f"  image:  {image_description(dm.data_dir, split, row, described)}")
+            print(f"  image:  {describe_image(sources[row])}")
 
 
 def main(argv: list[str] | None = None) -> int:

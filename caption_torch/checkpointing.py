@@ -39,6 +39,10 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         torch.save(checkpoint, buffer)  # serialise fully before touching the disk
         handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
         try:
+            # mkstemp creates the file 0600 whatever the umask; a checkpoint is read by the whole group.
+            umask = os.umask(0)
+            os.umask(umask)
+            os.fchmod(handle, 0o666 & ~umask)
             with os.fdopen(handle, "wb") as file:
                 file.write(buffer.getbuffer())
                 file.flush()

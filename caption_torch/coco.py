@@ -144,11 +144,16 @@ def feature_shape(base_dir: Path | str, split: str, pca_features: bool = True) -
         return tuple(features.shape)
 
 
+def read_feature_matrix(path: Path | str) -> np.ndarray:
+    """The ``features`` dataset of one HDF5 file as float32 (Ni, D), unchecked (see feature_shape)."""
+    with h5py.File(path, "r") as f:
+        return np.asarray(f["features"], dtype=np.float32)
+
+
 def read_features(base_dir: Path | str, split: str, pca_features: bool = True) -> np.ndarray:
     """All features of a split as float32 (Ni, D)."""
     feature_shape(base_dir, split, pca_features)  # validates
-    with h5py.File(Path(base_dir) / feature_file(split, pca_features), "r") as f:
-        return np.asarray(f["features"], dtype=np.float32)
+    return read_feature_matrix(Path(base_dir) / feature_file(split, pca_features))
 
 
 def read_urls(base_dir: Path | str, split: str) -> np.ndarray:
@@ -158,10 +163,23 @@ def read_urls(base_dir: Path | str, split: str) -> np.ndarray:
 
 
 def check_image_idxs(captions: SplitCaptions, num_images: int, split: str, base_dir: Path | str) -> None:
-    """Every caption must point at an existing feature row."""
-    if captions.image_idxs.size and (captions.image_idxs.min() < 0 or captions.image_idxs.max() >= num_images):
+    """Every caption must point at an existing feature row (num_images rows in the split's feature file)."""
+    idxs = captions.image_idxs
+    if idxs.size and (idxs.min() < 0 or idxs.max() >= num_images):
+        bad = idxs.min() if idxs.min() < 0 else idxs.max()
         raise _problem(Path(base_dir) / CAPTIONS_FILE, f"{split}_image_idxs in [0, {num_images}) "
-                       f"(the rows of {feature_file(split)})", f"index {captions.image_idxs.max()}")  # fmt: skip
+                       "(the rows of the split's feature file)", f"index {bad}")  # fmt: skip
+
+
+def scenes_file(split: str) -> str:
+    """The embedded dataset's extra file: one scene description per image (no such file in COCO)."""
+    return f"{split}2014_scenes.json"
+
+
+def image_sources(base_dir: Path | str, split: str) -> list:
+    """Per image row: its scene dict (embedded data, drawable offline) or its URL (real COCO)."""
+    scenes = Path(base_dir) / scenes_file(split)
+    return json.loads(scenes.read_text()) if scenes.is_file() else read_urls(base_dir, split).tolist()
 
 
 def load_coco_data(

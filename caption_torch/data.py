@@ -39,6 +39,7 @@ class CaptionBatch(NamedTuple):
     features: Tensor | None  # (B, D) float32; None until gathered when features live on the device
     captions: Tensor  # (B, T) int64, <START> ... <END> <NULL>...
     image_rows: Tensor  # (B,) int64, row of each caption's image in the split's feature file
+    split: str = "train"  # whose feature file image_rows index
 
 
 class ImageBatch(NamedTuple):
@@ -47,6 +48,7 @@ class ImageBatch(NamedTuple):
     features: Tensor | None  # (B, D) float32
     references: Tensor  # (B, R, T) int64; rows of -1 where an image has fewer than R captions
     image_rows: Tensor  # (B,) int64
+    split: str = "val"
 
 
 class FeatureRows:
@@ -58,11 +60,7 @@ class FeatureRows:
         self.path, self.storage = Path(path), storage
         self._file: h5py.File | None = None
         self._pid: int | None = None
-        self.in_memory = torch.from_numpy(self._read_all()) if storage == "memory" else None
-
-    def _read_all(self) -> np.ndarray:
-        with h5py.File(self.path, "r") as f:
-            return np.asarray(f["features"], dtype=np.float32)
+        self.in_memory = torch.from_numpy(coco.read_feature_matrix(self.path)) if storage == "memory" else None
 
     def _dataset(self) -> h5py.Dataset:
         # Open on first use in this process: an h5py handle must not cross a fork.
@@ -92,7 +90,8 @@ def _already_batched(batch):
 class CaptionDataset(Dataset):
     """One item per caption; ``__getitems__`` builds a :class:`CaptionBatch` in one read."""
 
-    def __init__(self, captions: coco.SplitCaptions, features: FeatureRows) -> None:
+    def __init__(self, captions: coco.SplitCaptions, features: FeatureRows, split: str = "train") -> None:
+        self.split = split
         self.captions = torch.from_numpy(captions.captions)
         self.image_idxs = captions.image_idxs
         self.features = features
@@ -103,7 +102,7 @@ class CaptionDataset(Dataset):
     def __getitems__(self, indices: list[int]) -> CaptionBatch:
         index = np.asarray(indices, dtype=np.int64)
         rows = self.image_idxs[index]
-        return CaptionBatch(self.features.read(rows), self.captions[index], torch.from_numpy(rows))
+        return CaptionBatch(self.features.read(rows), self.captions[index], torch.from_numpy(rows), self.split)
 
     def __getitem__(self, index: int) -> CaptionBatch:
         return self.__getitems__([index])
@@ -112,7 +111,14 @@ class CaptionDataset(Dataset):
 class ImageDataset(Dataset):
     """One item per image that has captions, with all of them as references."""
 
-    def __init__(self, captions: coco.SplitCaptions, features: FeatureRows, image_rows: np.ndarray | None = None):
+    def __init__(
+        self,
+        captions: coco.SplitCaptions,
+        features: FeatureRows,
+        image_rows: np.ndarray | None = None,
+        split: str = "val",
+    ) -> None:
+        self.split = split
         order = np.argsort(captions.image_idxs, kind="stable")
         sorted_rows = captions.image_idxs[order]
         all_rows, starts = np.unique(sorted_rows, return_index=True)
@@ -140,7 +146,7 @@ class ImageDataset(Dataset):
         padded = np.full((len(indices), max(len(r) for r in refs), self.captions.shape[1]), -1, dtype=np.int64)
         for i, r in enumerate(refs):
             padded[i, : len(r)] = r
-        return ImageBatch(self.features.read(rows), torch.from_numpy(padded), torch.from_numpy(rows))
+        return ImageBatch(self.features.read(rows), torch.from_numpy(padded), torch.from_numpy(rows), self.split)
 
     def __getitem__(self, index: int) -> ImageBatch:
         return self.__getitems__([index])
@@ -229,12 +235,12 @@ class CaptionDataModule(L.LightningDataModule):
         train = splits["train"]
         if hp.max_train is not None:
             train = coco.SplitCaptions(*coco.subsample(train.captions, train.image_idxs, hp.max_train, hp.seed))
-        self.train_set = CaptionDataset(train, features["train"])
+        self.train_set = CaptionDataset(train, features["train"], "train")
         val_rows = np.unique(splits["val"].image_idxs)
         if hp.max_val_images is not None and hp.max_val_images < len(val_rows):
             val_rows = np.sort(np.random.default_rng(hp.seed).choice(val_rows, hp.max_val_images, replace=False))
-        self.val_set = ImageDataset(splits["val"], features["val"], val_rows)
-        self.train_images = ImageDataset(train, features["train"])
+        self.val_set = ImageDataset(splits["val"], features["val"], val_rows, "val")
+        self.train_images = ImageDataset(train, features["train"], split="train")
 
     def _loader(self, dataset: Dataset, batch_size: int, shuffle: bool) -> DataLoader:
         workers = self.hparams.num_workers
@@ -258,8 +264,7 @@ class CaptionDataModule(L.LightningDataModule):
         """With ``feature_storage="device"``, gather the batch's features on the device."""
         if batch.features is not None:
             return batch
-        # Training batches come from the train split, image batches from val (see the loaders).
-        split = "train" if isinstance(batch, CaptionBatch) else "val"
+        split = batch.split
         device = batch.image_rows.device
         if split not in self._device_features or self._device_features[split].device != device:
             features = coco.read_features(self.data_dir, split, self.hparams.pca_features)

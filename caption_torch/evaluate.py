@@ -79,12 +79,6 @@ def caption_split(model: CaptioningRNN, images: ImageDataset, batch_size: int, *
     return generated
 
 
-def image_sources(data_dir: Path, split: str) -> list:
-    """Per image: its scene dict (embedded data) or its URL (real COCO)."""
-    scenes = data_dir / f"{split}2014_scenes.json"
-    return json.loads(scenes.read_text()) if scenes.is_file() else coco.read_urls(data_dir, split).tolist()
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--ckpt", type=Path, required=True, help="checkpoint written by train.py")
@@ -120,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     images = dm.val_set if args.split == "val" else dm.train_images
     if args.max_images is not None:
-        images = ImageDataset(images.split_captions, images.features, images.image_rows[: args.max_images])
+        images = ImageDataset(images.split_captions, images.features, images.image_rows[: args.max_images], images.split)
 
     generator = torch.Generator().manual_seed(args.seed)
     decode_args = dict(method=method, beam_size=args.beam_size, temperature=args.temperature,
@@ -135,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
     for name, value in scores.items():
         print(f"{name}: {value:.4f}")
 
-    sources = image_sources(dm.data_dir, args.split)
+    sources = coco.image_sources(dm.data_dir, args.split)
     jsonl = args.jsonl or args.ckpt.with_name(f"{args.ckpt.stem}-{args.split}-{method}{args.beam_size}.jsonl")
     with open(jsonl, "w") as out:
         for i, row in enumerate(images.image_rows.tolist()):

@@ -42,6 +42,7 @@ import h5py
 import numpy as np
 from tqdm import tqdm
 
+from . import coco
 from .scenes import COLOURS, NOUN_SHAPES, RELATIONS, SETTINGS, SIZE_RADIUS, make_scene
 from .wording import (
     CAPTION_LENGTH,
@@ -213,7 +214,7 @@ def _write_split(folder: Path, split: str, num_images: int, seed: int, sampler: 
             "features", (num_images, projection.shape[1]), dtype="float32") for stem, projection in projections.items()}
         urls = stack.enter_context(open(folder / f"{split}2014_urls.txt", "w", encoding="utf-8"))
         # Streamed as one JSON list, one scene per line, so COCO size never holds all scenes.
-        scenes_file = stack.enter_context(open(folder / f"{split}2014_scenes.json", "w", encoding="utf-8"))
+        scenes_file = stack.enter_context(open(folder / coco.scenes_file(split), "w", encoding="utf-8"))
         scenes_file.write("[\n")
         progress = stack.enter_context(tqdm(total=num_images, desc=f"synthetic {split}2014", unit="img",
                                             disable=num_images < PROGRESS_MIN_IMAGES))

@@ -78,6 +78,11 @@ def test_memory_and_device_storage_give_the_same_batches(coco_folder):
     gathered = dm.on_after_batch_transfer(on_device, 0)
     torch.testing.assert_close(in_memory.features, streamed.features)
     torch.testing.assert_close(gathered.features, streamed.features)
+    # Training batches and train images gather from the train split's features, not val's.
+    train_batch = dm.on_after_batch_transfer(next(iter(dm.train_dataloader())), 0)
+    torch.testing.assert_close(train_batch.features, _features(coco_folder)[train_batch.image_rows])
+    train_images = dm.on_after_batch_transfer(dm.train_images.__getitems__([0, 1]), 0)
+    torch.testing.assert_close(train_images.features, _features(coco_folder)[train_images.image_rows])
 
 
 def test_max_train_and_max_val_images(coco_folder):

@@ -107,7 +107,7 @@ def _rnn_backward_loop(grad_out: Tensor, states: Tensor, Wh: Tensor, packing: _P
         grad_out: (P, H) packed gradient w.r.t. the outputs.
     """
     outputs = states[packing.N :]
-    grad_a = 1 - outputs * outputs  # tanh' for every step at once
+    grad_a = 1 - outputs * outputs  # tanh' of every step at once; the loop multiplies in grad_h
     T = packing.T
     grad_h = grad_out[packing.rows(T - 1)]
     for t in range(T - 1, -1, -1):

@@ -179,20 +179,23 @@ class VocabSoftmaxLoss(torch.autograd.Function):
         scores = _addmm(b_vocab, scored, W_vocab)  # (K, V)
         log_probs = _log_softmax_(scores.float() if scores.dtype in _HALF_DTYPES else scores)
         loss = -log_probs.gather(1, targets[:, None]).sum() / hidden.shape[0]
-        ctx.save_for_backward(hidden, scored, W_vocab, keep, targets, log_probs.exp_())
+        ctx.save_for_backward(scored, W_vocab, keep, targets, log_probs.exp_())
+        # Only hidden's layout is needed for its gradient: keeping the tensor would hold (N*T, H) until backward.
+        ctx.hidden_layout = (hidden.shape, hidden.stride(), hidden.dtype, hidden.device)
         return loss
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_loss):
-        hidden, scored, W_vocab, keep, targets, probs = ctx.saved_tensors
+        scored, W_vocab, keep, targets, probs = ctx.saved_tensors
         need_hidden, need_W, need_b = ctx.needs_input_grad[:3]
-        grad_scores = _softmax_loss_grad(probs, targets, grad_loss / hidden.shape[0]).to(scored.dtype)  # (K, V)
+        shape, stride, dtype, device = ctx.hidden_layout
+        grad_scores = _softmax_loss_grad(probs, targets, grad_loss / shape[0]).to(scored.dtype)  # (K, V)
         grad_hidden = None
         if need_hidden:
-            # zeros_like keeps hidden's strides, so the gradient has the layout rnn/lstm expect.
-            grad_hidden = torch.zeros_like(hidden)
-            grad_hidden[keep] = _mm(grad_scores, W_vocab.T)
+            # hidden's own strides (time-major from rnn/lstm), so the gradient has the layout they expect.
+            grad_hidden = torch.empty_strided(shape, stride, dtype=dtype, device=device).zero_()
+            grad_hidden[keep] = _mm(grad_scores, W_vocab.T)  # (K, H) into the scored positions
         grad_W = _mm(scored.T, grad_scores) if need_W else None
         grad_b = grad_scores.sum(0) if need_b else None
         return grad_hidden, grad_W, grad_b, None, None
