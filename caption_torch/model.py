@@ -211,7 +211,7 @@ class CaptioningRNN(nn.Module):
             words = choose_next(scores)
             captions[:, t] = words.masked_fill(finished, self.null_id)
             finished |= words == self.end_id
-            if bool(finished.all()):  # one host sync per word; saves the steps after the last <END>
+            if bool(finished.all()):  # a host sync per word (plus the token check's): skips steps after <END>
                 break
         return captions
 

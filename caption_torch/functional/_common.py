@@ -47,7 +47,7 @@ def _check_token_ids(name: str, ids: Tensor, vocab_size: int, ndim: int) -> None
     if ids.dim() != ndim:
         raise ValueError(f"{name} must have {ndim} dimensions, got shape {tuple(ids.shape)}")
     if ids.numel() > 0:
-        low, high = int(ids.min()), int(ids.max())
+        low, high = torch.stack(torch.aminmax(ids)).tolist()  # one host sync for both bounds
         if low < 0 or high >= vocab_size:
             bad = low if low < 0 else high
             raise ValueError(f"{name} contains token id {bad}, outside the vocabulary [0, {vocab_size})")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
@@ -37,9 +38,11 @@ class _Packing:
         if lengths is None:
             self.active, self.index = [N] * T, None
         else:
-            running = lengths[None, :] > torch.arange(T, device=lengths.device)[:, None]  # (T, N)
+            # Worked out on the host from one copy of lengths: the loop needs plain ints anyway.
+            running = lengths.cpu().numpy()[None, :] > np.arange(T)[:, None]  # (T, N)
             self.active = running.sum(1).tolist()
-            self.index = None if all(n == N for n in self.active) else running.reshape(-1).nonzero().squeeze(1)
+            full = all(n == N for n in self.active)
+            self.index = None if full else torch.from_numpy(np.flatnonzero(running)).to(lengths.device)
         self.offsets = [0]
         for n in self.active:
             self.offsets.append(self.offsets[-1] + n)
@@ -283,9 +286,10 @@ def _check_lengths(lengths: Tensor | None, N: int, T: int) -> None:
         raise ValueError(f"lengths must be an integer tensor, got {getattr(lengths, 'dtype', type(lengths))}")
     if lengths.shape != (N,):
         raise ValueError(f"lengths must have shape ({N},) (one per sequence), got {tuple(lengths.shape)}")
-    if N and (int(lengths.min()) < 0 or int(lengths.max()) > T):
+    values = lengths.cpu().numpy()  # one host sync for every check below
+    if N and (values.min() < 0 or values.max() > T):
         raise ValueError(f"lengths must lie in [0, {T}] (the number of timesteps)")
-    if N > 1 and bool((lengths[1:] > lengths[:-1]).any()):
+    if N > 1 and (values[1:] > values[:-1]).any():
         raise ValueError("lengths must be sorted in non-increasing order (sort the batch by length)")
 
 
