@@ -335,14 +335,12 @@ def run_all() -> list[CheckLine]:
 
 
 def main() -> int:
-    lines, section = [], None
-    for check in ALL_CHECKS:
-        for line in check():
-            if line.section != section:
-                section = line.section
-                print(f"\n{section}")
-            print("  " + line.format())
-            lines.append(line)
+    lines, section = run_all(), None
+    for line in lines:
+        if line.section != section:
+            section = line.section
+            print(f"\n{section}")
+        print("  " + line.format())
     failed = [line for line in lines if not line.ok]
     print(f"\n{len(lines) - len(failed)} passed, {len(failed)} failed")
     return 1 if failed else 0

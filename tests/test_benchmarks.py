@@ -53,8 +53,8 @@ def test_training_step_row(cell_type):
 def test_bf16_mixed_step_row_reports_rather_than_raises():
     # The CUDA bf16 path, exercised through CPU autocast: a contender that rejects it is reported.
     row = rows.bench_training_step("lstm", 4, TINY, CPU, ONE_ROUND, precision="bf16-mixed")
-    _assert_positive_finite(row, ["native_ms"])
-    assert ("speedup" in row) != ("errors" in row)
+    _assert_positive_finite(row, ["native_ms", "project_ms", "speedup"])
+    assert "errors" not in row  # the Functions run under bf16 autocast (see tests/test_mixed_precision.py)
 
 
 def test_sampling_row():

@@ -20,16 +20,6 @@ NULL, END = 0, 2
 CELL_TYPES = ["rnn", "lstm"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """The models here are tiny: with several threads, synchronising them costs more than
-    the arithmetic, ~100x more on a busy machine. Restored after this module."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def make_model(cell_type, seed=0, vocab=VOCAB, dtype=torch.float32):
     """A small random model whose next word depends on the previous one.
 

@@ -21,7 +21,7 @@ def trained(tmp_path_factory):
     """A checkpoint from a short train.py run on a small cs231n-layout folder."""
     root = tmp_path_factory.mktemp("evaluate")
     folder = write_coco_folder(root / "coco")
-    train.main(["--data-dir", str(folder), "--overfit", "30", "--batch-size", "10", "--epochs", "8",
+    assert 0 == train.main(["--data-dir", str(folder), "--overfit", "30", "--batch-size", "10", "--epochs", "8",
                 "--hidden-dim", "32", "--wordvec-dim", "16", "--accelerator", "cpu", "--log-dir", str(root)])
     ckpt = next(root.glob("lightning_logs/version_*/checkpoints/last.ckpt"))
     return folder, ckpt

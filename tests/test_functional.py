@@ -175,13 +175,28 @@ def test_float32_realistic_sizes(name):
         assert ((g32.double() - g64).abs().max() / scale) < 1e-4
 
 
-def test_needs_input_grad_skips_unneeded_gradients():
-    """Only the weights require grad: backward must not compute (or return) the others."""
-    _, _, (x, h0, Wx, Wh, b), _ = make_case("rnn", N=2, T=3, D=4, H=5, V=6, dtype=torch.float64, device="cpu")
-    Wh.requires_grad_()
-    out = F.rnn(x, h0, Wx, Wh, b)
-    (grad_Wh,) = torch.autograd.grad(out.sum(), [Wh])
-    assert grad_Wh.shape == Wh.shape and x.grad is None and h0.grad is None
+@pytest.mark.parametrize("cell", ["rnn", "lstm"])
+def test_needs_input_grad_skips_unneeded_products(cell, monkeypatch):
+    """With only Wh requiring grad, backward computes no dx, dWx or dh0 product (and returns None for them)."""
+    import caption_torch.functional.sequences as sequences
+
+    _, _, inputs, _ = make_case(cell, N=2, T=3, D=4, H=5, V=6, dtype=torch.float64, device="cpu")
+    fn = F.lstm if cell == "lstm" else F.rnn
+    products = []
+    real_mm = sequences._mm
+    monkeypatch.setattr(sequences, "_mm", lambda a, b: products.append((a.shape, b.shape)) or real_mm(a, b))
+
+    def backward_products(requiring):
+        args = [t.detach().clone().requires_grad_(i in requiring) for i, t in enumerate(inputs)]
+        out = fn(*args)
+        products.clear()
+        grads = torch.autograd.grad(out.sum(), [args[i] for i in requiring])
+        return len(products), grads
+
+    all_count, _ = backward_products({0, 1, 2, 3, 4})
+    wh_count, (grad_Wh,) = backward_products({3})
+    # The time loop's products are needed either way; dx, dWx and dh0 are the 3 extra ones.
+    assert all_count - wh_count == 3 and grad_Wh.shape == inputs[3].shape
 
 
 def test_word_embedding_accumulates_repeated_words():
