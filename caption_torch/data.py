@@ -28,7 +28,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
 from . import coco
-from .synthetic import ensure_synthetic_dataset
+from . import synthetic
 
 FEATURE_STORAGES = ("hdf5", "memory", "device")
 
@@ -205,20 +205,24 @@ class CaptionDataModule(L.LightningDataModule):
     def prepare_data(self) -> None:
         # Runs once per node, before setup: the only place that writes files.
         if self.hparams.data_dir is None:
-            ensure_synthetic_dataset(self.hparams.synthetic_size)
+            synthetic.ensure_synthetic_dataset(self.hparams.synthetic_size)
 
     def setup(self, stage: str | None = None) -> None:
         if self.word_to_idx:  # already set up (train.py sets up early to build the model)
             return
-        hp = self.hparams
+        hparams = self.hparams
         if self.data_dir is None:
-            self.data_dir = ensure_synthetic_dataset(hp.synthetic_size)
+            # setup only reads: prepare_data (once per node, before setup) generates the files.
+            self.data_dir = synthetic.dataset_dir(hparams.synthetic_size)
+            if not synthetic.is_complete(self.data_dir):
+                raise coco.CocoDataError(f"{self.data_dir}: the embedded dataset is not generated yet; "
+                                         "call prepare_data() before setup() (Lightning's Trainer does)")
         self.word_to_idx, self.idx_to_word = coco.read_vocab(self.data_dir)
         splits = coco.read_captions(self.data_dir, vocab_size=len(self.idx_to_word))
         start = self.word_to_idx["<START>"]
         features, widths = {}, {}
         for split, captions in splits.items():
-            num_images, widths[split] = coco.feature_shape(self.data_dir, split, hp.pca_features)
+            num_images, widths[split] = coco.feature_shape(self.data_dir, split, hparams.pca_features)
             coco.check_image_idxs(captions, num_images, split, self.data_dir)
             not_started = int((captions.captions[:, 0] != start).sum())
             if not_started:
@@ -226,19 +230,19 @@ class CaptionDataModule(L.LightningDataModule):
                     f"{self.data_dir / coco.CAPTIONS_FILE}: {not_started} {split} captions do not begin with "
                     f"<START> (id {start}); every caption must be <START> ... <END> <NULL>..."
                 )
-            features[split] = FeatureRows(self.data_dir / coco.feature_file(split, hp.pca_features), hp.feature_storage)
+            features[split] = FeatureRows(self.data_dir / coco.feature_file(split, hparams.pca_features), hparams.feature_storage)
         if len(set(widths.values())) > 1:  # one model reads both splits
             raise coco.CocoDataError(f"{self.data_dir}: the feature files disagree on the width D: " + ", ".join(
-                f"{coco.feature_file(split, hp.pca_features)} has {width}" for split, width in widths.items()))
+                f"{coco.feature_file(split, hparams.pca_features)} has {width}" for split, width in widths.items()))
         self.feature_dim = widths["train"]
 
         train = splits["train"]
-        if hp.max_train is not None:
-            train = coco.SplitCaptions(*coco.subsample(train.captions, train.image_idxs, hp.max_train, hp.seed))
+        if hparams.max_train is not None:
+            train = coco.SplitCaptions(*coco.subsample(train.captions, train.image_idxs, hparams.max_train, hparams.seed))
         self.train_set = CaptionDataset(train, features["train"], "train")
         val_rows = np.unique(splits["val"].image_idxs)
-        if hp.max_val_images is not None and hp.max_val_images < len(val_rows):
-            val_rows = np.sort(np.random.default_rng(hp.seed).choice(val_rows, hp.max_val_images, replace=False))
+        if hparams.max_val_images is not None and hparams.max_val_images < len(val_rows):
+            val_rows = np.sort(np.random.default_rng(hparams.seed).choice(val_rows, hparams.max_val_images, replace=False))
         self.val_set = ImageDataset(splits["val"], features["val"], val_rows, "val")
         self.train_images = ImageDataset(train, features["train"], split="train")
 

@@ -48,8 +48,10 @@ def load_model(path: Path | str) -> CaptioningRNN:
         raise CheckpointError(f"checkpoint {path} cannot be loaded safely: {error}") from None
     if not isinstance(checkpoint, dict) or not {"hyper_parameters", "state_dict"} <= checkpoint.keys():
         raise CheckpointError(f"checkpoint {path} lacks hyper_parameters/state_dict: was it written by train.py?")
-    hp = checkpoint["hyper_parameters"]
-    model = CaptioningRNN(hp["word_to_idx"], hp["input_dim"], hp["wordvec_dim"], hp["hidden_dim"], hp["cell_type"])
+    hparams = checkpoint["hyper_parameters"]
+    model = CaptioningRNN(
+        hparams["word_to_idx"], hparams["input_dim"], hparams["wordvec_dim"], hparams["hidden_dim"], hparams["cell_type"]
+    )
     weights = {k.removeprefix("model."): v for k, v in checkpoint["state_dict"].items() if k.startswith("model.")}
     model.load_state_dict(weights)
     return model.eval()

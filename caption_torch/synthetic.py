@@ -336,6 +336,18 @@ def default_cache_dir() -> Path:
     return Path(xdg_cache).expanduser() / "caption-torch"
 
 
+def dataset_dir(size: str = "default", seed: int = 0, cache_dir: str | os.PathLike | None = None) -> Path:
+    """Where the cached dataset for ``(size, seed)`` lives; nothing is generated."""
+    _check_size_and_seed(size, seed)
+    root = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
+    return root / f"synthetic-v{FORMAT_VERSION}-{size}-seed{seed}"
+
+
+def is_complete(folder: Path) -> bool:
+    """Whether ``folder`` holds a finished dataset (the info file is written last)."""
+    return (folder / INFO_FILE).is_file()
+
+
 def ensure_synthetic_dataset(size: str = "default", seed: int = 0,
                              cache_dir: str | os.PathLike | None = None) -> Path:
     """The cached dataset folder for ``(size, seed)``, generated (with one line to stderr) on first use.
@@ -343,17 +355,15 @@ def ensure_synthetic_dataset(size: str = "default", seed: int = 0,
     The folder is ``<cache>/synthetic-v<FORMAT_VERSION>-<size>-seed<seed>`` under ``cache_dir``,
     or ``default_cache_dir()`` when it is None; a new format version regenerates.
     """
-    _check_size_and_seed(size, seed)
-    folder = (Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()) / \
-        f"synthetic-v{FORMAT_VERSION}-{size}-seed{seed}"
-    if (folder / INFO_FILE).is_file():
+    folder = dataset_dir(size, seed, cache_dir)
+    if is_complete(folder):
         return folder
     print(f"Generating the embedded synthetic dataset ({size}, seed {seed}) into {folder} (first use only)",
           file=sys.stderr, flush=True)
     try:
         return write_synthetic_dataset(folder, size, seed)
     except FileExistsError:
-        if (folder / INFO_FILE).is_file():  # another process finished it first
+        if is_complete(folder):  # another process finished it first
             return folder
         raise
 

@@ -132,9 +132,9 @@ def _lstm_forward_loop(gates: Tensor, h0: Tensor, Wh: Tensor, packing: _Packing)
     for t in range(packing.T):
         rows, prev = packing.rows(t), packing.previous_rows(t)
         out = slice(N + rows.start, N + rows.stop)
-        a = _lstm_gates_(gates[rows].add_(_mm(states[prev], Wh)))  # (n_t, 4H) = [i, f, o, g]
-        torch.mul(a[:, :H], a[:, 3 * H :], out=cells[out]).addcmul_(a[:, H : 2 * H], cells[prev])
-        torch.tanh(cells[out], out=states[out]).mul_(a[:, 2 * H : 3 * H])
+        gates_t = _lstm_gates_(gates[rows].add_(_mm(states[prev], Wh)))  # (n_t, 4H) = [i, f, o, g]
+        torch.mul(gates_t[:, :H], gates_t[:, 3 * H :], out=cells[out]).addcmul_(gates_t[:, H : 2 * H], cells[prev])
+        torch.tanh(cells[out], out=states[out]).mul_(gates_t[:, 2 * H : 3 * H])
     return states, cells
 
 
