@@ -48,37 +48,70 @@ MODEL_FLAGS = dict(wordvec_dim="--wordvec-dim", hidden_dim="--hidden-dim", cell_
 
 def quiet_lightning() -> None:
     """Drop Lightning's advertising tips and a deprecation warning it raises itself; keep everything else."""
-    logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(lambda record: "Tip:" not in record.getMessage())
+    logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(
+        lambda record: "Tip:" not in record.getMessage()
+    )
     warnings.filterwarnings("ignore", message=".*isinstance\\(treespec, LeafSpec\\)")
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     data = parser.add_argument_group("data")
-    data.add_argument("--data-dir", type=Path, default=None,
-                      help="cs231n coco_captioning folder (default: the embedded synthetic dataset)")
-    data.add_argument("--synthetic-size", default="default", choices=["tiny", "default", "coco"],
-                      help="size of the embedded dataset when --data-dir is not given (default: default)")
-    data.add_argument("--full-features", action="store_true",
-                      help="use the 4096-d fc7 features instead of the 512-d fc7-PCA ones")
-    data.add_argument("--overfit", type=positive_int, metavar="N", default=None,
-                      help="train on N random captions only, with the seed notebook's settings "
-                           "(batch 25, 50 epochs, Adam 5e-3, lr_decay 0.95, H=512, W=256)")
-    data.add_argument("--max-val-images", type=positive_int, default=None,
-                      help="validate on this many random val images (default: all)")
+    data.add_argument(
+        "--data-dir",
+        type=Path,
+        default=None,
+        help="cs231n coco_captioning folder (default: the embedded synthetic dataset)",
+    )
+    data.add_argument(
+        "--synthetic-size",
+        default="default",
+        choices=["tiny", "default", "coco"],
+        help="size of the embedded dataset when --data-dir is not given (default: default)",
+    )
+    data.add_argument(
+        "--full-features", action="store_true", help="use the 4096-d fc7 features instead of the 512-d fc7-PCA ones"
+    )
+    data.add_argument(
+        "--overfit",
+        type=positive_int,
+        metavar="N",
+        default=None,
+        help="train on N random captions only, with the seed notebook's settings "
+        "(batch 25, 50 epochs, Adam 5e-3, lr_decay 0.95, H=512, W=256)",
+    )
+    data.add_argument(
+        "--max-val-images",
+        type=positive_int,
+        default=None,
+        help="validate on this many random val images (default: all)",
+    )
     data.add_argument("--num-workers", type=int, default=0, help="DataLoader worker processes (default: 0)")
-    data.add_argument("--feature-storage", default="hdf5", choices=["hdf5", "memory", "device"],
-                      help="stream features from HDF5, hold them in RAM, or on the accelerator (default: hdf5)")
+    data.add_argument(
+        "--feature-storage",
+        default="hdf5",
+        choices=["hdf5", "memory", "device"],
+        help="stream features from HDF5, hold them in RAM, or on the accelerator (default: hdf5)",
+    )
 
     model = parser.add_argument_group("model and optimisation (defaults: see README)")
-    model.add_argument("--cell", choices=["rnn", "lstm"], default=None, help="recurrent cell (default: rnn with --overfit, as the notebook; lstm otherwise)")
+    model.add_argument(
+        "--cell",
+        choices=["rnn", "lstm"],
+        default=None,
+        help="recurrent cell (default: rnn with --overfit, as the notebook; lstm otherwise)",
+    )
     model.add_argument("--hidden-dim", type=positive_int, default=None, help="hidden state width H (default: 512)")
     model.add_argument("--wordvec-dim", type=positive_int, default=None, help="word vector width W (default: 256)")
     model.add_argument("--batch-size", type=positive_int, default=None, help="captions per batch")
     model.add_argument("--epochs", type=positive_int, default=None, help="training epochs")
     model.add_argument("--lr", type=positive_float, default=None, help="Adam learning rate (default: 5e-3)")
-    model.add_argument("--lr-decay", type=positive_float, default=None,
-                       help="learning rate multiplier after each epoch (cs231n's lr_decay)")
+    model.add_argument(
+        "--lr-decay",
+        type=positive_float,
+        default=None,
+        help="learning rate multiplier after each epoch (cs231n's lr_decay)",
+    )
     model.add_argument("--seed", type=int, default=231, help="random seed (default: 231, the notebook's)")
 
     hardware = parser.add_argument_group("hardware and runs")
@@ -86,14 +119,27 @@ def build_parser() -> argparse.ArgumentParser:
     hardware.add_argument("--devices", default="auto", help="number of devices, or 'auto' (default: auto)")
     hardware.add_argument("--num-nodes", type=positive_int, default=1, help="machines for multi-node DDP")
     hardware.add_argument("--strategy", default="auto", help="Lightning strategy, e.g. ddp (default: auto)")
-    hardware.add_argument("--precision", default="32-true",
-                          help="32-true, bf16-mixed, 16-mixed (CUDA), ... (default: 32-true)")
-    hardware.add_argument("--resume", nargs="?", const="last", default=None, metavar="CKPT",
-                          help="continue from a checkpoint; without a path, the newest lightning_logs/*/last.ckpt")
-    hardware.add_argument("--checkpoint-every", type=positive_int, default=None, metavar="STEPS",
-                          help="also refresh last.ckpt every STEPS training steps (default: every epoch end)")
-    hardware.add_argument("--log-dir", type=Path, default=Path("."),
-                          help="folder that receives lightning_logs/ (default: .)")
+    hardware.add_argument(
+        "--precision", default="32-true", help="32-true, bf16-mixed, 16-mixed (CUDA), ... (default: 32-true)"
+    )
+    hardware.add_argument(
+        "--resume",
+        nargs="?",
+        const="last",
+        default=None,
+        metavar="CKPT",
+        help="continue from a checkpoint; without a path, the newest lightning_logs/*/last.ckpt",
+    )
+    hardware.add_argument(
+        "--checkpoint-every",
+        type=positive_int,
+        default=None,
+        metavar="STEPS",
+        help="also refresh last.ckpt every STEPS training steps (default: every epoch end)",
+    )
+    hardware.add_argument(
+        "--log-dir", type=Path, default=Path("."), help="folder that receives lightning_logs/ (default: .)"
+    )
     return parser
 
 

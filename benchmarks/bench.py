@@ -56,29 +56,65 @@ ROWS = ("check", "step", "sample", "memory", "flops", "data")
 
 # (key, header, format) per printed column; the JSON holds every key of a row.
 COLUMNS = {
-    "check": [("cell_type", "cell", "s"), ("loss_difference", "|loss diff|", ".1e"),
-              ("grad_difference", "max |grad diff|", ".1e"), ("ok", "<= 1e-10", "")],
-    "step": [("device", "device", "s"), ("precision", "precision", "s"), ("cell_type", "cell", "s"),
-             ("batch", "batch", "d"), ("masked_fraction", "masked", ".0%"), ("project_ms", "project ms", ".1f"),
-             ("project_spread", "±", ".0%"), ("native_ms", "native ms", ".1f"), ("native_spread", "±", ".0%"),
-             ("speedup", "native/project", ".2f")],
-    "sample": [("device", "device", "s"), ("cell_type", "cell", "s"), ("images", "images", "d"),
-               ("max_length", "max_length", "d"), ("project_captions_per_s", "project cap/s", ".0f"),
-               ("project_spread", "±", ".0%"), ("native_captions_per_s", "native cap/s", ".0f"),
-               ("native_spread", "±", ".0%"), ("speedup", "project/native", ".2f"),
-               ("same_captions", "same captions", ".0%")],
-    "memory": [("device", "device", "s"), ("cell_type", "cell", "s"), ("batch", "batch", "d"),
-               ("project_mib", "project MiB", ".1f"), ("native_mib", "native MiB", ".1f"),
-               ("ratio", "native/project", ".2f")],
-    "flops": [("device", "device", "s"), ("cell_type", "cell", "s"), ("batch", "batch", "d"),
-              ("useful_gflop", "GFLOP/step", ".1f"), ("project_gflops", "project GFLOP/s", ".1f"),
-              ("native_gflops", "native GFLOP/s", ".1f"), ("native_executed_gflops", "native exec GFLOP/s", ".1f"),
-              ("matmul_gflops", "matmul GFLOP/s", ".1f"), ("onednn_gflops", "oneDNN GFLOP/s", ".1f"),
-              ("project_fraction", "project/matmul", ".0%"),
-              ("native_fraction", "native/matmul", ".0%")],
-    "data": [("num_workers", "workers", "d"), ("batch", "batch", "d"), ("startup_s", "first batch s", ".2f"),
-             ("captions_per_s", "delivered cap/s", ".0f"), ("train_captions_per_s", "trained cap/s", ".0f"),
-             ("ratio", "delivered/trained", ".1f")],
+    "check": [
+        ("cell_type", "cell", "s"),
+        ("loss_difference", "|loss diff|", ".1e"),
+        ("grad_difference", "max |grad diff|", ".1e"),
+        ("ok", "<= 1e-10", ""),
+    ],
+    "step": [
+        ("device", "device", "s"),
+        ("precision", "precision", "s"),
+        ("cell_type", "cell", "s"),
+        ("batch", "batch", "d"),
+        ("masked_fraction", "masked", ".0%"),
+        ("project_ms", "project ms", ".1f"),
+        ("project_spread", "±", ".0%"),
+        ("native_ms", "native ms", ".1f"),
+        ("native_spread", "±", ".0%"),
+        ("speedup", "native/project", ".2f"),
+    ],
+    "sample": [
+        ("device", "device", "s"),
+        ("cell_type", "cell", "s"),
+        ("images", "images", "d"),
+        ("max_length", "max_length", "d"),
+        ("project_captions_per_s", "project cap/s", ".0f"),
+        ("project_spread", "±", ".0%"),
+        ("native_captions_per_s", "native cap/s", ".0f"),
+        ("native_spread", "±", ".0%"),
+        ("speedup", "project/native", ".2f"),
+        ("same_captions", "same captions", ".0%"),
+    ],
+    "memory": [
+        ("device", "device", "s"),
+        ("cell_type", "cell", "s"),
+        ("batch", "batch", "d"),
+        ("project_mib", "project MiB", ".1f"),
+        ("native_mib", "native MiB", ".1f"),
+        ("ratio", "native/project", ".2f"),
+    ],
+    "flops": [
+        ("device", "device", "s"),
+        ("cell_type", "cell", "s"),
+        ("batch", "batch", "d"),
+        ("useful_gflop", "GFLOP/step", ".1f"),
+        ("project_gflops", "project GFLOP/s", ".1f"),
+        ("native_gflops", "native GFLOP/s", ".1f"),
+        ("native_executed_gflops", "native exec GFLOP/s", ".1f"),
+        ("matmul_gflops", "matmul GFLOP/s", ".1f"),
+        ("onednn_gflops", "oneDNN GFLOP/s", ".1f"),
+        ("project_fraction", "project/matmul", ".0%"),
+        ("native_fraction", "native/matmul", ".0%"),
+    ],
+    "data": [
+        ("num_workers", "workers", "d"),
+        ("batch", "batch", "d"),
+        ("startup_s", "first batch s", ".2f"),
+        ("captions_per_s", "delivered cap/s", ".0f"),
+        ("train_captions_per_s", "trained cap/s", ".0f"),
+        ("ratio", "delivered/trained", ".1f"),
+    ],
 }
 
 TITLES = {
@@ -98,8 +134,14 @@ def machine_info(devices: Sequence[torch.device]) -> dict:
             if line.startswith("model name"):
                 cpu = line.split(":", 1)[1].strip()
                 break
-    info = {"cpu": cpu, "cores": os.cpu_count(), "torch": torch.__version__, "python": platform.python_version(),
-            "threads": torch.get_num_threads(), "mkldnn": torch.backends.mkldnn.is_available()}
+    info = {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "threads": torch.get_num_threads(),
+        "mkldnn": torch.backends.mkldnn.is_available(),
+    }
     with contextlib.suppress(OSError):  # other jobs on the machine make the timings noisy; say so
         info["load_1min"] = round(os.getloadavg()[0], 2)
     if any(device.type == "cuda" for device in devices):
@@ -119,8 +161,10 @@ def print_rows(kind: str, rows: list[dict]) -> None:
         for name, error in row.get("errors", {}).items():
             print(f"  {row['cell_type']} {row['precision']}: {name} failed: {error}")
     if any(row.get(f"{name}_spread", 0) > NOISY_SPREAD for row in measured for name in ("project", "native")):
-        print(f"  noisy: some spreads exceed {NOISY_SPREAD:.0%}; other jobs are competing for the cores. "
-              "Rerun on a quiet machine, with more --rounds, or with --threads 1.")
+        print(
+            f"  noisy: some spreads exceed {NOISY_SPREAD:.0%}; other jobs are competing for the cores. "
+            "Rerun on a quiet machine, with more --rounds, or with --threads 1."
+        )
     sys.stdout.flush()
 
 
@@ -159,12 +203,16 @@ def run(args: argparse.Namespace, shapes: Shapes = Shapes()) -> dict:
     machine = results["machine"]
     print(", ".join(f"{key}: {value}" for key, value in machine.items()))
     if machine.get("load_1min", 0) > (machine["cores"] or 1) + 0.5:
-        print(f"warning: load average {machine['load_1min']} on {machine['cores']} cores: other jobs are running, "
-              "so absolute times are inflated (interleaving keeps the ratios fair)")
+        print(
+            f"warning: load average {machine['load_1min']} on {machine['cores']} cores: other jobs are running, "
+            "so absolute times are inflated (interleaving keeps the ratios fair)"
+        )
         if torch.get_num_threads() > 1:
             # A spinning OpenMP thread that loses its core to another job stalls every parallel region.
-            print("warning: with more than one thread on a busy machine every parallel region can stall; "
-                  "prefer --threads 1 here")
+            print(
+                "warning: with more than one thread on a busy machine every parallel region can stall; "
+                "prefer --threads 1 here"
+            )
     print(f"shapes: {asdict(shapes)}; rounds: {asdict(rounds)}")
 
     def emit(kind: str, rows: list[dict]) -> list[dict]:
@@ -179,12 +227,21 @@ def run(args: argparse.Namespace, shapes: Shapes = Shapes()) -> dict:
     if {"step", "flops", "data"} & set(rows_wanted):  # flops and data divide by the measured step
         for device in devices:
             precisions = ("fp32", "bf16-mixed") if device.type == "cuda" else ("fp32",)
-            step_rows += emit("step", [bench_training_step(cell, batch, shapes, device, rounds, precision)
-                                       for precision in precisions for cell in ("rnn", "lstm") for batch in (25, 512)])
+            step_rows += emit(
+                "step",
+                [
+                    bench_training_step(cell, batch, shapes, device, rounds, precision)
+                    for precision in precisions
+                    for cell in ("rnn", "lstm")
+                    for batch in (25, 512)
+                ],
+            )
 
     if "sample" in rows_wanted:
-        emit("sample", [bench_sampling(cell, 1000, args.max_length, shapes, main_device, rounds)
-                        for cell in ("rnn", "lstm")])
+        emit(
+            "sample",
+            [bench_sampling(cell, 1000, args.max_length, shapes, main_device, rounds) for cell in ("rnn", "lstm")],
+        )
 
     if "memory" in rows_wanted:
         emit("memory", [bench_memory(cell, 512, shapes, main_device) for cell in ("rnn", "lstm")])
@@ -196,8 +253,11 @@ def run(args: argparse.Namespace, shapes: Shapes = Shapes()) -> dict:
             emit("flops", [flops_row(row, shapes, reference) for row in fp32_steps if row["device"] == device.type])
 
     if "data" in rows_wanted:
-        batch_512 = [row["project_captions_per_s"] for row in fp32_steps
-                     if row["batch"] == 512 and row["device"] == main_device.type]
+        batch_512 = [
+            row["project_captions_per_s"]
+            for row in fp32_steps
+            if row["batch"] == 512 and row["device"] == main_device.type
+        ]
         emit("data", run_data_rows(args, max(batch_512)))
 
     if args.profile:
@@ -218,18 +278,31 @@ def run(args: argparse.Namespace, shapes: Shapes = Shapes()) -> dict:
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rows", default=",".join(ROWS), help=f"comma-separated subset of {','.join(ROWS)}")
-    parser.add_argument("--quick", action="store_true",
-                        help="3 rounds after 1 warm-up (default 7 after 2); 10 data batches (default 50)")
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="3 rounds after 1 warm-up (default 7 after 2); 10 data batches (default 50)",
+    )
     parser.add_argument("--rounds", type=int, default=None, help="measured rounds per timing (overrides --quick)")
-    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
-                        help="auto: every row on the CPU, plus the step rows (fp32 and bf16-mixed) on CUDA if present")
+    parser.add_argument(
+        "--device",
+        choices=("auto", "cpu", "cuda"),
+        default="auto",
+        help="auto: every row on the CPU, plus the step rows (fp32 and bf16-mixed) on CUDA if present",
+    )
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's choice)")
     parser.add_argument("--max-length", type=int, default=30, help="words generated per image in the sample row")
-    parser.add_argument("--data-dir", default=None,
-                        help="cs231n-layout folder for the data row; a COCO-sized synthetic dataset is written there "
-                             "if it is missing or empty (default: the cached one from ensure_synthetic_dataset)")
-    parser.add_argument("--profile", action="store_true",
-                        help="also print torch.profiler tables of both models' batch-512 training steps")
+    parser.add_argument(
+        "--data-dir",
+        default=None,
+        help="cs231n-layout folder for the data row; a COCO-sized synthetic dataset is written there "
+        "if it is missing or empty (default: the cached one from ensure_synthetic_dataset)",
+    )
+    parser.add_argument(
+        "--profile",
+        action="store_true",
+        help="also print torch.profiler tables of both models' batch-512 training steps",
+    )
     parser.add_argument("--json", default=None, help="write every row as JSON to this path")
     return parser.parse_args(argv)
 

@@ -69,8 +69,15 @@ class NativeCaptioningRNN(nn.Module):
     def from_project(cls, model: CaptioningRNN) -> "NativeCaptioningRNN":
         """A native model on the same device holding a copy of ``model``'s weights (same loss)."""
         native = cls(
-            model.vocab_size, model.input_dim, model.wordvec_dim, model.hidden_dim, model.cell_type,
-            model.null_id, model.start_id, model.end_id, dtype=model.W_proj.dtype,
+            model.vocab_size,
+            model.input_dim,
+            model.wordvec_dim,
+            model.hidden_dim,
+            model.cell_type,
+            model.null_id,
+            model.start_id,
+            model.end_id,
+            dtype=model.W_proj.dtype,
         ).to(model.W_proj.device)
         reorder = _lstm_gates_to_native if model.cell_type == "lstm" else (lambda weight: weight)
         with torch.no_grad():
@@ -94,8 +101,10 @@ class NativeCaptioningRNN(nn.Module):
         hidden, _ = self.recurrent(self.embed(captions_in), self.initial_state(features))  # (N, T, H)
         scores = self.vocab(hidden)  # (N, T, V)
         total = F.cross_entropy(
-            scores.reshape(-1, scores.shape[-1]), captions_out.reshape(-1),
-            ignore_index=self.null_id, reduction="sum",
+            scores.reshape(-1, scores.shape[-1]),
+            captions_out.reshape(-1),
+            ignore_index=self.null_id,
+            reduction="sum",
         )
         return total / features.shape[0]
 
@@ -148,7 +157,5 @@ def max_loss_difference(model: CaptioningRNN, features: Tensor, captions: Tensor
         "W_vocab": native.vocab.weight.grad.T,
         "b_vocab": native.vocab.bias.grad,
     }
-    grad_difference = max(
-        (param.grad - native_grads[name]).abs().max().item() for name, param in model.params.items()
-    )
+    grad_difference = max((param.grad - native_grads[name]).abs().max().item() for name, param in model.params.items())
     return abs(project_loss.item() - native_loss.item()), grad_difference

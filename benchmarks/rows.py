@@ -85,8 +85,12 @@ def make_pair(
     """The project's model and its native copy, holding the same weights."""
     torch.manual_seed(seed)
     project = CaptioningRNN(
-        coco_vocab(shapes.vocab_size), shapes.input_dim, shapes.wordvec_dim, shapes.hidden_dim,
-        cell_type=cell_type, dtype=dtype,
+        coco_vocab(shapes.vocab_size),
+        shapes.input_dim,
+        shapes.wordvec_dim,
+        shapes.hidden_dim,
+        cell_type=cell_type,
+        dtype=dtype,
     ).to(device)
     return project, NativeCaptioningRNN.from_project(project)
 
@@ -136,8 +140,13 @@ def check_equivalence(cell_type: str, device: torch.device) -> dict:
             param.add_(torch.randn_like(param) * 0.3)
     features, captions = make_batch(6, shapes, device, seed=1)
     loss_gap, grad_gap = max_loss_difference(project, features.double(), captions)
-    return {"row": "check", "cell_type": cell_type, "loss_difference": loss_gap, "grad_difference": grad_gap,
-            "ok": loss_gap <= 1e-10 and grad_gap <= 1e-10}
+    return {
+        "row": "check",
+        "cell_type": cell_type,
+        "loss_difference": loss_gap,
+        "grad_difference": grad_gap,
+        "ok": loss_gap <= 1e-10 and grad_gap <= 1e-10,
+    }
 
 
 def bench_training_step(
@@ -153,11 +162,20 @@ def bench_training_step(
     failures = _run_once(contenders)
     timings = time_interleaved(
         {name: work for name, work in contenders.items() if name not in failures},
-        rounds.rounds, rounds.warmup, device,
+        rounds.rounds,
+        rounds.warmup,
+        device,
     )
     scored = int((captions[:, 1:] != NULL_ID).sum())
-    row = {"row": "step", "device": device.type, "precision": precision, "cell_type": cell_type, "batch": batch,
-           "scored_tokens": scored, "masked_fraction": 1 - scored / captions[:, 1:].numel()}
+    row = {
+        "row": "step",
+        "device": device.type,
+        "precision": precision,
+        "cell_type": cell_type,
+        "batch": batch,
+        "scored_tokens": scored,
+        "masked_fraction": 1 - scored / captions[:, 1:].numel(),
+    }
     for name, timing in timings.items():
         row[f"{name}_ms"] = timing.median * 1e3
         row[f"{name}_spread"] = timing.spread
@@ -177,12 +195,20 @@ def bench_sampling(
     features, _ = make_batch(images, shapes, device)
     project_captions = project.sample(features, max_length)
     native_captions = native.sample(features, max_length)
-    contenders = {"project": lambda: project.sample(features, max_length),
-                  "native": lambda: native.sample(features, max_length)}
+    contenders = {
+        "project": lambda: project.sample(features, max_length),
+        "native": lambda: native.sample(features, max_length),
+    }
     timings = time_interleaved(contenders, rounds.rounds, rounds.warmup, device)
-    row = {"row": "sample", "device": device.type, "cell_type": cell_type, "images": images, "max_length": max_length,
-           "mean_words": float((project_captions != NULL_ID).sum(1).float().mean()),
-           "same_captions": float((project_captions == native_captions).all(1).float().mean())}
+    row = {
+        "row": "sample",
+        "device": device.type,
+        "cell_type": cell_type,
+        "images": images,
+        "max_length": max_length,
+        "mean_words": float((project_captions != NULL_ID).sum(1).float().mean()),
+        "same_captions": float((project_captions == native_captions).all(1).float().mean()),
+    }
     for name, timing in timings.items():
         row[f"{name}_captions_per_s"] = images / timing.median
         row[f"{name}_spread"] = timing.spread
@@ -214,8 +240,14 @@ def training_step_flops(cell_type: str, batch: int, scored_tokens: int, shapes: 
     N * T for what the native model executes.
     """
     gates = 4 if cell_type == "lstm" else 1
-    N, T, D, W, H, V = (batch, shapes.time_steps, shapes.input_dim, shapes.wordvec_dim, shapes.hidden_dim,
-                        shapes.vocab_size)
+    N, T, D, W, H, V = (
+        batch,
+        shapes.time_steps,
+        shapes.input_dim,
+        shapes.wordvec_dim,
+        shapes.hidden_dim,
+        shapes.vocab_size,
+    )
     feature_projection = 2 * N * D * H
     input_projection = 2 * N * T * W * gates * H
     recurrence = 2 * N * T * H * gates * H
@@ -250,8 +282,14 @@ def flops_row(step_row: dict, shapes: Shapes, reference: dict[str, float]) -> di
     cell_type, batch = step_row["cell_type"], step_row["batch"]
     useful = training_step_flops(cell_type, batch, step_row["scored_tokens"], shapes)
     executed = training_step_flops(cell_type, batch, batch * shapes.time_steps, shapes)
-    row = {"row": "flops", "device": step_row["device"], "cell_type": cell_type, "batch": batch,
-           "useful_gflop": useful / 1e9, **{f"{name}_gflops": rate for name, rate in reference.items()}}
+    row = {
+        "row": "flops",
+        "device": step_row["device"],
+        "cell_type": cell_type,
+        "batch": batch,
+        "useful_gflop": useful / 1e9,
+        **{f"{name}_gflops": rate for name, rate in reference.items()},
+    }
     for name in ("project", "native"):
         if f"{name}_ms" in step_row:
             row[f"{name}_gflops"] = useful / (step_row[f"{name}_ms"] / 1e3) / 1e9
@@ -283,8 +321,15 @@ def bench_data_module(data_dir: Path, num_workers: int, batch: int, batches: int
     datamodule = CaptionDataModule(data_dir, batch_size=batch, num_workers=num_workers, pin_memory=False)
     datamodule.setup("fit")
     rate, startup = delivery_rate(datamodule.train_dataloader(), batches)
-    return {"row": "data", "num_workers": num_workers, "batch": batch, "captions_per_s": rate, "startup_s": startup,
-            "train_captions_per_s": train_captions_per_s, "ratio": rate / train_captions_per_s}
+    return {
+        "row": "data",
+        "num_workers": num_workers,
+        "batch": batch,
+        "captions_per_s": rate,
+        "startup_s": startup,
+        "train_captions_per_s": train_captions_per_s,
+        "ratio": rate / train_captions_per_s,
+    }
 
 
 def coco_sized_data_dir(data_dir: str | None) -> Path:

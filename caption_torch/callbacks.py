@@ -55,8 +55,11 @@ class LossHistory(L.Callback):
         # Every rank flushes at the same steps; deciding together means no rank is left waiting
         # in the next all-reduce for one that stopped.
         if not trainer.strategy.reduce_boolean_decision(bad is None, all=True):
-            where = (f"became {values[bad]} at step {first_step + bad}" if bad is not None else
-                     f"became non-finite on another process between steps {first_step} and {trainer.global_step}")
+            where = (
+                f"became {values[bad]} at step {first_step + bad}"
+                if bad is not None
+                else f"became non-finite on another process between steps {first_step} and {trainer.global_step}"
+            )
             raise FloatingPointError(
                 f"training loss {where}; lower the learning rate (--lr) or check the features for NaN/inf"
             )

@@ -173,9 +173,7 @@ def check_word_embedding_backward() -> Iterator[CheckLine]:
     N, T, V, D = 50, 3, 5, 6
     x = torch.tensor(rng.randint(V, size=(N, T)))
     arrays = [rng.randn(V, D)]
-    yield from _gradient_check(
-        "Word embedding: backward", lambda W: F.word_embedding(x, W), arrays, ["dW"], 1e-10, rng
-    )
+    yield from _gradient_check("Word embedding: backward", lambda W: F.word_embedding(x, W), arrays, ["dW"], 1e-10, rng)
 
 
 def check_temporal_affine() -> Iterator[CheckLine]:

@@ -27,8 +27,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
-from . import coco
-from . import synthetic
+from . import coco, synthetic
 
 FEATURE_STORAGES = ("hdf5", "memory", "device")
 
@@ -215,8 +214,10 @@ class CaptionDataModule(L.LightningDataModule):
             # setup only reads: prepare_data (once per node, before setup) generates the files.
             self.data_dir = synthetic.dataset_dir(hparams.synthetic_size)
             if not synthetic.is_complete(self.data_dir):
-                raise coco.CocoDataError(f"{self.data_dir}: the embedded dataset is not generated yet; "
-                                         "call prepare_data() before setup() (Lightning's Trainer does)")
+                raise coco.CocoDataError(
+                    f"{self.data_dir}: the embedded dataset is not generated yet; "
+                    "call prepare_data() before setup() (Lightning's Trainer does)"
+                )
         self.word_to_idx, self.idx_to_word = coco.read_vocab(self.data_dir)
         splits = coco.read_captions(self.data_dir, vocab_size=len(self.idx_to_word))
         start = self.word_to_idx["<START>"]
@@ -230,19 +231,29 @@ class CaptionDataModule(L.LightningDataModule):
                     f"{self.data_dir / coco.CAPTIONS_FILE}: {not_started} {split} captions do not begin with "
                     f"<START> (id {start}); every caption must be <START> ... <END> <NULL>..."
                 )
-            features[split] = FeatureRows(self.data_dir / coco.feature_file(split, hparams.pca_features), hparams.feature_storage)
+            features[split] = FeatureRows(
+                self.data_dir / coco.feature_file(split, hparams.pca_features), hparams.feature_storage
+            )
         if len(set(widths.values())) > 1:  # one model reads both splits
-            raise coco.CocoDataError(f"{self.data_dir}: the feature files disagree on the width D: " + ", ".join(
-                f"{coco.feature_file(split, hparams.pca_features)} has {width}" for split, width in widths.items()))
+            raise coco.CocoDataError(
+                f"{self.data_dir}: the feature files disagree on the width D: "
+                + ", ".join(
+                    f"{coco.feature_file(split, hparams.pca_features)} has {width}" for split, width in widths.items()
+                )
+            )
         self.feature_dim = widths["train"]
 
         train = splits["train"]
         if hparams.max_train is not None:
-            train = coco.SplitCaptions(*coco.subsample(train.captions, train.image_idxs, hparams.max_train, hparams.seed))
+            train = coco.SplitCaptions(
+                *coco.subsample(train.captions, train.image_idxs, hparams.max_train, hparams.seed)
+            )
         self.train_set = CaptionDataset(train, features["train"], "train")
         val_rows = np.unique(splits["val"].image_idxs)
         if hparams.max_val_images is not None and hparams.max_val_images < len(val_rows):
-            val_rows = np.sort(np.random.default_rng(hparams.seed).choice(val_rows, hparams.max_val_images, replace=False))
+            val_rows = np.sort(
+                np.random.default_rng(hparams.seed).choice(val_rows, hparams.max_val_images, replace=False)
+            )
         self.val_set = ImageDataset(splits["val"], features["val"], val_rows, "val")
         self.train_images = ImageDataset(train, features["train"], split="train")
 

@@ -20,7 +20,6 @@ does not make near-equal hypotheses tie.
 
 from __future__ import annotations
 
-
 import torch
 from torch import Tensor
 

@@ -50,7 +50,11 @@ def load_model(path: Path | str) -> CaptioningRNN:
         raise CheckpointError(f"checkpoint {path} lacks hyper_parameters/state_dict: was it written by train.py?")
     hparams = checkpoint["hyper_parameters"]
     model = CaptioningRNN(
-        hparams["word_to_idx"], hparams["input_dim"], hparams["wordvec_dim"], hparams["hidden_dim"], hparams["cell_type"]
+        hparams["word_to_idx"],
+        hparams["input_dim"],
+        hparams["wordvec_dim"],
+        hparams["hidden_dim"],
+        hparams["cell_type"],
     )
     weights = {k.removeprefix("model."): v for k, v in checkpoint["state_dict"].items() if k.startswith("model.")}
     model.load_state_dict(weights)
@@ -88,8 +92,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--synthetic-size", default="default", help="embedded dataset size when no --data-dir")
     parser.add_argument("--full-features", action="store_true", help="the 4096-d fc7 features")
     parser.add_argument("--split", choices=coco.SPLITS, default="val", help="split to caption (default: val)")
-    parser.add_argument("--method", choices=DECODE_METHODS, default=None,
-                        help="decoder (default: beam if --beam-size > 1, else greedy)")
+    parser.add_argument(
+        "--method", choices=DECODE_METHODS, default=None, help="decoder (default: beam if --beam-size > 1, else greedy)"
+    )
     parser.add_argument("--beam-size", type=positive_int, default=1, help="beam width; 1 is greedy (default: 1)")
     parser.add_argument("--temperature", type=positive_float, default=1.0, help="temperature for --method sample")
     parser.add_argument("--max-length", type=positive_int, default=30, help="longest generated caption (default: 30)")
@@ -116,7 +121,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     images = dm.val_set if args.split == "val" else dm.train_images
     if args.max_images is not None:
-        images = ImageDataset(images.split_captions, images.features, images.image_rows[: args.max_images], images.split)
+        images = ImageDataset(
+            images.split_captions, images.features, images.image_rows[: args.max_images], images.split
+        )
 
     generator = torch.Generator().manual_seed(args.seed)
     decode_args = dict(method=method, beam_size=args.beam_size, temperature=args.temperature,

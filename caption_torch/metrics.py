@@ -185,12 +185,8 @@ def _ngram_counts(sentences: list[str], max_order: int) -> tuple[list[_NgramCoun
             pair = previous * vocabulary_size + word_ids[starts + order - 1]
             unique_pairs, gram_ids = np.unique(pair, return_inverse=True)
             num_grams = max(len(unique_pairs), 1)
-        sentence_and_gram, counts = np.unique(
-            sentence_of_token[starts] * num_grams + gram_ids, return_counts=True
-        )
-        orders.append(
-            _NgramCounts(sentence_and_gram // num_grams, sentence_and_gram % num_grams, counts, num_grams)
-        )
+        sentence_and_gram, counts = np.unique(sentence_of_token[starts] * num_grams + gram_ids, return_counts=True)
+        orders.append(_NgramCounts(sentence_and_gram // num_grams, sentence_and_gram % num_grams, counts, num_grams))
     return orders, lengths
 
 

@@ -120,9 +120,7 @@ class CaptioningRNN(nn.Module):
             shape = tuple(captions.shape) if isinstance(captions, Tensor) else type(captions).__name__
             raise ValueError(f"captions must be an (N, T+1) tensor with T+1 >= 2, got {shape}")
         if captions.shape[0] != features.shape[0]:
-            raise ValueError(
-                f"captions hold {captions.shape[0]} captions but features hold {features.shape[0]} images"
-            )
+            raise ValueError(f"captions hold {captions.shape[0]} captions but features hold {features.shape[0]} images")
         # The loss is a sum over captions, so their order is free: sorting by length lets the
         # recurrence skip every caption's padding (the steps after its last scored word).
         mask = captions[:, 1:] != self.null_id  # (N, T): which predictions count

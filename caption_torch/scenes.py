@@ -30,8 +30,17 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 from matplotlib import patches
 
-__all__ = ["draw_scene", "make_scene", "COLOURS", "SETTINGS", "SHAPES", "SIZE_RADIUS", "NOUN_SHAPES",
-           "RELATIONS", "GROUND_Y"]
+__all__ = [
+    "draw_scene",
+    "make_scene",
+    "COLOURS",
+    "SETTINGS",
+    "SHAPES",
+    "SIZE_RADIUS",
+    "NOUN_SHAPES",
+    "RELATIONS",
+    "GROUND_Y",
+]
 
 GROUND_Y = 0.4  # top of the ground band, in unit-square coordinates
 
@@ -39,9 +48,17 @@ GROUND_Y = 0.4  # top of the ground band, in unit-square coordinates
 SIZE_RADIUS = {"small": 0.05, "medium": 0.075, "big": 0.1}
 
 COLOURS = {
-    "red": "#d62728", "blue": "#1f5fbf", "green": "#2ca02c", "yellow": "#f2d21b",
-    "orange": "#ff7f0e", "purple": "#8e44ad", "pink": "#f48fb1", "white": "#fafafa",
-    "black": "#222222", "brown": "#8c564b", "grey": "#8f8f8f",
+    "red": "#d62728",
+    "blue": "#1f5fbf",
+    "green": "#2ca02c",
+    "yellow": "#f2d21b",
+    "orange": "#ff7f0e",
+    "purple": "#8e44ad",
+    "pink": "#f48fb1",
+    "white": "#fafafa",
+    "black": "#222222",
+    "brown": "#8c564b",
+    "grey": "#8f8f8f",
 }
 
 # setting: (sky colour, ground colour, decoration drawn between background and objects)
@@ -63,10 +80,30 @@ SETTINGS = {
 
 # The shape each noun is drawn as (a key of SHAPES).
 NOUN_SHAPES = {
-    "ball": "circle", "box": "square", "cone": "triangle", "star": "star", "ring": "ring", "kite": "diamond",
-    "cup": "cup", "hat": "hat", "umbrella": "umbrella", "car": "car", "bicycle": "bicycle", "chair": "chair",
-    "book": "book", "clock": "clock", "dog": "animal", "cat": "animal", "horse": "animal", "cow": "animal",
-    "sheep": "animal", "pig": "animal", "rabbit": "animal", "bear": "animal", "bird": "bird", "duck": "bird",
+    "ball": "circle",
+    "box": "square",
+    "cone": "triangle",
+    "star": "star",
+    "ring": "ring",
+    "kite": "diamond",
+    "cup": "cup",
+    "hat": "hat",
+    "umbrella": "umbrella",
+    "car": "car",
+    "bicycle": "bicycle",
+    "chair": "chair",
+    "book": "book",
+    "clock": "clock",
+    "dog": "animal",
+    "cat": "animal",
+    "horse": "animal",
+    "cow": "animal",
+    "sheep": "animal",
+    "pig": "animal",
+    "rabbit": "animal",
+    "bear": "animal",
+    "bird": "bird",
+    "duck": "bird",
 }
 # Relations of objects[0] to objects[1]. Only these canonical directions exist, so one picture
 # has one description; "under", "right of" and "behind" are these read from objects[1]'s side.
@@ -120,8 +157,10 @@ def _group_centres(rng: np.random.Generator, objects: list[dict], relation: str 
         return [(x, base + 2 * radii[1] + radii[0]), (x, base + radii[1])]
     # in_front_of: objects[0] nearer the viewer, so lower in the picture
     x = 0.25 + 0.5 * rng.random()
-    return [(x + 0.2 * (rng.random() - 0.5), 0.03 + radii[0] + 0.06 * rng.random()),
-            (x, 0.26 + radii[1] + 0.06 * rng.random())]
+    return [
+        (x + 0.2 * (rng.random() - 0.5), 0.03 + radii[0] + 0.06 * rng.random()),
+        (x, 0.26 + radii[1] + 0.06 * rng.random()),
+    ]
 
 
 # --------------------------------------------------------------------------- #
@@ -200,8 +239,11 @@ def _diamond(ax: Any, x: float, y: float, r: float, style: Style) -> None:
 
 
 def _cup(ax: Any, x: float, y: float, r: float, style: Style) -> None:
-    ax.add_patch(patches.Polygon([(x - 0.7 * r, y + r), (x + 0.7 * r, y + r), (x + 0.5 * r, y - r),
-                                  (x - 0.5 * r, y - r)], **style))
+    ax.add_patch(
+        patches.Polygon(
+            [(x - 0.7 * r, y + r), (x + 0.7 * r, y + r), (x + 0.5 * r, y - r), (x - 0.5 * r, y - r)], **style
+        )
+    )
     ax.add_patch(patches.Annulus((x + 0.75 * r, y + 0.1 * r), 0.35 * r, 0.12 * r, **style))
 
 
@@ -226,8 +268,12 @@ def _bicycle(ax: Any, x: float, y: float, r: float, style: Style) -> None:
     for wheel_x in (x - 0.55 * r, x + 0.55 * r):
         ax.add_patch(patches.Annulus((wheel_x, y - 0.45 * r), 0.45 * r, 0.08 * r, **style))
     colour = style["facecolor"]
-    ax.plot([x - 0.55 * r, x, x + 0.55 * r, x - 0.1 * r, x - 0.55 * r],
-            [y - 0.45 * r, y + 0.3 * r, y - 0.45 * r, y - 0.45 * r, y - 0.45 * r], color=colour, linewidth=1.5)
+    ax.plot(
+        [x - 0.55 * r, x, x + 0.55 * r, x - 0.1 * r, x - 0.55 * r],
+        [y - 0.45 * r, y + 0.3 * r, y - 0.45 * r, y - 0.45 * r, y - 0.45 * r],
+        color=colour,
+        linewidth=1.5,
+    )
 
 
 def _chair(ax: Any, x: float, y: float, r: float, style: Style) -> None:
@@ -258,14 +304,31 @@ def _animal(ax: Any, x: float, y: float, r: float, style: Style) -> None:
 def _bird(ax: Any, x: float, y: float, r: float, style: Style) -> None:
     ax.add_patch(patches.Ellipse((x, y - 0.2 * r), 1.5 * r, 0.9 * r, **style))  # body
     ax.add_patch(patches.Circle((x + 0.6 * r, y + 0.4 * r), 0.35 * r, **style))  # head
-    ax.add_patch(patches.Polygon([(x + 0.9 * r, y + 0.5 * r), (x + 1.3 * r, y + 0.4 * r),
-                                  (x + 0.9 * r, y + 0.3 * r)], facecolor="#f2a20c", edgecolor="none"))
+    ax.add_patch(
+        patches.Polygon(
+            [(x + 0.9 * r, y + 0.5 * r), (x + 1.3 * r, y + 0.4 * r), (x + 0.9 * r, y + 0.3 * r)],
+            facecolor="#f2a20c",
+            edgecolor="none",
+        )
+    )
 
 
 SHAPES: dict[str, Callable[[Any, float, float, float, Style], None]] = {
-    "circle": _circle, "square": _square, "triangle": _triangle, "star": _star, "ring": _ring,
-    "diamond": _diamond, "cup": _cup, "hat": _hat, "umbrella": _umbrella, "car": _car,
-    "bicycle": _bicycle, "chair": _chair, "book": _book, "clock": _clock, "animal": _animal,
+    "circle": _circle,
+    "square": _square,
+    "triangle": _triangle,
+    "star": _star,
+    "ring": _ring,
+    "diamond": _diamond,
+    "cup": _cup,
+    "hat": _hat,
+    "umbrella": _umbrella,
+    "car": _car,
+    "bicycle": _bicycle,
+    "chair": _chair,
+    "book": _book,
+    "clock": _clock,
+    "animal": _animal,
     "bird": _bird,
 }
 
@@ -293,8 +356,9 @@ def draw_scene(scene: Mapping[str, Any], ax: Any) -> None:
             if obj.get(field) not in table:
                 raise ValueError(f"unknown object {field} {obj.get(field)!r}; expected one of {sorted(table)}")
         if len(obj.get("positions", ())) != obj.get("count"):
-            raise ValueError(f"object {obj.get('noun')!r} has count {obj.get('count')} "
-                             f"but {len(obj.get('positions', ()))} positions")
+            raise ValueError(
+                f"object {obj.get('noun')!r} has count {obj.get('count')} but {len(obj.get('positions', ()))} positions"
+            )
 
     ax.set_xlim(0, 1)
     ax.set_ylim(0, 1)
@@ -308,4 +372,3 @@ def draw_scene(scene: Mapping[str, Any], ax: Any) -> None:
     for obj, x, y in sorted(instances, key=lambda instance: -instance[2]):
         style = {"facecolor": COLOURS[obj["colour"]], "edgecolor": "#333333", "linewidth": 0.8}
         SHAPES[obj["shape"]](ax, float(x), float(y), SIZE_RADIUS[obj["size"]], style)
-

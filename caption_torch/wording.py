@@ -33,12 +33,30 @@ def _usual_or_other(rng: np.random.Generator, words: Sequence[str], usual: float
 # --------------------------------------------------------------------------- #
 
 NOUN_WORDS = {  # the first word is the usual one
-    "ball": ("ball", "sphere"), "box": ("box", "crate"), "cone": ("cone",), "star": ("star",),
-    "ring": ("ring", "hoop"), "kite": ("kite",), "cup": ("cup", "mug"), "hat": ("hat",),
-    "umbrella": ("umbrella",), "car": ("car",), "bicycle": ("bicycle", "bike"), "chair": ("chair",),
-    "book": ("book",), "clock": ("clock",), "dog": ("dog", "puppy"), "cat": ("cat", "kitten"),
-    "horse": ("horse",), "cow": ("cow",), "sheep": ("sheep", "lamb"), "pig": ("pig",),
-    "rabbit": ("rabbit", "bunny"), "bear": ("bear",), "bird": ("bird",), "duck": ("duck",),
+    "ball": ("ball", "sphere"),
+    "box": ("box", "crate"),
+    "cone": ("cone",),
+    "star": ("star",),
+    "ring": ("ring", "hoop"),
+    "kite": ("kite",),
+    "cup": ("cup", "mug"),
+    "hat": ("hat",),
+    "umbrella": ("umbrella",),
+    "car": ("car",),
+    "bicycle": ("bicycle", "bike"),
+    "chair": ("chair",),
+    "book": ("book",),
+    "clock": ("clock",),
+    "dog": ("dog", "puppy"),
+    "cat": ("cat", "kitten"),
+    "horse": ("horse",),
+    "cow": ("cow",),
+    "sheep": ("sheep", "lamb"),
+    "pig": ("pig",),
+    "rabbit": ("rabbit", "bunny"),
+    "bear": ("bear",),
+    "bird": ("bird",),
+    "duck": ("duck",),
 }
 ANIMATE = frozenset(noun for noun, shape in NOUN_SHAPES.items() if shape in ("animal", "bird"))
 COLOUR_WORDS = {colour: (colour,) for colour in COLOURS} | {"grey": ("grey", "gray")}
@@ -68,22 +86,65 @@ PICTURE_PREFIXES = ("a photo of", "a picture of", "an image of")
 POSES = ("sitting", "standing", "lying", "resting")
 # Deliberately rare words (see RARE_WORD_EXPECTED_COUNT): one may replace a word of a caption.
 RARE_SYNONYMS = {
-    "red": ("crimson", "scarlet"), "blue": ("azure", "navy"), "green": ("emerald",), "yellow": ("golden",),
-    "orange": ("amber",), "purple": ("violet", "lilac"), "pink": ("magenta",), "white": ("ivory",),
-    "black": ("ebony",), "brown": ("chestnut",), "grey": ("charcoal",), "small": ("teeny", "minuscule"),
-    "big": ("gigantic", "enormous"), "large": ("colossal",), "dog": ("pooch", "hound"), "cat": ("feline",),
-    "horse": ("stallion", "pony"), "cow": ("heifer",), "pig": ("piglet",), "rabbit": ("hare",),
-    "bird": ("sparrow",), "duck": ("mallard",), "ball": ("orb",), "box": ("carton",), "cup": ("tumbler",),
-    "car": ("sedan",), "hat": ("bonnet",), "umbrella": ("parasol",), "chair": ("stool",), "book": ("novel",),
-    "clock": ("timepiece",), "beach": ("seashore", "shore"), "forest": ("woodland",), "woods": ("thicket",),
-    "street": ("avenue", "boulevard"), "kitchen": ("scullery",), "field": ("pasture",), "garden": ("orchard",),
-    "office": ("workplace",), "near": ("alongside",), "photo": ("snapshot",), "picture": ("photograph",),
-    "sitting": ("perched",), "lying": ("lounging",), "standing": ("posing",),
+    "red": ("crimson", "scarlet"),
+    "blue": ("azure", "navy"),
+    "green": ("emerald",),
+    "yellow": ("golden",),
+    "orange": ("amber",),
+    "purple": ("violet", "lilac"),
+    "pink": ("magenta",),
+    "white": ("ivory",),
+    "black": ("ebony",),
+    "brown": ("chestnut",),
+    "grey": ("charcoal",),
+    "small": ("teeny", "minuscule"),
+    "big": ("gigantic", "enormous"),
+    "large": ("colossal",),
+    "dog": ("pooch", "hound"),
+    "cat": ("feline",),
+    "horse": ("stallion", "pony"),
+    "cow": ("heifer",),
+    "pig": ("piglet",),
+    "rabbit": ("hare",),
+    "bird": ("sparrow",),
+    "duck": ("mallard",),
+    "ball": ("orb",),
+    "box": ("carton",),
+    "cup": ("tumbler",),
+    "car": ("sedan",),
+    "hat": ("bonnet",),
+    "umbrella": ("parasol",),
+    "chair": ("stool",),
+    "book": ("novel",),
+    "clock": ("timepiece",),
+    "beach": ("seashore", "shore"),
+    "forest": ("woodland",),
+    "woods": ("thicket",),
+    "street": ("avenue", "boulevard"),
+    "kitchen": ("scullery",),
+    "field": ("pasture",),
+    "garden": ("orchard",),
+    "office": ("workplace",),
+    "near": ("alongside",),
+    "photo": ("snapshot",),
+    "picture": ("photograph",),
+    "sitting": ("perched",),
+    "lying": ("lounging",),
+    "standing": ("posing",),
 }
 # Slots: A, B the groups; rel / inv the relation read from A / from B; S the setting (may be
 # left out); isA / isB "is" or "are"; pose a posture (animate A only); photo "a photo of"...
-TWO_GROUP_TEMPLATES = ("A rel B S", "there isA A rel B S", "B inv A S", "S there isA A rel B", "A and B S",
-                       "photo A rel B S", "A isA rel B S", "A pose rel B S", "there isB B inv A S")
+TWO_GROUP_TEMPLATES = (
+    "A rel B S",
+    "there isA A rel B S",
+    "B inv A S",
+    "S there isA A rel B",
+    "A and B S",
+    "photo A rel B S",
+    "A isA rel B S",
+    "A pose rel B S",
+    "there isB B inv A S",
+)
 ONE_GROUP_TEMPLATES = ("A S", "there isA A S", "S there isA A", "photo A S", "A isA S", "A pose S")
 SETTING_OMITTED_PROBABILITY = 0.3  # two-group captions only: "a dog next to a red ball"
 ONE_GROUP_PROBABILITY = 0.45  # with the line above: COCO-like lengths, ~10.5 words on average
@@ -99,8 +160,10 @@ def _plural(word: str) -> str:
 
 # Every form with rare alternatives: "dog" -> ("pooch", "hound") and "dogs" -> ("pooches", "hounds").
 _RARE_FORMS = dict(RARE_SYNONYMS) | {
-    _plural(word): tuple(map(_plural, rares)) for word, rares in RARE_SYNONYMS.items()
-    if any(word in words for words in NOUN_WORDS.values())}
+    _plural(word): tuple(map(_plural, rares))
+    for word, rares in RARE_SYNONYMS.items()
+    if any(word in words for words in NOUN_WORDS.values())
+}
 
 
 # --------------------------------------------------------------------------- #
@@ -151,8 +214,11 @@ def _caption(rng: np.random.Generator, template: str, scene: dict, with_setting:
 def describe(rng: np.random.Generator, scene: dict, rare_probability: float) -> list[list[str]]:
     """``CAPTIONS_PER_IMAGE`` different captions of a scene, each from a different template."""
     two_groups = len(scene["objects"]) == 2
-    templates = [template for template in (TWO_GROUP_TEMPLATES if two_groups else ONE_GROUP_TEMPLATES)
-                 if "pose" not in template or scene["objects"][0]["noun"] in ANIMATE]
+    templates = [
+        template
+        for template in (TWO_GROUP_TEMPLATES if two_groups else ONE_GROUP_TEMPLATES)
+        if "pose" not in template or scene["objects"][0]["noun"] in ANIMATE
+    ]
     captions: list[list[str]] = []
     for index in rng.permutation(len(templates))[:CAPTIONS_PER_IMAGE]:
         with_setting = templates[index][0] == "S" or not two_groups or rng.random() >= SETTING_OMITTED_PROBABILITY

@@ -66,12 +66,14 @@ def test_sampling_row():
 def test_memory_row_and_profiler_peak():
     row = rows.bench_memory("rnn", 8, TINY, CPU)
     _assert_positive_finite(row, ["project_mib", "native_mib", "ratio"])
+
     # A known allocation pattern: 4 MB kept + 8 MB transient -> the peak is 12 MB.
     def work():
         kept = torch.empty(1_000_000)
         transient = torch.empty(2_000_000)
         del transient
         return kept
+
     assert peak_memory_bytes(work, CPU) == 12_000_000
 
 
@@ -79,8 +81,15 @@ def test_flops_row():
     step_row = rows.bench_training_step("lstm", 4, TINY, CPU, ONE_ROUND)
     reference = rows.matmul_gflops(CPU, ONE_ROUND, m=64, k=32, n=48)
     row = rows.flops_row(step_row, TINY, reference)
-    measured = ["useful_gflop", "project_gflops", "native_gflops", "native_executed_gflops", "matmul_gflops",
-                "project_fraction", "native_fraction"]
+    measured = [
+        "useful_gflop",
+        "project_gflops",
+        "native_gflops",
+        "native_executed_gflops",
+        "matmul_gflops",
+        "project_fraction",
+        "native_fraction",
+    ]
     _assert_positive_finite(row, measured + [f"{name}_gflops" for name in reference])
     # Counting by hand for the RNN: 2 * feature projection + 3 * (input + recurrence + vocab).
     N, T, D, W, H, V, K = 2, 16, 16, 8, 12, 40, 20
@@ -103,8 +112,10 @@ def test_interleaved_timing_alternates_order():
 
 def test_command_line_quick_step_row(tmp_path):
     out = tmp_path / "results.json"
-    bench.run(bench.parse_args(["--quick", "--rounds", "1", "--rows", "check,step", "--device", "cpu",
-                                "--json", str(out)]), shapes=TINY)
+    bench.run(
+        bench.parse_args(["--quick", "--rounds", "1", "--rows", "check,step", "--device", "cpu", "--json", str(out)]),
+        shapes=TINY,
+    )
     results = json.loads(out.read_text())
     assert {"cpu", "torch", "threads"} <= set(results["machine"])
     assert [row["row"] for row in results["rows"]] == ["check"] * 2 + ["step"] * 4

@@ -22,9 +22,16 @@ def test_out_of_bounds_line_is_reported():
 
 
 def test_command_prints_notebook_lines_and_exits_zero():
-    result = subprocess.run([sys.executable, "-m", "caption_torch.check"], capture_output=True, text=True,
-                            timeout=300)
+    result = subprocess.run([sys.executable, "-m", "caption_torch.check"], capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stdout + result.stderr
-    for expected in ["next_h error:", "dprev_h error:", "dWh error:", "out error:", "dW error:",
-                     "loss:                   9.8323559100", "W_embed relative error:", "0 failed"]:
+    for expected in [
+        "next_h error:",
+        "dprev_h error:",
+        "dWh error:",
+        "out error:",
+        "dW error:",
+        "loss:                   9.8323559100",
+        "W_embed relative error:",
+        "0 failed",
+    ]:
         assert expected in result.stdout

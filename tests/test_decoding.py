@@ -174,8 +174,13 @@ class ScriptedModel:
 
 def test_beam_finds_what_greedy_misses():
     # greedy: "a <END>", mean log-prob (ln .5 + ln .34) / 2 = -0.89; "b <END>": (ln .45 + ln .95) / 2 = -0.43
-    model = ScriptedModel({"": {"a": 0.5, "b": 0.45, "<END>": 0.05}, "a": {"<END>": 0.34, "a": 0.33, "b": 0.33},
-                           "b": {"<END>": 0.95, "a": 0.025, "b": 0.025}})
+    model = ScriptedModel(
+        {
+            "": {"a": 0.5, "b": 0.45, "<END>": 0.05},
+            "a": {"<END>": 0.34, "a": 0.33, "b": 0.33},
+            "b": {"<END>": 0.95, "a": 0.025, "b": 0.025},
+        }
+    )
     feats = torch.zeros(1, 1)
     assert torch.equal(greedy_decode(model, feats, max_length=4), model.ids("a <END>", 4))
     assert torch.equal(beam_search(model, feats, beam_size=2, max_length=4), model.ids("b <END>", 4))
@@ -186,16 +191,23 @@ def test_beam_keeps_a_finished_caption_that_live_ones_pushed_out():
     #   step 1: "b b" -0.47 and "a <END>" -0.60 (finished) are the best two
     #   step 2: "b b b" -0.54 and "b b a" -0.58 push "a <END>" out of the beam
     #   step 3: everything after them is uniform, ending at -0.68 or below: "a <END>" must win.
-    model = ScriptedModel({"": {"a": 0.5, "b": 0.4, "<END>": 0.1}, "a": {"<END>": 0.6, "a": 0.2, "b": 0.2},
-                           "b": {"b": 0.98, "a": 0.01, "<END>": 0.01}, "b b": {"b": 0.5, "a": 0.45, "<END>": 0.05}})
+    model = ScriptedModel(
+        {
+            "": {"a": 0.5, "b": 0.4, "<END>": 0.1},
+            "a": {"<END>": 0.6, "a": 0.2, "b": 0.2},
+            "b": {"b": 0.98, "a": 0.01, "<END>": 0.01},
+            "b b": {"b": 0.5, "a": 0.45, "<END>": 0.05},
+        }
+    )
     best = beam_search(model, torch.zeros(1, 1), beam_size=2, max_length=4)
     assert torch.equal(best, model.ids("a <END>", 4))
 
 
 def test_length_normalization_by_hand():
     # Summed log-probs: "<END>" -1.05 beats "a b <END>" -1.14; means: "a b <END>" -0.38 beats "<END>" -1.05.
-    model = ScriptedModel({"": {"<END>": 0.35, "a": 0.65}, "a": {"b": 0.7, "<END>": 0.3},
-                           "a b": {"<END>": 0.7, "a": 0.15, "b": 0.15}})
+    model = ScriptedModel(
+        {"": {"<END>": 0.35, "a": 0.65}, "a": {"b": 0.7, "<END>": 0.3}, "a b": {"<END>": 0.7, "a": 0.15, "b": 0.15}}
+    )
     feats = torch.zeros(1, 1)
     summed = beam_search(model, feats, beam_size=2, max_length=5, length_normalization=False)
     assert torch.equal(summed, model.ids("<END>", 5))
@@ -247,8 +259,9 @@ def test_output_format(cell_type, method):
 @pytest.mark.parametrize("cell_type", CELL_TYPES)
 def test_caption_log_probs_match_the_training_loss(cell_type):
     model, feats = make_model(cell_type), features(5)
-    captions = torch.tensor([[4, 5, 7, 4, 8, 2], [6, 2, 0, 0, 0, 0], [4, 4, 4, 4, 4, 4],
-                             [3, 2, 0, 0, 0, 0], [8, 7, 6, 5, 2, 0]])
+    captions = torch.tensor(
+        [[4, 5, 7, 4, 8, 2], [6, 2, 0, 0, 0, 0], [4, 4, 4, 4, 4, 4], [3, 2, 0, 0, 0, 0], [8, 7, 6, 5, 2, 0]]
+    )
     total = caption_log_probs(model, feats, captions)
     with_start = torch.cat([torch.ones(5, 1, dtype=torch.long), captions], dim=1)
     # loss = -(sum of log-probabilities of non-<NULL> targets) / N
@@ -266,15 +279,18 @@ def test_decode_dispatches():
     assert torch.equal(sampled, temperature_sample(model, feats, 0.7, 7, torch.Generator().manual_seed(1)))
 
 
-@pytest.mark.parametrize("kwargs, message", [
-    (dict(method="topk"), "method must be one of"),
-    (dict(method="beam", beam_size=0), "beam_size"),
-    (dict(method="greedy", beam_size=2.5), "beam_size"),
-    (dict(method="sample", temperature=0.0), "temperature"),
-    (dict(method="sample", temperature=-1.0), "temperature"),
-    (dict(method="sample", temperature=float("nan")), "temperature"),
-    (dict(method="greedy", max_length=0), "max_length"),
-])
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(method="topk"), "method must be one of"),
+        (dict(method="beam", beam_size=0), "beam_size"),
+        (dict(method="greedy", beam_size=2.5), "beam_size"),
+        (dict(method="sample", temperature=0.0), "temperature"),
+        (dict(method="sample", temperature=-1.0), "temperature"),
+        (dict(method="sample", temperature=float("nan")), "temperature"),
+        (dict(method="greedy", max_length=0), "max_length"),
+    ],
+)
 def test_decode_rejects_bad_arguments(kwargs, message):
     with pytest.raises(ValueError, match=message):
         decode(make_model("rnn"), features(2), **kwargs)

@@ -133,7 +133,9 @@ class RecordRanks(L.Callback):
         if fitting:
             record |= {"train_sampler": type(trainer.train_dataloader.sampler).__name__,
                        "train_indices": list(trainer.train_dataloader.sampler)}  # fmt: skip
-        (self.folder / f"{'fit' if fitting else 'validate'}-rank{trainer.global_rank}.json").write_text(json.dumps(record))
+        (self.folder / f"{'fit' if fitting else 'validate'}-rank{trainer.global_rank}.json").write_text(
+            json.dumps(record)
+        )
 
 
 @pytest.fixture

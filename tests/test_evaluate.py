@@ -21,8 +21,26 @@ def trained(tmp_path_factory):
     """A checkpoint from a short train.py run on a small cs231n-layout folder."""
     root = tmp_path_factory.mktemp("evaluate")
     folder = write_coco_folder(root / "coco")
-    assert 0 == train.main(["--data-dir", str(folder), "--overfit", "30", "--batch-size", "10", "--epochs", "8",
-                "--hidden-dim", "32", "--wordvec-dim", "16", "--accelerator", "cpu", "--log-dir", str(root)])
+    assert 0 == train.main(
+        [
+            "--data-dir",
+            str(folder),
+            "--overfit",
+            "30",
+            "--batch-size",
+            "10",
+            "--epochs",
+            "8",
+            "--hidden-dim",
+            "32",
+            "--wordvec-dim",
+            "16",
+            "--accelerator",
+            "cpu",
+            "--log-dir",
+            str(root),
+        ]
+    )
     ckpt = next(root.glob("lightning_logs/version_*/checkpoints/last.ckpt"))
     return folder, ckpt
 
@@ -38,8 +56,22 @@ def test_load_model_rebuilds_the_trained_model(trained):
 def test_evaluate_prints_every_metric_and_writes_captions(trained, tmp_path, capsys):
     folder, ckpt = trained
     jsonl, grid = tmp_path / "caps.jsonl", tmp_path / "grid.png"
-    code = evaluate.main(["--ckpt", str(ckpt), "--data-dir", str(folder), "--beam-size", "3",
-                          "--jsonl", str(jsonl), "--show", "4", "--out", str(grid)])
+    code = evaluate.main(
+        [
+            "--ckpt",
+            str(ckpt),
+            "--data-dir",
+            str(folder),
+            "--beam-size",
+            "3",
+            "--jsonl",
+            str(jsonl),
+            "--show",
+            "4",
+            "--out",
+            str(grid),
+        ]
+    )
     out = capsys.readouterr().out
     assert code == 0
     for name in ["BLEU-1", "BLEU-2", "BLEU-3", "BLEU-4", "CIDEr-D"]:
@@ -83,10 +115,20 @@ def test_missing_and_corrupt_checkpoints(tmp_path):
 
 
 def test_pictures_are_written(tmp_path):
-    scene = {"setting": "beach", "relation": None, "objects": [
-        {"noun": "dog", "shape": "animal", "colour": "red", "size": "small", "count": 1, "positions": [[0.4, 0.3]]}]}
-    grid = caption_grid([(scene, "a red dog on a beach", "a small red dog on the sand"),
-                         ("https://unreachable.invalid/x.jpg", "a cat", "a cat on a mat")], tmp_path / "g.png")
+    scene = {
+        "setting": "beach",
+        "relation": None,
+        "objects": [
+            {"noun": "dog", "shape": "animal", "colour": "red", "size": "small", "count": 1, "positions": [[0.4, 0.3]]}
+        ],
+    }
+    grid = caption_grid(
+        [
+            (scene, "a red dog on a beach", "a small red dog on the sand"),
+            ("https://unreachable.invalid/x.jpg", "a cat", "a cat on a mat"),
+        ],
+        tmp_path / "g.png",
+    )
     assert grid.stat().st_size > 10_000
     plot = plot_loss_history(list(range(100, 0, -1)), tmp_path / "loss.png", steps_per_epoch=10)
     assert plot.stat().st_size > 10_000

@@ -67,17 +67,40 @@ def make_case(name, N, T, D, H, V, dtype, device):
     wscale = 1 / D**0.5
     hscale = 1 / H**0.5
     if name == "rnn_step":
-        return F.rnn_step, ref_rnn_step, [randn(N, D), randn(N, H), randn(D, H, scale=wscale),
-                                          randn(H, H, scale=hscale), randn(H)], []
+        return (
+            F.rnn_step,
+            ref_rnn_step,
+            [randn(N, D), randn(N, H), randn(D, H, scale=wscale), randn(H, H, scale=hscale), randn(H)],
+            [],
+        )
     if name == "rnn":
-        return F.rnn, ref_rnn, [randn(N, T, D), randn(N, H), randn(D, H, scale=wscale),
-                                randn(H, H, scale=hscale), randn(H)], []
+        return (
+            F.rnn,
+            ref_rnn,
+            [randn(N, T, D), randn(N, H), randn(D, H, scale=wscale), randn(H, H, scale=hscale), randn(H)],
+            [],
+        )
     if name == "lstm_step":
-        return F.lstm_step, ref_lstm_step, [randn(N, D), randn(N, H), randn(N, H), randn(D, 4 * H, scale=wscale),
-                                            randn(H, 4 * H, scale=hscale), randn(4 * H)], []
+        return (
+            F.lstm_step,
+            ref_lstm_step,
+            [
+                randn(N, D),
+                randn(N, H),
+                randn(N, H),
+                randn(D, 4 * H, scale=wscale),
+                randn(H, 4 * H, scale=hscale),
+                randn(4 * H),
+            ],
+            [],
+        )
     if name == "lstm":
-        return F.lstm, ref_lstm, [randn(N, T, D), randn(N, H), randn(D, 4 * H, scale=wscale),
-                                  randn(H, 4 * H, scale=hscale), randn(4 * H)], []
+        return (
+            F.lstm,
+            ref_lstm,
+            [randn(N, T, D), randn(N, H), randn(D, 4 * H, scale=wscale), randn(H, 4 * H, scale=hscale), randn(4 * H)],
+            [],
+        )
     # Sorted step counts with a finished-early and an empty sequence: padding must be skipped exactly.
     lengths = torch.linspace(T, 0, N).round().long().to(device)
     if name in ("rnn_lengths", "lstm_lengths"):
@@ -90,9 +113,18 @@ def make_case(name, N, T, D, H, V, dtype, device):
             out = ref(*args)
             return out * (torch.arange(T, device=device)[None, :] < lengths[:, None])[..., None]
 
-        return (lambda *args: fn(*args, lengths)), masked_ref, [
-            randn(N, T, D), randn(N, H), randn(D, gates * H, scale=wscale), randn(H, gates * H, scale=hscale),
-            randn(gates * H)], []
+        return (
+            (lambda *args: fn(*args, lengths)),
+            masked_ref,
+            [
+                randn(N, T, D),
+                randn(N, H),
+                randn(D, gates * H, scale=wscale),
+                randn(H, gates * H, scale=hscale),
+                randn(gates * H),
+            ],
+            [],
+        )
     if name in ("rnn_projected", "lstm_projected"):
         cell = name.split("_")[0]
         gates = 4 if cell == "lstm" else 1
@@ -107,13 +139,16 @@ def make_case(name, N, T, D, H, V, dtype, device):
     if name == "word_embedding":
         return (lambda W, x: F.word_embedding(x, W)), (lambda W, x: W[x]), [randn(V, D)], [ids]
     if name == "temporal_affine":
-        return F.temporal_affine, (lambda x, w, b: x @ w + b), [randn(N, T, D), randn(D, V, scale=wscale),
-                                                                  randn(V)], []
+        return F.temporal_affine, (lambda x, w, b: x @ w + b), [randn(N, T, D), randn(D, V, scale=wscale), randn(V)], []
     if name == "temporal_softmax_loss":
         return F.temporal_softmax_loss, ref_temporal_softmax_loss, [randn(N, T, V)], [ids, mask]
     if name == "vocab_softmax_loss":
-        return F.vocab_softmax_loss, ref_vocab_softmax_loss, [randn(N, T, H), randn(H, V, scale=hscale),
-                                                              randn(V)], [ids, mask]
+        return (
+            F.vocab_softmax_loss,
+            ref_vocab_softmax_loss,
+            [randn(N, T, H), randn(H, V, scale=hscale), randn(V)],
+            [ids, mask],
+        )
     raise KeyError(name)
 
 
@@ -293,5 +328,10 @@ def test_softmax_loss_bad_targets_and_mask():
     with pytest.raises(ValueError, match="mask must be"):
         F.temporal_softmax_loss(x, torch.zeros(2, 3, dtype=torch.long), torch.ones(3, 2, dtype=torch.bool))
     with pytest.raises(ValueError, match="vocabulary size of W_vocab"):
-        F.vocab_softmax_loss(torch.randn(2, 3, 4), torch.randn(4, 5), torch.randn(6),
-                             torch.zeros(2, 3, dtype=torch.long), torch.ones(2, 3, dtype=torch.bool))
+        F.vocab_softmax_loss(
+            torch.randn(2, 3, 4),
+            torch.randn(4, 5),
+            torch.randn(6),
+            torch.zeros(2, 3, dtype=torch.long),
+            torch.ones(2, 3, dtype=torch.bool),
+        )

@@ -150,8 +150,11 @@ def test_cider_d_equals_pycocoevalcap_on_a_larger_corpus():
 
 
 def test_cider_d_prefers_the_matching_caption():
-    references = [["a cat on a mat", "a cat sitting on a mat"], ["a dog in the park", "the dog runs in a park"],
-                  ["two birds on a wire", "birds sitting on a wire"]]
+    references = [
+        ["a cat on a mat", "a cat sitting on a mat"],
+        ["a dog in the park", "the dog runs in a park"],
+        ["two birds on a wire", "birds sitting on a wire"],
+    ]
     perfect = cider_d_scores(["a cat on a mat", "a dog in the park", "two birds on a wire"], references)
     swapped = cider_d_scores(["a dog in the park", "two birds on a wire", "a cat on a mat"], references)
     assert (perfect > swapped).all()
@@ -166,12 +169,15 @@ def test_evaluate_captions_returns_every_metric():
     assert scores["BLEU-4"] == pytest.approx(bleu_scores(candidates, references)["BLEU-4"])
 
 
-@pytest.mark.parametrize("candidates, references, message", [
-    (["a cat"], [["a cat"], ["a dog"]], "reference lists"),
-    (["a cat", "a dog"], [["a cat"], []], r"references\[1\]"),
-    ("a cat", [["a cat"]], "list of strings"),
-    ([], [], "empty"),
-])
+@pytest.mark.parametrize(
+    "candidates, references, message",
+    [
+        (["a cat"], [["a cat"], ["a dog"]], "reference lists"),
+        (["a cat", "a dog"], [["a cat"], []], r"references\[1\]"),
+        ("a cat", [["a cat"]], "list of strings"),
+        ([], [], "empty"),
+    ],
+)
 def test_metrics_reject_malformed_corpora(candidates, references, message):
     with pytest.raises(ValueError, match=message):
         cider_d(candidates, references)

@@ -11,10 +11,13 @@ TINY_VOCAB = {"<NULL>": 0, "cat": 2, "dog": 3}
 VOCAB = {"<NULL>": 0, "<START>": 1, "<END>": 2, "<UNK>": 3, "a": 4, "cat": 5, "dog": 6}
 
 
-@pytest.mark.parametrize("cell_type, feature_range, expected", [
-    ("rnn", (-1.5, 0.3), 9.83235591003),   # the seed notebook
-    ("lstm", (-0.5, 1.7), 9.82445935443),  # the assignment's LSTM notebook
-])
+@pytest.mark.parametrize(
+    "cell_type, feature_range, expected",
+    [
+        ("rnn", (-1.5, 0.3), 9.83235591003),  # the seed notebook
+        ("lstm", (-0.5, 1.7), 9.82445935443),  # the assignment's LSTM notebook
+    ],
+)
 def test_fixed_value_loss(cell_type, feature_range, expected):
     N, D, W, H, T = 10, 20, 30, 40, 13
     model = CaptioningRNN(TINY_VOCAB, D, W, H, cell_type=cell_type, dtype=torch.float64)
@@ -30,14 +33,22 @@ def test_params_have_assignment_names_shapes_and_init():
     torch.manual_seed(0)
     model = CaptioningRNN(VOCAB, input_dim=512, wordvec_dim=256, hidden_dim=128, cell_type="lstm")
     shapes = {name: tuple(p.shape) for name, p in model.params.items()}
-    assert shapes == {"W_embed": (7, 256), "W_proj": (512, 128), "b_proj": (128,), "Wx": (256, 512),
-                      "Wh": (128, 512), "b": (512,), "W_vocab": (128, 7), "b_vocab": (7,)}
+    assert shapes == {
+        "W_embed": (7, 256),
+        "W_proj": (512, 128),
+        "b_proj": (128,),
+        "Wx": (256, 512),
+        "Wh": (128, 512),
+        "b": (512,),
+        "W_vocab": (128, 7),
+        "b_vocab": (7,),
+    }
     assert set(model.params) == set(PARAM_NAMES)
     assert all(p is dict(model.named_parameters())[n] for n, p in model.params.items())
     assert model.b.abs().sum() == 0 and model.b_vocab.abs().sum() == 0
     # Standard deviations follow 1/100 and 1/sqrt(fan_in).
     assert abs(model.W_embed.std().item() - 0.01) < 0.003
-    assert abs(model.W_proj.std().item() - 512 ** -0.5) < 0.003
+    assert abs(model.W_proj.std().item() - 512**-0.5) < 0.003
 
 
 @pytest.mark.parametrize("cell_type", ["rnn", "lstm"])
@@ -91,7 +102,7 @@ def test_sample_is_batched_consistently():
     model = CaptioningRNN(VOCAB, 8, 6, 16, cell_type="lstm")
     features = torch.randn(5, 8)
     together = model.sample(features, max_length=6)
-    one_by_one = torch.cat([model.sample(features[i:i + 1], max_length=6) for i in range(5)])
+    one_by_one = torch.cat([model.sample(features[i : i + 1], max_length=6) for i in range(5)])
     assert torch.equal(together, one_by_one)
 
 
@@ -100,11 +111,14 @@ def test_sample_makes_no_graph():
     assert not model.sample(torch.randn(2, 8), 3).requires_grad
 
 
-@pytest.mark.parametrize("kwargs, message", [
-    (dict(cell_type="gru"), "cell_type must be one of"),
-    (dict(word_to_idx={"a": 0}), "<NULL>"),
-    (dict(hidden_dim=0), "hidden_dim must be a positive integer"),
-])
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(cell_type="gru"), "cell_type must be one of"),
+        (dict(word_to_idx={"a": 0}), "<NULL>"),
+        (dict(hidden_dim=0), "hidden_dim must be a positive integer"),
+    ],
+)
 def test_constructor_errors(kwargs, message):
     args = dict(word_to_idx=VOCAB, input_dim=4, wordvec_dim=3, hidden_dim=5) | kwargs
     with pytest.raises(ValueError, match=message):
@@ -164,8 +178,9 @@ def test_loss_and_gradients_match_plain_autograd(cell_type, batch):
     lengths = torch.randint(1, 5, (batch,))
     captions = torch.zeros(batch, 5, dtype=torch.long)
     for n, length in enumerate(lengths.tolist()):  # <START> words <END> <NULL>...
-        captions[n, : length + 1] = torch.cat([torch.tensor([1]), torch.randint(3, 7, (length - 1,)),
-                                               torch.tensor([2])])
+        captions[n, : length + 1] = torch.cat(
+            [torch.tensor([1]), torch.randint(3, 7, (length - 1,)), torch.tensor([2])]
+        )
     names = list(model.params)
     ours = torch.autograd.grad(model.loss(features, captions), list(model.params.values()))
     expected_loss = reference_loss(model, features, captions)

@@ -108,8 +108,9 @@ def test_vocabulary_is_cs231n_shaped_and_unk_appears(tiny):
 def test_no_caption_is_longer_than_15_words_even_for_the_wordiest_scenes():
     sampler = synthetic._SceneSampler(synthetic.HeldOut.draw(0))
     rng = np.random.default_rng(1)
-    lengths = [len(words) for i in range(3000)
-               for words in wording.describe(rng, sampler.sample(rng, novel=i % 2 == 1), 0.0)]
+    lengths = [
+        len(words) for i in range(3000) for words in wording.describe(rng, sampler.sample(rng, novel=i % 2 == 1), 0.0)
+    ]
     assert max(lengths) == 15 and min(lengths) >= 4  # long ones are shortened, not cut
 
 
@@ -155,8 +156,9 @@ def test_full_features_are_4096_nonnegative_and_leave_the_512_unchanged(tiny, tm
 
 
 def pairs(scene):
-    return ({("colour_noun", obj["colour"], obj["noun"]) for obj in scene["objects"]}
-            | {("noun_setting", obj["noun"], scene["setting"]) for obj in scene["objects"]})
+    return {("colour_noun", obj["colour"], obj["noun"]) for obj in scene["objects"]} | {
+        ("noun_setting", obj["noun"], scene["setting"]) for obj in scene["objects"]
+    }
 
 
 def test_every_val_scene_has_a_combination_no_train_scene_has(tiny):
@@ -165,8 +167,9 @@ def test_every_val_scene_has_a_combination_no_train_scene_has(tiny):
     assert all(pairs(scene) - train_pairs for scene in val_scenes)
     # ... and these are the recorded held-out pairs, which train never uses.
     info = read_json(tiny / "synthetic_info.json")
-    held_out = ({("colour_noun", *pair) for pair in info["held_out_colour_noun"]}
-                | {("noun_setting", *pair) for pair in info["held_out_noun_setting"]})
+    held_out = {("colour_noun", *pair) for pair in info["held_out_colour_noun"]} | {
+        ("noun_setting", *pair) for pair in info["held_out_noun_setting"]
+    }
     assert not train_pairs & held_out
     assert all(pairs(scene) & held_out for scene in val_scenes)
     # Every noun and every colour still appears in train: only combinations are new.
@@ -276,8 +279,13 @@ def test_draw_scene_writes_a_picture_for_every_relation_and_setting(tiny, tmp_pa
 
 
 def test_draw_scene_rejects_unknown_names():
-    scene = {"setting": "moon", "relation": None, "objects": [
-        {"noun": "ball", "shape": "circle", "colour": "red", "size": "big", "count": 1, "positions": [[0.5, 0.2]]}]}
+    scene = {
+        "setting": "moon",
+        "relation": None,
+        "objects": [
+            {"noun": "ball", "shape": "circle", "colour": "red", "size": "big", "count": 1, "positions": [[0.5, 0.2]]}
+        ],
+    }
     figure = Figure()
     with pytest.raises(ValueError, match="unknown setting 'moon'"):
         scenes.draw_scene(scene, figure.add_subplot())

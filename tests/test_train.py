@@ -19,8 +19,20 @@ def run_train(capsys, *args):
 
 
 def test_overfit_prints_seed_lines_plot_and_samples(coco_folder, tmp_path, capsys):
-    out = run_train(capsys, "--data-dir", coco_folder, "--overfit", "20", "--batch-size", "10", "--epochs", "6",
-                    "--log-dir", tmp_path, *SMALL)
+    out = run_train(
+        capsys,
+        "--data-dir",
+        coco_folder,
+        "--overfit",
+        "20",
+        "--batch-size",
+        "10",
+        "--epochs",
+        "6",
+        "--log-dir",
+        tmp_path,
+        *SMALL,
+    )
     iterations = re.findall(r"\(Iteration (\d+) / 12\) loss: ([\d.]+)", out)
     assert [int(i) for i, _ in iterations] == [1, 11, 12]
     losses = [float(x) for _, x in iterations]

@@ -7,7 +7,6 @@ import os
 import torch
 from torch import Tensor
 
-
 # --------------------------------------------------------------------------- #
 # Input validation shared by the wrappers
 # --------------------------------------------------------------------------- #

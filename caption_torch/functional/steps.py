@@ -144,9 +144,7 @@ class LSTMStep(torch.autograd.Function):
         )
 
 
-def lstm_step(
-    x: Tensor, prev_h: Tensor, prev_c: Tensor, Wx: Tensor, Wh: Tensor, b: Tensor
-) -> tuple[Tensor, Tensor]:
+def lstm_step(x: Tensor, prev_h: Tensor, prev_c: Tensor, Wx: Tensor, Wh: Tensor, b: Tensor) -> tuple[Tensor, Tensor]:
     """One LSTM step.
 
     Args:
