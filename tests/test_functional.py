@@ -327,7 +327,7 @@ def test_softmax_loss_bad_targets_and_mask():
         F.temporal_softmax_loss(x, torch.zeros(2, 2, dtype=torch.long), torch.ones(2, 2, dtype=torch.bool))
     with pytest.raises(ValueError, match="mask must be"):
         F.temporal_softmax_loss(x, torch.zeros(2, 3, dtype=torch.long), torch.ones(3, 2, dtype=torch.bool))
-    with pytest.raises(ValueError, match="vocabulary size of W_vocab"):
+    with pytest.raises(ValueError, match="b_vocab has size 6 .* the output width of W_vocab is 5"):
         F.vocab_softmax_loss(
             torch.randn(2, 3, 4),
             torch.randn(4, 5),

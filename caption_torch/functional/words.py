@@ -104,13 +104,19 @@ def temporal_affine(x: Tensor, w: Tensor, b: Tensor) -> Tensor:
     Returns:
         (N, T, M) outputs.
     """
-    _check_float("x", x, 3)
-    _check_float("w", w, 2)
-    _check_float("b", b, 1)
-    _check_same_dtype(x=x, w=w, b=b)
-    _check_dim("w", w, 0, x.shape[2], "the input width of x")
-    _check_dim("b", b, 0, w.shape[1], "the output width of w")
+    _check_affine(("x", x), ("w", w), ("b", b))
     return _apply_autocast(TemporalAffine, x, w, b, low_precision=True)
+
+
+def _check_affine(x: tuple[str, Tensor], w: tuple[str, Tensor], b: tuple[str, Tensor]) -> None:
+    """(name, tensor) pairs of an affine map's input (N, T, D), weights (D, M) and bias (M,)."""
+    (x_name, x_value), (w_name, w_value), (b_name, b_value) = x, w, b
+    _check_float(x_name, x_value, 3)
+    _check_float(w_name, w_value, 2)
+    _check_float(b_name, b_value, 1)
+    _check_same_dtype(**{x_name: x_value, w_name: w_value, b_name: b_value})
+    _check_dim(w_name, w_value, 0, x_value.shape[2], f"the width of {x_name}")
+    _check_dim(b_name, b_value, 0, w_value.shape[1], f"the output width of {w_name}")
 
 
 def _log_softmax_(scores: Tensor) -> Tensor:
@@ -244,11 +250,6 @@ def vocab_softmax_loss(hidden: Tensor, W_vocab: Tensor, b_vocab: Tensor, y: Tens
     Returns:
         Scalar loss, summed over timesteps and divided by N.
     """
-    _check_float("hidden", hidden, 3)
-    _check_float("W_vocab", W_vocab, 2)
-    _check_float("b_vocab", b_vocab, 1)
-    _check_same_dtype(hidden=hidden, W_vocab=W_vocab, b_vocab=b_vocab)
-    _check_dim("W_vocab", W_vocab, 0, hidden.shape[2], "the hidden width")
-    _check_dim("b_vocab", b_vocab, 0, W_vocab.shape[1], "the vocabulary size of W_vocab")
+    _check_affine(("hidden", hidden), ("W_vocab", W_vocab), ("b_vocab", b_vocab))
     _check_targets(y, mask, hidden.shape[:2], W_vocab.shape[1])
     return _apply_autocast(VocabSoftmaxLoss, hidden, W_vocab, b_vocab, y, mask, low_precision=True)
