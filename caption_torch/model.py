@@ -203,14 +203,20 @@ class CaptioningRNN(nn.Module):
         N, device = features.shape[0], features.device
         captions = torch.full((N, max_length), self.null_id, dtype=torch.long, device=device)
         words = torch.full((N,), self.start_id, dtype=torch.long, device=device)
-        finished = torch.zeros(N, dtype=torch.bool, device=device)
+        running = torch.arange(N, device=device)  # rows of captions still being generated
         for t in range(max_length):
-            scores, state = self.step(words, state)
+            scores, state = self.step(words, state)  # (n, V) for the n running rows
             words = choose_next(scores)
-            captions[:, t] = words.masked_fill(finished, self.null_id)
-            finished |= words == self.end_id
-            if bool(finished.all()):  # a host sync per word (plus the token check's): skips steps after <END>
-                break
+            captions[running, t] = words
+            ended = words == self.end_id
+            # A caption that ended leaves the batch: later steps cost only what is still running
+            # (one host sync per word decides it).
+            if bool(ended.any()):
+                keep = ~ended
+                running, words = running[keep], words[keep]
+                state = tuple(part[keep] if part is not None else None for part in state)
+                if running.numel() == 0:
+                    break
         return captions
 
     def sample(self, features: Tensor, max_length: int = 30) -> Tensor:
