@@ -159,25 +159,26 @@ def _lstm_backward_loop(grad_out: Tensor, gates: Tensor, cells: Tensor, Wh: Tens
 
 
 def _after_the_loop(ctx, grad_a: Tensor, states: Tensor, x_packed: Tensor | None, Wx: Tensor | None, Wh: Tensor):
-    """The gradients that follow the time loop: one GEMM each for h0, x, Wx and Wh, and a sum for b."""
+    """The gradients that follow the time loop: one GEMM each for h0, x, Wx and Wh, and a sum for b.
+
+    Without Wx (the ``*_projected`` wrappers) x already is the pre-activation, so its
+    gradient is grad_a itself.
+    """
     packing: _Packing = ctx.packing
-    needs = dict(zip(ctx.input_names, ctx.needs_input_grad))
-    grads: dict[str, Tensor | None] = {}
-    if needs.get("h0"):
-        first = packing.rows(0)
-        grads["h0"] = states.new_zeros(packing.N, states.shape[1])
-        grads["h0"][: packing.active[0]] = _mm(grad_a[first], Wh.T)
-    if needs.get("Wh"):
-        grads["Wh"] = _mm(packing.previous_states(states).T, grad_a)
-    if needs.get("b"):
-        grads["b"] = grad_a.sum(0)
-    if needs.get("x_projected"):
-        grads["x_projected"] = packing.unpack(grad_a)
-    if needs.get("x"):
-        grads["x"] = packing.unpack(_mm(grad_a, Wx.T))
-    if needs.get("Wx"):
-        grads["Wx"] = _mm(x_packed.T, grad_a)
-    return tuple(grads.get(name) for name in ctx.input_names)
+    need_x, need_h0, need_Wx, need_Wh, need_b, _ = ctx.needs_input_grad
+    grad_x = grad_h0 = grad_Wx = grad_Wh = grad_b = None
+    if need_x:
+        grad_x = packing.unpack(grad_a if Wx is None else _mm(grad_a, Wx.T))
+    if need_h0:
+        grad_h0 = states.new_zeros(packing.N, states.shape[1])
+        grad_h0[: packing.active[0]] = _mm(grad_a[packing.rows(0)], Wh.T)
+    if need_Wx:
+        grad_Wx = _mm(x_packed.T, grad_a)
+    if need_Wh:
+        grad_Wh = _mm(packing.previous_states(states).T, grad_a)
+    if need_b:
+        grad_b = grad_a.sum(0)
+    return grad_x, grad_h0, grad_Wx, grad_Wh, grad_b, None
 
 
 def _own_copy(packed: Tensor, source: Tensor) -> Tensor:
@@ -187,16 +188,20 @@ def _own_copy(packed: Tensor, source: Tensor) -> Tensor:
 
 
 class RNN(torch.autograd.Function):
-    """A vanilla RNN over a whole sequence; backward runs backprop-through-time itself."""
+    """A vanilla RNN over a whole sequence; backward runs backprop-through-time itself.
+
+    With Wx and b None, x is taken as already projected (``rnn_projected``).
+    """
 
     @staticmethod
     def forward(ctx, x, h0, Wx, Wh, b, lengths):
         N, T, _ = x.shape
         packing = _Packing(lengths, N, T)
-        x_packed = packing.pack(_time_major(x))  # (P, D)
-        states = _rnn_forward_loop(_addmm(b, x_packed, Wx), h0, Wh, packing)  # one GEMM for all inputs
-        ctx.save_for_backward(x_packed, Wx, Wh, states)
-        ctx.packing, ctx.input_names = packing, ("x", "h0", "Wx", "Wh", "b", "lengths")
+        x_packed = packing.pack(_time_major(x))  # (P, D), or (P, H) when projected
+        pre_activations = x_packed if Wx is None else _addmm(b, x_packed, Wx)  # one GEMM for all inputs
+        states = _rnn_forward_loop(pre_activations, h0, Wh, packing)
+        ctx.save_for_backward(x_packed if Wx is not None else None, Wx, Wh, states)
+        ctx.packing = packing
         return packing.unpack(states[N:])
 
     @staticmethod
@@ -208,44 +213,25 @@ class RNN(torch.autograd.Function):
         return _after_the_loop(ctx, grad_a, states, x_packed, Wx, Wh)
 
 
-class RNNProjected(torch.autograd.Function):
-    """The RNN's time loop alone, for inputs already multiplied by Wx (plus b)."""
-
-    @staticmethod
-    def forward(ctx, x_projected, h0, Wh, lengths):
-        N, T, _ = x_projected.shape
-        packing = _Packing(lengths, N, T)
-        states = _rnn_forward_loop(packing.pack(_time_major(x_projected)), h0, Wh, packing)
-        ctx.save_for_backward(Wh, states)
-        ctx.packing, ctx.input_names = packing, ("x_projected", "h0", "Wh", "lengths")
-        return packing.unpack(states[N:])
-
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, grad_output):
-        Wh, states = ctx.saved_tensors
-        grad_out = ctx.packing.pack(_time_major(grad_output))
-        grad_a = _rnn_backward_loop(grad_out, states, Wh, ctx.packing)
-        return _after_the_loop(ctx, grad_a, states, None, None, Wh)
-
-
 class LSTM(torch.autograd.Function):
     """An LSTM over a whole sequence (initial cell state zero); backward runs BPTT itself.
 
     Saved for backward: the packed gate activations (P, 4H) and hidden and cell states
     (N + P, H). The backward loop does only what is sequential (a few small ops and
     one GEMM per step); what can be computed for all steps at once is, before it.
+    With Wx and b None, x is taken as already projected (``lstm_projected``).
     """
 
     @staticmethod
     def forward(ctx, x, h0, Wx, Wh, b, lengths):
         N, T, _ = x.shape
         packing = _Packing(lengths, N, T)
-        x_packed = packing.pack(_time_major(x))  # (P, D)
-        gates = _addmm(b, x_packed, Wx)  # (P, 4H) pre-activations, activated in place by the loop
+        x_packed = packing.pack(_time_major(x))  # (P, D), or (P, 4H) when projected
+        # (P, 4H) pre-activations, activated in place by the loop: never the caller's tensor.
+        gates = _own_copy(x_packed, x) if Wx is None else _addmm(b, x_packed, Wx)
         states, cells = _lstm_forward_loop(gates, h0, Wh, packing)
-        ctx.save_for_backward(x_packed, Wx, Wh, gates, states, cells)
-        ctx.packing, ctx.input_names = packing, ("x", "h0", "Wx", "Wh", "b", "lengths")
+        ctx.save_for_backward(x_packed if Wx is not None else None, Wx, Wh, gates, states, cells)
+        ctx.packing = packing
         return packing.unpack(states[N:])
 
     @staticmethod
@@ -255,28 +241,6 @@ class LSTM(torch.autograd.Function):
         grad_out = ctx.packing.pack(_time_major(grad_output))
         grad_a = _lstm_backward_loop(grad_out, gates, cells, Wh, ctx.packing)
         return _after_the_loop(ctx, grad_a, states, x_packed, Wx, Wh)
-
-
-class LSTMProjected(torch.autograd.Function):
-    """The LSTM's time loop alone, for inputs already multiplied by Wx (plus b)."""
-
-    @staticmethod
-    def forward(ctx, x_projected, h0, Wh, lengths):
-        N, T, _ = x_projected.shape
-        packing = _Packing(lengths, N, T)
-        gates = _own_copy(packing.pack(_time_major(x_projected)), x_projected)  # (P, 4H)
-        states, cells = _lstm_forward_loop(gates, h0, Wh, packing)
-        ctx.save_for_backward(Wh, gates, states, cells)
-        ctx.packing, ctx.input_names = packing, ("x_projected", "h0", "Wh", "lengths")
-        return packing.unpack(states[N:])
-
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, grad_output):
-        Wh, gates, states, cells = ctx.saved_tensors
-        grad_out = ctx.packing.pack(_time_major(grad_output))
-        grad_a = _lstm_backward_loop(grad_out, gates, cells, Wh, ctx.packing)
-        return _after_the_loop(ctx, grad_a, states, None, None, Wh)
 
 
 def _check_lengths(lengths: Tensor | None, N: int, T: int) -> None:
@@ -335,7 +299,7 @@ def rnn_projected(x_projected: Tensor, h0: Tensor, Wh: Tensor, lengths: Tensor |
     """
     _check_projected(x_projected, h0, Wh, gates=1)
     _check_lengths(lengths, x_projected.shape[0], x_projected.shape[1])
-    return _apply_autocast(RNNProjected, x_projected, h0, Wh, lengths, low_precision=True)
+    return _apply_autocast(RNN, x_projected, h0, None, Wh, None, lengths, low_precision=True)
 
 
 def lstm(x: Tensor, h0: Tensor, Wx: Tensor, Wh: Tensor, b: Tensor, lengths: Tensor | None = None) -> Tensor:
@@ -367,4 +331,4 @@ def lstm_projected(x_projected: Tensor, h0: Tensor, Wh: Tensor, lengths: Tensor 
     """
     _check_projected(x_projected, h0, Wh, gates=4)
     _check_lengths(lengths, x_projected.shape[0], x_projected.shape[1])
-    return _apply_autocast(LSTMProjected, x_projected, h0, Wh, lengths, low_precision=True)
+    return _apply_autocast(LSTM, x_projected, h0, None, Wh, None, lengths, low_precision=True)
