@@ -164,22 +164,35 @@ class CaptioningRNN(nn.Module):
         h0 = self._initial_hidden(features)
         return h0, (torch.zeros_like(h0) if self.cell_type == "lstm" else None)
 
-    def step(self, words: Tensor, state: State) -> tuple[Tensor, State]:
+    def input_table(self) -> Tensor:
+        """Every word's input projection ``W_embed @ Wx + b``, (V, gH): what a step adds to ``h @ Wh``."""
+        return F.temporal_affine(self.W_embed[None], self.Wx, self.b)[0]
+
+    def step(self, words: Tensor, state: State, input_table: Tensor | None = None) -> tuple[Tensor, State]:
         """Feed one word per sequence.
 
         Args:
             words: (N,) token ids of the current words.
             state: ``(h, c)`` from :meth:`initial_state` or the previous step, each (N, H).
+            input_table: optional :meth:`input_table`, computed once per caption batch: each step
+                then looks its words' projections up instead of multiplying (N, W) @ (W, gH).
 
         Returns:
             ``(scores, state)``: (N, V) unnormalised scores of the next word, and the new state.
         """
         h, c = state
-        x = F.word_embedding(words[:, None], self.W_embed)[:, 0]  # (N, W)
-        if self.cell_type == "lstm":
-            h, c = F.lstm_step(x, h, c, self.Wx, self.Wh, self.b)
+        if input_table is not None:
+            x = F.word_embedding(words[:, None], input_table)[:, 0]  # (N, gH)
+            if self.cell_type == "lstm":
+                h, c = F.lstm_step_projected(x, h, c, self.Wh)
+            else:
+                h = F.rnn_step_projected(x, h, self.Wh)
         else:
-            h = F.rnn_step(x, h, self.Wx, self.Wh, self.b)
+            x = F.word_embedding(words[:, None], self.W_embed)[:, 0]  # (N, W)
+            if self.cell_type == "lstm":
+                h, c = F.lstm_step(x, h, c, self.Wx, self.Wh, self.b)
+            else:
+                h = F.rnn_step(x, h, self.Wx, self.Wh, self.b)
         scores = F.temporal_affine(h[:, None], self.W_vocab, self.b_vocab)[:, 0]  # (N, V)
         return scores, (h, c)
 
@@ -201,11 +214,13 @@ class CaptioningRNN(nn.Module):
             raise ValueError(f"max_length must be an integer >= 1, got {max_length!r}")
         state = self.initial_state(features)
         N, device = features.shape[0], features.device
+        # One (V, W) @ (W, gH) product replaces max_length products of (N, W) @ (W, gH) when N > V / max_length.
+        table = self.input_table() if N * max_length > self.vocab_size else None
         captions = torch.full((N, max_length), self.null_id, dtype=torch.long, device=device)
         words = torch.full((N,), self.start_id, dtype=torch.long, device=device)
         running = torch.arange(N, device=device)  # rows of captions still being generated
         for t in range(max_length):
-            scores, state = self.step(words, state)  # (n, V) for the n running rows
+            scores, state = self.step(words, state, table)  # (n, V) for the n running rows
             words = choose_next(scores)
             captions[running, t] = words
             ended = words == self.end_id

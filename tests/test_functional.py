@@ -125,6 +125,22 @@ def make_case(name, N, T, D, H, V, dtype, device):
             ],
             [],
         )
+    if name in ("rnn_step_projected", "lstm_step_projected"):
+        cell = name.split("_")[0]
+        gates = 4 if cell == "lstm" else 1
+
+        def identity_step_ref(x_projected, *rest):  # the step with an identity Wx and zero b
+            eye = torch.eye(gates * H, dtype=x_projected.dtype, device=device)
+            zero = torch.zeros(gates * H, dtype=x_projected.dtype, device=device)
+            if cell == "lstm":
+                prev_h, prev_c, Wh = rest
+                return ref_lstm_step(x_projected, prev_h, prev_c, eye, Wh, zero)
+            prev_h, Wh = rest
+            return ref_rnn_step(x_projected, prev_h, eye, Wh, zero)
+
+        states = [randn(N, H), randn(N, H)] if cell == "lstm" else [randn(N, H)]
+        fn = F.lstm_step_projected if cell == "lstm" else F.rnn_step_projected
+        return fn, identity_step_ref, [randn(N, gates * H), *states, randn(H, gates * H, scale=hscale)], []
     if name in ("rnn_projected", "lstm_projected"):
         cell = name.split("_")[0]
         gates = 4 if cell == "lstm" else 1
@@ -152,9 +168,11 @@ def make_case(name, N, T, D, H, V, dtype, device):
     raise KeyError(name)
 
 
-FUNCTIONS = ["rnn_step", "rnn", "rnn_lengths", "rnn_projected", "lstm_step", "lstm", "lstm_lengths",
-             "lstm_projected", "word_embedding", "temporal_affine",
-             "temporal_softmax_loss", "vocab_softmax_loss"]  # fmt: skip
+FUNCTIONS = [
+    "rnn_step", "rnn_step_projected", "rnn", "rnn_lengths", "rnn_projected",
+    "lstm_step", "lstm_step_projected", "lstm", "lstm_lengths", "lstm_projected",
+    "word_embedding", "temporal_affine", "temporal_softmax_loss", "vocab_softmax_loss",
+]  # fmt: skip
 
 
 def _outputs(result):

@@ -188,3 +188,17 @@ def test_loss_and_gradients_match_plain_autograd(cell_type, batch):
     torch.testing.assert_close(model.loss(features, captions), expected_loss, rtol=1e-12, atol=1e-12)
     for name, g, e in zip(names, ours, expected):
         torch.testing.assert_close(g, e, rtol=1e-10, atol=1e-12, msg=name)
+
+
+@pytest.mark.parametrize("cell_type", ["rnn", "lstm"])
+def test_step_with_the_input_table_equals_the_plain_step(cell_type):
+    torch.manual_seed(0)
+    model = CaptioningRNN(VOCAB, 8, 6, 5, cell_type=cell_type, dtype=torch.float64)
+    state = model.initial_state(torch.randn(4, 8, dtype=torch.float64))
+    words = torch.tensor([1, 4, 6, 2])
+    plain_scores, plain_state = model.step(words, state)
+    table_scores, table_state = model.step(words, state, model.input_table())
+    torch.testing.assert_close(table_scores, plain_scores, rtol=1e-12, atol=1e-12)
+    for got, expected in zip(table_state, plain_state):
+        if expected is not None:
+            torch.testing.assert_close(got, expected, rtol=1e-12, atol=1e-12)

@@ -28,14 +28,16 @@ argument) and then calls ``Function.apply``. The modules, in dependency order:
 """
 
 from .sequences import lstm, lstm_projected, rnn, rnn_projected
-from .steps import lstm_step, rnn_step
+from .steps import lstm_step, lstm_step_projected, rnn_step, rnn_step_projected
 from .words import temporal_affine, temporal_softmax_loss, vocab_softmax_loss, word_embedding
 
 __all__ = [
     "rnn_step",
+    "rnn_step_projected",
     "rnn",
     "rnn_projected",
     "lstm_step",
+    "lstm_step_projected",
     "lstm",
     "lstm_projected",
     "word_embedding",

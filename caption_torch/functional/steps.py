@@ -6,7 +6,7 @@ import torch
 from torch import Tensor
 from torch.autograd.function import FunctionCtx, once_differentiable
 
-from ._common import _addmm, _apply_autocast, _check_float, _check_recurrent, _check_same_dtype, _mm
+from ._common import _addmm, _apply_autocast, _check_dim, _check_float, _check_recurrent, _check_same_dtype, _mm
 
 # --------------------------------------------------------------------------- #
 # Vanilla RNN
@@ -18,12 +18,21 @@ def _tanh_backward(grad_out: Tensor, tanh_out: Tensor) -> Tensor:
     return grad_out * (1 - tanh_out * tanh_out)
 
 
+def _pre_activations(x: Tensor, prev_h: Tensor, Wx: Tensor | None, Wh: Tensor, b: Tensor | None) -> Tensor:
+    """``x @ Wx + b + prev_h @ Wh`` (N, gH) as a new tensor; with Wx None, x is already ``x @ Wx + b``."""
+    recurrent = _mm(prev_h, Wh)
+    return recurrent.add_(x) if Wx is None else _addmm(b, x, Wx).add_(recurrent)
+
+
 class RNNStep(torch.autograd.Function):
-    """One vanilla-RNN timestep: ``next_h = tanh(x @ Wx + prev_h @ Wh + b)``."""
+    """One vanilla-RNN timestep: ``next_h = tanh(x @ Wx + prev_h @ Wh + b)``.
+
+    With Wx and b None, x is taken as already projected (``rnn_step_projected``).
+    """
 
     @staticmethod
-    def forward(x: Tensor, prev_h: Tensor, Wx: Tensor, Wh: Tensor, b: Tensor) -> Tensor:
-        return _addmm(b, x, Wx).add_(_mm(prev_h, Wh)).tanh_()  # (N, H)
+    def forward(x: Tensor, prev_h: Tensor, Wx: Tensor | None, Wh: Tensor, b: Tensor | None) -> Tensor:
+        return _pre_activations(x, prev_h, Wx, Wh, b).tanh_()  # (N, H)
 
     @staticmethod
     def setup_context(ctx: FunctionCtx, inputs: tuple, output: Tensor) -> None:
@@ -36,7 +45,7 @@ class RNNStep(torch.autograd.Function):
         x, prev_h, Wx, Wh, next_h = ctx.saved_tensors
         need_x, need_h, need_Wx, need_Wh, need_b = ctx.needs_input_grad
         grad_a = _tanh_backward(grad_next_h, next_h)  # (N, H)
-        grad_x = _mm(grad_a, Wx.T) if need_x else None
+        grad_x = (grad_a if Wx is None else _mm(grad_a, Wx.T)) if need_x else None
         grad_prev_h = _mm(grad_a, Wh.T) if need_h else None
         grad_Wx = _mm(x.T, grad_a) if need_Wx else None
         grad_Wh = _mm(prev_h.T, grad_a) if need_Wh else None
@@ -114,11 +123,11 @@ def _lstm_gate_gradients_(coefficients: Tensor, grad_c: Tensor, grad_h: Tensor) 
 
 
 class LSTMStep(torch.autograd.Function):
-    """One LSTM timestep returning ``(next_h, next_c)``."""
+    """One LSTM timestep returning ``(next_h, next_c)``; with Wx and b None, x is already projected."""
 
     @staticmethod
     def forward(ctx, x, prev_h, prev_c, Wx, Wh, b):
-        gates = _lstm_gates_(_addmm(b, x, Wx).add_(_mm(prev_h, Wh)))  # (N, 4H)
+        gates = _lstm_gates_(_pre_activations(x, prev_h, Wx, Wh, b))  # (N, 4H) = [i, f, o, g]
         H = prev_h.shape[1]
         next_c = torch.addcmul(gates[:, :H] * gates[:, 3 * H :], gates[:, H : 2 * H], prev_c)
         next_h = gates[:, 2 * H : 3 * H] * torch.tanh(next_c)
@@ -135,7 +144,7 @@ class LSTMStep(torch.autograd.Function):
         grad_c = torch.addcmul(grad_next_c, grad_next_h, c_from_h)  # total gradient into next_c
         grad_a = _lstm_gate_gradients_(coefficients, grad_c, grad_next_h)  # (N, 4H)
         return (
-            _mm(grad_a, Wx.T) if need_x else None,
+            (grad_a if Wx is None else _mm(grad_a, Wx.T)) if need_x else None,
             _mm(grad_a, Wh.T) if need_h else None,
             grad_c * gates[:, H : 2 * H] if need_c else None,
             _mm(x.T, grad_a) if need_Wx else None,
@@ -161,3 +170,46 @@ def lstm_step(x: Tensor, prev_h: Tensor, prev_c: Tensor, Wx: Tensor, Wh: Tensor,
     if prev_c.shape != prev_h.shape:
         raise ValueError(f"prev_c has shape {tuple(prev_c.shape)} but prev_h has {tuple(prev_h.shape)}")
     return _apply_autocast(LSTMStep, x, prev_h, prev_c, Wx, Wh, b, low_precision=True)
+
+
+def _check_step_projected(x_projected: Tensor, prev_h: Tensor, Wh: Tensor, gates: int) -> None:
+    _check_float("x_projected", x_projected, 2)
+    _check_float("prev_h", prev_h, 2)
+    _check_float("Wh", Wh, 2)
+    _check_same_dtype(x_projected=x_projected, prev_h=prev_h, Wh=Wh)
+    H = prev_h.shape[1]
+    _check_dim("prev_h", prev_h, 0, x_projected.shape[0], "the batch size of x_projected")
+    _check_dim("Wh", Wh, 0, H, "the hidden width")
+    _check_dim("Wh", Wh, 1, gates * H, f"{gates} x the hidden width")
+    _check_dim("x_projected", x_projected, 1, gates * H, f"{gates} x the hidden width")
+
+
+def rnn_step_projected(x_projected: Tensor, prev_h: Tensor, Wh: Tensor) -> Tensor:
+    """:func:`rnn_step` for an input already projected: ``rnn_step_projected(x @ Wx + b, prev_h, Wh)``.
+
+    Args:
+        x_projected: (N, H) input projection (e.g. rows of a per-word table, as generation uses).
+        prev_h: (N, H), Wh: (H, H) as :func:`rnn_step`.
+
+    Returns:
+        (N, H) next hidden state.
+    """
+    _check_step_projected(x_projected, prev_h, Wh, gates=1)
+    return _apply_autocast(RNNStep, x_projected, prev_h, None, Wh, None, low_precision=True)
+
+
+def lstm_step_projected(x_projected: Tensor, prev_h: Tensor, prev_c: Tensor, Wh: Tensor) -> tuple[Tensor, Tensor]:
+    """:func:`lstm_step` for an input already projected: ``lstm_step_projected(x @ Wx + b, h, c, Wh)``.
+
+    Args:
+        x_projected: (N, 4H) input projection.
+        prev_h, prev_c: (N, H), Wh: (H, 4H) as :func:`lstm_step`.
+
+    Returns:
+        ``(next_h, next_c)``, each (N, H).
+    """
+    _check_step_projected(x_projected, prev_h, Wh, gates=4)
+    _check_float("prev_c", prev_c, 2)
+    if prev_c.shape != prev_h.shape:
+        raise ValueError(f"prev_c has shape {tuple(prev_c.shape)} but prev_h has {tuple(prev_h.shape)}")
+    return _apply_autocast(LSTMStep, x_projected, prev_h, prev_c, None, Wh, None, low_precision=True)
