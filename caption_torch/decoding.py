@@ -139,8 +139,10 @@ def beam_search(
     def ranking(log_prob_sum: Tensor, lengths: Tensor) -> Tensor:
         return log_prob_sum / lengths.clamp(min=1) if length_normalization else log_prob_sum
 
+    # Each word's input projection, looked up instead of multiplied at every step (see model.step).
+    table = model.input_table() if N * K * max_length > V else None
     for t in range(max_length):
-        scores, state = model.step(words, state)
+        scores, state = model.step(words, state, table)
         log_probs = torch.log_softmax(scores.double(), dim=1).view(N, K, V)
 
         # Candidate (beam k, word v). A finished beam has one candidate, itself, which
