@@ -130,3 +130,24 @@ def _addmm(bias: Tensor, a: Tensor, b: Tensor) -> Tensor:
     if _ONEDNN and a.dtype == torch.float32 and a.device.type == "cpu" and a.numel() and b.numel():
         return torch.ops.mkldnn._linear_pointwise(a, b.T, bias, "none", [], "")
     return torch.addmm(bias, a, b)
+
+
+def _check_projected(x_projected: Tensor, h: Tensor, h_name: str, Wh: Tensor, gates: int, x_ndim: int) -> None:
+    """Shape checks for the ``*_projected`` wrappers: x_projected (N, [T,] gH), h (N, H), Wh (H, gH)."""
+    _check_float("x_projected", x_projected, x_ndim)
+    _check_float(h_name, h, 2)
+    _check_float("Wh", Wh, 2)
+    _check_same_dtype(**{"x_projected": x_projected, h_name: h, "Wh": Wh})
+    H = h.shape[1]
+    _check_dim(h_name, h, 0, x_projected.shape[0], "the batch size of x_projected")
+    _check_dim("Wh", Wh, 0, H, "the hidden width")
+    _check_dim("Wh", Wh, 1, gates * H, f"{gates} x the hidden width")
+    _check_dim("x_projected", x_projected, x_ndim - 1, gates * H, f"{gates} x the hidden width")
+
+
+def _check_cell(prev_c: Tensor, prev_h: Tensor) -> None:
+    """The LSTM cell state must be a float (N, H) like the hidden state."""
+    _check_float("prev_c", prev_c, 2)
+    _check_same_dtype(prev_h=prev_h, prev_c=prev_c)
+    if prev_c.shape != prev_h.shape:
+        raise ValueError(f"prev_c has shape {tuple(prev_c.shape)} but prev_h has {tuple(prev_h.shape)}")

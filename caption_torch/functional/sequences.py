@@ -7,7 +7,7 @@ import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-from ._common import _addmm, _apply_autocast, _check_dim, _check_float, _check_recurrent, _check_same_dtype, _mm
+from ._common import _addmm, _apply_autocast, _check_projected, _check_recurrent, _mm
 from .steps import _lstm_backward_coefficients, _lstm_gate_gradients_, _lstm_gates_
 
 # --------------------------------------------------------------------------- #
@@ -257,18 +257,6 @@ def _check_lengths(lengths: Tensor | None, N: int, T: int) -> None:
         raise ValueError("lengths must be sorted in non-increasing order (sort the batch by length)")
 
 
-def _check_projected(x_projected: Tensor, h0: Tensor, Wh: Tensor, gates: int) -> None:
-    _check_float("x_projected", x_projected, 3)
-    _check_float("h0", h0, 2)
-    _check_float("Wh", Wh, 2)
-    _check_same_dtype(x_projected=x_projected, h0=h0, Wh=Wh)
-    H = h0.shape[1]
-    _check_dim("h0", h0, 0, x_projected.shape[0], "the batch size of x_projected")
-    _check_dim("Wh", Wh, 0, H, "the hidden width")
-    _check_dim("Wh", Wh, 1, gates * H, f"{gates} x the hidden width")
-    _check_dim("x_projected", x_projected, 2, gates * H, f"{gates} x the hidden width")
-
-
 def rnn(x: Tensor, h0: Tensor, Wx: Tensor, Wh: Tensor, b: Tensor, lengths: Tensor | None = None) -> Tensor:
     """A vanilla RNN run over a whole sequence.
 
@@ -297,7 +285,7 @@ def rnn_projected(x_projected: Tensor, h0: Tensor, Wh: Tensor, lengths: Tensor |
     Returns:
         (N, T, H) hidden states.
     """
-    _check_projected(x_projected, h0, Wh, gates=1)
+    _check_projected(x_projected, h0, "h0", Wh, gates=1, x_ndim=3)
     _check_lengths(lengths, x_projected.shape[0], x_projected.shape[1])
     return _apply_autocast(RNN, x_projected, h0, None, Wh, None, lengths, low_precision=True)
 
@@ -329,6 +317,6 @@ def lstm_projected(x_projected: Tensor, h0: Tensor, Wh: Tensor, lengths: Tensor 
     Returns:
         (N, T, H) hidden states.
     """
-    _check_projected(x_projected, h0, Wh, gates=4)
+    _check_projected(x_projected, h0, "h0", Wh, gates=4, x_ndim=3)
     _check_lengths(lengths, x_projected.shape[0], x_projected.shape[1])
     return _apply_autocast(LSTM, x_projected, h0, None, Wh, None, lengths, low_precision=True)

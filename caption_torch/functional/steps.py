@@ -6,7 +6,14 @@ import torch
 from torch import Tensor
 from torch.autograd.function import FunctionCtx, once_differentiable
 
-from ._common import _addmm, _apply_autocast, _check_dim, _check_float, _check_recurrent, _check_same_dtype, _mm
+from ._common import (
+    _addmm,
+    _apply_autocast,
+    _check_cell,
+    _check_projected,
+    _check_recurrent,
+    _mm,
+)
 
 # --------------------------------------------------------------------------- #
 # Vanilla RNN
@@ -165,23 +172,8 @@ def lstm_step(x: Tensor, prev_h: Tensor, prev_c: Tensor, Wx: Tensor, Wh: Tensor,
         ``(next_h, next_c)``, each (N, H).
     """
     _check_recurrent(x, prev_h, Wx, Wh, b, gates=4, x_ndim=2)
-    _check_float("prev_c", prev_c, 2)
-    _check_same_dtype(prev_h=prev_h, prev_c=prev_c)
-    if prev_c.shape != prev_h.shape:
-        raise ValueError(f"prev_c has shape {tuple(prev_c.shape)} but prev_h has {tuple(prev_h.shape)}")
+    _check_cell(prev_c, prev_h)
     return _apply_autocast(LSTMStep, x, prev_h, prev_c, Wx, Wh, b, low_precision=True)
-
-
-def _check_step_projected(x_projected: Tensor, prev_h: Tensor, Wh: Tensor, gates: int) -> None:
-    _check_float("x_projected", x_projected, 2)
-    _check_float("prev_h", prev_h, 2)
-    _check_float("Wh", Wh, 2)
-    _check_same_dtype(x_projected=x_projected, prev_h=prev_h, Wh=Wh)
-    H = prev_h.shape[1]
-    _check_dim("prev_h", prev_h, 0, x_projected.shape[0], "the batch size of x_projected")
-    _check_dim("Wh", Wh, 0, H, "the hidden width")
-    _check_dim("Wh", Wh, 1, gates * H, f"{gates} x the hidden width")
-    _check_dim("x_projected", x_projected, 1, gates * H, f"{gates} x the hidden width")
 
 
 def rnn_step_projected(x_projected: Tensor, prev_h: Tensor, Wh: Tensor) -> Tensor:
@@ -194,7 +186,7 @@ def rnn_step_projected(x_projected: Tensor, prev_h: Tensor, Wh: Tensor) -> Tenso
     Returns:
         (N, H) next hidden state.
     """
-    _check_step_projected(x_projected, prev_h, Wh, gates=1)
+    _check_projected(x_projected, prev_h, "prev_h", Wh, gates=1, x_ndim=2)
     return _apply_autocast(RNNStep, x_projected, prev_h, None, Wh, None, low_precision=True)
 
 
@@ -208,8 +200,6 @@ def lstm_step_projected(x_projected: Tensor, prev_h: Tensor, prev_c: Tensor, Wh:
     Returns:
         ``(next_h, next_c)``, each (N, H).
     """
-    _check_step_projected(x_projected, prev_h, Wh, gates=4)
-    _check_float("prev_c", prev_c, 2)
-    if prev_c.shape != prev_h.shape:
-        raise ValueError(f"prev_c has shape {tuple(prev_c.shape)} but prev_h has {tuple(prev_h.shape)}")
+    _check_projected(x_projected, prev_h, "prev_h", Wh, gates=4, x_ndim=2)
+    _check_cell(prev_c, prev_h)
     return _apply_autocast(LSTMStep, x_projected, prev_h, prev_c, None, Wh, None, low_precision=True)
