@@ -8,7 +8,7 @@ from torch import Tensor
 from torch.autograd.function import once_differentiable
 
 from ._common import _addmm, _apply_autocast, _check_projected, _check_recurrent, _mm
-from .steps import _lstm_backward_coefficients, _lstm_gate_gradients_, _lstm_gates_
+from .steps import _lstm_backward_coefficients, _lstm_gate_gradients_, _lstm_gates_, _tanh_backward
 
 # --------------------------------------------------------------------------- #
 # Sequences: one Function runs the whole time loop, forward and backward
@@ -57,6 +57,15 @@ class _Packing:
         start = 0 if t == 0 else self.N + self.offsets[t - 1]
         return slice(start, start + self.active[t])
 
+    def steps(self, packed: Tensor) -> tuple[Tensor, ...]:
+        """Views of every step's rows of a packed (P, ...) tensor, made in one call (the loops' hot path)."""
+        return packed.split(self.active)
+
+    def previous_steps(self, states: Tensor) -> list[Tensor]:
+        """Views of h_t, the rows of the (N + P, H) buffer that step t reads, for every t."""
+        blocks = states.split([self.N, *self.active])
+        return [block[:n] for block, n in zip(blocks, self.active)]
+
     def pack(self, time_major: Tensor) -> Tensor:
         """(T*N, C) time-major rows -> (P, C) rows of running sequences."""
         return time_major if self.index is None else time_major.index_select(0, self.index)
@@ -86,10 +95,9 @@ def _rnn_forward_loop(pre_activations: Tensor, h0: Tensor, Wh: Tensor, packing: 
     """states (N + P, H) from packed pre-activations (P, H): h_{t+1} = tanh(pre_t + h_t @ Wh)."""
     states = pre_activations.new_empty(packing.N + packing.total, h0.shape[1])
     states[: packing.N] = h0
-    for t in range(packing.T):
-        rows = packing.rows(t)
-        out = slice(packing.N + rows.start, packing.N + rows.stop)
-        torch.add(pre_activations[rows], _mm(states[packing.previous_rows(t)], Wh), out=states[out]).tanh_()
+    steps = zip(packing.steps(pre_activations), packing.previous_steps(states), packing.steps(states[packing.N :]))
+    for pre, h, h_next in steps:
+        torch.add(pre, _mm(h, Wh), out=h_next).tanh_()
     return states
 
 
@@ -109,52 +117,62 @@ def _rnn_backward_loop(grad_out: Tensor, states: Tensor, Wh: Tensor, packing: _P
     Args:
         grad_out: (P, H) packed gradient w.r.t. the outputs.
     """
-    outputs = states[packing.N :]
-    grad_a = 1 - outputs * outputs  # tanh' of every step at once; the loop multiplies in grad_h
-    T = packing.T
-    grad_h = grad_out[packing.rows(T - 1)]
-    for t in range(T - 1, -1, -1):
-        step = grad_a[packing.rows(t)].mul_(grad_h)
+    grad_a = torch.empty_like(grad_out)
+    outputs, grad_outs, grads = (packing.steps(t) for t in (states[packing.N :], grad_out, grad_a))
+    Wh_T = Wh.T
+    grad_h = grad_outs[-1] if grad_outs else None
+    for t in range(packing.T - 1, -1, -1):
+        step = _tanh_backward.grad_input(grad_h, outputs[t], grad_input=grads[t])
         if t > 0:
-            grad_h = _into_previous(_mm(step, Wh.T), grad_out[packing.rows(t - 1)])
+            grad_h = _into_previous(_mm(step, Wh_T), grad_outs[t - 1])
     return grad_a
 
 
-def _lstm_forward_loop(gates: Tensor, h0: Tensor, Wh: Tensor, packing: _Packing) -> tuple[Tensor, Tensor]:
+def _lstm_forward_loop(gates: Tensor, h0: Tensor, Wh: Tensor, packing: _Packing) -> tuple[Tensor, Tensor, Tensor]:
     """Run the LSTM over packed pre-activations ``gates`` (P, 4H), activating them in place.
 
     Returns:
-        ``(states, cells)``, each (N + P, H): [h0 | h_1 ...] and [0 | c_1 ...], packed.
+        ``(states, cells, tanh_cells)``: [h0 | h_1 ...] and [0 | c_1 ...], each (N + P, H),
+        and tanh(c_1 ...) (P, H), which backward needs, all packed.
     """
     N, H = packing.N, h0.shape[1]
     states, cells = gates.new_empty(N + packing.total, H), gates.new_empty(N + packing.total, H)
+    tanh_cells = gates.new_empty(packing.total, H)
     states[:N], cells[:N] = h0, 0
-    for t in range(packing.T):
-        rows, prev = packing.rows(t), packing.previous_rows(t)
-        out = slice(N + rows.start, N + rows.stop)
-        gates_t = _lstm_gates_(gates[rows].add_(_mm(states[prev], Wh)))  # (n_t, 4H) = [i, f, o, g]
-        torch.mul(gates_t[:, :H], gates_t[:, 3 * H :], out=cells[out]).addcmul_(gates_t[:, H : 2 * H], cells[prev])
-        torch.tanh(cells[out], out=states[out]).mul_(gates_t[:, 2 * H : 3 * H])
-    return states, cells
+    steps = zip(
+        packing.steps(gates),
+        packing.previous_steps(states),
+        packing.previous_steps(cells),
+        packing.steps(states[N:]),
+        packing.steps(cells[N:]),
+        packing.steps(tanh_cells),
+    )
+    for a, h, c, h_next, c_next, tanh_c_next in steps:
+        i, f, o, g = _lstm_gates_(a.add_(_mm(h, Wh))).unflatten(1, (4, H)).unbind(1)  # each (n_t, H)
+        torch.mul(i, g, out=c_next).addcmul_(f, c)
+        torch.mul(torch.tanh(c_next, out=tanh_c_next), o, out=h_next)
+    return states, cells, tanh_cells
 
 
-def _lstm_backward_loop(grad_out: Tensor, gates: Tensor, cells: Tensor, Wh: Tensor, packing: _Packing) -> Tensor:
+def _lstm_backward_loop(
+    grad_out: Tensor, gates: Tensor, cells: Tensor, tanh_cells: Tensor, Wh: Tensor, packing: _Packing
+) -> Tensor:
     """grad_a (P, 4H): the gradient w.r.t. every packed gate pre-activation, by BPTT."""
-    H, T = Wh.shape[0], packing.T
-    forget = gates[:, H : 2 * H]
+    H = Wh.shape[0]
     # The coefficients of every step at once; the loop turns them into grad_a in place.
-    grad_a, c_from_h = _lstm_backward_coefficients(gates, packing.previous_states(cells), cells[packing.N :])
-    grad_h = grad_out[packing.rows(T - 1)]
-    carry = torch.zeros_like(grad_h)  # gradient into c_{t+1} from step t + 1
-    for t in range(T - 1, -1, -1):
-        rows = packing.rows(t)
-        if carry.shape[0] < grad_h.shape[0]:  # sequences whose last step is t had nothing after them
-            carry = torch.cat([carry, carry.new_zeros(grad_h.shape[0] - carry.shape[0], H)])
-        grad_c = torch.addcmul(carry, grad_h, c_from_h[rows])  # total gradient into c_{t+1}
-        step = _lstm_gate_gradients_(grad_a[rows], grad_c, grad_h)
+    grad_a, c_from_h = _lstm_backward_coefficients(gates, packing.previous_states(cells), tanh_cells)
+    grads, grad_outs, c_from_hs, forgets = (packing.steps(t) for t in (grad_a, grad_out, c_from_h, gates[:, H : 2 * H]))
+    # Gradient into c_{t+1} from step t + 1. Going backwards the batch only grows, so the
+    # rows of sequences that had finished by then are still the zeros they started as.
+    carry = grad_out.new_zeros(max(packing.active, default=0), H)
+    Wh_T = Wh.T
+    grad_h = grad_outs[-1] if grad_outs else None
+    for t in range(packing.T - 1, -1, -1):
+        grad_c = carry[: packing.active[t]].addcmul_(grad_h, c_from_hs[t])  # total gradient into c_{t+1}
+        step = _lstm_gate_gradients_(grads[t], grad_c, grad_h)
         if t > 0:
-            carry = grad_c * forget[rows]
-            grad_h = _into_previous(_mm(step, Wh.T), grad_out[packing.rows(t - 1)])
+            grad_c.mul_(forgets[t])  # now the carry into c_t
+            grad_h = _into_previous(_mm(step, Wh_T), grad_outs[t - 1])
     return grad_a
 
 
@@ -216,9 +234,10 @@ class RNN(torch.autograd.Function):
 class LSTM(torch.autograd.Function):
     """An LSTM over a whole sequence (initial cell state zero); backward runs BPTT itself.
 
-    Saved for backward: the packed gate activations (P, 4H) and hidden and cell states
-    (N + P, H). The backward loop does only what is sequential (a few small ops and
-    one GEMM per step); what can be computed for all steps at once is, before it.
+    Saved for backward: the packed gate activations (P, 4H), hidden and cell states
+    (N + P, H) and tanh of the cell states (P, H). The backward loop does only what is
+    sequential (a few small ops and one GEMM per step); what can be computed for all
+    steps at once is, before it.
     With Wx and b None, x is taken as already projected (``lstm_projected``).
     """
 
@@ -229,17 +248,17 @@ class LSTM(torch.autograd.Function):
         x_packed = packing.pack(_time_major(x))  # (P, D), or (P, 4H) when projected
         # (P, 4H) pre-activations, activated in place by the loop: never the caller's tensor.
         gates = _own_copy(x_packed, x) if Wx is None else _addmm(b, x_packed, Wx)
-        states, cells = _lstm_forward_loop(gates, h0, Wh, packing)
-        ctx.save_for_backward(x_packed if Wx is not None else None, Wx, Wh, gates, states, cells)
+        states, cells, tanh_cells = _lstm_forward_loop(gates, h0, Wh, packing)
+        ctx.save_for_backward(x_packed if Wx is not None else None, Wx, Wh, gates, states, cells, tanh_cells)
         ctx.packing = packing
         return packing.unpack(states[N:])
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_output):
-        x_packed, Wx, Wh, gates, states, cells = ctx.saved_tensors
+        x_packed, Wx, Wh, gates, states, cells, tanh_cells = ctx.saved_tensors
         grad_out = ctx.packing.pack(_time_major(grad_output))
-        grad_a = _lstm_backward_loop(grad_out, gates, cells, Wh, ctx.packing)
+        grad_a = _lstm_backward_loop(grad_out, gates, cells, tanh_cells, Wh, ctx.packing)
         return _after_the_loop(ctx, grad_a, states, x_packed, Wx, Wh)
 
 
