@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from typing import Callable
 
 import torch
 from torch import Tensor
@@ -123,6 +124,14 @@ def _mm(a: Tensor, b: Tensor) -> Tensor:
         # _linear_pointwise(x, w) computes x @ w.T with w of shape (out, in).
         return torch.ops.mkldnn._linear_pointwise(a, b.T, None, "none", [], "")
     return torch.mm(a, b)
+
+
+def _times(b: Tensor) -> Callable[[Tensor], Tensor]:
+    """``a -> a @ b`` (a with at least one row) with :func:`_mm`'s routing decided once: the time loops' products."""
+    if _ONEDNN and b.dtype == torch.float32 and b.device.type == "cpu" and b.numel():
+        weight, linear = b.T, torch.ops.mkldnn._linear_pointwise.default
+        return lambda a: linear(a, weight, None, "none", [], "")
+    return lambda a: torch.mm(a, b)
 
 
 def _addmm(bias: Tensor, a: Tensor, b: Tensor) -> Tensor:

@@ -7,8 +7,8 @@ import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-from ._common import _addmm, _apply_autocast, _check_projected, _check_recurrent, _mm
-from .steps import _lstm_backward_coefficients, _lstm_gate_gradients_, _lstm_gates_, _tanh_backward
+from ._common import _addmm, _apply_autocast, _check_projected, _check_recurrent, _mm, _times
+from .steps import _lstm_backward_coefficients, _tanh_backward
 
 # --------------------------------------------------------------------------- #
 # Sequences: one Function runs the whole time loop, forward and backward
@@ -47,6 +47,7 @@ class _Packing:
         for n in self.active:
             self.offsets.append(self.offsets[-1] + n)
         self.total = self.offsets[-1]
+        self.running = [n for n in self.active if n]  # steps that run; lengths are sorted, so a prefix
 
     def rows(self, t: int) -> slice:
         """Rows of step t in packed (P, ...) tensors."""
@@ -58,13 +59,18 @@ class _Packing:
         return slice(start, start + self.active[t])
 
     def steps(self, packed: Tensor) -> tuple[Tensor, ...]:
-        """Views of every step's rows of a packed (P, ...) tensor, made in one call (the loops' hot path)."""
-        return packed.split(self.active)
+        """Views of the rows of every step that runs (n_t > 0) of a packed (P, ...) tensor.
+
+        The loops take all their per-step views from here, made in one call each before
+        the loop starts: slicing inside the loop costs more Python time than the small
+        elementwise ops it feeds.
+        """
+        return packed.split(self.running)
 
     def previous_steps(self, states: Tensor) -> list[Tensor]:
-        """Views of h_t, the rows of the (N + P, H) buffer that step t reads, for every t."""
+        """Views of h_t, the rows of the (N + P, H) buffer that step t reads, for every step that runs."""
         blocks = states.split([self.N, *self.active])
-        return [block[:n] for block, n in zip(blocks, self.active)]
+        return [block[:n] for block, n in zip(blocks, self.running)]
 
     def pack(self, time_major: Tensor) -> Tensor:
         """(T*N, C) time-major rows -> (P, C) rows of running sequences."""
@@ -95,9 +101,10 @@ def _rnn_forward_loop(pre_activations: Tensor, h0: Tensor, Wh: Tensor, packing: 
     """states (N + P, H) from packed pre-activations (P, H): h_{t+1} = tanh(pre_t + h_t @ Wh)."""
     states = pre_activations.new_empty(packing.N + packing.total, h0.shape[1])
     states[: packing.N] = h0
+    times_Wh = _times(Wh)
     steps = zip(packing.steps(pre_activations), packing.previous_steps(states), packing.steps(states[packing.N :]))
     for pre, h, h_next in steps:
-        torch.add(pre, _mm(h, Wh), out=h_next).tanh_()
+        torch.add(pre, times_Wh(h), out=h_next).tanh_()
     return states
 
 
@@ -119,13 +126,18 @@ def _rnn_backward_loop(grad_out: Tensor, states: Tensor, Wh: Tensor, packing: _P
     """
     grad_a = torch.empty_like(grad_out)
     outputs, grad_outs, grads = (packing.steps(t) for t in (states[packing.N :], grad_out, grad_a))
-    Wh_T = Wh.T
+    times_Wh_T = _times(Wh.T)
     grad_h = grad_outs[-1] if grad_outs else None
-    for t in range(packing.T - 1, -1, -1):
+    for t in range(len(grads) - 1, -1, -1):
         step = _tanh_backward.grad_input(grad_h, outputs[t], grad_input=grads[t])
         if t > 0:
-            grad_h = _into_previous(_mm(step, Wh_T), grad_outs[t - 1])
+            grad_h = _into_previous(times_Wh_T(step), grad_outs[t - 1])
     return grad_a
+
+
+def _gate_blocks(packed: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """The four (P, H) column blocks [i, f, o, g] of a packed (P, 4H) gate tensor, as views."""
+    return packed.unflatten(1, (4, packed.shape[1] // 4)).unbind(1)
 
 
 def _lstm_forward_loop(gates: Tensor, h0: Tensor, Wh: Tensor, packing: _Packing) -> tuple[Tensor, Tensor, Tensor]:
@@ -139,18 +151,17 @@ def _lstm_forward_loop(gates: Tensor, h0: Tensor, Wh: Tensor, packing: _Packing)
     states, cells = gates.new_empty(N + packing.total, H), gates.new_empty(N + packing.total, H)
     tanh_cells = gates.new_empty(packing.total, H)
     states[:N], cells[:N] = h0, 0
-    steps = zip(
-        packing.steps(gates),
-        packing.previous_steps(states),
-        packing.previous_steps(cells),
-        packing.steps(states[N:]),
-        packing.steps(cells[N:]),
-        packing.steps(tanh_cells),
-    )
-    for a, h, c, h_next, c_next, tanh_c_next in steps:
-        i, f, o, g = _lstm_gates_(a.add_(_mm(h, Wh))).unflatten(1, (4, H)).unbind(1)  # each (n_t, H)
-        torch.mul(i, g, out=c_next).addcmul_(f, c)
-        torch.mul(torch.tanh(c_next, out=tanh_c_next), o, out=h_next)
+    times_Wh = _times(Wh)
+    i, f, o, g = _gate_blocks(gates)
+    sigmoid_gates = gates[:, : 3 * H]  # i, f and o, activated in one op
+    per_step = (gates, sigmoid_gates, i, f, o, g, states[N:], cells[N:], tanh_cells)
+    steps = zip(*map(packing.steps, per_step), packing.previous_steps(states), packing.previous_steps(cells))
+    for a, ifo, i_t, f_t, o_t, g_t, h_next, c_next, tanh_c_next, h, c in steps:
+        a.add_(times_Wh(h))  # (n_t, 4H) pre-activations
+        ifo.sigmoid_()
+        g_t.tanh_()
+        torch.mul(i_t, g_t, out=c_next).addcmul_(f_t, c)  # c' = f c + i g
+        torch.mul(torch.tanh(c_next, out=tanh_c_next), o_t, out=h_next)  # h' = o tanh(c')
     return states, cells, tanh_cells
 
 
@@ -159,20 +170,25 @@ def _lstm_backward_loop(
 ) -> Tensor:
     """grad_a (P, 4H): the gradient w.r.t. every packed gate pre-activation, by BPTT."""
     H = Wh.shape[0]
-    # The coefficients of every step at once; the loop turns them into grad_a in place.
+    # The coefficients of every step at once; the loop turns them into grad_a in place
+    # (see _lstm_backward_coefficients): [i, f, g] scale by grad_c, o by grad_h.
     grad_a, c_from_h = _lstm_backward_coefficients(gates, packing.previous_states(cells), tanh_cells)
-    grads, grad_outs, c_from_hs, forgets = (packing.steps(t) for t in (grad_a, grad_out, c_from_h, gates[:, H : 2 * H]))
+    per_step = (grad_a, *_gate_blocks(grad_a), grad_out, c_from_h, gates[:, H : 2 * H])
+    grads, grads_i, grads_f, grads_o, grads_g, grad_outs, c_from_hs, forgets = map(packing.steps, per_step)
     # Gradient into c_{t+1} from step t + 1. Going backwards the batch only grows, so the
     # rows of sequences that had finished by then are still the zeros they started as.
-    carry = grad_out.new_zeros(max(packing.active, default=0), H)
-    Wh_T = Wh.T
+    carry = grad_out.new_zeros(packing.N, H)
+    times_Wh_T = _times(Wh.T)
     grad_h = grad_outs[-1] if grad_outs else None
-    for t in range(packing.T - 1, -1, -1):
-        grad_c = carry[: packing.active[t]].addcmul_(grad_h, c_from_hs[t])  # total gradient into c_{t+1}
-        step = _lstm_gate_gradients_(grads[t], grad_c, grad_h)
+    for t in range(len(grads) - 1, -1, -1):
+        grad_c = carry[: grad_h.shape[0]].addcmul_(grad_h, c_from_hs[t])  # total gradient into c_{t+1}
+        grads_i[t].mul_(grad_c)
+        grads_f[t].mul_(grad_c)
+        grads_o[t].mul_(grad_h)
+        grads_g[t].mul_(grad_c)
         if t > 0:
             grad_c.mul_(forgets[t])  # now the carry into c_t
-            grad_h = _into_previous(_mm(step, Wh_T), grad_outs[t - 1])
+            grad_h = _into_previous(times_Wh_T(grads[t]), grad_outs[t - 1])
     return grad_a
 
 
