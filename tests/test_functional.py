@@ -179,6 +179,30 @@ def _outputs(result):
     return result if isinstance(result, tuple) else (result,)
 
 
+@pytest.mark.parametrize("cell", ["rnn", "lstm"])
+@pytest.mark.parametrize("lengths", [[3, 2, 2, 0], [0, 0, 0, 0], [1, 1, 1, 1]], ids=["short", "empty", "one-step"])
+def test_sequences_shorter_than_T(cell, lengths):
+    """When no sequence needs the last steps, those steps are skipped and get no gradient, exactly."""
+    N, T, D, H = 4, 5, 3, 2
+    gates = 4 if cell == "lstm" else 1
+    fn, ref = (F.lstm, ref_lstm) if cell == "lstm" else (F.rnn, ref_rnn)
+    gen = torch.Generator().manual_seed(7)
+    shapes = [(N, T, D), (N, H), (D, gates * H), (H, gates * H), (gates * H,)]
+    inputs = [torch.randn(shape, generator=gen, dtype=torch.float64, requires_grad=True) for shape in shapes]
+    steps = torch.tensor(lengths)
+    kept = (torch.arange(T)[None, :] < steps[:, None])[..., None]  # (N, T, 1)
+
+    ours = fn(*inputs, steps)
+    expected = ref(*inputs) * kept
+    torch.testing.assert_close(ours, expected, rtol=1e-12, atol=1e-12)
+    upstream = torch.randn(ours.shape, generator=gen, dtype=torch.float64)
+    ours_grads = torch.autograd.grad(ours, inputs, upstream)
+    expected_grads = torch.autograd.grad(expected, inputs, upstream)
+    for name, got, want in zip(["x", "h0", "Wx", "Wh", "b"], ours_grads, expected_grads):
+        torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12, msg=name)
+    assert gradcheck(lambda *args: fn(*args, steps), inputs)
+
+
 @pytest.mark.parametrize("name", FUNCTIONS)
 def test_gradcheck_float64(name):
     fn, _, inputs, extra = make_case(name, N=3, T=4, D=5, H=4, V=6, dtype=torch.float64, device="cpu")
