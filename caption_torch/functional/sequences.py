@@ -47,7 +47,7 @@ class _Packing:
         for n in self.active:
             self.offsets.append(self.offsets[-1] + n)
         self.total = self.offsets[-1]
-        self.running = [n for n in self.active if n]  # steps that run; lengths are sorted, so a prefix
+        self.run_sizes = [n for n in self.active if n]  # n_t of the steps that run (a prefix: lengths are sorted)
 
     def rows(self, t: int) -> slice:
         """Rows of step t in packed (P, ...) tensors."""
@@ -65,12 +65,12 @@ class _Packing:
         the loop starts: slicing inside the loop costs more Python time than the small
         elementwise ops it feeds.
         """
-        return packed.split(self.running)
+        return packed.split(self.run_sizes)
 
     def previous_steps(self, states: Tensor) -> list[Tensor]:
         """Views of h_t, the rows of the (N + P, H) buffer that step t reads, for every step that runs."""
         blocks = states.split([self.N, *self.active])
-        return [block[:n] for block, n in zip(blocks, self.running)]
+        return [block[:n] for block, n in zip(blocks, self.run_sizes)]
 
     def pack(self, time_major: Tensor) -> Tensor:
         """(T*N, C) time-major rows -> (P, C) rows of running sequences."""
