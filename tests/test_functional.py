@@ -203,6 +203,23 @@ def test_sequences_shorter_than_T(cell, lengths):
     assert gradcheck(lambda *args: fn(*args, steps), inputs)
 
 
+@pytest.mark.parametrize("cell", ["rnn", "lstm"])
+@pytest.mark.parametrize("with_lengths", [False, True])
+def test_zero_timesteps(cell, with_lengths):
+    """T = 0: an empty (N, 0, H) output, and zero gradients for every input (h0 included)."""
+    N, D, H = 3, 4, 2
+    gates = 4 if cell == "lstm" else 1
+    fn = F.lstm if cell == "lstm" else F.rnn
+    shapes = [(N, 0, D), (N, H), (D, gates * H), (H, gates * H), (gates * H,)]
+    inputs = [torch.randn(shape, dtype=torch.float64, requires_grad=True) for shape in shapes]
+    lengths = torch.zeros(N, dtype=torch.long) if with_lengths else None
+    out = fn(*inputs, lengths)
+    assert out.shape == (N, 0, H)
+    grads = torch.autograd.grad(out.sum(), inputs)
+    for name, grad in zip(["x", "h0", "Wx", "Wh", "b"], grads):
+        assert torch.equal(grad, torch.zeros_like(grad)), name
+
+
 @pytest.mark.parametrize("name", FUNCTIONS)
 def test_gradcheck_float64(name):
     fn, _, inputs, extra = make_case(name, N=3, T=4, D=5, H=4, V=6, dtype=torch.float64, device="cpu")

@@ -47,7 +47,7 @@ class _Packing:
         for n in self.active:
             self.offsets.append(self.offsets[-1] + n)
         self.total = self.offsets[-1]
-        self.run_sizes = [n for n in self.active if n]  # n_t of the steps that run (a prefix: lengths are sorted)
+        self.run_sizes = [n for n in self.active if n]  # n_t of the steps that run: always the first ones
 
     def rows(self, t: int) -> slice:
         """Rows of step t in packed (P, ...) tensors."""
@@ -205,7 +205,8 @@ def _after_the_loop(ctx, grad_a: Tensor, states: Tensor, x_packed: Tensor | None
         grad_x = packing.unpack(grad_a if Wx is None else _mm(grad_a, Wx.T))
     if need_h0:
         grad_h0 = states.new_zeros(packing.N, states.shape[1])
-        grad_h0[: packing.active[0]] = _mm(grad_a[packing.rows(0)], Wh.T)
+        if packing.run_sizes:  # else no step ran (T = 0 or every length 0) and h0 had no effect
+            grad_h0[: packing.active[0]] = _mm(grad_a[packing.rows(0)], Wh.T)
     if need_Wx:
         grad_Wx = _mm(x_packed.T, grad_a)
     if need_Wh:
@@ -250,10 +251,10 @@ class RNN(torch.autograd.Function):
 class LSTM(torch.autograd.Function):
     """An LSTM over a whole sequence (initial cell state zero); backward runs BPTT itself.
 
-    Saved for backward: the packed gate activations (P, 4H), hidden and cell states
-    (N + P, H) and tanh of the cell states (P, H). The backward loop does only what is
-    sequential (a few small ops and one GEMM per step); what can be computed for all
-    steps at once is, before it.
+    Saved for backward, besides the packed inputs and the weights: the packed gate
+    activations (P, 4H), hidden and cell states (N + P, H) and tanh of the cell states
+    (P, H). The backward loop does only what is sequential (a few small ops and one GEMM
+    per step); what can be computed for all steps at once is, before it.
     With Wx and b None, x is taken as already projected (``lstm_projected``).
     """
 
