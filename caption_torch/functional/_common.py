@@ -118,9 +118,14 @@ def _probe_onednn() -> bool:
 _ONEDNN = _probe_onednn()
 
 
+def _on_onednn(*tensors: Tensor) -> bool:
+    """Whether a product of these (non-empty, CPU float32) operands goes through oneDNN."""
+    return _ONEDNN and all(t.dtype == torch.float32 and t.device.type == "cpu" and t.numel() for t in tensors)
+
+
 def _mm(a: Tensor, b: Tensor) -> Tensor:
     """``a @ b`` for (M, K) and (K, P) matrices, through oneDNN for CPU float32 (any strides)."""
-    if _ONEDNN and a.dtype == torch.float32 and a.device.type == "cpu" and a.numel() and b.numel():
+    if _on_onednn(a, b):
         # _linear_pointwise(x, w) computes x @ w.T with w of shape (out, in).
         return torch.ops.mkldnn._linear_pointwise(a, b.T, None, "none", [], "")
     return torch.mm(a, b)
@@ -128,7 +133,7 @@ def _mm(a: Tensor, b: Tensor) -> Tensor:
 
 def _times(b: Tensor) -> Callable[[Tensor], Tensor]:
     """``a -> a @ b`` (a with at least one row) with :func:`_mm`'s routing decided once: the time loops' products."""
-    if _ONEDNN and b.dtype == torch.float32 and b.device.type == "cpu" and b.numel():
+    if _on_onednn(b):
         weight, linear = b.T, torch.ops.mkldnn._linear_pointwise.default
         return lambda a: linear(a, weight, None, "none", [], "")
     return lambda a: torch.mm(a, b)
@@ -136,7 +141,7 @@ def _times(b: Tensor) -> Callable[[Tensor], Tensor]:
 
 def _addmm(bias: Tensor, a: Tensor, b: Tensor) -> Tensor:
     """``bias + a @ b`` with a (P,) bias broadcast over rows."""
-    if _ONEDNN and a.dtype == torch.float32 and a.device.type == "cpu" and a.numel() and b.numel():
+    if _on_onednn(a, b):
         return torch.ops.mkldnn._linear_pointwise(a, b.T, bias, "none", [], "")
     return torch.addmm(bias, a, b)
 

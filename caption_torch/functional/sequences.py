@@ -8,7 +8,7 @@ from torch import Tensor
 from torch.autograd.function import once_differentiable
 
 from ._common import _addmm, _apply_autocast, _check_projected, _check_recurrent, _mm, _times
-from .steps import _lstm_backward_coefficients, _tanh_backward
+from .steps import _gate_blocks, _lstm_backward_coefficients, _tanh_backward
 
 # --------------------------------------------------------------------------- #
 # Sequences: one Function runs the whole time loop, forward and backward
@@ -133,11 +133,6 @@ def _rnn_backward_loop(grad_out: Tensor, states: Tensor, Wh: Tensor, packing: _P
         if t > 0:
             grad_h = _into_previous(times_Wh_T(step), grad_outs[t - 1])
     return grad_a
-
-
-def _gate_blocks(packed: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """The four (P, H) column blocks [i, f, o, g] of a packed (P, 4H) gate tensor, as views."""
-    return packed.unflatten(1, (4, packed.shape[1] // 4)).unbind(1)
 
 
 def _lstm_forward_loop(gates: Tensor, h0: Tensor, Wh: Tensor, packing: _Packing) -> tuple[Tensor, Tensor, Tensor]:

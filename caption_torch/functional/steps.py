@@ -87,6 +87,11 @@ def rnn_step(x: Tensor, prev_h: Tensor, Wx: Tensor, Wh: Tensor, b: Tensor) -> Te
 #   c' = f * c + i * g        h' = o * tanh(c')
 
 
+def _gate_blocks(gates: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """The four (N, H) column blocks [i, f, o, g] of an (N, 4H) gate tensor, as views."""
+    return gates.unflatten(1, (4, gates.shape[1] // 4)).unbind(1)
+
+
 def _lstm_gates_(a: Tensor) -> Tensor:
     """Turn pre-activations (..., 4H) into gate activations [i, f, o, g] in place."""
     H = a.shape[-1] // 4
@@ -96,35 +101,35 @@ def _lstm_gates_(a: Tensor) -> Tensor:
 
 
 def _lstm_backward_coefficients(gates: Tensor, prev_c: Tensor, tanh_next_c: Tensor) -> tuple[Tensor, Tensor]:
-    """What turns the gradients w.r.t. (next_h, next_c) into gate gradients, for any leading shape.
+    """What turns the gradients w.r.t. (next_h, next_c) into gate gradients, for every row at once.
 
     With c' = f c + i g and h' = o tanh(c'), the total gradient into c' is
     ``grad_c = grad_c' + grad_h' * o (1 - tanh(c')^2)``, and the gradients w.r.t. the
     pre-activations [a_i, a_f, a_o, a_g] are ``[grad_c, grad_c, grad_h', grad_c] * coefficients``.
 
     Args:
-        gates: (..., 4H) activations [i, f, o, g].
-        prev_c: (..., H) cell state before the step.
-        tanh_next_c: (..., H) tanh of the cell state after it (saved by the forward pass,
+        gates: (N, 4H) activations [i, f, o, g].
+        prev_c: (N, H) cell state before the step.
+        tanh_next_c: (N, H) tanh of the cell state after it (saved by the forward pass,
             which computes it anyway: recomputing tanh costs ~10x a multiply on CPU).
 
     Returns:
-        ``(coefficients (..., 4H), c_from_h (..., H))`` where c_from_h = o (1 - tanh(c')^2).
+        ``(coefficients (N, 4H), c_from_h (N, H))`` where c_from_h = o (1 - tanh(c')^2).
         Computed for every timestep at once, outside the sequential loop.
     """
-    H = prev_c.shape[-1]
-    i, f, o, g = (gates[..., k * H : (k + 1) * H] for k in range(4))
+    i, f, o, g = _gate_blocks(gates)
     coefficients = torch.empty_like(gates)
-    _sigmoid_backward.grad_input(g, i, grad_input=coefficients[..., :H])  # g * sigmoid'(a_i)
-    _sigmoid_backward.grad_input(prev_c, f, grad_input=coefficients[..., H : 2 * H])  # c * sigmoid'(a_f)
-    _sigmoid_backward.grad_input(tanh_next_c, o, grad_input=coefficients[..., 2 * H : 3 * H])  # tanh(c') sigmoid'(a_o)
-    _tanh_backward.grad_input(i, g, grad_input=coefficients[..., 3 * H :])  # i * tanh'(a_g)
+    coef_i, coef_f, coef_o, coef_g = _gate_blocks(coefficients)
+    _sigmoid_backward.grad_input(g, i, grad_input=coef_i)  # g * sigmoid'(a_i)
+    _sigmoid_backward.grad_input(prev_c, f, grad_input=coef_f)  # c * sigmoid'(a_f)
+    _sigmoid_backward.grad_input(tanh_next_c, o, grad_input=coef_o)  # tanh(c') sigmoid'(a_o)
+    _tanh_backward.grad_input(i, g, grad_input=coef_g)  # i * tanh'(a_g)
     return coefficients, _tanh_backward(o, tanh_next_c)
 
 
 def _lstm_gate_gradients_(coefficients: Tensor, grad_c: Tensor, grad_h: Tensor) -> Tensor:
     """In place: coefficients (N, 4H) become the pre-activation gradients (see above)."""
-    i, f, o, g = coefficients.unflatten(1, (4, grad_c.shape[1])).unbind(1)
+    i, f, o, g = _gate_blocks(coefficients)
     i.mul_(grad_c)
     f.mul_(grad_c)
     o.mul_(grad_h)
