@@ -43,20 +43,8 @@ class _Packing:
             self.active = running.sum(1).tolist()
             full = all(n == N for n in self.active)
             self.index = None if full else torch.from_numpy(np.flatnonzero(running)).to(lengths.device)
-        self.offsets = [0]
-        for n in self.active:
-            self.offsets.append(self.offsets[-1] + n)
-        self.total = self.offsets[-1]
+        self.total = sum(self.active)
         self.run_sizes = [n for n in self.active if n]  # n_t of the steps that run: always the first ones
-
-    def rows(self, t: int) -> slice:
-        """Rows of step t in packed (P, ...) tensors."""
-        return slice(self.offsets[t], self.offsets[t] + self.active[t])
-
-    def previous_rows(self, t: int) -> slice:
-        """Rows of h_t (the state step t reads) in the (N + P, H) states buffer."""
-        start = 0 if t == 0 else self.N + self.offsets[t - 1]
-        return slice(start, start + self.active[t])
 
     def steps(self, packed: Tensor) -> tuple[Tensor, ...]:
         """Views of the rows of every step that runs (n_t > 0) of a packed (P, ...) tensor.
@@ -88,7 +76,8 @@ class _Packing:
         """(P, H): h_t for every packed row of step t, one matrix for the weight gradient."""
         if self.index is None:
             return states[: self.total]  # [h0, h_1..h_{T-1}], already contiguous
-        return torch.cat([states[self.previous_rows(t)] for t in range(self.T)])
+        blocks = self.previous_steps(states)
+        return torch.cat(blocks) if blocks else states[:0]  # no step ran: no rows
 
 
 def _time_major(x: Tensor) -> Tensor:
@@ -201,7 +190,7 @@ def _after_the_loop(ctx, grad_a: Tensor, states: Tensor, x_packed: Tensor | None
     if need_h0:
         grad_h0 = states.new_zeros(packing.N, states.shape[1])
         if packing.run_sizes:  # else no step ran (T = 0 or every length 0) and h0 had no effect
-            grad_h0[: packing.active[0]] = _mm(grad_a[packing.rows(0)], Wh.T)
+            grad_h0[: packing.active[0]] = _mm(packing.steps(grad_a)[0], Wh.T)
     if need_Wx:
         grad_Wx = _mm(x_packed.T, grad_a)
     if need_Wh:
