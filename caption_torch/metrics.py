@@ -104,12 +104,12 @@ def bleu_scores(candidates: Sequence[str], references: Sequence[Sequence[str]]) 
     clipped = metric.numerator.double()  # (4,) matched n-grams of each order
     total = metric.denominator.double()  # (4,) candidate n-grams of each order
     candidate_words, reference_words = float(metric.preds_len), float(metric.target_len)
-    brevity = 1.0 if candidate_words > reference_words else math.exp(1 - reference_words / candidate_words)
     scores = {}
     for order in range(1, 5):
-        if bool((clipped[:order] == 0).any()):
+        if bool((clipped[:order] == 0).any()):  # also every candidate empty: no words, no matches
             scores[f"BLEU-{order}"] = 0.0
         else:
+            brevity = 1.0 if candidate_words > reference_words else math.exp(1 - reference_words / candidate_words)
             log_precisions = torch.log(clipped[:order] / total[:order])
             scores[f"BLEU-{order}"] = brevity * math.exp(float(log_precisions.mean()))
     return scores

@@ -69,6 +69,14 @@ def test_bleu_is_zero_from_the_first_order_without_matches():
     assert scores["BLEU-3"] == 0 and scores["BLEU-4"] == 0  # no trigram does
 
 
+def test_bleu_of_only_empty_candidates_is_zero_like_torchmetrics():
+    # A model that emits <END> first: no candidate words at all (a division by zero before).
+    candidates, references = ["", ""], [["a cat"], ["a dog on a mat"]]
+    scores = bleu_scores(candidates, references)
+    assert scores == {f"BLEU-{n}": 0.0 for n in range(1, 5)}
+    assert float(BLEUScore(n_gram=4)(candidates, references)) == 0.0
+
+
 def random_corpus(seed, num_images, vocabulary=8, refs=(1, 5), lengths=(0, 12)):
     rng = random.Random(seed)
     words = [f"w{i}" for i in range(vocabulary)]
