@@ -156,10 +156,20 @@ def read_features(base_dir: Path | str, split: str, pca_features: bool = True) -
     return read_feature_matrix(Path(base_dir) / feature_file(split, pca_features))
 
 
-def read_urls(base_dir: Path | str, split: str) -> np.ndarray:
-    """One URL per image, as a NumPy string array (like cs231n)."""
+def read_urls(base_dir: Path | str, split: str, num_images: int | None = None) -> np.ndarray:
+    """One URL per image row, as a NumPy string array (each line stripped, as cs231n reads them).
+
+    With ``num_images`` the file must hold exactly that many lines (trailing blank lines
+    aside): URLs belong to feature rows by position, so a missing or extra line would
+    give every later image the wrong URL.
+    """
     path = require_file(Path(base_dir) / urls_file(split), "a text file with one image URL per line")
-    return np.asarray([line.strip() for line in path.read_text().splitlines() if line.strip()])
+    lines = path.read_text().splitlines()
+    while lines and not lines[-1].strip():
+        lines.pop()
+    if num_images is not None and len(lines) != num_images:
+        raise _problem(path, f"{num_images} lines, one URL per {split} image (feature row)", f"{len(lines)} lines")
+    return np.asarray([line.strip() for line in lines])
 
 
 def check_image_idxs(captions: SplitCaptions, num_images: int, split: str, base_dir: Path | str) -> None:
@@ -176,10 +186,15 @@ def scenes_file(split: str) -> str:
     return f"{split}2014_scenes.json"
 
 
-def image_sources(base_dir: Path | str, split: str) -> list:
-    """Per image row: its scene dict (embedded data, drawable offline) or its URL (real COCO)."""
-    scenes = Path(base_dir) / scenes_file(split)
-    return json.loads(scenes.read_text()) if scenes.is_file() else read_urls(base_dir, split).tolist()
+def image_sources(base_dir: Path | str, split: str, num_images: int) -> list:
+    """Per image row (``num_images`` of them): its scene dict (embedded data, drawable offline) or its URL (real COCO)."""
+    scenes_path = Path(base_dir) / scenes_file(split)
+    if not scenes_path.is_file():
+        return read_urls(base_dir, split, num_images).tolist()
+    scenes = json.loads(scenes_path.read_text())
+    if len(scenes) != num_images:
+        raise _problem(scenes_path, f"{num_images} scenes, one per feature row", f"{len(scenes)}")
+    return scenes
 
 
 def load_coco_data(
@@ -209,7 +224,7 @@ def load_coco_data(
         data[f"{split}_captions"] = captions.captions
         data[f"{split}_image_idxs"] = captions.image_idxs
         data[f"{split}_features"] = features
-        data[f"{split}_urls"] = read_urls(base_dir, split)
+        data[f"{split}_urls"] = read_urls(base_dir, split, features.shape[0])
     if max_train is not None:
         data["train_captions"], data["train_image_idxs"] = subsample(
             data["train_captions"], data["train_image_idxs"], max_train, seed

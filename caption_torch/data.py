@@ -199,6 +199,7 @@ class CaptionDataModule(L.LightningDataModule):
         self.word_to_idx: dict[str, int] = {}
         self.idx_to_word: list[str] = []
         self.feature_dim = 0
+        self.num_images: dict[str, int] = {}  # rows of each split's feature file
         self._device_features: dict[str, Tensor] = {}
 
     def prepare_data(self) -> None:
@@ -225,6 +226,9 @@ class CaptionDataModule(L.LightningDataModule):
         for split, captions in splits.items():
             num_images, widths[split] = coco.feature_shape(self.data_dir, split, hparams.pca_features)
             coco.check_image_idxs(captions, num_images, split, self.data_dir)
+            # Only the printed samples use the URLs, after training: a bad file must stop the run before it.
+            coco.read_urls(self.data_dir, split, num_images)
+            self.num_images[split] = num_images
             not_started = int((captions.captions[:, 0] != start).sum())
             if not_started:
                 raise coco.CocoDataError(

@@ -138,7 +138,7 @@ def main(argv: list[str] | None = None) -> int:
     for name, value in scores.items():
         print(f"{name}: {value:.4f}")
 
-    sources = coco.image_sources(dm.data_dir, args.split)
+    sources = coco.image_sources(dm.data_dir, args.split, dm.num_images[args.split])
     jsonl = args.jsonl or args.ckpt.with_name(f"{args.ckpt.stem}-{args.split}-{method}{args.beam_size}.jsonl")
     with open(jsonl, "w") as out:
         for i, row in enumerate(images.image_rows.tolist()):

@@ -93,3 +93,14 @@ def test_bad_vocab(coco_folder):
     (coco_folder / "coco2014_vocab.json").write_text("{broken")
     with pytest.raises(coco.CocoDataError, match="valid JSON"):
         coco.read_vocab(coco_folder)
+
+
+def test_url_file_holds_one_line_per_image(coco_folder):
+    urls = coco_folder / "val2014_urls.txt"
+    lines = urls.read_text().splitlines()
+    urls.write_text("\n".join(lines) + "\n\n\n")  # trailing blank lines are not images
+    assert coco.load_coco_data(coco_folder)["val_urls"].tolist() == lines
+    # A blank line inside would shift every later URL to the wrong image: counted, so refused.
+    urls.write_text("\n".join([lines[0], "", *lines[1:]]) + "\n")
+    with pytest.raises(coco.CocoDataError, match=f"val2014_urls.txt: expected {len(lines)} lines.*found {len(lines) + 1}"):
+        coco.load_coco_data(coco_folder)

@@ -163,6 +163,10 @@ def _empty_val(f) -> None:
     f["val_image_idxs"] = np.zeros((0,), dtype=np.int32)
 
 
+def _drop_last_line(path: Path) -> None:
+    path.write_text("".join(line + "\n" for line in path.read_text().splitlines()[:-1]))
+
+
 BAD_DATA = {
     "val features narrower than train": (lambda d: _set_features(d, "val", np.zeros((6, 256), np.float32)),
                                          ["disagree on the width D", "has 512", "has 256"]),
@@ -173,6 +177,10 @@ BAD_DATA = {
     "caption without <START>": (lambda d: _edit_captions(d, lambda f: f["val_captions"].__setitem__((2, 0), 4)),
                                 ["1 val captions do not begin with <START>"]),
     "empty split": (lambda d: _edit_captions(d, _empty_val), ["at least one caption in val_captions", "empty split"]),
+    # Only the samples printed after training read the URLs: they must still stop the run before it.
+    "missing URL file": (lambda d: (d / "val2014_urls.txt").unlink(), ["val2014_urls.txt", "no such file"]),
+    "URL file one line short": (lambda d: _drop_last_line(d / "train2014_urls.txt"),
+                                ["train2014_urls.txt", "expected 12 lines", "found 11 lines"]),
 }  # fmt: skip
 
 
