@@ -187,12 +187,13 @@ def print_samples(system: CaptioningSystem, dm: CaptionDataModule, seed: int) ->
     """Greedy captions for two train and two val images next to a ground truth, as the notebook."""
     rng = np.random.default_rng(seed)
     model = system.model.cpu().eval()
+    dtype = next(model.parameters()).dtype  # float64 or bf16 after --precision 64-true / bf16-true
     for split, dataset in (("train", dm.train_images), ("val", dm.val_set)):
         features = FeatureRows(dataset.features.path)  # read from the file, whatever the storage
-        sources = coco.image_sources(dm.data_dir, split)
+        sources = coco.image_sources(dm.data_dir, split, dm.num_images[split])
         for index in rng.choice(len(dataset), size=min(2, len(dataset)), replace=False):
             row = int(dataset.image_rows[index])
-            sample = model.sample(features.read(np.array([row])), system.hparams.max_length)[0]
+            sample = model.sample(features.read(np.array([row])).to(dtype), system.hparams.max_length)[0]
             truth = dataset.references(index)[0]
             print(f"\n{split}\n  sample: {coco.decode_captions(sample, dm.idx_to_word)}")
             print(f"  GT:     {coco.decode_captions(truth, dm.idx_to_word)}")

@@ -44,6 +44,14 @@ def test_overfit_prints_seed_lines_plot_and_samples(coco_folder, tmp_path, capsy
     assert Path(re.search(r"checkpoint: (\S+)", out).group(1)).name == "last.ckpt"
 
 
+@pytest.mark.parametrize("precision", ["64-true", "bf16-true"])
+def test_true_precisions_train_and_print_samples(coco_folder, tmp_path, capsys, precision):
+    # Lightning converts the model (float64, bf16); the samples printed after training read float32 features.
+    args = ["--data-dir", coco_folder, "--overfit", "10", "--batch-size", "10", "--epochs", "1"]
+    out = run_train(capsys, *args, "--precision", precision, "--log-dir", tmp_path, *SMALL)
+    assert out.count("  sample: ") == 4 and "final training loss: " in out
+
+
 def test_full_run_reports_bleu_and_resumes(coco_folder, tmp_path, capsys):
     args = ["--data-dir", coco_folder, "--batch-size", "8", "--log-dir", tmp_path, *SMALL]
     out = run_train(capsys, *args, "--epochs", "1")
