@@ -70,7 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="size of the embedded dataset when --data-dir is not given (default: default)",
     )
     data.add_argument(
-        "--full-features", action="store_true", help="use the 4096-d fc7 features instead of the 512-d fc7-PCA ones"
+        "--full-features", action="store_true", help="use the 4096-d fc7 features instead of the 512-d fc7-PCA ones (needs --data-dir)"
     )
     data.add_argument(
         "--overfit",
@@ -263,6 +263,9 @@ def run(args: argparse.Namespace) -> int:
         # The last collective is done; left to interpreter exit, gloo sometimes aborts a rank whose peer is gone.
         torch.distributed.destroy_process_group()
     if not trainer.is_global_zero:
+        return 0
+    if ckpt_path is not None and not last.path.is_file():  # no epoch ended: nothing was left to train
+        print(f"nothing to train: {ckpt_path} has already completed --epochs {args.epochs}; raise --epochs to go on")
         return 0
 
     steps_per_epoch = max(1, trainer.num_training_batches)

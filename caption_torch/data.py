@@ -162,7 +162,7 @@ class CaptionDataModule(L.LightningDataModule):
         num_workers: DataLoader worker processes.
         max_train: train on this many random captions only (cs231n's ``max_train``).
         max_val_images: validate on this many random val images only (None: all).
-        pca_features: 512-d fc7-PCA (True) or the 4096-d fc7 files (False).
+        pca_features: 512-d fc7-PCA (True) or the 4096-d fc7 files (False; real COCO data only).
         feature_storage: ``"hdf5"``, ``"memory"`` or ``"device"`` (see module docstring).
         pin_memory: pin batches for faster host-to-GPU copies.
         seed: seed of the ``max_train`` / ``max_val_images`` subsets.
@@ -192,6 +192,9 @@ class CaptionDataModule(L.LightningDataModule):
             raise ValueError(f"num_workers must be >= 0, got {num_workers}")
         if feature_storage not in FEATURE_STORAGES:
             raise ValueError(f"feature_storage must be one of {FEATURE_STORAGES}, got {feature_storage!r}")
+        if data_dir is None and not pca_features:
+            raise ValueError("the 4096-d fc7 features (--full-features) need a coco_captioning folder "
+                             "(--data-dir): the embedded dataset has only the 512-d fc7-PCA ones")  # fmt: skip
         # Checkpoints store these hyperparameters; a str (not a Path) keeps them loadable with weights_only.
         data_dir = str(data_dir) if data_dir is not None else None
         self.save_hyperparameters()

@@ -49,15 +49,16 @@ def load_model(path: Path | str) -> CaptioningRNN:
     if not isinstance(checkpoint, dict) or not {"hyper_parameters", "state_dict"} <= checkpoint.keys():
         raise CheckpointError(f"checkpoint {path} lacks hyper_parameters/state_dict: was it written by train.py?")
     hparams = checkpoint["hyper_parameters"]
-    model = CaptioningRNN(
-        hparams["word_to_idx"],
-        hparams["input_dim"],
-        hparams["wordvec_dim"],
-        hparams["hidden_dim"],
-        hparams["cell_type"],
-    )
     weights = {k.removeprefix("model."): v for k, v in checkpoint["state_dict"].items() if k.startswith("model.")}
-    model.load_state_dict(weights)
+    try:
+        model = CaptioningRNN(*(hparams[name] for name in ("word_to_idx", "input_dim", "wordvec_dim", "hidden_dim",
+                                                           "cell_type")))  # fmt: skip
+        model.load_state_dict(weights)
+    except KeyError as error:
+        raise CheckpointError(f"checkpoint {path} lacks the hyperparameter {error}: was it written by train.py?") from None
+    except (RuntimeError, TypeError, ValueError) as error:  # weights missing or mis-shaped, sizes invalid
+        details = " ".join(str(error).split())  # load_state_dict's message spans lines
+        raise CheckpointError(f"checkpoint {path} does not hold a model train.py can rebuild: {details}") from None
     return model.eval()
 
 
@@ -90,7 +91,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--ckpt", type=Path, required=True, help="checkpoint written by train.py")
     parser.add_argument("--data-dir", type=Path, default=None, help="coco_captioning folder (default: embedded)")
     parser.add_argument("--synthetic-size", default="default", help="embedded dataset size when no --data-dir")
-    parser.add_argument("--full-features", action="store_true", help="the 4096-d fc7 features")
+    parser.add_argument("--full-features", action="store_true", help="the 4096-d fc7 features (needs --data-dir)")
     parser.add_argument("--split", choices=coco.SPLITS, default="val", help="split to caption (default: val)")
     parser.add_argument(
         "--method", choices=DECODE_METHODS, default=None, help="decoder (default: beam if --beam-size > 1, else greedy)"

@@ -114,6 +114,19 @@ def test_missing_and_corrupt_checkpoints(tmp_path):
         evaluate.load_model(bad)
 
 
+@pytest.mark.parametrize("damage, message", [
+    (lambda c: c["hyper_parameters"].pop("word_to_idx"), "lacks the hyperparameter 'word_to_idx'"),
+    (lambda c: c["state_dict"].pop("model.b_vocab"), 'Missing key(s) in state_dict: "b_vocab"'),
+    (lambda c: c["state_dict"].__setitem__("model.Wh", torch.zeros(3, 3)), "size mismatch for Wh"),
+])  # fmt: skip
+def test_damaged_checkpoints_are_checkpoint_errors(trained, tmp_path, damage, message):
+    checkpoint = torch.load(trained[1], weights_only=True)
+    damage(checkpoint)
+    torch.save(checkpoint, tmp_path / "damaged.ckpt")
+    with pytest.raises(evaluate.CheckpointError, match=re.escape(message)):
+        evaluate.load_model(tmp_path / "damaged.ckpt")
+
+
 def test_pictures_are_written(tmp_path):
     scene = {
         "setting": "beach",

@@ -230,6 +230,7 @@ def test_non_positive_sizes_are_refused_before_anything_runs(capsys, flag, value
 @pytest.mark.parametrize("args, message", [
     (["--num-workers", "-1"], "--num-workers must be >= 0"),
     (["--resume"], "--resume found no"),
+    (["--full-features"], "the embedded dataset has only the 512-d fc7-PCA ones"),
 ])  # fmt: skip
 def test_inconsistent_flags_are_one_error_line_and_exit_2(capsys, tmp_path, args, message):
     code, err = run_train(capsys, *args, "--log-dir", tmp_path)

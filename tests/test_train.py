@@ -68,6 +68,10 @@ def test_full_run_reports_bleu_and_resumes(coco_folder, tmp_path, capsys):
     lr = state["optimizer_states"][0]["param_groups"][0]["lr"]
     assert lr == pytest.approx(5e-3 * 0.9**2)
 
+    out = run_train(capsys, *args, "--epochs", "2", "--resume")  # already there: says so, names no new file
+    assert re.search(r"nothing to train: \S+last.ckpt has already completed --epochs 2", out)
+    assert "checkpoint: " not in out
+
 
 def test_bad_flags_exit_with_a_message(capsys):
     with pytest.raises(SystemExit):
