@@ -70,7 +70,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="size of the embedded dataset when --data-dir is not given (default: default)",
     )
     data.add_argument(
-        "--full-features", action="store_true", help="use the 4096-d fc7 features instead of the 512-d fc7-PCA ones (needs --data-dir)"
+        "--full-features",
+        action="store_true",
+        help="use the 4096-d fc7 features instead of the 512-d fc7-PCA ones (needs --data-dir)",
     )
     data.add_argument(
         "--overfit",

@@ -187,7 +187,7 @@ def scenes_file(split: str) -> str:
 
 
 def image_sources(base_dir: Path | str, split: str, num_images: int) -> list:
-    """Per image row (``num_images`` of them): its scene dict (embedded data, drawable offline) or its URL (real COCO)."""
+    """Per image row (``num_images`` of them): its scene dict (embedded data, drawable offline) or URL (COCO)."""
     scenes_path = Path(base_dir) / scenes_file(split)
     if not scenes_path.is_file():
         return read_urls(base_dir, split, num_images).tolist()

@@ -102,5 +102,6 @@ def test_url_file_holds_one_line_per_image(coco_folder):
     assert coco.load_coco_data(coco_folder)["val_urls"].tolist() == lines
     # A blank line inside would shift every later URL to the wrong image: counted, so refused.
     urls.write_text("\n".join([lines[0], "", *lines[1:]]) + "\n")
-    with pytest.raises(coco.CocoDataError, match=f"val2014_urls.txt: expected {len(lines)} lines.*found {len(lines) + 1}"):
+    message = f"val2014_urls.txt: expected {len(lines)} lines.*found {len(lines) + 1}"
+    with pytest.raises(coco.CocoDataError, match=message):
         coco.load_coco_data(coco_folder)
