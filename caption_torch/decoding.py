@@ -20,6 +20,8 @@ does not make near-equal hypotheses tie.
 
 from __future__ import annotations
 
+import numbers
+
 import torch
 from torch import Tensor
 
@@ -208,10 +210,12 @@ def caption_log_probs(
         (N,) float64 tensor.
     """
     model.check_can_generate()
+    state = model.initial_state(features)  # checks the features first: the message below quotes their N
     if not isinstance(captions, Tensor) or captions.dim() != 2 or captions.shape[0] != features.shape[0]:
         shape = tuple(captions.shape) if isinstance(captions, Tensor) else type(captions).__name__
         raise ValueError(f"captions must be an (N, T) tensor with N = {features.shape[0]}, got {shape}")
-    state = model.initial_state(features)
+    if captions.dtype not in (torch.int32, torch.int64):
+        raise ValueError(f"captions must hold int64 (or int32) token ids, got {captions.dtype}")
     N, T = captions.shape
     words = torch.full((N,), model.start_id, dtype=torch.long, device=features.device)
     total = torch.zeros(N, dtype=torch.float64, device=features.device)
@@ -264,15 +268,15 @@ def decode(
 
 
 def _check_beam_size(beam_size: int) -> None:
-    if isinstance(beam_size, bool) or not isinstance(beam_size, int) or beam_size < 1:
+    if isinstance(beam_size, bool) or not isinstance(beam_size, numbers.Integral) or beam_size < 1:
         raise ValueError(f"beam_size must be an integer >= 1, got {beam_size!r}")
 
 
 def _check_temperature(temperature: float) -> None:
-    if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not temperature > 0:
+    if isinstance(temperature, bool) or not isinstance(temperature, numbers.Real) or not temperature > 0:
         raise ValueError(f"temperature must be a positive number, got {temperature!r}")
 
 
 def _check_max_length(max_length: int) -> None:
-    if isinstance(max_length, bool) or not isinstance(max_length, int) or max_length < 1:
+    if isinstance(max_length, bool) or not isinstance(max_length, numbers.Integral) or max_length < 1:
         raise ValueError(f"max_length must be an integer >= 1, got {max_length!r}")

@@ -55,7 +55,8 @@ def load_model(path: Path | str) -> CaptioningRNN:
                                                            "cell_type")))  # fmt: skip
         model.load_state_dict(weights)
     except KeyError as error:
-        raise CheckpointError(f"checkpoint {path} lacks the hyperparameter {error}: was it written by train.py?") from None
+        message = f"checkpoint {path} lacks the hyperparameter {error}: was it written by train.py?"
+        raise CheckpointError(message) from None
     except (RuntimeError, TypeError, ValueError) as error:  # weights missing or mis-shaped, sizes invalid
         details = " ".join(str(error).split())  # load_state_dict's message spans lines
         raise CheckpointError(f"checkpoint {path} does not hold a model train.py can rebuild: {details}") from None
@@ -111,7 +112,11 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     method = args.method or ("beam" if args.beam_size > 1 else "greedy")
+    jsonl = args.jsonl or args.ckpt.with_name(f"{args.ckpt.stem}-{args.split}-{method}{args.beam_size}.jsonl")
     try:
+        for path in [jsonl, args.out] if args.show > 0 else [jsonl]:  # before the work, not after it
+            if not path.parent.is_dir():
+                raise ValueError(f"cannot write {path}: the folder {path.parent} does not exist")
         model = load_model(args.ckpt)
         dm = CaptionDataModule(args.data_dir, pca_features=not args.full_features, synthetic_size=args.synthetic_size)
         dm.prepare_data()
@@ -140,7 +145,6 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{name}: {value:.4f}")
 
     sources = coco.image_sources(dm.data_dir, args.split, dm.num_images[args.split])
-    jsonl = args.jsonl or args.ckpt.with_name(f"{args.ckpt.stem}-{args.split}-{method}{args.beam_size}.jsonl")
     with open(jsonl, "w") as out:
         for i, row in enumerate(images.image_rows.tolist()):
             source = sources[row]

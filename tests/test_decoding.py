@@ -312,3 +312,20 @@ def test_decoders_reject_bad_arguments_directly():
     no_end = make_model("rnn", vocab={"<NULL>": 0, "<START>": 1, "a": 2})
     with pytest.raises(ValueError, match="<END>"):
         beam_search(no_end, torch.randn(2, 8))
+
+
+def test_caption_log_probs_checks_features_then_captions():
+    model = make_model("rnn")
+    with pytest.raises(ValueError, match="features must be an \\(N, D\\) tensor"):
+        caption_log_probs(model, features(2)[0], torch.zeros(2, 3, dtype=torch.long))
+    with pytest.raises(ValueError, match="int64 \\(or int32\\) token ids, got torch.float32"):
+        caption_log_probs(model, features(2), torch.zeros(2, 3))
+
+
+def test_integer_arguments_may_be_numpy_integers():
+    np = pytest.importorskip("numpy")
+    model, feats = make_model("lstm"), features(2)
+    torch.testing.assert_close(
+        decode(model, feats, method="beam", beam_size=np.int64(2), max_length=np.int32(5)),
+        decode(model, feats, method="beam", beam_size=2, max_length=5),
+    )

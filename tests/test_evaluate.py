@@ -98,6 +98,14 @@ def test_checkpoint_that_does_not_fit_the_data(trained, tmp_path, capsys):
     assert "expects 512-d features but the data has 64-d" in capsys.readouterr().err
 
 
+def test_output_folders_are_checked_before_captioning(trained, tmp_path, capsys):
+    folder, ckpt = trained
+    for flags in (["--jsonl", tmp_path / "no" / "c.jsonl"], ["--show", "2", "--out", tmp_path / "no" / "g.png"]):
+        assert evaluate.main(["--ckpt", str(ckpt), "--data-dir", str(folder), *map(str, flags)]) == 2
+        captured = capsys.readouterr()
+        assert f"error: cannot write {tmp_path / 'no'}" in captured.err and "BLEU" not in captured.out
+
+
 def test_vocabulary_mismatch_names_the_difference(trained):
     model = evaluate.load_model(trained[1])
     vocab = dict(model.word_to_idx) | {"zebra": 13}

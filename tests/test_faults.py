@@ -218,6 +218,7 @@ def test_overfit_larger_than_the_split(coco_folder, tmp_path, capsys):
     ("--num-nodes", "0", "must be a positive integer"),
     ("--lr", "0", "must be positive"),
     ("--lr", "nan", "must be positive"),
+    ("--lr", "inf", "must be positive and finite"),
     ("--lr-decay", "-0.5", "must be positive"),
 ])  # fmt: skip
 def test_non_positive_sizes_are_refused_before_anything_runs(capsys, flag, value, message):

@@ -369,7 +369,8 @@ def test_lstm_rejects_rnn_sized_weights():
     [
         (torch.tensor([[0, 7]]), "token id 7, outside the vocabulary"),
         (torch.tensor([[-1, 0]]), "token id -1"),
-        (torch.tensor([[0.0, 1.0]]), "integer tensor"),
+        (torch.tensor([[0.0, 1.0]]), "int64 \\(or int32\\) tensor of token ids, got torch.float32"),
+        (torch.tensor([[0, 1]], dtype=torch.uint8), "got torch.uint8"),  # no index dtype for the lookups
         (torch.tensor([0, 1]), "2 dimensions"),
     ],
 )
@@ -380,6 +381,11 @@ def test_word_embedding_bad_ids(ids, message):
 
 def test_softmax_loss_bad_targets_and_mask():
     x = torch.randn(2, 3, 4)
+    targets = torch.zeros(2, 3, dtype=torch.long)
+    with pytest.raises(ValueError, match="only 0 and 1"):  # fused and unfused would disagree on fractions
+        F.temporal_softmax_loss(x, targets, torch.full((2, 3), 0.5))
+    with pytest.raises(ValueError, match="N = 0 sequences"):
+        F.temporal_softmax_loss(x[:0], targets[:0], torch.ones(0, 3, dtype=torch.bool))
     with pytest.raises(ValueError, match="outside the vocabulary"):
         F.temporal_softmax_loss(x, torch.full((2, 3), 4), torch.ones(2, 3, dtype=torch.bool))
     with pytest.raises(ValueError, match="y has shape"):

@@ -41,9 +41,10 @@ def _check_dim(name: str, tensor: Tensor, dim: int, expected: int, meaning: str)
 
 
 def _check_token_ids(name: str, ids: Tensor, vocab_size: int, ndim: int) -> None:
-    if not isinstance(ids, Tensor) or ids.is_floating_point() or ids.is_complex() or ids.dtype == torch.bool:
+    # int32/int64 only: the lookups (index_select, gather) take no other index dtype.
+    if not isinstance(ids, Tensor) or ids.dtype not in (torch.int32, torch.int64):
         dtype = ids.dtype if isinstance(ids, Tensor) else type(ids).__name__
-        raise ValueError(f"{name} must be an integer tensor of token ids, got {dtype}")
+        raise ValueError(f"{name} must be an int64 (or int32) tensor of token ids, got {dtype}")
     if ids.dim() != ndim:
         raise ValueError(f"{name} must have {ndim} dimensions, got shape {tuple(ids.shape)}")
     if ids.numel() > 0:

@@ -203,13 +203,18 @@ class VocabSoftmaxLoss(torch.autograd.Function):
 
 
 def _check_targets(y: Tensor, mask: Tensor, batch_shape: tuple, vocab_size: int) -> None:
-    """Targets y and mask must both be (N, T); y must hold ids in [0, V)."""
+    """Targets y and mask must both be (N, T) with N >= 1; y must hold ids in [0, V), mask 0s and 1s."""
     _check_token_ids("y", y, vocab_size, ndim=2)
     if tuple(y.shape) != tuple(batch_shape):
         raise ValueError(f"y has shape {tuple(y.shape)} but the scores have (N, T) = {tuple(batch_shape)}")
+    if batch_shape[0] == 0:
+        raise ValueError("the scores hold N = 0 sequences; the loss is divided by N")
     if not isinstance(mask, Tensor) or mask.shape != y.shape:
         shape = tuple(mask.shape) if isinstance(mask, Tensor) else type(mask).__name__
         raise ValueError(f"mask must be a tensor of shape {tuple(y.shape)} like y, got {shape}")
+    # A bool mask is what the model passes; other dtypes cost one host sync to check.
+    if mask.dtype != torch.bool and bool(((mask != 0) & (mask != 1)).any()):
+        raise ValueError("mask must hold only 0 and 1 (or be bool): positions count or they do not")
 
 
 def temporal_softmax_loss(x: Tensor, y: Tensor, mask: Tensor) -> Tensor:
