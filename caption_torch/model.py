@@ -11,6 +11,7 @@ whose target is ``<NULL>`` do not count.
 from __future__ import annotations
 
 import math
+import numbers
 from typing import Callable, Mapping
 
 import torch
@@ -212,7 +213,7 @@ class CaptioningRNN(nn.Module):
             ``<START>``); after a row emits ``<END>`` the rest of it is ``<NULL>``.
         """
         self.check_can_generate()
-        if isinstance(max_length, bool) or not isinstance(max_length, int) or max_length < 1:
+        if isinstance(max_length, bool) or not isinstance(max_length, numbers.Integral) or max_length < 1:
             raise ValueError(f"max_length must be an integer >= 1, got {max_length!r}")
         state = self.initial_state(features)
         N, device = features.shape[0], features.device

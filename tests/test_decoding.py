@@ -329,3 +329,4 @@ def test_integer_arguments_may_be_numpy_integers():
         decode(model, feats, method="beam", beam_size=np.int64(2), max_length=np.int32(5)),
         decode(model, feats, method="beam", beam_size=2, max_length=5),
     )
+    torch.testing.assert_close(model.sample(feats, np.int64(5)), model.sample(feats, 5))
