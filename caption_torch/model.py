@@ -122,8 +122,6 @@ class CaptioningRNN(nn.Module):
             raise ValueError(f"captions must be an (N, T+1) tensor with T+1 >= 2, got {shape}")
         if captions.shape[0] != features.shape[0]:
             raise ValueError(f"captions hold {captions.shape[0]} captions but features hold {features.shape[0]} images")
-        if captions.shape[0] == 0:
-            raise ValueError("captions hold no caption (N = 0): the loss is a sum over captions divided by N")
         # The loss is a sum over captions, so their order is free: sorting by length lets the
         # recurrence skip every caption's padding (the steps after its last scored word).
         mask = captions[:, 1:] != self.null_id  # (N, T): which predictions count
