@@ -25,7 +25,8 @@ import numbers
 import torch
 from torch import Tensor
 
-from .model import CaptioningRNN
+from .functional._common import _check_token_ids
+from .model import CaptioningRNN, check_max_length
 
 __all__ = ["greedy_decode", "temperature_sample", "beam_search", "caption_log_probs", "decode", "DECODE_METHODS"]
 
@@ -119,7 +120,7 @@ def beam_search(
     """
     model.check_can_generate()
     _check_beam_size(beam_size)
-    _check_max_length(max_length)
+    check_max_length(max_length)
     h0, c0 = model.initial_state(features)  # (N, H) each
     N, K, V, device = features.shape[0], beam_size, model.vocab_size, features.device
     null_id, end_id = model.null_id, model.end_id
@@ -214,8 +215,7 @@ def caption_log_probs(
     if not isinstance(captions, Tensor) or captions.dim() != 2 or captions.shape[0] != features.shape[0]:
         shape = tuple(captions.shape) if isinstance(captions, Tensor) else type(captions).__name__
         raise ValueError(f"captions must be an (N, T) tensor with N = {features.shape[0]}, got {shape}")
-    if captions.dtype not in (torch.int32, torch.int64):
-        raise ValueError(f"captions must hold int64 (or int32) token ids, got {captions.dtype}")
+    _check_token_ids("captions", captions, model.vocab_size, ndim=2)
     N, T = captions.shape
     words = torch.full((N,), model.start_id, dtype=torch.long, device=features.device)
     total = torch.zeros(N, dtype=torch.float64, device=features.device)
@@ -259,7 +259,7 @@ def decode(
         raise ValueError(f"method must be one of {DECODE_METHODS}, got {method!r}")
     _check_beam_size(beam_size)
     _check_temperature(temperature)
-    _check_max_length(max_length)
+    check_max_length(max_length)
     if method == "beam":
         return beam_search(model, features, beam_size, max_length, length_normalization)
     if method == "sample":
@@ -275,8 +275,3 @@ def _check_beam_size(beam_size: int) -> None:
 def _check_temperature(temperature: float) -> None:
     if isinstance(temperature, bool) or not isinstance(temperature, numbers.Real) or not temperature > 0:
         raise ValueError(f"temperature must be a positive number, got {temperature!r}")
-
-
-def _check_max_length(max_length: int) -> None:
-    if isinstance(max_length, bool) or not isinstance(max_length, numbers.Integral) or max_length < 1:
-        raise ValueError(f"max_length must be an integer >= 1, got {max_length!r}")

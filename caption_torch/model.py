@@ -27,6 +27,12 @@ PARAM_NAMES = ("W_embed", "W_proj", "b_proj", "Wx", "Wh", "b", "W_vocab", "b_voc
 State = tuple[Tensor, "Tensor | None"]
 
 
+def check_max_length(max_length: int) -> None:
+    """Generated captions have at least one word: ``max_length`` must be an integer >= 1 (numpy's too)."""
+    if isinstance(max_length, bool) or not isinstance(max_length, numbers.Integral) or max_length < 1:
+        raise ValueError(f"max_length must be an integer >= 1, got {max_length!r}")
+
+
 class CaptioningRNN(nn.Module):
     """Image-captioning RNN or LSTM over pre-extracted image features.
 
@@ -211,8 +217,7 @@ class CaptioningRNN(nn.Module):
             ``<START>``); after a row emits ``<END>`` the rest of it is ``<NULL>``.
         """
         self.check_can_generate()
-        if isinstance(max_length, bool) or not isinstance(max_length, numbers.Integral) or max_length < 1:
-            raise ValueError(f"max_length must be an integer >= 1, got {max_length!r}")
+        check_max_length(max_length)
         state = self.initial_state(features)
         N, device = features.shape[0], features.device
         # One (V, W) @ (W, gH) product replaces max_length products of (N, W) @ (W, gH) when N > V / max_length.

@@ -318,8 +318,10 @@ def test_caption_log_probs_checks_features_then_captions():
     model = make_model("rnn")
     with pytest.raises(ValueError, match="features must be an \\(N, D\\) tensor"):
         caption_log_probs(model, features(2)[0], torch.zeros(2, 3, dtype=torch.long))
-    with pytest.raises(ValueError, match="int64 \\(or int32\\) token ids, got torch.float32"):
+    with pytest.raises(ValueError, match="captions must be an int64 \\(or int32\\) tensor of token ids"):
         caption_log_probs(model, features(2), torch.zeros(2, 3))
+    with pytest.raises(ValueError, match="captions contains token id 99, outside the vocabulary"):
+        caption_log_probs(model, features(2), torch.full((2, 3), 99))
 
 
 def test_integer_arguments_may_be_numpy_integers():
