@@ -400,3 +400,26 @@ def test_softmax_loss_bad_targets_and_mask():
             torch.zeros(2, 3, dtype=torch.long),
             torch.ones(2, 3, dtype=torch.bool),
         )
+
+
+@pytest.mark.parametrize("rows", [25, 64, 1000])  # below, at and above the oneDNN threshold
+def test_tanh_helper_matches_torch_tanh_in_every_form(rows):
+    from caption_torch.functional._common import _tanh
+
+    gates = torch.randn(rows, 2048, generator=torch.Generator().manual_seed(rows)) * 3
+    block = gates[:, 1536:]  # a strided (rows, 512) view, as the g gate
+    expected = torch.tanh(block.double())
+    new = _tanh(block)
+    into = torch.empty(rows, 512)
+    returned = _tanh(block, out=into)
+    in_place = block.clone()
+    _tanh(in_place, out=in_place)
+    whole = gates.clone()
+    _tanh(whole[:, 1536:], out=whole[:, 1536:])  # in place on the strided view
+    assert returned is into
+    assert torch.equal(whole[:, :1536], gates[:, :1536])  # the other gates are untouched
+    for result in (new, into, in_place, whole[:, 1536:]):
+        assert result.dtype == torch.float32 and result.shape == (rows, 512)
+        assert (result.double() - expected).abs().max() < 2.5e-7  # a few float32 ulps of values up to 1
+    x64 = block.double()  # float64 always takes ATen's tanh
+    assert torch.equal(_tanh(x64), torch.tanh(x64))

@@ -7,7 +7,7 @@ import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-from ._common import _addmm, _apply_autocast, _check_projected, _check_recurrent, _mm, _times
+from ._common import _addmm, _apply_autocast, _check_projected, _check_recurrent, _mm, _tanh, _times
 from .steps import _gate_blocks, _lstm_backward_coefficients, _tanh_backward
 
 # --------------------------------------------------------------------------- #
@@ -93,7 +93,7 @@ def _rnn_forward_loop(pre_activations: Tensor, h0: Tensor, Wh: Tensor, packing: 
     times_Wh = _times(Wh)
     steps = zip(packing.steps(pre_activations), packing.previous_steps(states), packing.steps(states[packing.N :]))
     for pre, h, h_next in steps:
-        torch.add(pre, times_Wh(h), out=h_next).tanh_()
+        _tanh(torch.add(pre, times_Wh(h), out=h_next), out=h_next)
     return states
 
 
@@ -143,9 +143,9 @@ def _lstm_forward_loop(gates: Tensor, h0: Tensor, Wh: Tensor, packing: _Packing)
     for a, ifo, i_t, f_t, o_t, g_t, h_next, c_next, tanh_c_next, h, c in steps:
         a.add_(times_Wh(h))  # (n_t, 4H) pre-activations
         ifo.sigmoid_()
-        g_t.tanh_()
+        _tanh(g_t, out=g_t)
         torch.mul(i_t, g_t, out=c_next).addcmul_(f_t, c)  # c' = f c + i g
-        torch.mul(torch.tanh(c_next, out=tanh_c_next), o_t, out=h_next)  # h' = o tanh(c')
+        torch.mul(_tanh(c_next, out=tanh_c_next), o_t, out=h_next)  # h' = o tanh(c')
     return states, cells, tanh_cells
 
 

@@ -13,6 +13,7 @@ from ._common import (
     _check_projected,
     _check_recurrent,
     _mm,
+    _tanh,
 )
 
 # --------------------------------------------------------------------------- #
@@ -41,7 +42,8 @@ class RNNStep(torch.autograd.Function):
 
     @staticmethod
     def forward(x: Tensor, prev_h: Tensor, Wx: Tensor | None, Wh: Tensor, b: Tensor | None) -> Tensor:
-        return _pre_activations(x, prev_h, Wx, Wh, b).tanh_()  # (N, H)
+        pre_activations = _pre_activations(x, prev_h, Wx, Wh, b)
+        return _tanh(pre_activations, out=pre_activations)  # (N, H)
 
     @staticmethod
     def setup_context(ctx: FunctionCtx, inputs: tuple, output: Tensor) -> None:
@@ -96,7 +98,7 @@ def _lstm_gates_(a: Tensor) -> Tensor:
     """Turn pre-activations (..., 4H) into gate activations [i, f, o, g] in place."""
     H = a.shape[-1] // 4
     a[..., : 3 * H].sigmoid_()
-    a[..., 3 * H :].tanh_()
+    _tanh(a[..., 3 * H :], out=a[..., 3 * H :])
     return a
 
 
@@ -145,7 +147,7 @@ class LSTMStep(torch.autograd.Function):
         gates = _lstm_gates_(_pre_activations(x, prev_h, Wx, Wh, b))  # (N, 4H) = [i, f, o, g]
         H = prev_h.shape[1]
         next_c = torch.addcmul(gates[:, :H] * gates[:, 3 * H :], gates[:, H : 2 * H], prev_c)
-        tanh_next_c = torch.tanh(next_c)
+        tanh_next_c = _tanh(next_c)
         next_h = gates[:, 2 * H : 3 * H] * tanh_next_c
         ctx.save_for_backward(x, prev_h, prev_c, Wx, Wh, gates, tanh_next_c)
         return next_h, next_c
