@@ -423,3 +423,20 @@ def test_tanh_helper_matches_torch_tanh_in_every_form(rows):
         assert (result.double() - expected).abs().max() < 2.5e-7  # a few float32 ulps of values up to 1
     x64 = block.double()  # float64 always takes ATen's tanh
     assert torch.equal(_tanh(x64), torch.tanh(x64))
+
+
+@pytest.mark.parametrize("make_hidden", [
+    lambda h: h.expand(3, 4, 5),  # stride 0 over time: one state read at every step
+    lambda h: h.expand(3, 4, 5).transpose(0, 1).contiguous().transpose(0, 1),  # time-major, dense
+    lambda h: h.expand(3, 4, 5)[:, ::2],  # a gap between the kept steps
+])  # fmt: skip
+def test_vocab_softmax_loss_gradient_for_any_hidden_layout(make_hidden):
+    generator = torch.Generator().manual_seed(0)
+    h = torch.randn(3, 1, 5, dtype=torch.float64, generator=generator, requires_grad=True)
+    W, b = torch.randn(5, 7, dtype=torch.float64, generator=generator), torch.zeros(7, dtype=torch.float64)
+    hidden = make_hidden(h)
+    y = torch.randint(0, 7, hidden.shape[:2], generator=generator)
+    mask = torch.rand(hidden.shape[:2], generator=generator) < 0.7
+    fused = torch.autograd.grad(F.vocab_softmax_loss(hidden, W, b, y, mask), h)[0]
+    composed = torch.autograd.grad(F.temporal_softmax_loss(F.temporal_affine(hidden, W, b), y, mask), h)[0]
+    torch.testing.assert_close(fused, composed, rtol=1e-12, atol=1e-12)

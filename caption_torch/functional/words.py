@@ -134,6 +134,18 @@ def _softmax_loss_grad(probs: Tensor, targets: Tensor, scale: Tensor) -> Tensor:
     return grad
 
 
+def _is_dense(tensor: Tensor) -> bool:
+    """Whether the strides give every element its own place, with no gaps (some order of a contiguous layout)."""
+    expected = 1
+    for size, stride in sorted(zip(tensor.shape, tensor.stride()), key=lambda pair: pair[1]):
+        if size == 1:
+            continue
+        if stride != expected:
+            return False
+        expected *= size
+    return True
+
+
 class TemporalSoftmaxLoss(torch.autograd.Function):
     """Masked softmax cross-entropy summed over timesteps and divided by N."""
 
@@ -182,7 +194,9 @@ class VocabSoftmaxLoss(torch.autograd.Function):
         loss = -log_probs.gather(1, targets[:, None]).sum() / hidden.shape[0]
         ctx.save_for_backward(scored, W_vocab, keep, targets, log_probs.exp_())
         # Only hidden's layout is needed for its gradient: keeping the tensor would hold (N*T, H) until backward.
-        ctx.hidden_layout = (hidden.shape, hidden.stride(), hidden.dtype, hidden.device)
+        # Its strides are reused only if each element has its own place (not for an expanded view).
+        stride = hidden.stride() if _is_dense(hidden) else None
+        ctx.hidden_layout = (hidden.shape, stride, hidden.dtype, hidden.device)
         return loss
 
     @staticmethod
@@ -195,7 +209,10 @@ class VocabSoftmaxLoss(torch.autograd.Function):
         grad_hidden = None
         if need_hidden:
             # hidden's own strides (time-major from rnn/lstm), so the gradient has the layout they expect.
-            grad_hidden = torch.empty_strided(shape, stride, dtype=dtype, device=device).zero_()
+            if stride is None:
+                grad_hidden = torch.zeros(shape, dtype=dtype, device=device)
+            else:
+                grad_hidden = torch.empty_strided(shape, stride, dtype=dtype, device=device).zero_()
             grad_hidden[keep] = _mm(grad_scores, W_vocab.T)  # (K, H) into the scored positions
         grad_W = _mm(scored.T, grad_scores) if need_W else None
         grad_b = grad_scores.sum(0) if need_b else None
