@@ -56,3 +56,12 @@ def test_autocast_dtypes_of_each_function():
 def test_without_autocast_mixed_dtypes_are_still_an_error():
     with pytest.raises(ValueError, match="share one dtype"):
         F.temporal_affine(torch.randn(2, 3, 4), torch.randn(4, 5, dtype=torch.float64), torch.randn(5))
+
+
+def test_autocast_leaves_float64_alone_like_native_autocast():
+    x, W, b = torch.randn(2, 3, 4, dtype=torch.float64), torch.randn(4, 5, dtype=torch.float64), torch.randn(5)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert torch.addmm(b.double(), x[0], W).dtype == torch.float64  # what native autocast does
+        assert F.temporal_affine(x, W, b.double()).dtype == torch.float64
+        with pytest.raises(ValueError, match="float64 inputs are not cast.*torch.bfloat16, torch.float64"):
+            F.temporal_affine(x, W, b)  # b (float32) is cast, x and W are not

@@ -78,7 +78,8 @@ def _check_recurrent(x: Tensor, h0: Tensor, Wx: Tensor, Wh: Tensor, b: Tensor, g
 # autocast, the products (recurrences, affine maps) run in the autocast dtype (bf16 or
 # fp16) and the losses in float32; the Function itself then runs with autocast off, so
 # nothing inside is cast again. Gradients flow back through ordinary ``.to()`` casts,
-# so float32 parameters receive float32 gradients.
+# so float32 parameters receive float32 gradients. As autocast itself does, float64
+# tensors are never cast: float64 inputs run in float64.
 
 
 _HALF_DTYPES = (torch.bfloat16, torch.float16)
@@ -90,7 +91,12 @@ def _apply_autocast(function, *args, low_precision: bool):
     if not torch.is_autocast_enabled(device):
         return function.apply(*args)
     dtype = torch.get_autocast_dtype(device) if low_precision else torch.float32
-    cast = [a.to(dtype) if isinstance(a, Tensor) and a.is_floating_point() else a for a in args]
+    castable = [isinstance(a, Tensor) and a.is_floating_point() and a.dtype != torch.float64 for a in args]
+    cast = [a.to(dtype) if castable_a else a for a, castable_a in zip(args, castable)]
+    dtypes = {a.dtype for a in cast if isinstance(a, Tensor) and a.is_floating_point()}
+    if len(dtypes) > 1:  # float64 beside tensors that autocast did cast
+        raise ValueError(f"under autocast, float64 inputs are not cast: pass all of them in float64 or none, "
+                         f"got {', '.join(sorted(str(d) for d in dtypes))}")  # fmt: skip
     with torch.autocast(device, enabled=False):
         return function.apply(*cast)
 
