@@ -66,6 +66,12 @@ class CaptioningRNN(nn.Module):
             raise ValueError(f"cell_type must be one of {CELL_TYPES}, got {cell_type!r}")
         if NULL not in word_to_idx:
             raise ValueError(f"word_to_idx must contain the padding token {NULL!r}")
+        # Ids need not be 0..V-1 (the notebook's own {<NULL>: 0, cat: 2, dog: 3} is not), but each is one word's.
+        seen: dict[int, str] = {}
+        for word, idx in word_to_idx.items():
+            if idx in seen:
+                raise ValueError(f"word_to_idx gives id {idx} to both {seen[idx]!r} and {word!r}")
+            seen[idx] = word
         for name, value in (("input_dim", input_dim), ("wordvec_dim", wordvec_dim), ("hidden_dim", hidden_dim)):
             if not isinstance(value, int) or value <= 0:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")

@@ -116,6 +116,7 @@ def test_sample_makes_no_graph():
     [
         (dict(cell_type="gru"), "cell_type must be one of"),
         (dict(word_to_idx={"a": 0}), "<NULL>"),
+        (dict(word_to_idx={"<NULL>": 0, "<START>": 1, "a": 1}), "gives id 1 to both '<START>' and 'a'"),
         (dict(hidden_dim=0), "hidden_dim must be a positive integer"),
     ],
 )
