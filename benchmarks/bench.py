@@ -7,7 +7,8 @@
 Rows (``--rows``, comma-separated; what each measures is in ``rows.py``):
 
     check   float64, small: the native copy gives the project's loss and gradients (to 1e-10)
-    step    training step (loss + backward + Adam) ms, RNN/LSTM x batch 25/512, interleaved
+    step    training step (loss + backward + Adam) ms, RNN/LSTM x batch 25/512, interleaved with
+            the native model padded and packed (pack_padded_sequence); the ratio is against the faster
     sample  greedy captions/s for 1,000 images
     memory  peak memory of one training step at batch 512
     flops   achieved GEMM GFLOP/s of the training step next to a plain torch.matmul
@@ -72,6 +73,9 @@ COLUMNS = {
         ("project_spread", "±", ".0%"),
         ("native_ms", "native ms", ".1f"),
         ("native_spread", "±", ".0%"),
+        ("native_packed_ms", "packed ms", ".1f"),
+        ("native_packed_spread", "±", ".0%"),
+        ("best_native", "faster native", "s"),
         ("speedup", "native/project", ".2f"),
     ],
     "sample": [
@@ -119,7 +123,8 @@ COLUMNS = {
 
 TITLES = {
     "check": "Same model? float64, N=6, weights copied (gates reordered, b -> bias_ih, bias_hh = 0)",
-    "step": "Training step (loss + backward + Adam), median of interleaved rounds; ± = interquartile spread",
+    "step": "Training step (loss + backward + Adam), median of interleaved rounds; ± = interquartile spread\n"
+    "native: padded nn.RNN/nn.LSTM; packed: the same on pack_padded_sequence; ratio: the faster native / project",
     "sample": "Greedy sampling under no_grad, captions/s",
     "memory": "Peak memory allocated during one training step, above params + Adam state + batch",
     "flops": "Achieved GEMM throughput: useful FLOPs (vocab GEMM over unmasked tokens) / step time",
@@ -160,7 +165,8 @@ def print_rows(kind: str, rows: list[dict]) -> None:
     for row in measured:
         for name, error in row.get("errors", {}).items():
             print(f"  {row['cell_type']} {row['precision']}: {name} failed: {error}")
-    if any(row.get(f"{name}_spread", 0) > NOISY_SPREAD for row in measured for name in ("project", "native")):
+    contenders = ("project", "native", "native_packed")
+    if any(row.get(f"{name}_spread", 0) > NOISY_SPREAD for row in measured for name in contenders):
         print(
             f"  noisy: some spreads exceed {NOISY_SPREAD:.0%}; other jobs are competing for the cores. "
             "Rerun on a quiet machine, with more --rounds, or with --threads 1."

@@ -6,6 +6,10 @@
 
 The math is the project's (``caption_torch.model``), but every layer is a native
 kernel: on CPU, float32 ``nn.RNN``/``nn.LSTM`` run oneDNN's fused RNN; on CUDA, cuDNN.
+With ``packed=True`` the captions go through ``pack_padded_sequence``, PyTorch's own way to
+skip padding: the recurrence stops at each caption's last word and the vocabulary
+projection scores only real positions, as the project does. (On CPU a packed nn.LSTM
+leaves oneDNN's fused kernel: at COCO sizes it was slower than the padded one.)
 Two layout differences, undone by :meth:`NativeCaptioningRNN.from_project`:
 
 - weights are ``(out, in)`` (the project stores ``(in, out)``), so everything is transposed;
@@ -13,15 +17,18 @@ Two layout differences, undone by :meth:`NativeCaptioningRNN.from_project`:
   them ``[i | f | o | g]`` with one bias, which goes into ``bias_ih`` (``bias_hh`` = 0).
 
 :func:`max_loss_difference` proves, in float64, that the copy gives the same loss.
-Unlike the project, this model scores every position and lets ``ignore_index``
-drop the padding, as a plain PyTorch implementation would.
+Unpacked, this model runs and scores every position and lets ``ignore_index`` drop the
+padding, as a plain PyTorch implementation would.
 """
 
 from __future__ import annotations
 
+import functools
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.nn.utils.rnn import pack_padded_sequence
 
 from caption_torch.model import CaptioningRNN
 
@@ -40,6 +47,7 @@ class NativeCaptioningRNN(nn.Module):
         cell_type: ``'rnn'`` (tanh) or ``'lstm'``.
         null_id, start_id, end_id: ids of ``<NULL>``, ``<START>``, ``<END>``.
         dtype: dtype of every parameter.
+        packed: run the loss on packed sequences (``pack_padded_sequence``).
     """
 
     def __init__(
@@ -53,9 +61,10 @@ class NativeCaptioningRNN(nn.Module):
         start_id: int | None,
         end_id: int | None,
         dtype: torch.dtype = torch.float32,
+        packed: bool = False,
     ) -> None:
         super().__init__()
-        self.cell_type = cell_type
+        self.cell_type, self.packed = cell_type, packed
         self.null_id, self.start_id, self.end_id = null_id, start_id, end_id
         self.embed = nn.Embedding(vocab_size, wordvec_dim, dtype=dtype)
         self.project = nn.Linear(input_dim, hidden_dim, dtype=dtype)
@@ -66,7 +75,7 @@ class NativeCaptioningRNN(nn.Module):
         self.vocab = nn.Linear(hidden_dim, vocab_size, dtype=dtype)
 
     @classmethod
-    def from_project(cls, model: CaptioningRNN) -> "NativeCaptioningRNN":
+    def from_project(cls, model: CaptioningRNN, packed: bool = False) -> "NativeCaptioningRNN":
         """A native model on the same device holding a copy of ``model``'s weights (same loss)."""
         native = cls(
             model.vocab_size,
@@ -78,6 +87,7 @@ class NativeCaptioningRNN(nn.Module):
             model.start_id,
             model.end_id,
             dtype=model.W_proj.dtype,
+            packed=packed,
         ).to(model.W_proj.device)
         reorder = _lstm_gates_to_native if model.cell_type == "lstm" else (lambda weight: weight)
         with torch.no_grad():
@@ -98,14 +108,18 @@ class NativeCaptioningRNN(nn.Module):
     def loss(self, features: Tensor, captions: Tensor) -> Tensor:
         """Masked cross-entropy summed over timesteps and divided by N, as ``CaptioningRNN.loss``."""
         captions_in, captions_out = captions[:, :-1], captions[:, 1:]  # (N, T) each
-        hidden, _ = self.recurrent(self.embed(captions_in), self.initial_state(features))  # (N, T, H)
-        scores = self.vocab(hidden)  # (N, T, V)
-        total = F.cross_entropy(
-            scores.reshape(-1, scores.shape[-1]),
-            captions_out.reshape(-1),
-            ignore_index=self.null_id,
-            reduction="sum",
-        )
+        words, state = self.embed(captions_in), self.initial_state(features)
+        if self.packed:
+            # Each caption up to its last scored position (a <NULL> before it would still count as ignored).
+            positions = torch.arange(1, captions_out.shape[1] + 1, device=captions.device)
+            lengths = ((captions_out != self.null_id) * positions).amax(dim=1).clamp(min=1).cpu()
+            pack = functools.partial(pack_padded_sequence, lengths=lengths, batch_first=True, enforce_sorted=False)
+            hidden, _ = self.recurrent(pack(words), state)
+            scores, targets = self.vocab(hidden.data), pack(captions_out).data  # (P, V), (P,): real positions only
+        else:
+            hidden, _ = self.recurrent(words, state)  # (N, T, H)
+            scores, targets = self.vocab(hidden).flatten(0, 1), captions_out.flatten()  # (N*T, V), (N*T,)
+        total = F.cross_entropy(scores, targets, ignore_index=self.null_id, reduction="sum")
         return total / features.shape[0]
 
     def initial_state(self, features: Tensor) -> Tensor | tuple[Tensor, Tensor]:
@@ -131,13 +145,15 @@ class NativeCaptioningRNN(nn.Module):
         return captions
 
 
-def max_loss_difference(model: CaptioningRNN, features: Tensor, captions: Tensor) -> tuple[float, float]:
+def max_loss_difference(
+    model: CaptioningRNN, features: Tensor, captions: Tensor, packed: bool = False
+) -> tuple[float, float]:
     """|loss difference| and the largest |gradient difference| between ``model`` and its native copy.
 
     Gradients are compared parameter by parameter after mapping the native ones back
     to the project's layout (transpose, gate order, ``bias_ih + bias_hh``).
     """
-    native = NativeCaptioningRNN.from_project(model)
+    native = NativeCaptioningRNN.from_project(model, packed)
     model.zero_grad(set_to_none=True)
     project_loss = model.loss(features, captions)
     project_loss.backward()

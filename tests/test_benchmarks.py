@@ -11,6 +11,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `benchmarks` lives next to `tests`
 
 from benchmarks import bench, rows  # noqa: E402
+from benchmarks.native import max_loss_difference  # noqa: E402
 from benchmarks.timing import peak_memory_bytes, time_interleaved  # noqa: E402
 
 CPU = torch.device("cpu")
@@ -44,10 +45,24 @@ def test_native_copy_has_the_same_loss_and_gradients(cell_type):
 
 
 @pytest.mark.parametrize("cell_type", ["rnn", "lstm"])
+@pytest.mark.parametrize("packed", [False, True])
+def test_each_native_copy_matches_the_project(cell_type, packed):
+    project, _ = rows.make_pair(cell_type, TINY, CPU, dtype=torch.float64, seed=3)
+    features, captions = rows.make_batch(5, TINY, CPU, seed=3)
+    captions[0, 1:] = rows.NULL_ID  # a caption with no word at all: packed to one ignored position
+    loss_gap, grad_gap = max_loss_difference(project, features.double(), captions, packed)
+    assert loss_gap <= 1e-10 and grad_gap <= 1e-10
+
+
+@pytest.mark.parametrize("cell_type", ["rnn", "lstm"])
 def test_training_step_row(cell_type):
     row = rows.bench_training_step(cell_type, 4, TINY, CPU, ONE_ROUND)
-    _assert_positive_finite(row, ["project_ms", "native_ms", "speedup", "project_captions_per_s", "masked_fraction"])
+    measured = ["project_ms", "native_ms", "native_packed_ms", "speedup", "project_captions_per_s", "masked_fraction"]
+    _assert_positive_finite(row, measured)
     assert "errors" not in row
+    faster = min(row["native_ms"], row["native_packed_ms"])
+    assert row["speedup"] == faster / row["project_ms"]
+    assert row["best_native"] == ("packed" if faster == row["native_packed_ms"] else "padded")
 
 
 def test_bf16_mixed_step_row_reports_rather_than_raises():
