@@ -127,7 +127,7 @@ TITLES = {
     "native: padded nn.RNN/nn.LSTM; packed: the same on pack_padded_sequence; ratio: the faster native / project",
     "sample": "Greedy sampling under no_grad, captions/s",
     "memory": "Peak memory allocated during one training step, above params + Adam state + batch",
-    "flops": "Achieved GEMM throughput: useful FLOPs (vocab GEMM over unmasked tokens) / step time",
+    "flops": "Achieved GEMM throughput: useful FLOPs (the per-position GEMMs over unmasked tokens only) / step time",
     "data": "CaptionDataModule delivery rate vs the fastest batch-512 training step (target >= 10x)",
 }
 

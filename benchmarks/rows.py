@@ -237,28 +237,22 @@ def bench_memory(cell_type: str, batch: int, shapes: Shapes, device: torch.devic
     return row
 
 
-def training_step_flops(cell_type: str, batch: int, scored_tokens: int, shapes: Shapes) -> float:
+def training_step_flops(cell_type: str, batch: int, positions: int, shapes: Shapes) -> float:
     """GEMM FLOPs (2mnk each) of one training step, forward + backward; elementwise work not counted.
 
     The input projection, the recurrence and the vocabulary projection each cost 3x their
     forward (forward, gradient of the input, gradient of the weight); the feature
-    projection 2x (its input, the image features, needs no gradient). The vocabulary
-    term counts ``scored_tokens`` rows: the unmasked K for the project's useful work,
-    N * T for what the native model executes.
+    projection 2x (its input, the image features, needs no gradient). Those three run over
+    ``positions`` rows: the unmasked K for the useful work (what the project executes: a
+    caption leaves the recurrence after its last word), N * T for what the padded native
+    model executes.
     """
     gates = 4 if cell_type == "lstm" else 1
-    N, T, D, W, H, V = (
-        batch,
-        shapes.time_steps,
-        shapes.input_dim,
-        shapes.wordvec_dim,
-        shapes.hidden_dim,
-        shapes.vocab_size,
-    )
+    N, D, W, H, V = batch, shapes.input_dim, shapes.wordvec_dim, shapes.hidden_dim, shapes.vocab_size
     feature_projection = 2 * N * D * H
-    input_projection = 2 * N * T * W * gates * H
-    recurrence = 2 * N * T * H * gates * H
-    vocab_projection = 2 * scored_tokens * H * V
+    input_projection = 2 * positions * W * gates * H
+    recurrence = 2 * positions * H * gates * H
+    vocab_projection = 2 * positions * H * V
     return 2 * feature_projection + 3 * (input_projection + recurrence + vocab_projection)
 
 

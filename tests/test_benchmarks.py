@@ -106,10 +106,12 @@ def test_flops_row():
         "native_fraction",
     ]
     _assert_positive_finite(row, measured + [f"{name}_gflops" for name in reference])
-    # Counting by hand for the RNN: 2 * feature projection + 3 * (input + recurrence + vocab).
-    N, T, D, W, H, V, K = 2, 16, 16, 8, 12, 40, 20
-    expected = 2 * (2 * N * D * H) + 3 * (2 * N * T * W * H + 2 * N * T * H * H + 2 * K * H * V)
+    # Counting by hand: 2 * feature projection + 3 * (input + recurrence + vocab) over K positions.
+    N, D, W, H, V, K = 2, 16, 8, 12, 40, 20
+    expected = 2 * (2 * N * D * H) + 3 * (2 * K * W * H + 2 * K * H * H + 2 * K * H * V)
     assert rows.training_step_flops("rnn", N, K, TINY) == expected
+    lstm = 2 * (2 * N * D * H) + 3 * (2 * K * W * 4 * H + 2 * K * H * 4 * H + 2 * K * H * V)
+    assert rows.training_step_flops("lstm", N, K, TINY) == lstm
 
 
 def test_delivery_rate_counts_captions():
