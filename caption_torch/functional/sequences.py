@@ -288,7 +288,8 @@ def rnn(x: Tensor, h0: Tensor, Wx: Tensor, Wh: Tensor, b: Tensor, lengths: Tenso
             first lengths[n] steps; its later outputs are zero and get no gradient.
 
     Returns:
-        (N, T, H) hidden states of every timestep (h0 not included).
+        (N, T, H) hidden states of every timestep (h0 not included): a time-major view of the
+        states backward reuses, so autograd refuses in-place changes to it; change a copy.
     """
     _check_recurrent(x, h0, Wx, Wh, b, gates=1, x_ndim=3)
     _check_lengths(lengths, x.shape[0], x.shape[1])
@@ -320,7 +321,7 @@ def lstm(x: Tensor, h0: Tensor, Wx: Tensor, Wh: Tensor, b: Tensor, lengths: Tens
         lengths: optional (N,) non-increasing step counts, as :func:`rnn`.
 
     Returns:
-        (N, T, H) hidden states of every timestep.
+        (N, T, H) hidden states of every timestep (a view, as :func:`rnn`'s).
     """
     _check_recurrent(x, h0, Wx, Wh, b, gates=4, x_ndim=3)
     _check_lengths(lengths, x.shape[0], x.shape[1])
