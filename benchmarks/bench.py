@@ -6,7 +6,7 @@
 
 Rows (``--rows``, comma-separated; what each measures is in ``rows.py``):
 
-    check   float64, small: the native copy gives the project's loss and gradients (to 1e-10)
+    check   float64, small: both native copies give the project's loss and gradients (to 1e-10)
     step    training step (loss + backward + Adam) ms, RNN/LSTM x batch 25/512, interleaved with
             the native model padded and packed (pack_padded_sequence); the ratio is against the faster
     sample  greedy captions/s for 1,000 images
@@ -122,7 +122,7 @@ COLUMNS = {
 }
 
 TITLES = {
-    "check": "Same model? float64, N=6, weights copied (gates reordered, b -> bias_ih, bias_hh = 0)",
+    "check": "Same model? float64, N=6, weights copied (gates reordered, b -> bias_ih, bias_hh = 0), padded and packed",
     "step": "Training step (loss + backward + Adam), median of interleaved rounds; ± = interquartile spread\n"
     "native: padded nn.RNN/nn.LSTM; packed: the same on pack_padded_sequence; ratio: the faster native / project",
     "sample": "Greedy sampling under no_grad, captions/s",
