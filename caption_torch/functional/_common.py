@@ -108,7 +108,7 @@ def _apply_autocast(function, *args, low_precision: bool):
 # kernels) when this torch build has it: torch.mm goes to the BLAS, which was
 # measured 2-2.5x slower on the AMD EPYC this project is benchmarked on, for every
 # product shape the model uses (benchmarks/README.md). Other dtypes and devices use
-# torch.mm. Set CAPTION_TORCH_ONEDNN=0 to always use torch.mm.
+# torch.mm. Set CAPTION_TORCH_ONEDNN=0 to use ATen only (torch.mm, and torch.tanh in _tanh).
 
 
 def _probe_onednn() -> bool:
