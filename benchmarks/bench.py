@@ -35,6 +35,7 @@ import torch
 if __package__ in (None, ""):  # run as a script: make `benchmarks` and `caption_torch` importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks.chart import plot_ratios  # noqa: E402
 from benchmarks.rows import (  # noqa: E402
     Rounds,
     Shapes,
@@ -278,6 +279,9 @@ def run(args: argparse.Namespace, shapes: Shapes = Shapes()) -> dict:
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2, default=str))
         print(f"\nwrote {args.json}")
+    if args.plot:
+        title = f"{machine['cpu']}, {machine['cores']} cores, {machine['threads']} threads, torch {machine['torch']}"
+        print(f"wrote {plot_ratios(results['rows'], args.plot, title)}")
     return results
 
 
@@ -310,6 +314,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help="also print torch.profiler tables of both models' batch-512 training steps",
     )
     parser.add_argument("--json", default=None, help="write every row as JSON to this path")
+    parser.add_argument("--plot", default=None, help="draw the step, sample and memory ratios as a PNG at this path")
     return parser.parse_args(argv)
 
 

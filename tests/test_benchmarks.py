@@ -128,14 +128,35 @@ def test_interleaved_timing_alternates_order():
 
 
 def test_command_line_quick_step_row(tmp_path):
-    out = tmp_path / "results.json"
-    bench.run(
-        bench.parse_args(["--quick", "--rounds", "1", "--rows", "check,step", "--device", "cpu", "--json", str(out)]),
-        shapes=TINY,
-    )
+    out, chart = tmp_path / "results.json", tmp_path / "ratios.png"
+    args = ["--quick", "--rounds", "1", "--rows", "check,step", "--device", "cpu", "--json", out, "--plot", chart]
+    bench.run(bench.parse_args([str(a) for a in args]), shapes=TINY)
     results = json.loads(out.read_text())
     assert {"cpu", "torch", "threads"} <= set(results["machine"])
     assert [row["row"] for row in results["rows"]] == ["check"] * 2 + ["step"] * 4
+    assert chart.stat().st_size > 10_000
+
+
+def test_ratio_chart_has_a_bar_per_ratio_row_and_refuses_none(tmp_path):
+    from benchmarks.chart import plot_ratios, ratio_bars
+
+    rows = [
+        {"row": "check", "cell_type": "rnn", "ok": True},
+        {"row": "step", "device": "cpu", "precision": "fp32", "cell_type": "lstm", "batch": 25, "speedup": 1.2},
+        {"row": "step", "device": "cuda", "precision": "bf16-mixed", "cell_type": "lstm", "batch": 512,
+         "errors": {"native": "RuntimeError"}},  # no ratio: no bar
+        {"row": "sample", "device": "cpu", "cell_type": "rnn", "images": 1000, "speedup": 2.3},
+        {"row": "memory", "device": "cpu", "cell_type": "lstm", "batch": 512, "ratio": 1.64},
+        {"row": "data", "workers": 0, "ratio": 21.7},  # another kind of ratio: not on this chart
+    ]  # fmt: skip
+    assert ratio_bars(rows) == [
+        ("LSTM training step, batch 25", 1.2),
+        ("RNN greedy sampling, 1000 images", 2.3),
+        ("LSTM peak memory, batch 512", 1.64),
+    ]
+    assert plot_ratios(rows, tmp_path / "r.png", "test").stat().st_size > 10_000
+    with pytest.raises(ValueError, match="no step, sample or memory row"):
+        plot_ratios(rows[:1], tmp_path / "none.png", "test")
 
 
 def test_data_row_on_a_tiny_synthetic_folder(tmp_path):
