@@ -9,7 +9,7 @@
 #   env         python, torch, CUDA, GPU name, the packages the project imports
 #   tests       pytest -m "not slow" (the CUDA parametrisations run wherever CUDA is available)
 #   cuda_tests  the CUDA-only tests again, verbosely; fails if none ran
-#   bench       benchmarks/bench.py --device cuda --json $OUT/bench.json
+#   bench       benchmarks/bench.py --device cuda --json $OUT/bench.json --plot $OUT/speed.png
 #   train_bf16  train.py, 1 epoch on the embedded data, one GPU, --precision bf16-mixed
 # Exit status: 0 if every section passed, else 1. Timeouts (seconds) can be overridden through the
 # environment: TESTS_TIMEOUT, BENCH_TIMEOUT, TRAIN_TIMEOUT; BENCH_ARGS adds flags to bench.py (e.g. --quick).
@@ -75,7 +75,8 @@ run_cuda_tests() {
 
 run_bench() {
     # shellcheck disable=SC2086  # BENCH_ARGS is a list of flags
-    timeout "${BENCH_TIMEOUT:-420}" "$PYTHON" benchmarks/bench.py --device cuda --json "$OUT/bench.json" ${BENCH_ARGS:-}
+    timeout "${BENCH_TIMEOUT:-420}" "$PYTHON" benchmarks/bench.py --device cuda --json "$OUT/bench.json" \
+        --plot "$OUT/speed.png" ${BENCH_ARGS:-}
 }
 
 run_train_bf16() {
