@@ -148,24 +148,19 @@ class CaptioningRNN(nn.Module):
         return F.vocab_softmax_loss(hidden, self.W_vocab, self.b_vocab, captions_out, mask)
 
     def _hidden_states(self, captions_in: Tensor, h0: Tensor, lengths: Tensor) -> Tensor:
-        """Hidden states (N, T, H) for input words (N, T), by one of two equal computations.
+        """Hidden states (N, T, H) for input words (N, T).
 
-        Each input word's projection ``W_embed[w] @ Wx + b`` depends on the word only. With
-        more positions than vocabulary words (N*T > V, e.g. batch 512 on COCO) it is cheaper
-        to project the whole vocabulary once, (V, W) @ (W, gH), and look rows up, than to
-        project every position, (N*T, W) @ (W, gH); backward then accumulates per word.
-        Embedding the transposed captions gives time-major memory, which the recurrence
-        uses inside; the transposes back are views, so neither path copies.
+        Each input word's projection ``W_embed[w] @ Wx + b`` depends on the word only, so
+        each distinct word of the batch is projected once, (U, W) @ (W, gH) with U <=
+        min(N*T, V), and the recurrence reads its rows by word: no (N, T, W) or (N, T, gH)
+        input tensor is built, and backward sums each word's gradient before the products
+        that give dWx and dW_embed. On COCO, where a few words fill most positions, U is
+        far below N*T; at batch 512 it is the whole vocabulary at most.
         """
-        N, T = captions_in.shape
-        if N * T > self.vocab_size:
-            table = F.temporal_affine(self.W_embed[None], self.Wx, self.b)[0]  # (V, gH)
-            projected = F.word_embedding(captions_in.T, table).transpose(0, 1)  # (N, T, gH)
-            recurrence = F.lstm_projected if self.cell_type == "lstm" else F.rnn_projected
-            return recurrence(projected, h0, self.Wh, lengths)
-        words = F.word_embedding(captions_in.T, self.W_embed).transpose(0, 1)  # (N, T, W)
-        recurrence = F.lstm if self.cell_type == "lstm" else F.rnn
-        return recurrence(words, h0, self.Wx, self.Wh, self.b, lengths)
+        words, rows = torch.unique(captions_in, return_inverse=True)  # (U,) distinct words; (N, T) their rows
+        table = F.temporal_affine(F.word_embedding(words[None], self.W_embed), self.Wx, self.b)[0]  # (U, gH)
+        recurrence = F.lstm_lookup if self.cell_type == "lstm" else F.rnn_lookup
+        return recurrence(rows, table, h0, self.Wh, lengths)
 
     # ------------------------------------------------------------------ #
     # Generation: one step at a time, shared by every decoder

@@ -152,6 +152,25 @@ def make_case(name, N, T, D, H, V, dtype, device):
             return ref(x_projected, h0, eye, Wh, torch.zeros(gates * H, dtype=x_projected.dtype, device=device))
 
         return fn, identity_ref, [randn(N, T, gates * H), randn(N, H), randn(H, gates * H, scale=hscale)], []
+    if name in ("rnn_lookup", "lstm_lookup"):
+        cell = name.split("_")[0]
+        gates = 4 if cell == "lstm" else 1
+        fn = F.lstm_lookup if cell == "lstm" else F.rnn_lookup
+        ref = ref_lstm if cell == "lstm" else ref_rnn
+        rows = torch.randint(3, (N, T), generator=gen).to(device)  # 3 table rows for N*T steps: every row read often
+
+        def lookup_ref(table, h0, Wh):  # the projected reference on the gathered rows, padding zeroed
+            eye = torch.eye(gates * H, dtype=table.dtype, device=device)
+            zero = torch.zeros(gates * H, dtype=table.dtype, device=device)
+            kept = torch.arange(T, device=device)[None, :] < lengths[:, None]
+            return ref(table[rows], h0, eye, Wh, zero) * kept[..., None]
+
+        return (
+            (lambda table, h0, Wh: fn(rows, table, h0, Wh, lengths)),
+            lookup_ref,
+            [randn(3, gates * H), randn(N, H), randn(H, gates * H, scale=hscale)],
+            [],
+        )
     if name == "word_embedding":
         return (lambda W, x: F.word_embedding(x, W)), (lambda W, x: W[x]), [randn(V, D)], [ids]
     if name == "temporal_affine":
@@ -169,8 +188,8 @@ def make_case(name, N, T, D, H, V, dtype, device):
 
 
 FUNCTIONS = [
-    "rnn_step", "rnn_step_projected", "rnn", "rnn_lengths", "rnn_projected",
-    "lstm_step", "lstm_step_projected", "lstm", "lstm_lengths", "lstm_projected",
+    "rnn_step", "rnn_step_projected", "rnn", "rnn_lengths", "rnn_projected", "rnn_lookup",
+    "lstm_step", "lstm_step_projected", "lstm", "lstm_lengths", "lstm_projected", "lstm_lookup",
     "word_embedding", "temporal_affine", "temporal_softmax_loss", "vocab_softmax_loss",
 ]  # fmt: skip
 
@@ -356,6 +375,31 @@ def test_rnn_bad_inputs(mutate, message):
     mutate(args)
     with pytest.raises(ValueError, match=message):
         F.rnn(*args)
+
+
+@pytest.mark.parametrize("cell", ["rnn", "lstm"])
+@pytest.mark.parametrize(
+    "change, message",
+    [  # change: the hidden width times the gates -> the arguments replaced
+        (lambda gH: dict(index=torch.tensor([[0, 3], [1, 2]])), "index contains row 3, outside the table \\[0, 3\\)"),
+        (lambda gH: dict(index=torch.tensor([[0.0, 1.0], [1.0, 2.0]])), "tensor of rows, got torch.float32"),
+        (lambda gH: dict(index=torch.tensor([0, 1])), "index must have 2 dimensions"),
+        (lambda gH: dict(h0=torch.randn(3, 2)), "h0 has size 3 in dimension 0 but the batch size of index is 2"),
+        (lambda gH: dict(table=torch.randn(3, gH + 1)), "table has size \\d+ in dimension 1 but . x the hidden width"),
+        (lambda gH: dict(table=torch.randn(3)), "table must have 2 dimensions"),
+        (lambda gH: dict(table=[[0.0]]), "table must be a torch.Tensor"),
+        (lambda gH: dict(Wh=torch.randn(2, gH + 1)), "Wh has size \\d+ in dimension 1"),
+        (lambda gH: dict(h0=torch.randn(2, 2, dtype=torch.float64)), "share one dtype"),
+        (lambda gH: dict(lengths=torch.tensor([1, 2])), "non-increasing"),
+    ],
+)
+def test_lookup_bad_inputs(cell, change, message):
+    gH = 4 * 2 if cell == "lstm" else 2  # hidden width 2
+    args = dict(index=torch.tensor([[0, 1], [2, 2]]), table=torch.randn(3, gH), h0=torch.randn(2, 2))
+    args["Wh"] = torch.randn(2, gH)
+    fn = F.lstm_lookup if cell == "lstm" else F.rnn_lookup
+    with pytest.raises(ValueError, match=message):
+        fn(**{**args, **change(gH)})
 
 
 def test_lstm_rejects_rnn_sized_weights():

@@ -23,11 +23,11 @@ argument) and then calls ``Function.apply``. The modules, in dependency order:
 
     _common.py    input checks, autocast casting, the matrix products (oneDNN on CPU)
     steps.py      rnn_step, lstm_step and the LSTM gate algebra
-    sequences.py  rnn, lstm (+ *_projected): packed time loops with BPTT in backward
+    sequences.py  rnn, lstm (+ *_projected, *_lookup): packed time loops with BPTT in backward
     words.py      word_embedding, temporal_affine, temporal_softmax_loss, vocab_softmax_loss
 """
 
-from .sequences import lstm, lstm_projected, rnn, rnn_projected
+from .sequences import lstm, lstm_lookup, lstm_projected, rnn, rnn_lookup, rnn_projected
 from .steps import lstm_step, lstm_step_projected, rnn_step, rnn_step_projected
 from .words import temporal_affine, temporal_softmax_loss, vocab_softmax_loss, word_embedding
 
@@ -36,10 +36,12 @@ __all__ = [
     "rnn_step_projected",
     "rnn",
     "rnn_projected",
+    "rnn_lookup",
     "lstm_step",
     "lstm_step_projected",
     "lstm",
     "lstm_projected",
+    "lstm_lookup",
     "word_embedding",
     "temporal_affine",
     "temporal_softmax_loss",

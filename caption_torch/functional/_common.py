@@ -40,18 +40,24 @@ def _check_dim(name: str, tensor: Tensor, dim: int, expected: int, meaning: str)
         )
 
 
-def _check_token_ids(name: str, ids: Tensor, vocab_size: int, ndim: int) -> None:
+def _check_token_ids(
+    name: str, ids: Tensor, vocab_size: int, ndim: int, unit: str = "token id", within: str = "the vocabulary"
+) -> None:
+    """ids must be an int64/int32 tensor of ``ndim`` dimensions with values in [0, vocab_size).
+
+    ``unit`` and ``within`` name an id and its range in the error messages.
+    """
     # int32/int64 only: the lookups (index_select, gather) take no other index dtype.
     if not isinstance(ids, Tensor) or ids.dtype not in (torch.int32, torch.int64):
         dtype = ids.dtype if isinstance(ids, Tensor) else type(ids).__name__
-        raise ValueError(f"{name} must be an int64 (or int32) tensor of token ids, got {dtype}")
+        raise ValueError(f"{name} must be an int64 (or int32) tensor of {unit}s, got {dtype}")
     if ids.dim() != ndim:
         raise ValueError(f"{name} must have {ndim} dimensions, got shape {tuple(ids.shape)}")
     if ids.numel() > 0:
         low, high = torch.stack(torch.aminmax(ids)).tolist()  # one host sync for both bounds
         if low < 0 or high >= vocab_size:
             bad = low if low < 0 else high
-            raise ValueError(f"{name} contains token id {bad}, outside the vocabulary [0, {vocab_size})")
+            raise ValueError(f"{name} contains {unit} {bad}, outside {within} [0, {vocab_size})")
 
 
 def _check_recurrent(x: Tensor, h0: Tensor, Wx: Tensor, Wh: Tensor, b: Tensor, gates: int, x_ndim: int) -> None:

@@ -7,7 +7,19 @@ import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-from ._common import _addmm, _apply_autocast, _check_projected, _check_recurrent, _mm, _tanh, _times
+from ._common import (
+    _addmm,
+    _apply_autocast,
+    _check_dim,
+    _check_float,
+    _check_projected,
+    _check_recurrent,
+    _check_same_dtype,
+    _check_token_ids,
+    _mm,
+    _tanh,
+    _times,
+)
 from .steps import _gate_blocks, _lstm_backward_coefficients, _tanh_backward
 
 # --------------------------------------------------------------------------- #
@@ -176,28 +188,49 @@ def _lstm_backward_loop(
     return grad_a
 
 
-def _after_the_loop(ctx, grad_a: Tensor, states: Tensor, x_packed: Tensor | None, Wx: Tensor | None, Wh: Tensor):
+def _packed_inputs(x: Tensor, Wx: Tensor | None, b: Tensor | None, index: Tensor | None, packing: _Packing):
+    """The packed pre-activation inputs (P, gH) and what backward needs of the inputs.
+
+    Three forms of input (see the Functions): sequences x (N, T, D) with Wx and b;
+    projections x (N, T, gH); or a table x (K, gH) of projections with ``index`` (N, T)
+    naming the row each step reads. Returns ``(pre_activations, saved)`` where saved is
+    the packed x (dense form), the packed row numbers (table form), or None. Only the
+    projected form may return the caller's tensor itself (when no padding is skipped).
+    """
+    if index is not None:
+        rows = packing.pack(index.T.reshape(-1))  # (P,) time-major, like every packed tensor
+        return x.index_select(0, rows), rows
+    x_packed = packing.pack(_time_major(x))  # (P, D), or (P, gH) when projected
+    if Wx is None:
+        return x_packed, None
+    return _addmm(b, x_packed, Wx), x_packed  # one GEMM for the inputs of all steps
+
+
+def _after_the_loop(ctx, grad_a: Tensor, states: Tensor, saved: Tensor | None, Wx: Tensor | None, Wh: Tensor):
     """The gradients that follow the time loop: one GEMM each for h0, x, Wx and Wh, and a sum for b.
 
-    Without Wx (the ``*_projected`` wrappers) x already is the pre-activation, so its
-    gradient is grad_a itself.
+    Without Wx x already is the pre-activation, so its gradient is grad_a itself,
+    unpacked for projections (N, T, gH) or summed per row for a table (K, gH).
     """
     packing: _Packing = ctx.packing
-    need_x, need_h0, need_Wx, need_Wh, need_b, _ = ctx.needs_input_grad
+    need_x, need_h0, need_Wx, need_Wh, need_b = ctx.needs_input_grad[:5]
     grad_x = grad_h0 = grad_Wx = grad_Wh = grad_b = None
     if need_x:
-        grad_x = packing.unpack(grad_a if Wx is None else _mm(grad_a, Wx.T))
+        if ctx.table_rows is not None:  # saved: the packed row numbers; a row read k times gets k gradients
+            grad_x = grad_a.new_zeros(ctx.table_rows, grad_a.shape[1]).index_add_(0, saved, grad_a)
+        else:
+            grad_x = packing.unpack(grad_a if Wx is None else _mm(grad_a, Wx.T))
     if need_h0:
         grad_h0 = states.new_zeros(packing.N, states.shape[1])
         if packing.run_sizes:  # else no step ran (T = 0 or every length 0) and h0 had no effect
             grad_h0[: packing.active[0]] = _mm(packing.steps(grad_a)[0], Wh.T)
     if need_Wx:
-        grad_Wx = _mm(x_packed.T, grad_a)
+        grad_Wx = _mm(saved.T, grad_a)
     if need_Wh:
         grad_Wh = _mm(packing.previous_states(states).T, grad_a)
     if need_b:
         grad_b = grad_a.sum(0)
-    return grad_x, grad_h0, grad_Wx, grad_Wh, grad_b, None
+    return grad_x, grad_h0, grad_Wx, grad_Wh, grad_b, None, None
 
 
 def _own_copy(packed: Tensor, source: Tensor) -> Tensor:
@@ -209,27 +242,28 @@ def _own_copy(packed: Tensor, source: Tensor) -> Tensor:
 class RNN(torch.autograd.Function):
     """A vanilla RNN over a whole sequence; backward runs backprop-through-time itself.
 
-    With Wx and b None, x is taken as already projected (``rnn_projected``).
+    With Wx and b None, x is taken as already projected (``rnn_projected``); with
+    ``index`` also given, x is a table of projections and step t of sequence n reads
+    row index[n, t] (``rnn_lookup``).
     """
 
     @staticmethod
-    def forward(ctx, x, h0, Wx, Wh, b, lengths):
-        N, T, _ = x.shape
+    def forward(ctx, x, h0, Wx, Wh, b, lengths, index=None):
+        N, T = h0.shape[0], (x if index is None else index).shape[1]
         packing = _Packing(lengths, N, T)
-        x_packed = packing.pack(_time_major(x))  # (P, D), or (P, H) when projected
-        pre_activations = x_packed if Wx is None else _addmm(b, x_packed, Wx)  # one GEMM for all inputs
+        pre_activations, saved = _packed_inputs(x, Wx, b, index, packing)
         states = _rnn_forward_loop(pre_activations, h0, Wh, packing)
-        ctx.save_for_backward(x_packed if Wx is not None else None, Wx, Wh, states)
-        ctx.packing = packing
+        ctx.save_for_backward(saved, Wx, Wh, states)
+        ctx.packing, ctx.table_rows = packing, None if index is None else x.shape[0]
         return packing.unpack(states[N:])
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_output):
-        x_packed, Wx, Wh, states = ctx.saved_tensors
+        saved, Wx, Wh, states = ctx.saved_tensors
         grad_out = ctx.packing.pack(_time_major(grad_output))
         grad_a = _rnn_backward_loop(grad_out, states, Wh, ctx.packing)
-        return _after_the_loop(ctx, grad_a, states, x_packed, Wx, Wh)
+        return _after_the_loop(ctx, grad_a, states, saved, Wx, Wh)
 
 
 class LSTM(torch.autograd.Function):
@@ -239,28 +273,28 @@ class LSTM(torch.autograd.Function):
     activations (P, 4H), hidden and cell states (N + P, H) and tanh of the cell states
     (P, H). The backward loop does only what is sequential (a few small ops and one GEMM
     per step); what can be computed for all steps at once is, before it.
-    With Wx and b None, x is taken as already projected (``lstm_projected``).
+    With Wx and b None, x is taken as already projected (``lstm_projected``); with
+    ``index`` also given, x is a table of projections (``lstm_lookup``).
     """
 
     @staticmethod
-    def forward(ctx, x, h0, Wx, Wh, b, lengths):
-        N, T, _ = x.shape
+    def forward(ctx, x, h0, Wx, Wh, b, lengths, index=None):
+        N, T = h0.shape[0], (x if index is None else index).shape[1]
         packing = _Packing(lengths, N, T)
-        x_packed = packing.pack(_time_major(x))  # (P, D), or (P, 4H) when projected
-        # (P, 4H) pre-activations, activated in place by the loop: never the caller's tensor.
-        gates = _own_copy(x_packed, x) if Wx is None else _addmm(b, x_packed, Wx)
+        pre_activations, saved = _packed_inputs(x, Wx, b, index, packing)
+        gates = _own_copy(pre_activations, x)  # (P, 4H), activated in place by the loop: never the caller's
         states, cells, tanh_cells = _lstm_forward_loop(gates, h0, Wh, packing)
-        ctx.save_for_backward(x_packed if Wx is not None else None, Wx, Wh, gates, states, cells, tanh_cells)
-        ctx.packing = packing
+        ctx.save_for_backward(saved, Wx, Wh, gates, states, cells, tanh_cells)
+        ctx.packing, ctx.table_rows = packing, None if index is None else x.shape[0]
         return packing.unpack(states[N:])
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_output):
-        x_packed, Wx, Wh, gates, states, cells, tanh_cells = ctx.saved_tensors
+        saved, Wx, Wh, gates, states, cells, tanh_cells = ctx.saved_tensors
         grad_out = ctx.packing.pack(_time_major(grad_output))
         grad_a = _lstm_backward_loop(grad_out, gates, cells, tanh_cells, Wh, ctx.packing)
-        return _after_the_loop(ctx, grad_a, states, x_packed, Wx, Wh)
+        return _after_the_loop(ctx, grad_a, states, saved, Wx, Wh)
 
 
 def _check_lengths(lengths: Tensor | None, N: int, T: int) -> None:
@@ -341,3 +375,56 @@ def lstm_projected(x_projected: Tensor, h0: Tensor, Wh: Tensor, lengths: Tensor 
     _check_projected(x_projected, h0, "h0", Wh, gates=4, x_ndim=3)
     _check_lengths(lengths, x_projected.shape[0], x_projected.shape[1])
     return _apply_autocast(LSTM, x_projected, h0, None, Wh, None, lengths, low_precision=True)
+
+
+def _check_lookup(index: Tensor, table: Tensor, h0: Tensor, Wh: Tensor, gates: int) -> None:
+    """Shape checks for the ``*_lookup`` wrappers: index (N, T) rows of table (K, gH), h0 (N, H), Wh (H, gH)."""
+    _check_float("table", table, 2)
+    _check_float("h0", h0, 2)
+    _check_float("Wh", Wh, 2)
+    _check_same_dtype(table=table, h0=h0, Wh=Wh)
+    _check_token_ids("index", index, table.shape[0], ndim=2, unit="row", within="the table")
+    H = h0.shape[1]
+    _check_dim("h0", h0, 0, index.shape[0], "the batch size of index")
+    _check_dim("Wh", Wh, 0, H, "the hidden width")
+    _check_dim("Wh", Wh, 1, gates * H, f"{gates} x the hidden width")
+    _check_dim("table", table, 1, gates * H, f"{gates} x the hidden width")
+
+
+def rnn_lookup(index: Tensor, table: Tensor, h0: Tensor, Wh: Tensor, lengths: Tensor | None = None) -> Tensor:
+    """:func:`rnn_projected` reading its inputs from a table: ``rnn_projected(table[index], h0, Wh, lengths)``.
+
+    The (N, T, H) inputs ``table[index]`` are never built: each step reads its rows of
+    the table, and backward sums the gradient of every row over the steps that read
+    it. A model whose input projection depends on the word only (``W_embed[w] @ Wx + b``)
+    projects each distinct word once and passes the words' rows here.
+
+    Args:
+        index: (N, T) integer rows of ``table``, each in [0, K).
+        table: (K, H) input projections.
+        h0: (N, H), Wh: (H, H), lengths: as :func:`rnn`.
+
+    Returns:
+        (N, T, H) hidden states.
+    """
+    _check_lookup(index, table, h0, Wh, gates=1)
+    _check_lengths(lengths, index.shape[0], index.shape[1])
+    return _apply_autocast(RNN, table, h0, None, Wh, None, lengths, index, low_precision=True)
+
+
+def lstm_lookup(index: Tensor, table: Tensor, h0: Tensor, Wh: Tensor, lengths: Tensor | None = None) -> Tensor:
+    """:func:`lstm_projected` reading its inputs from a table: ``lstm_projected(table[index], h0, Wh, lengths)``.
+
+    As :func:`rnn_lookup`: no (N, T, 4H) input tensor, and one gradient row per table row.
+
+    Args:
+        index: (N, T) integer rows of ``table``, each in [0, K).
+        table: (K, 4H) input projections.
+        h0: (N, H), Wh: (H, 4H), lengths: as :func:`lstm`.
+
+    Returns:
+        (N, T, H) hidden states.
+    """
+    _check_lookup(index, table, h0, Wh, gates=4)
+    _check_lengths(lengths, index.shape[0], index.shape[1])
+    return _apply_autocast(LSTM, table, h0, None, Wh, None, lengths, index, low_precision=True)
