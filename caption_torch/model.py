@@ -1,7 +1,8 @@
 """CaptioningRNN: the cs231n image-captioning model, built only from ``functional``.
 
     features (N, D) ──affine──► h0 (N, H)
-    captions_in (N, T) ──embed──► words (N, T, W) ──rnn/lstm(h0)──► hidden (N, T, H)
+    captions_in (N, T) ──its U distinct words──► (U, W) ──affine──► input table (U, gH)
+    input table, rows of captions_in ──rnn/lstm_lookup(h0)──► hidden (N, T, H)
     hidden ──vocab projection + masked softmax──► loss (scalar)
 
 ``captions[:, :-1]`` is fed in and ``captions[:, 1:]`` is predicted; positions
@@ -155,7 +156,7 @@ class CaptioningRNN(nn.Module):
         min(N*T, V), and the recurrence reads its rows by word: no (N, T, W) or (N, T, gH)
         input tensor is built, and backward sums each word's gradient before the products
         that give dWx and dW_embed. On COCO, where a few words fill most positions, U is
-        far below N*T; at batch 512 it is the whole vocabulary at most.
+        far below N*T.
         """
         words, rows = torch.unique(captions_in, return_inverse=True)  # (U,) distinct words; (N, T) their rows
         table = F.temporal_affine(F.word_embedding(words[None], self.W_embed), self.Wx, self.b)[0]  # (U, gH)

@@ -381,8 +381,8 @@ def test_rnn_bad_inputs(mutate, message):
 @pytest.mark.parametrize(
     "change, message",
     [  # change: the hidden width times the gates -> the arguments replaced
-        (lambda gH: dict(index=torch.tensor([[0, 3], [1, 2]])), "index contains row 3, outside the table \\[0, 3\\)"),
-        (lambda gH: dict(index=torch.tensor([[0.0, 1.0], [1.0, 2.0]])), "tensor of rows, got torch.float32"),
+        (lambda gH: dict(index=torch.tensor([[0, 3], [1, 2]])), "row number 3, outside the table \\[0, 3\\)"),
+        (lambda gH: dict(index=torch.tensor([[0.0, 1.0], [1.0, 2.0]])), "tensor of row numbers, got torch.float32"),
         (lambda gH: dict(index=torch.tensor([0, 1])), "index must have 2 dimensions"),
         (lambda gH: dict(h0=torch.randn(3, 2)), "h0 has size 3 in dimension 0 but the batch size of index is 2"),
         (lambda gH: dict(table=torch.randn(3, gH + 1)), "table has size \\d+ in dimension 1 but . x the hidden width"),
@@ -400,6 +400,19 @@ def test_lookup_bad_inputs(cell, change, message):
     fn = F.lstm_lookup if cell == "lstm" else F.rnn_lookup
     with pytest.raises(ValueError, match=message):
         fn(**{**args, **change(gH)})
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_lookup_half_precision_gradient_of_a_much_read_row(device):
+    """A row read by 4,096 steps gets its bf16 gradient summed in float32: bf16 additions would stop at 256."""
+    N, T, H = 256, 16, 4
+    index = torch.zeros(N, T, dtype=torch.long, device=device)  # every step reads row 0, as every caption's <START>
+    table = torch.zeros(2, H, dtype=torch.bfloat16, device=device, requires_grad=True)
+    Wh = torch.zeros(H, H, dtype=torch.bfloat16, device=device)  # no recurrence: d out / d table row 0 is tanh'(0) = 1
+    h0 = torch.zeros(N, H, dtype=torch.bfloat16, device=device)
+    F.rnn_lookup(index, table, h0, Wh).sum().backward()
+    assert table.grad.dtype == torch.bfloat16
+    assert table.grad[0].tolist() == [4096.0] * H and table.grad[1].tolist() == [0.0] * H
 
 
 def test_lstm_rejects_rnn_sized_weights():

@@ -8,6 +8,7 @@ from torch import Tensor
 from torch.autograd.function import once_differentiable
 
 from ._common import (
+    _HALF_DTYPES,
     _addmm,
     _apply_autocast,
     _check_dim,
@@ -206,6 +207,18 @@ def _packed_inputs(x: Tensor, Wx: Tensor | None, b: Tensor | None, index: Tensor
     return _addmm(b, x_packed, Wx), x_packed  # one GEMM for the inputs of all steps
 
 
+def _sum_rows(grad_a: Tensor, rows: Tensor, table_size: int) -> Tensor:
+    """(table_size, gH): row k is the sum of the rows of grad_a (P, gH) whose ``rows`` entry is k.
+
+    A table row such as ``<START>``'s is read by thousands of steps. In bf16/fp16 every
+    addition would round (CUDA adds atomically in the tensor's dtype), so half-precision
+    gradients are summed in float32 and rounded once.
+    """
+    dtype = torch.float32 if grad_a.dtype in _HALF_DTYPES else grad_a.dtype
+    total = torch.zeros(table_size, grad_a.shape[1], dtype=dtype, device=grad_a.device)
+    return total.index_add_(0, rows, grad_a.to(dtype)).to(grad_a.dtype)
+
+
 def _after_the_loop(ctx, grad_a: Tensor, states: Tensor, saved: Tensor | None, Wx: Tensor | None, Wh: Tensor):
     """The gradients that follow the time loop: one GEMM each for h0, x, Wx and Wh, and a sum for b.
 
@@ -216,8 +229,8 @@ def _after_the_loop(ctx, grad_a: Tensor, states: Tensor, saved: Tensor | None, W
     need_x, need_h0, need_Wx, need_Wh, need_b = ctx.needs_input_grad[:5]
     grad_x = grad_h0 = grad_Wx = grad_Wh = grad_b = None
     if need_x:
-        if ctx.table_rows is not None:  # saved: the packed row numbers; a row read k times gets k gradients
-            grad_x = grad_a.new_zeros(ctx.table_rows, grad_a.shape[1]).index_add_(0, saved, grad_a)
+        if ctx.table_size is not None:  # saved: the packed row numbers; a row read k times gets k gradients
+            grad_x = _sum_rows(grad_a, saved, ctx.table_size)
         else:
             grad_x = packing.unpack(grad_a if Wx is None else _mm(grad_a, Wx.T))
     if need_h0:
@@ -254,7 +267,7 @@ class RNN(torch.autograd.Function):
         pre_activations, saved = _packed_inputs(x, Wx, b, index, packing)
         states = _rnn_forward_loop(pre_activations, h0, Wh, packing)
         ctx.save_for_backward(saved, Wx, Wh, states)
-        ctx.packing, ctx.table_rows = packing, None if index is None else x.shape[0]
+        ctx.packing, ctx.table_size = packing, None if index is None else x.shape[0]
         return packing.unpack(states[N:])
 
     @staticmethod
@@ -285,7 +298,7 @@ class LSTM(torch.autograd.Function):
         gates = _own_copy(pre_activations, x)  # (P, 4H), activated in place by the loop: never the caller's
         states, cells, tanh_cells = _lstm_forward_loop(gates, h0, Wh, packing)
         ctx.save_for_backward(saved, Wx, Wh, gates, states, cells, tanh_cells)
-        ctx.packing, ctx.table_rows = packing, None if index is None else x.shape[0]
+        ctx.packing, ctx.table_size = packing, None if index is None else x.shape[0]
         return packing.unpack(states[N:])
 
     @staticmethod
@@ -334,7 +347,7 @@ def rnn_projected(x_projected: Tensor, h0: Tensor, Wh: Tensor, lengths: Tensor |
     """:func:`rnn` for inputs already projected: ``rnn(x, h0, Wx, Wh, b) == rnn_projected(x @ Wx + b, h0, Wh)``.
 
     Args:
-        x_projected: (N, T, H) input projections (e.g. rows of a per-word table).
+        x_projected: (N, T, H) input projections (for rows of a table, :func:`rnn_lookup` builds no (N, T, H) copy).
         h0: (N, H), Wh: (H, H), lengths: as :func:`rnn`.
 
     Returns:
@@ -383,7 +396,7 @@ def _check_lookup(index: Tensor, table: Tensor, h0: Tensor, Wh: Tensor, gates: i
     _check_float("h0", h0, 2)
     _check_float("Wh", Wh, 2)
     _check_same_dtype(table=table, h0=h0, Wh=Wh)
-    _check_token_ids("index", index, table.shape[0], ndim=2, unit="row", within="the table")
+    _check_token_ids("index", index, table.shape[0], ndim=2, unit="row number", within="the table")
     H = h0.shape[1]
     _check_dim("h0", h0, 0, index.shape[0], "the batch size of index")
     _check_dim("Wh", Wh, 0, H, "the hidden width")
