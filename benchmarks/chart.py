@@ -50,7 +50,9 @@ def plot_ratios(rows: Sequence[dict], path: Path | str, title: str) -> Path:
     positions = range(len(bars))[::-1]  # first row on top
     ax.barh(list(positions), ratios, color=colours)
     for y, ratio in zip(positions, ratios):
-        ax.text(ratio + 0.02, y, f"{ratio:.2f}×", va="center", fontsize=9)
+        # A white box keeps the number readable where it crosses the dashed target line.
+        label_box = dict(facecolor="white", edgecolor="none", pad=1)
+        ax.text(ratio + 0.02, y, f"{ratio:.2f}×", va="center", fontsize=9, bbox=label_box)
     ax.axvline(1.0, color="black", lw=1)
     ax.axvline(TARGET, color="tab:red", lw=1, ls="--", label=f"target {TARGET}×")
     ax.set_yticks(list(positions), labels, fontsize=9)
