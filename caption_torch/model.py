@@ -1,7 +1,7 @@
 """CaptioningRNN: the cs231n image-captioning model, built only from ``functional``.
 
     features (N, D) ──affine──► h0 (N, H)
-    captions_in (N, T) ──its U distinct words──► (U, W) ──affine──► input table (U, gH)
+    captions_in (N, T) ──its U distinct words──► W_embed rows (U, W) ──affine──► input table (U, gH)
     input table, rows of captions_in ──rnn/lstm_lookup(h0)──► hidden (N, T, H)
     hidden ──vocab projection + masked softmax──► loss (scalar)
 

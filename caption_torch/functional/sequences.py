@@ -31,6 +31,7 @@ from .steps import _gate_blocks, _lstm_backward_coefficients, _tanh_backward
 # simply absent, so no product or elementwise op ever touches padding:
 #
 #     x (N, T, D) ─pack─► (P, D) ─one GEMM─► pre-activations (P, gH)      P = sum(lengths)
+#     (or, *_lookup: index (N, T) ─pack─► (P,) row numbers ─rows of the table─► the same)
 #     states (N + P, H) = [h0 | h_1 of step 0's rows | h_2 of step 1's rows | ...]
 #     step t reads h_t = rows of block t, first n_t of them (n_t = sequences still running)
 #     output (N, T, H) ◄─unpack─ states[N:]  (zeros where finished; a transposed view)
