@@ -106,6 +106,7 @@ COLUMNS = {
         ("useful_gflop", "GFLOP/step", ".1f"),
         ("project_gflops", "project GFLOP/s", ".1f"),
         ("native_gflops", "native GFLOP/s", ".1f"),
+        ("project_executed_gflops", "project exec GFLOP/s", ".1f"),
         ("native_executed_gflops", "native exec GFLOP/s", ".1f"),
         ("matmul_gflops", "matmul GFLOP/s", ".1f"),
         ("onednn_gflops", "oneDNN GFLOP/s", ".1f"),

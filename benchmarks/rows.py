@@ -180,6 +180,7 @@ def bench_training_step(
         "cell_type": cell_type,
         "batch": batch,
         "scored_tokens": scored,
+        "distinct_input_words": int(captions[:, :-1].unique().numel()),  # rows of the project's input table
         "masked_fraction": 1 - scored / captions[:, 1:].numel(),
     }
     for name, timing in timings.items():
@@ -237,20 +238,23 @@ def bench_memory(cell_type: str, batch: int, shapes: Shapes, device: torch.devic
     return row
 
 
-def training_step_flops(cell_type: str, batch: int, positions: int, shapes: Shapes) -> float:
+def training_step_flops(
+    cell_type: str, batch: int, positions: int, shapes: Shapes, projected_rows: int | None = None
+) -> float:
     """GEMM FLOPs (2mnk each) of one training step, forward + backward; elementwise work not counted.
 
     The input projection, the recurrence and the vocabulary projection each cost 3x their
     forward (forward, gradient of the input, gradient of the weight); the feature
     projection 2x (its input, the image features, needs no gradient). Those three run over
-    ``positions`` rows: the unmasked K for the useful work (what the project executes: a
-    caption leaves the recurrence after its last word), N * T for what the padded native
-    model executes.
+    ``positions`` rows: the unmasked K for the useful work (a caption leaves the recurrence
+    after its last word), N * T for what the padded native model executes. The input
+    projection runs over ``projected_rows`` instead when given: the project projects each
+    distinct input word once.
     """
     gates = 4 if cell_type == "lstm" else 1
     N, D, W, H, V = batch, shapes.input_dim, shapes.wordvec_dim, shapes.hidden_dim, shapes.vocab_size
     feature_projection = 2 * N * D * H
-    input_projection = 2 * positions * W * gates * H
+    input_projection = 2 * (positions if projected_rows is None else projected_rows) * W * gates * H
     recurrence = 2 * positions * H * gates * H
     vocab_projection = 2 * positions * H * V
     return 2 * feature_projection + 3 * (input_projection + recurrence + vocab_projection)
@@ -297,6 +301,10 @@ def flops_row(step_row: dict, shapes: Shapes, reference: dict[str, float]) -> di
             row[f"{name}_fraction"] = row[f"{name}_gflops"] / reference["matmul"]
     if "native_ms" in step_row:
         row["native_executed_gflops"] = executed / (step_row["native_ms"] / 1e3) / 1e9
+    if "project_ms" in step_row:
+        scored, words = step_row["scored_tokens"], step_row["distinct_input_words"]
+        project_executed = training_step_flops(cell_type, batch, scored, shapes, projected_rows=words)
+        row["project_executed_gflops"] = project_executed / (step_row["project_ms"] / 1e3) / 1e9
     return row
 
 

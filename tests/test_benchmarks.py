@@ -101,6 +101,7 @@ def test_flops_row():
         "project_gflops",
         "native_gflops",
         "native_executed_gflops",
+        "project_executed_gflops",
         "matmul_gflops",
         "project_fraction",
         "native_fraction",
@@ -112,6 +113,14 @@ def test_flops_row():
     assert rows.training_step_flops("rnn", N, K, TINY) == expected
     lstm = 2 * (2 * N * D * H) + 3 * (2 * K * W * 4 * H + 2 * K * H * 4 * H + 2 * K * H * V)
     assert rows.training_step_flops("lstm", N, K, TINY) == lstm
+    # The project projects each distinct input word once: U rows instead of K for the input projection.
+    U = 7
+    fewer = lstm - 3 * 2 * (K - U) * W * 4 * H
+    assert rows.training_step_flops("lstm", N, K, TINY, projected_rows=U) == fewer
+    batch, scored, words = step_row["batch"], step_row["scored_tokens"], step_row["distinct_input_words"]
+    executed = rows.training_step_flops("lstm", batch, scored, TINY, projected_rows=words)
+    assert row["project_executed_gflops"] == pytest.approx(executed / (step_row["project_ms"] / 1e3) / 1e9)
+    assert row["project_executed_gflops"] <= row["project_gflops"]  # at most as many rows as positions
 
 
 def test_delivery_rate_counts_captions():
