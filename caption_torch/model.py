@@ -153,10 +153,10 @@ class CaptioningRNN(nn.Module):
 
         Each input word's projection ``W_embed[w] @ Wx + b`` depends on the word only, so
         each distinct word of the batch is projected once, (U, W) @ (W, gH) with U <=
-        min(N*T, V), and the recurrence reads its rows by word: no (N, T, W) or (N, T, gH)
-        input tensor is built, and backward sums each word's gradient before the products
-        that give dWx and dW_embed. On COCO, where a few words fill most positions, U is
-        far below N*T.
+        min(N*T, V), and the recurrence gathers the rows of its packed steps from that
+        table: no per-position product and no padded (N, T, W) or (N, T, gH) tensor, and
+        backward sums each word's gradient before the products that give dWx and dW_embed.
+        On COCO, where a few words fill most positions, U is far below N*T.
         """
         words, rows = torch.unique(captions_in, return_inverse=True)  # (U,) distinct words; (N, T) their rows
         table = F.temporal_affine(F.word_embedding(words[None], self.W_embed), self.Wx, self.b)[0]  # (U, gH)

@@ -39,4 +39,4 @@ def test_overfit_50_meets_the_seed_bound(cell, bound, capsys, monkeypatch, cache
 def test_default_run_reports_useful_val_bleu(capsys, monkeypatch, cache, tmp_path):
     out = run(capsys, monkeypatch, cache, tmp_path)
     bleu4 = float(re.search(r"BLEU-4: ([\d.]+)", out).group(1))
-    assert bleu4 > 0.25  # measured 0.31 (README); an untrained model scores ~0.0
+    assert bleu4 > 0.25  # measured 0.32 (README); an untrained model scores ~0.0

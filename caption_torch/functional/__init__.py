@@ -11,12 +11,14 @@ Shapes use these letters throughout:
     N  batch size                 T  timesteps
     D  input width                H  hidden width
     V  vocabulary size            K  number of unmasked (scored) tokens
+    P  steps that run (packed)    U  rows of an input table (distinct words)
 
 The sequence Functions (``rnn``, ``lstm``) run the whole sequence in one Function
 so that backward can do backprop-through-time itself: the input projections of
-all timesteps are one GEMM before the time loop, and the weight and input
-gradients are one GEMM each after it; only the recurrent ``h @ Wh`` stays inside
-the Python loop over T.
+all timesteps are one GEMM before the time loop (or, for ``*_lookup``, one gather
+of rows of a table projected beforehand), and the weight and input gradients are
+one GEMM each after it (a per-row sum for a table); only the recurrent ``h @ Wh``
+stays inside the Python loop over T.
 
 Every lowercase wrapper validates its inputs (clear ``ValueError`` naming the
 argument) and then calls ``Function.apply``. The modules, in dependency order:

@@ -194,7 +194,7 @@ def _packed_inputs(x: Tensor, Wx: Tensor | None, b: Tensor | None, index: Tensor
     """The packed pre-activation inputs (P, gH) and what backward needs of the inputs.
 
     Three forms of input (see the Functions): sequences x (N, T, D) with Wx and b;
-    projections x (N, T, gH); or a table x (K, gH) of projections with ``index`` (N, T)
+    projections x (N, T, gH); or a table x (U, gH) of projections with ``index`` (N, T)
     naming the row each step reads. Returns ``(pre_activations, saved)`` where saved is
     the packed x (dense form), the packed row numbers (table form), or None. Only the
     projected form may return the caller's tensor itself (when no padding is skipped).
@@ -224,7 +224,7 @@ def _after_the_loop(ctx, grad_a: Tensor, states: Tensor, saved: Tensor | None, W
     """The gradients that follow the time loop: one GEMM each for h0, x, Wx and Wh, and a sum for b.
 
     Without Wx x already is the pre-activation, so its gradient is grad_a itself,
-    unpacked for projections (N, T, gH) or summed per row for a table (K, gH).
+    unpacked for projections (N, T, gH) or summed per row for a table (U, gH).
     """
     packing: _Packing = ctx.packing
     need_x, need_h0, need_Wx, need_Wh, need_b = ctx.needs_input_grad[:5]
@@ -336,8 +336,8 @@ def rnn(x: Tensor, h0: Tensor, Wx: Tensor, Wh: Tensor, b: Tensor, lengths: Tenso
             first lengths[n] steps; its later outputs are zero and get no gradient.
 
     Returns:
-        (N, T, H) hidden states of every timestep (h0 not included): a time-major view of the
-        states backward reuses, so autograd refuses in-place changes to it; change a copy.
+        (N, T, H) hidden states of every timestep (h0 not included): a time-major (transposed)
+        view made inside the Function, which autograd refuses to change in place; change a copy.
     """
     _check_recurrent(x, h0, Wx, Wh, b, gates=1, x_ndim=3)
     _check_lengths(lengths, x.shape[0], x.shape[1])
@@ -392,7 +392,7 @@ def lstm_projected(x_projected: Tensor, h0: Tensor, Wh: Tensor, lengths: Tensor 
 
 
 def _check_lookup(index: Tensor, table: Tensor, h0: Tensor, Wh: Tensor, gates: int) -> None:
-    """Shape checks for the ``*_lookup`` wrappers: index (N, T) rows of table (K, gH), h0 (N, H), Wh (H, gH)."""
+    """Shape checks for the ``*_lookup`` wrappers: index (N, T) rows of table (U, gH), h0 (N, H), Wh (H, gH)."""
     _check_float("table", table, 2)
     _check_float("h0", h0, 2)
     _check_float("Wh", Wh, 2)
@@ -408,14 +408,15 @@ def _check_lookup(index: Tensor, table: Tensor, h0: Tensor, Wh: Tensor, gates: i
 def rnn_lookup(index: Tensor, table: Tensor, h0: Tensor, Wh: Tensor, lengths: Tensor | None = None) -> Tensor:
     """:func:`rnn_projected` reading its inputs from a table: ``rnn_projected(table[index], h0, Wh, lengths)``.
 
-    The (N, T, H) inputs ``table[index]`` are never built: each step reads its rows of
-    the table, and backward sums the gradient of every row over the steps that read
-    it. A model whose input projection depends on the word only (``W_embed[w] @ Wx + b``)
-    projects each distinct word once and passes the words' rows here.
+    The padded (N, T, H) inputs ``table[index]`` are never built: the rows of the P steps
+    that run are gathered once, straight into the packed layout, and backward sums the
+    gradient of every row over the steps that read it. A model whose input projection
+    depends on the word only (``W_embed[w] @ Wx + b``) projects each distinct word once
+    and passes the words' rows here.
 
     Args:
-        index: (N, T) integer rows of ``table``, each in [0, K).
-        table: (K, H) input projections.
+        index: (N, T) integer rows of ``table``, each in [0, U).
+        table: (U, H) input projections, one row per distinct input (e.g. word).
         h0: (N, H), Wh: (H, H), lengths: as :func:`rnn`.
 
     Returns:
@@ -432,8 +433,8 @@ def lstm_lookup(index: Tensor, table: Tensor, h0: Tensor, Wh: Tensor, lengths: T
     As :func:`rnn_lookup`: no (N, T, 4H) input tensor, and one gradient row per table row.
 
     Args:
-        index: (N, T) integer rows of ``table``, each in [0, K).
-        table: (K, 4H) input projections.
+        index: (N, T) integer rows of ``table``, each in [0, U).
+        table: (U, 4H) input projections, one row per distinct input (e.g. word).
         h0: (N, H), Wh: (H, 4H), lengths: as :func:`lstm`.
 
     Returns:
