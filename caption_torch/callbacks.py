@@ -45,10 +45,14 @@ class LossHistory(L.Callback):
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module) -> None:
         self._flush(trainer)
 
+    def _pending_values(self) -> list[float]:
+        """The losses logged since the last flush, as floats (one host sync for all of them)."""
+        return torch.stack(self._pending).float().cpu().tolist() if self._pending else []
+
     def _flush(self, trainer: L.Trainer) -> None:
         if not self._pending:
             return
-        values = torch.stack(self._pending).float().cpu().tolist()
+        values = self._pending_values()
         first_step = trainer.global_step - len(values) + 1
         self._pending.clear()
         bad = next((offset for offset, value in enumerate(values) if not math.isfinite(value)), None)
@@ -67,8 +71,7 @@ class LossHistory(L.Callback):
 
     def state_dict(self) -> dict:
         # A checkpoint taken between flushes (--checkpoint-every) must not drop the pending losses.
-        pending = torch.stack(self._pending).float().cpu().tolist() if self._pending else []
-        return {"losses": self.losses + pending}
+        return {"losses": self.losses + self._pending_values()}
 
     def load_state_dict(self, state_dict: dict) -> None:
         self.losses = list(state_dict.get("losses", []))
