@@ -26,7 +26,7 @@ import torch
 from torch import Tensor
 
 from .functional._common import _check_token_ids
-from .model import CaptioningRNN, check_max_length
+from .model import CaptioningRNN, check_positive_integer
 
 __all__ = ["greedy_decode", "temperature_sample", "beam_search", "caption_log_probs", "decode", "DECODE_METHODS"]
 
@@ -119,8 +119,8 @@ def beam_search(
         (N, max_length) LongTensor of word ids, formatted as :func:`greedy_decode`'s.
     """
     model.check_can_generate()
-    _check_beam_size(beam_size)
-    check_max_length(max_length)
+    check_positive_integer("beam_size", beam_size)
+    check_positive_integer("max_length", max_length)
     h0, c0 = model.initial_state(features)  # (N, H) each
     N, K, V, device = features.shape[0], beam_size, model.vocab_size, features.device
     null_id, end_id = model.null_id, model.end_id
@@ -257,19 +257,14 @@ def decode(
     """
     if method not in DECODE_METHODS:
         raise ValueError(f"method must be one of {DECODE_METHODS}, got {method!r}")
-    _check_beam_size(beam_size)
+    check_positive_integer("beam_size", beam_size)
     _check_temperature(temperature)
-    check_max_length(max_length)
+    check_positive_integer("max_length", max_length)
     if method == "beam":
         return beam_search(model, features, beam_size, max_length, length_normalization)
     if method == "sample":
         return temperature_sample(model, features, temperature, max_length, generator)
     return greedy_decode(model, features, max_length)
-
-
-def _check_beam_size(beam_size: int) -> None:
-    if isinstance(beam_size, bool) or not isinstance(beam_size, numbers.Integral) or beam_size < 1:
-        raise ValueError(f"beam_size must be an integer >= 1, got {beam_size!r}")
 
 
 def _check_temperature(temperature: float) -> None:

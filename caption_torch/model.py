@@ -28,10 +28,10 @@ PARAM_NAMES = ("W_embed", "W_proj", "b_proj", "Wx", "Wh", "b", "W_vocab", "b_voc
 State = tuple[Tensor, "Tensor | None"]
 
 
-def check_max_length(max_length: int) -> None:
-    """Generated captions have at least one word: ``max_length`` must be an integer >= 1 (numpy's too)."""
-    if isinstance(max_length, bool) or not isinstance(max_length, numbers.Integral) or max_length < 1:
-        raise ValueError(f"max_length must be an integer >= 1, got {max_length!r}")
+def check_positive_integer(name: str, value: int) -> None:
+    """``value`` must be an integer >= 1 (numpy's too, bool not): e.g. max_length, as captions have a word."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+        raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
 
 
 class CaptioningRNN(nn.Module):
@@ -68,11 +68,11 @@ class CaptioningRNN(nn.Module):
         if NULL not in word_to_idx:
             raise ValueError(f"word_to_idx must contain the padding token {NULL!r}")
         # Ids need not be 0..V-1 (the notebook's own {<NULL>: 0, cat: 2, dog: 3} is not), but each is one word's.
-        seen: dict[int, str] = {}
+        idx_to_word: dict[int, str] = {}
         for word, idx in word_to_idx.items():
-            if idx in seen:
-                raise ValueError(f"word_to_idx gives id {idx} to both {seen[idx]!r} and {word!r}")
-            seen[idx] = word
+            if idx in idx_to_word:
+                raise ValueError(f"word_to_idx gives id {idx} to both {idx_to_word[idx]!r} and {word!r}")
+            idx_to_word[idx] = word
         for name, value in (("input_dim", input_dim), ("wordvec_dim", wordvec_dim), ("hidden_dim", hidden_dim)):
             if not isinstance(value, int) or value <= 0:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
@@ -80,7 +80,7 @@ class CaptioningRNN(nn.Module):
             raise ValueError(f"dtype must be a floating-point dtype, got {dtype}")
 
         self.word_to_idx = dict(word_to_idx)
-        self.idx_to_word = {idx: word for word, idx in self.word_to_idx.items()}
+        self.idx_to_word = idx_to_word
         self.cell_type = cell_type
         self.input_dim, self.wordvec_dim, self.hidden_dim = input_dim, wordvec_dim, hidden_dim
         self.vocab_size = len(self.word_to_idx)
@@ -159,7 +159,7 @@ class CaptioningRNN(nn.Module):
         On COCO, where a few words fill most positions, U is far below N*T.
         """
         words, rows = torch.unique(captions_in, return_inverse=True)  # (U,) distinct words; (N, T) their rows
-        table = F.temporal_affine(F.word_embedding(words[None], self.W_embed), self.Wx, self.b)[0]  # (U, gH)
+        table = self.input_table(words)  # (U, gH)
         recurrence = F.lstm_lookup if self.cell_type == "lstm" else F.rnn_lookup
         return recurrence(rows, table, h0, self.Wh, lengths)
 
@@ -173,9 +173,13 @@ class CaptioningRNN(nn.Module):
         h0 = self._initial_hidden(features)
         return h0, (torch.zeros_like(h0) if self.cell_type == "lstm" else None)
 
-    def input_table(self) -> Tensor:
-        """Every word's input projection ``W_embed @ Wx + b``, (V, gH): what a step adds to ``h @ Wh``."""
-        return F.temporal_affine(self.W_embed[None], self.Wx, self.b)[0]
+    def input_table(self, words: Tensor | None = None) -> Tensor:
+        """Input projections ``W_embed[w] @ Wx + b``, (V, gH), or (U, gH) for the (U,) ``words`` given.
+
+        What a step adds to ``h @ Wh`` for each word.
+        """
+        embedded = self.W_embed[None] if words is None else F.word_embedding(words[None], self.W_embed)  # (1, V|U, W)
+        return F.temporal_affine(embedded, self.Wx, self.b)[0]
 
     def step(self, words: Tensor, state: State, input_table: Tensor | None = None) -> tuple[Tensor, State]:
         """Feed one word per sequence.
@@ -219,7 +223,7 @@ class CaptioningRNN(nn.Module):
             ``<START>``); after a row emits ``<END>`` the rest of it is ``<NULL>``.
         """
         self.check_can_generate()
-        check_max_length(max_length)
+        check_positive_integer("max_length", max_length)
         state = self.initial_state(features)
         N, device = features.shape[0], features.device
         # One (V, W) @ (W, gH) product replaces max_length products of (N, W) @ (W, gH) when N > V / max_length.
