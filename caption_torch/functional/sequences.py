@@ -44,19 +44,20 @@ class _Packing:
     """Where each (timestep, sequence) pair lives in the packed layout above.
 
     Args:
-        lengths: (N,) non-increasing step counts, or None for all T.
+        lengths: (N,) non-increasing step counts on the host (what :func:`_check_lengths`
+            returns: the loop needs plain ints anyway), or None for all T.
+        device: where the packing index goes (the inputs' device).
     """
 
-    def __init__(self, lengths: Tensor | None, N: int, T: int) -> None:
+    def __init__(self, lengths: np.ndarray | None, N: int, T: int, device: torch.device) -> None:
         self.N, self.T = N, T
         if lengths is None:
             self.active, self.index = [N] * T, None
         else:
-            # Worked out on the host from one copy of lengths: the loop needs plain ints anyway.
-            running = lengths.cpu().numpy()[None, :] > np.arange(T)[:, None]  # (T, N)
+            running = lengths[None, :] > np.arange(T)[:, None]  # (T, N)
             self.active = running.sum(1).tolist()
             full = all(n == N for n in self.active)
-            self.index = None if full else torch.from_numpy(np.flatnonzero(running)).to(lengths.device)
+            self.index = None if full else torch.from_numpy(np.flatnonzero(running)).to(device)
         self.total = sum(self.active)
         self.run_sizes = [n for n in self.active if n]  # n_t of the steps that run: always the first ones
 
@@ -258,13 +259,14 @@ class RNN(torch.autograd.Function):
 
     With Wx and b None, x is taken as already projected (``rnn_projected``); with
     ``index`` also given, x is a table of projections and step t of sequence n reads
-    row index[n, t] (``rnn_lookup``).
+    row index[n, t] (``rnn_lookup``). ``lengths`` arrives on the host (a numpy array, from
+    the wrapper's check) or None.
     """
 
     @staticmethod
     def forward(ctx, x, h0, Wx, Wh, b, lengths, index=None):
         N, T = h0.shape[0], (x if index is None else index).shape[1]
-        packing = _Packing(lengths, N, T)
+        packing = _Packing(lengths, N, T, h0.device)
         pre_activations, saved = _packed_inputs(x, Wx, b, index, packing)
         states = _rnn_forward_loop(pre_activations, h0, Wh, packing)
         ctx.save_for_backward(saved, Wx, Wh, states)
@@ -294,7 +296,7 @@ class LSTM(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, h0, Wx, Wh, b, lengths, index=None):
         N, T = h0.shape[0], (x if index is None else index).shape[1]
-        packing = _Packing(lengths, N, T)
+        packing = _Packing(lengths, N, T, h0.device)
         pre_activations, saved = _packed_inputs(x, Wx, b, index, packing)
         gates = _own_copy(pre_activations, x)  # (P, 4H), activated in place by the loop: never the caller's
         states, cells, tanh_cells = _lstm_forward_loop(gates, h0, Wh, packing)
@@ -311,9 +313,10 @@ class LSTM(torch.autograd.Function):
         return _after_the_loop(ctx, grad_a, states, saved, Wx, Wh)
 
 
-def _check_lengths(lengths: Tensor | None, N: int, T: int) -> None:
+def _check_lengths(lengths: Tensor | None, N: int, T: int) -> np.ndarray | None:
+    """Check lengths and return them on the host, for the Function's packing (one device sync in all)."""
     if lengths is None:
-        return
+        return None
     if not isinstance(lengths, Tensor) or lengths.is_floating_point() or lengths.dtype == torch.bool:
         raise ValueError(f"lengths must be an integer tensor, got {getattr(lengths, 'dtype', type(lengths))}")
     if lengths.shape != (N,):
@@ -323,6 +326,7 @@ def _check_lengths(lengths: Tensor | None, N: int, T: int) -> None:
         raise ValueError(f"lengths must lie in [0, {T}] (the number of timesteps)")
     if N > 1 and (values[1:] > values[:-1]).any():
         raise ValueError("lengths must be sorted in non-increasing order (sort the batch by length)")
+    return values
 
 
 def rnn(x: Tensor, h0: Tensor, Wx: Tensor, Wh: Tensor, b: Tensor, lengths: Tensor | None = None) -> Tensor:
@@ -340,8 +344,8 @@ def rnn(x: Tensor, h0: Tensor, Wx: Tensor, Wh: Tensor, b: Tensor, lengths: Tenso
         view made inside the Function, which autograd refuses to change in place; change a copy.
     """
     _check_recurrent(x, h0, Wx, Wh, b, gates=1, x_ndim=3)
-    _check_lengths(lengths, x.shape[0], x.shape[1])
-    return _apply_autocast(RNN, x, h0, Wx, Wh, b, lengths, low_precision=True)
+    host_lengths = _check_lengths(lengths, x.shape[0], x.shape[1])
+    return _apply_autocast(RNN, x, h0, Wx, Wh, b, host_lengths, low_precision=True)
 
 
 def rnn_projected(x_projected: Tensor, h0: Tensor, Wh: Tensor, lengths: Tensor | None = None) -> Tensor:
@@ -355,8 +359,8 @@ def rnn_projected(x_projected: Tensor, h0: Tensor, Wh: Tensor, lengths: Tensor |
         (N, T, H) hidden states.
     """
     _check_projected(x_projected, h0, "h0", Wh, gates=1, x_ndim=3)
-    _check_lengths(lengths, x_projected.shape[0], x_projected.shape[1])
-    return _apply_autocast(RNN, x_projected, h0, None, Wh, None, lengths, low_precision=True)
+    host_lengths = _check_lengths(lengths, x_projected.shape[0], x_projected.shape[1])
+    return _apply_autocast(RNN, x_projected, h0, None, Wh, None, host_lengths, low_precision=True)
 
 
 def lstm(x: Tensor, h0: Tensor, Wx: Tensor, Wh: Tensor, b: Tensor, lengths: Tensor | None = None) -> Tensor:
@@ -372,8 +376,8 @@ def lstm(x: Tensor, h0: Tensor, Wx: Tensor, Wh: Tensor, b: Tensor, lengths: Tens
         (N, T, H) hidden states of every timestep (a view, as :func:`rnn`'s).
     """
     _check_recurrent(x, h0, Wx, Wh, b, gates=4, x_ndim=3)
-    _check_lengths(lengths, x.shape[0], x.shape[1])
-    return _apply_autocast(LSTM, x, h0, Wx, Wh, b, lengths, low_precision=True)
+    host_lengths = _check_lengths(lengths, x.shape[0], x.shape[1])
+    return _apply_autocast(LSTM, x, h0, Wx, Wh, b, host_lengths, low_precision=True)
 
 
 def lstm_projected(x_projected: Tensor, h0: Tensor, Wh: Tensor, lengths: Tensor | None = None) -> Tensor:
@@ -387,8 +391,8 @@ def lstm_projected(x_projected: Tensor, h0: Tensor, Wh: Tensor, lengths: Tensor 
         (N, T, H) hidden states.
     """
     _check_projected(x_projected, h0, "h0", Wh, gates=4, x_ndim=3)
-    _check_lengths(lengths, x_projected.shape[0], x_projected.shape[1])
-    return _apply_autocast(LSTM, x_projected, h0, None, Wh, None, lengths, low_precision=True)
+    host_lengths = _check_lengths(lengths, x_projected.shape[0], x_projected.shape[1])
+    return _apply_autocast(LSTM, x_projected, h0, None, Wh, None, host_lengths, low_precision=True)
 
 
 def _check_lookup(index: Tensor, table: Tensor, h0: Tensor, Wh: Tensor, gates: int) -> None:
@@ -423,8 +427,8 @@ def rnn_lookup(index: Tensor, table: Tensor, h0: Tensor, Wh: Tensor, lengths: Te
         (N, T, H) hidden states.
     """
     _check_lookup(index, table, h0, Wh, gates=1)
-    _check_lengths(lengths, index.shape[0], index.shape[1])
-    return _apply_autocast(RNN, table, h0, None, Wh, None, lengths, index, low_precision=True)
+    host_lengths = _check_lengths(lengths, index.shape[0], index.shape[1])
+    return _apply_autocast(RNN, table, h0, None, Wh, None, host_lengths, index, low_precision=True)
 
 
 def lstm_lookup(index: Tensor, table: Tensor, h0: Tensor, Wh: Tensor, lengths: Tensor | None = None) -> Tensor:
@@ -441,5 +445,5 @@ def lstm_lookup(index: Tensor, table: Tensor, h0: Tensor, Wh: Tensor, lengths: T
         (N, T, H) hidden states.
     """
     _check_lookup(index, table, h0, Wh, gates=4)
-    _check_lengths(lengths, index.shape[0], index.shape[1])
-    return _apply_autocast(LSTM, table, h0, None, Wh, None, lengths, index, low_precision=True)
+    host_lengths = _check_lengths(lengths, index.shape[0], index.shape[1])
+    return _apply_autocast(LSTM, table, h0, None, Wh, None, host_lengths, index, low_precision=True)
