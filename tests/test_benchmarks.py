@@ -3,16 +3,13 @@
 import json
 import math
 import sys
-from pathlib import Path
 
 import pytest
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `benchmarks` lives next to `tests`
-
-from benchmarks import bench, rows  # noqa: E402
+from benchmarks import bench, rows
 from benchmarks.native import max_loss_difference  # noqa: E402
-from benchmarks.timing import peak_memory_bytes, time_interleaved  # noqa: E402
+from benchmarks.timing import peak_memory_bytes, time_interleaved
 
 CPU = torch.device("cpu")
 TINY = rows.Shapes(input_dim=16, wordvec_dim=8, hidden_dim=12, vocab_size=40, time_steps=16)

@@ -19,12 +19,11 @@ import pytest
 import torch
 from conftest import write_coco_folder
 
+import train
 from caption_torch.data import CaptionDataModule
 from caption_torch.system import CaptioningSystem
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-import train  # noqa: E402
 
 SMALL = ["--hidden-dim", "32", "--wordvec-dim", "16", "--accelerator", "cpu"]
 # Set by a launcher for its children; inherited by accident they would make a run think it is one of them.

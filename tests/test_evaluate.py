@@ -2,18 +2,14 @@
 
 import json
 import re
-import sys
-from pathlib import Path
 
 import pytest
 import torch
 from conftest import write_coco_folder
 
+import train
 from caption_torch import evaluate
 from caption_torch.plots import caption_grid, plot_loss_history
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-import train  # noqa: E402
 
 
 @pytest.fixture(scope="module")

@@ -5,13 +5,10 @@ The overfit runs take ~20 s each and check the seed's bounds; the full default r
 """
 
 import re
-import sys
-from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-import train  # noqa: E402
+import train
 
 
 @pytest.fixture(scope="module")

@@ -19,12 +19,11 @@ import numpy as np
 import pytest
 import torch
 
+import train
 from caption_torch.callbacks import LossHistory
 from caption_torch.checkpointing import AtomicCheckpointIO
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-import train  # noqa: E402
 
 SMALL = ["--hidden-dim", "32", "--wordvec-dim", "16", "--accelerator", "cpu", "--devices", "1"]
 

@@ -1,14 +1,12 @@
 """train.py end to end on a small folder in cs231n's layout (seconds, not minutes)."""
 
 import re
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-import train  # noqa: E402
+import train
 
 SMALL = ["--hidden-dim", "32", "--wordvec-dim", "16", "--accelerator", "cpu", "--devices", "1"]
 
