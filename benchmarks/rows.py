@@ -283,10 +283,21 @@ def matmul_gflops(device: torch.device, rounds: Rounds, m: int = 8192, k: int = 
 
 
 def flops_row(step_row: dict, shapes: Shapes, reference: dict[str, float]) -> dict:
-    """Achieved GFLOP/s of a measured training step, counting the unmasked tokens' vocabulary GEMMs."""
+    """Achieved GFLOP/s of a measured training step.
+
+    ``{name}_gflops`` divides the same useful work (every per-position GEMM over the unmasked
+    tokens) by each contender's time; ``{name}_executed_gflops`` divides what that contender
+    runs: the project projects each distinct input word once, native runs all N * T positions.
+    """
     cell_type, batch = step_row["cell_type"], step_row["batch"]
-    useful = training_step_flops(cell_type, batch, step_row["scored_tokens"], shapes)
-    executed = training_step_flops(cell_type, batch, batch * shapes.time_steps, shapes)
+    scored = step_row["scored_tokens"]
+    useful = training_step_flops(cell_type, batch, scored, shapes)
+    executed = {
+        "project": training_step_flops(
+            cell_type, batch, scored, shapes, projected_rows=step_row["distinct_input_words"]
+        ),
+        "native": training_step_flops(cell_type, batch, batch * shapes.time_steps, shapes),
+    }
     row = {
         "row": "flops",
         "device": step_row["device"],
@@ -297,14 +308,10 @@ def flops_row(step_row: dict, shapes: Shapes, reference: dict[str, float]) -> di
     }
     for name in ("project", "native"):
         if f"{name}_ms" in step_row:
-            row[f"{name}_gflops"] = useful / (step_row[f"{name}_ms"] / 1e3) / 1e9
+            seconds = step_row[f"{name}_ms"] / 1e3
+            row[f"{name}_gflops"] = useful / seconds / 1e9
+            row[f"{name}_executed_gflops"] = executed[name] / seconds / 1e9
             row[f"{name}_fraction"] = row[f"{name}_gflops"] / reference["matmul"]
-    if "native_ms" in step_row:
-        row["native_executed_gflops"] = executed / (step_row["native_ms"] / 1e3) / 1e9
-    if "project_ms" in step_row:
-        scored, words = step_row["scored_tokens"], step_row["distinct_input_words"]
-        project_executed = training_step_flops(cell_type, batch, scored, shapes, projected_rows=words)
-        row["project_executed_gflops"] = project_executed / (step_row["project_ms"] / 1e3) / 1e9
     return row
 
 
