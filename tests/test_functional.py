@@ -103,74 +103,53 @@ def make_case(name, N, T, D, H, V, dtype, device):
         )
     # Sorted step counts with a finished-early and an empty sequence: padding must be skipped exactly.
     lengths = torch.linspace(T, 0, N).round().long().to(device)
-    if name in ("rnn_lengths", "lstm_lengths"):
-        cell = name.split("_")[0]
+    if name.startswith(("rnn_", "lstm_")):  # the sequence and step variants
+        cell, variant = name.split("_", 1)
         gates = 4 if cell == "lstm" else 1
-        fn = F.lstm if cell == "lstm" else F.rnn
+        kept = (torch.arange(T, device=device)[None, :] < lengths[:, None])[..., None]  # (N, T, 1)
+        # Projected inputs are x @ I + 0: the references run with an identity Wx and a zero b.
+        eye = torch.eye(gates * H, dtype=dtype, device=device)
+        zero = torch.zeros(gates * H, dtype=dtype, device=device)
         ref = ref_lstm if cell == "lstm" else ref_rnn
+        if variant == "lengths":
+            fn = F.lstm if cell == "lstm" else F.rnn
+            return (
+                (lambda *args: fn(*args, lengths)),
+                (lambda *args: ref(*args) * kept),
+                [
+                    randn(N, T, D),
+                    randn(N, H),
+                    randn(D, gates * H, scale=wscale),
+                    randn(H, gates * H, scale=hscale),
+                    randn(gates * H),
+                ],
+                [],
+            )
+        if variant == "step_projected":
 
-        def masked_ref(*args):
-            out = ref(*args)
-            return out * (torch.arange(T, device=device)[None, :] < lengths[:, None])[..., None]
+            def identity_step_ref(x_projected, *rest):
+                if cell == "lstm":
+                    prev_h, prev_c, Wh = rest
+                    return ref_lstm_step(x_projected, prev_h, prev_c, eye, Wh, zero)
+                prev_h, Wh = rest
+                return ref_rnn_step(x_projected, prev_h, eye, Wh, zero)
 
-        return (
-            (lambda *args: fn(*args, lengths)),
-            masked_ref,
-            [
-                randn(N, T, D),
-                randn(N, H),
-                randn(D, gates * H, scale=wscale),
-                randn(H, gates * H, scale=hscale),
-                randn(gates * H),
-            ],
-            [],
-        )
-    if name in ("rnn_step_projected", "lstm_step_projected"):
-        cell = name.split("_")[0]
-        gates = 4 if cell == "lstm" else 1
-
-        def identity_step_ref(x_projected, *rest):  # the step with an identity Wx and zero b
-            eye = torch.eye(gates * H, dtype=x_projected.dtype, device=device)
-            zero = torch.zeros(gates * H, dtype=x_projected.dtype, device=device)
-            if cell == "lstm":
-                prev_h, prev_c, Wh = rest
-                return ref_lstm_step(x_projected, prev_h, prev_c, eye, Wh, zero)
-            prev_h, Wh = rest
-            return ref_rnn_step(x_projected, prev_h, eye, Wh, zero)
-
-        states = [randn(N, H), randn(N, H)] if cell == "lstm" else [randn(N, H)]
-        fn = F.lstm_step_projected if cell == "lstm" else F.rnn_step_projected
-        return fn, identity_step_ref, [randn(N, gates * H), *states, randn(H, gates * H, scale=hscale)], []
-    if name in ("rnn_projected", "lstm_projected"):
-        cell = name.split("_")[0]
-        gates = 4 if cell == "lstm" else 1
-        fn = F.lstm_projected if cell == "lstm" else F.rnn_projected
-        ref = ref_lstm if cell == "lstm" else ref_rnn
-
-        def identity_ref(x_projected, h0, Wh):  # x @ I + 0 is x: the reference with an identity Wx
-            eye = torch.eye(gates * H, dtype=x_projected.dtype, device=device)
-            return ref(x_projected, h0, eye, Wh, torch.zeros(gates * H, dtype=x_projected.dtype, device=device))
-
-        return fn, identity_ref, [randn(N, T, gates * H), randn(N, H), randn(H, gates * H, scale=hscale)], []
-    if name in ("rnn_lookup", "lstm_lookup"):
-        cell = name.split("_")[0]
-        gates = 4 if cell == "lstm" else 1
-        fn = F.lstm_lookup if cell == "lstm" else F.rnn_lookup
-        ref = ref_lstm if cell == "lstm" else ref_rnn
-        rows = torch.randint(3, (N, T), generator=gen).to(device)  # 3 table rows for N*T steps: every row read often
-
-        def lookup_ref(table, h0, Wh):  # the projected reference on the gathered rows, padding zeroed
-            eye = torch.eye(gates * H, dtype=table.dtype, device=device)
-            zero = torch.zeros(gates * H, dtype=table.dtype, device=device)
-            kept = torch.arange(T, device=device)[None, :] < lengths[:, None]
-            return ref(table[rows], h0, eye, Wh, zero) * kept[..., None]
-
-        return (
-            (lambda table, h0, Wh: fn(rows, table, h0, Wh, lengths)),
-            lookup_ref,
-            [randn(3, gates * H), randn(N, H), randn(H, gates * H, scale=hscale)],
-            [],
-        )
+            states = [randn(N, H), randn(N, H)] if cell == "lstm" else [randn(N, H)]
+            fn = F.lstm_step_projected if cell == "lstm" else F.rnn_step_projected
+            return fn, identity_step_ref, [randn(N, gates * H), *states, randn(H, gates * H, scale=hscale)], []
+        if variant == "projected":
+            fn = F.lstm_projected if cell == "lstm" else F.rnn_projected
+            inputs = [randn(N, T, gates * H), randn(N, H), randn(H, gates * H, scale=hscale)]
+            return fn, (lambda x_projected, h0, Wh: ref(x_projected, h0, eye, Wh, zero)), inputs, []
+        if variant == "lookup":
+            fn = F.lstm_lookup if cell == "lstm" else F.rnn_lookup
+            rows = torch.randint(3, (N, T), generator=gen).to(device)  # 3 table rows for N*T steps: each read often
+            return (
+                (lambda table, h0, Wh: fn(rows, table, h0, Wh, lengths)),
+                (lambda table, h0, Wh: ref(table[rows], h0, eye, Wh, zero) * kept),  # gathered rows, padding zeroed
+                [randn(3, gates * H), randn(N, H), randn(H, gates * H, scale=hscale)],
+                [],
+            )
     if name == "word_embedding":
         return (lambda W, x: F.word_embedding(x, W)), (lambda W, x: W[x]), [randn(V, D)], [ids]
     if name == "temporal_affine":
