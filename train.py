@@ -1,6 +1,6 @@
 """Train a captioning RNN/LSTM with Lightning.
 
-    python train.py --overfit 50          # the seed notebook's experiment: overfit 50 captions
+    python train.py --overfit 50          # cs231n's RNN_Captioning notebook: overfit 50 captions
     python train.py                       # a few minutes on the embedded dataset, reports val BLEU
     python train.py --data-dir coco_captioning --cell lstm --accelerator gpu --devices 2
 
@@ -24,26 +24,24 @@ from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.callbacks import ModelCheckpoint
 
 from caption_torch import coco
+from caption_torch.config import PRESETS, CaptionConfig, preset
 from caption_torch.callbacks import LossHistory
 from caption_torch.checkpointing import AtomicCheckpointIO, LastCheckpoint
 from caption_torch.cli import positive_float, positive_int
 from caption_torch.data import CaptionDataModule, FeatureRows
+from caption_torch.functional import CELLS
 from caption_torch.evaluate import CheckpointError, check_model_fits_data, load_model
 from caption_torch.plots import plot_loss_history
 from caption_torch.system import CaptioningSystem
 
-# The seed notebook's overfitting experiment; `--overfit N` uses these unless a flag says otherwise.
-OVERFIT_DEFAULTS = dict(cell="rnn", hidden_dim=512, wordvec_dim=256, batch_size=25, epochs=50, lr=5e-3, lr_decay=0.95)
-# The assignment's LSTM notebook decays more slowly.
-OVERFIT_LSTM_LR_DECAY = 0.995
-# A full run on the embedded dataset: a few minutes on a 2-core CPU.
-# (LSTM, 12 epochs: 1 min 43 s on the 2-core CPU, val BLEU-4 0.32; the RNN reaches 0.15 in 4 epochs.)
-FULL_DEFAULTS = dict(cell="lstm", hidden_dim=512, wordvec_dim=256, batch_size=128, epochs=12, lr=5e-3, lr_decay=0.9)
+FULL, OVERFIT = PRESETS["full"], PRESETS["overfit"]
+# The flags that set a CaptionConfig field (argparse stores each under the field's name).
+CONFIG_FLAGS = ("cell_type", "hidden_dim", "wordvec_dim", "batch_size", "epochs", "lr", "lr_decay")
 # These train in child processes and hand back only the weights and metrics, not the loss history or
 # checkpoint paths this script reports; --strategy ddp re-runs the script on every rank instead.
 SPAWNING_STRATEGIES = ("ddp_spawn", "ddp_fork", "ddp_notebook")
 # Flags whose value is part of a checkpoint's model: resuming with another value cannot work.
-MODEL_FLAGS = dict(wordvec_dim="--wordvec-dim", hidden_dim="--hidden-dim", cell_type="--cell")
+MODEL_FLAGS = dict(wordvec_dim="--wordvec-dim", hidden_dim="--hidden-dim", cell_type="--cell")  # config.MODEL_FIELDS
 
 
 def quiet_lightning() -> None:
@@ -79,8 +77,9 @@ def build_parser() -> argparse.ArgumentParser:
         type=positive_int,
         metavar="N",
         default=None,
-        help="train on N random captions only, with the seed notebook's settings "
-        "(batch 25, 50 epochs, Adam 5e-3, lr_decay 0.95, H=512, W=256)",
+        help="train on N random captions only, with the settings of cs231n's RNN_Captioning notebook "
+        f"(batch {OVERFIT.batch_size}, {OVERFIT.epochs} epochs, Adam {OVERFIT.lr:g}, lr_decay {OVERFIT.lr_decay}, "
+        f"H={OVERFIT.hidden_dim}, W={OVERFIT.wordvec_dim})",
     )
     data.add_argument(
         "--max-val-images",
@@ -96,24 +95,24 @@ def build_parser() -> argparse.ArgumentParser:
         help="stream features from HDF5, hold them in RAM, or on the accelerator (default: hdf5)",
     )
 
-    model = parser.add_argument_group("model and optimisation (defaults: see README)")
+    model = parser.add_argument_group("model and optimisation (defaults: the full run; --overfit's in brackets)")
     model.add_argument(
         "--cell",
-        choices=["rnn", "lstm"],
+        dest="cell_type",
+        choices=list(CELLS),
         default=None,
-        help="recurrent cell (default: rnn with --overfit, as the notebook; lstm otherwise)",
+        help=f"recurrent cell (default: {FULL.cell_type} [{OVERFIT.cell_type}, as the notebook])",
     )
-    model.add_argument("--hidden-dim", type=positive_int, default=None, help="hidden state width H (default: 512)")
-    model.add_argument("--wordvec-dim", type=positive_int, default=None, help="word vector width W (default: 256)")
-    model.add_argument("--batch-size", type=positive_int, default=None, help="captions per batch")
-    model.add_argument("--epochs", type=positive_int, default=None, help="training epochs")
-    model.add_argument("--lr", type=positive_float, default=None, help="Adam learning rate (default: 5e-3)")
-    model.add_argument(
-        "--lr-decay",
-        type=positive_float,
-        default=None,
-        help="learning rate multiplier after each epoch (cs231n's lr_decay)",
-    )
+    for flag, name, kind, meaning in (
+        ("--hidden-dim", "hidden_dim", positive_int, "hidden state width H"),
+        ("--wordvec-dim", "wordvec_dim", positive_int, "word vector width W"),
+        ("--batch-size", "batch_size", positive_int, "captions per batch"),
+        ("--epochs", "epochs", positive_int, "training epochs"),
+        ("--lr", "lr", positive_float, "Adam learning rate"),
+        ("--lr-decay", "lr_decay", positive_float, "learning rate multiplier after each epoch (cs231n's lr_decay)"),
+    ):
+        default = f"{getattr(FULL, name):g} [{getattr(OVERFIT, name):g}]"
+        model.add_argument(flag, dest=name, type=kind, default=None, help=f"{meaning} (default: {default})")
     model.add_argument("--seed", type=int, default=231, help="random seed (default: 231, the notebook's)")
 
     hardware = parser.add_argument_group("hardware and runs")
@@ -146,13 +145,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def resolve_defaults(args: argparse.Namespace) -> argparse.Namespace:
-    """Fill flags left unset from the overfit or the full-run defaults."""
-    defaults = dict(OVERFIT_DEFAULTS if args.overfit else FULL_DEFAULTS)
-    if args.overfit and (args.cell or defaults["cell"]) == "lstm":
-        defaults["lr_decay"] = OVERFIT_LSTM_LR_DECAY
-    for name, value in defaults.items():
-        if getattr(args, name) is None:
-            setattr(args, name, value)
+    """Set ``args.config``: the overfit or full-run preset, with the flags given replacing its fields."""
+    config = preset(args.overfit is not None, args.cell_type)
+    args.config = config.updated(**{name: getattr(args, name) for name in CONFIG_FLAGS})
     if args.num_workers < 0:
         raise ValueError(f"--num-workers must be >= 0, got {args.num_workers}")
     if args.strategy.startswith(SPAWNING_STRATEGIES):
@@ -195,7 +190,7 @@ def print_samples(system: CaptioningSystem, dm: CaptionDataModule, seed: int) ->
         sources = coco.image_sources(dm.data_dir, split, dm.num_images[split])
         for index in rng.choice(len(dataset), size=min(2, len(dataset)), replace=False):
             row = int(dataset.image_rows[index])
-            sample = model.sample(features.read(np.array([row])).to(dtype), system.hparams.max_length)[0]
+            sample = model.sample(features.read(np.array([row])).to(dtype), system.config.max_length)[0]
             truth = dataset.references(index)[0]
             print(f"\n{split}\n  sample: {coco.decode_captions(sample, dm.idx_to_word)}")
             print(f"  GT:     {coco.decode_captions(truth, dm.idx_to_word)}")
@@ -215,10 +210,11 @@ def main(argv: list[str] | None = None) -> int:
 def run(args: argparse.Namespace) -> int:
     """Train as the flags say; rank 0 then prints the samples, metrics and paths."""
     quiet_lightning()
+    config: CaptionConfig = args.config
     L.seed_everything(args.seed, workers=True, verbose=False)
     dm = CaptionDataModule(
         data_dir=args.data_dir,
-        batch_size=args.batch_size,
+        batch_size=config.batch_size,
         num_workers=args.num_workers,
         max_train=args.overfit,
         max_val_images=args.max_val_images,
@@ -230,8 +226,7 @@ def run(args: argparse.Namespace) -> int:
     )
     dm.prepare_data()
     dm.setup("fit")  # the model needs the vocabulary and the feature width
-    system = CaptioningSystem(dm.word_to_idx, dm.feature_dim, args.wordvec_dim, args.hidden_dim, args.cell,
-                              lr=args.lr, lr_decay=args.lr_decay)  # fmt: skip
+    system = CaptioningSystem.from_config(dm.word_to_idx, dm.feature_dim, config)
     history = LossHistory(print_every=10)
     validate = args.overfit is None  # the notebook's overfit run has no validation
     last = LastCheckpoint(every_n_steps=args.checkpoint_every)
@@ -241,7 +236,7 @@ def run(args: argparse.Namespace) -> int:
         callbacks.append(best)
     trainer = L.Trainer(
         default_root_dir=args.log_dir,
-        max_epochs=args.epochs,
+        max_epochs=config.epochs,
         accelerator=args.accelerator,
         devices=int(args.devices) if str(args.devices).isdigit() else args.devices,
         num_nodes=args.num_nodes,
@@ -253,7 +248,7 @@ def run(args: argparse.Namespace) -> int:
         enable_progress_bar=validate,
         limit_val_batches=None if validate else 0,
         num_sanity_val_steps=0,
-        log_every_n_steps=min(10, max(1, len(dm.train_set) // args.batch_size)),
+        log_every_n_steps=min(10, max(1, len(dm.train_set) // config.batch_size)),
         enable_model_summary=False,
     )
     ckpt_path = find_last_checkpoint(args.log_dir) if args.resume == "last" else args.resume
@@ -267,7 +262,7 @@ def run(args: argparse.Namespace) -> int:
     if not trainer.is_global_zero:
         return 0
     if ckpt_path is not None and not last.path.is_file():  # no epoch ended: nothing was left to train
-        print(f"nothing to train: {ckpt_path} has already completed --epochs {args.epochs}; raise --epochs to go on")
+        print(f"nothing to train: {ckpt_path} has already completed --epochs {config.epochs}; raise --epochs to go on")
         return 0
 
     steps_per_epoch = max(1, trainer.num_training_batches)

@@ -1,6 +1,6 @@
 """Caption decoders built only on the model's one-word-at-a-time API.
 
-    state = model.initial_state(features)        features (N, D) -> state (h, c), each (N, H)
+    state = model.initial_state(features)        features (N, D) -> state (h,) or (h, c), each (N, H)
     scores, state = model.step(words, state)     words (N,)      -> scores (N, V)
 
 Every decoder returns what ``CaptioningRNN.sample`` returns: an (N, max_length)
@@ -121,69 +121,112 @@ def beam_search(
     model.check_can_generate()
     check_positive_integer("beam_size", beam_size)
     check_positive_integer("max_length", max_length)
-    h0, c0 = model.initial_state(features)  # (N, H) each
     N, K, V, device = features.shape[0], beam_size, model.vocab_size, features.device
-    null_id, end_id = model.null_id, model.end_id
-
-    state = (h0.repeat_interleave(K, dim=0), None if c0 is None else c0.repeat_interleave(K, dim=0))  # (N*K, H)
+    state = tuple(part.repeat_interleave(K, dim=0) for part in model.initial_state(features))  # (N*K, H) each
+    beams = _Beams(N, K, max_length, model.null_id, length_normalization, device)
     words = torch.full((N * K,), model.start_id, dtype=torch.long, device=device)
-    tokens = torch.full((N, K, max_length), null_id, dtype=torch.long, device=device)
-    # The K beams of an image start identical; -inf keeps all but the first from
-    # expanding at step 0, so that the first step yields K different words.
-    log_prob_sum = torch.zeros(N, K, dtype=torch.float64, device=device)
-    log_prob_sum[:, 1:] = float("-inf")
-    lengths = torch.zeros(N, K, dtype=torch.long, device=device)  # words generated, <END> included
-    finished = torch.zeros(N, K, dtype=torch.bool, device=device)
-    # A finished hypothesis can later be pushed out of the beam by live ones that
-    # score better for now but worse in the end; remember the best one ever seen.
-    best_finished_score = torch.full((N,), float("-inf"), dtype=torch.float64, device=device)
-    best_finished_tokens = torch.full((N, max_length), null_id, dtype=torch.long, device=device)
-
-    def ranking(log_prob_sum: Tensor, lengths: Tensor) -> Tensor:
-        return log_prob_sum / lengths.clamp(min=1) if length_normalization else log_prob_sum
-
     # Each word's input projection, looked up instead of multiplied at every step (see model.step).
     table = model.input_table() if N * K * max_length > V else None
     for t in range(max_length):
         scores, state = model.step(words, state, table)
         log_probs = torch.log_softmax(scores.double(), dim=1).view(N, K, V)
+        parent, word = beams.advance(t, log_probs, model.end_id)
+        rows = (torch.arange(N, device=device)[:, None] * K + parent).view(N * K)  # the parents' state rows
+        state = tuple(part.index_select(0, rows) for part in state)
+        words = word.view(N * K)
+        if beams.done():
+            break
+    return beams.best()
 
-        # Candidate (beam k, word v). A finished beam has one candidate, itself, which
-        # sits in column <NULL> (the word it "emits"); its other columns are -inf.
-        candidate_sum = (log_prob_sum[..., None] + log_probs).masked_fill(finished[..., None], float("-inf"))
-        candidate_sum[..., null_id] = torch.where(finished, log_prob_sum, candidate_sum[..., null_id])
-        candidate_length = torch.where(finished, lengths, t + 1)  # (N, K)
-        candidate_score = ranking(candidate_sum, candidate_length[..., None])
 
+class _Beams:
+    """The K hypotheses of each of N images: their words, scores and which have finished.
+
+    Args:
+        N, K: images and hypotheses per image.
+        max_length: words per hypothesis.
+        null_id: the word a finished hypothesis "emits" (its padding).
+        length_normalization: rank by mean instead of summed log-probability.
+    """
+
+    def __init__(self, N: int, K: int, max_length: int, null_id: int, length_normalization: bool, device) -> None:
+        self.N, self.K, self.null_id, self.length_normalization = N, K, null_id, length_normalization
+        self.tokens = torch.full((N, K, max_length), null_id, dtype=torch.long, device=device)
+        # The K beams of an image start identical; -inf keeps all but the first from
+        # expanding at step 0, so that the first step yields K different words.
+        self.log_prob_sum = torch.zeros(N, K, dtype=torch.float64, device=device)
+        self.log_prob_sum[:, 1:] = float("-inf")
+        self.lengths = torch.zeros(N, K, dtype=torch.long, device=device)  # words generated, <END> included
+        self.finished = torch.zeros(N, K, dtype=torch.bool, device=device)
+        # A finished hypothesis can later be pushed out of the beam by live ones that
+        # score better for now but worse in the end; remember the best one ever seen.
+        self.best_finished_score = torch.full((N,), float("-inf"), dtype=torch.float64, device=device)
+        self.best_finished_tokens = torch.full((N, max_length), null_id, dtype=torch.long, device=device)
+
+    def ranking(self, log_prob_sum: Tensor, lengths: Tensor) -> Tensor:
+        """The score hypotheses are ranked by: the mean or the sum of their log-probabilities."""
+        return log_prob_sum / lengths.clamp(min=1) if self.length_normalization else log_prob_sum
+
+    def advance(self, t: int, log_probs: Tensor, end_id: int) -> tuple[Tensor, Tensor]:
+        """Replace the beams by the K best candidates of step t.
+
+        Args:
+            log_probs: (N, K, V) float64 log-probabilities of the next word of every hypothesis.
+
+        Returns:
+            ``(parent, word)``, each (N, K): the hypothesis each new one extends, and its word.
+        """
+        candidate_sum, candidate_length = self._score_candidates(t, log_probs)
+        parent, word = self._reorder(candidate_sum, candidate_length, end_id)
+        self.tokens[:, :, t] = word
+        self._remember_finished()
+        return parent, word
+
+    def _score_candidates(self, t: int, log_probs: Tensor) -> tuple[Tensor, Tensor]:
+        """Candidate (beam k, word v) sums (N, K, V) and lengths (N, K).
+
+        A finished beam has one candidate, itself, which sits in column <NULL> (the word
+        it "emits"); its other columns are -inf.
+        """
+        candidate_sum = (self.log_prob_sum[..., None] + log_probs).masked_fill(self.finished[..., None], float("-inf"))
+        candidate_sum[..., self.null_id] = torch.where(
+            self.finished, self.log_prob_sum, candidate_sum[..., self.null_id]
+        )
+        candidate_length = torch.where(self.finished, self.lengths, t + 1)  # (N, K)
+        return candidate_sum, candidate_length
+
+    def _reorder(self, candidate_sum: Tensor, candidate_length: Tensor, end_id: int) -> tuple[Tensor, Tensor]:
+        """Keep the K best candidates per image; the beams' words and scores follow their parents."""
+        N, K, V = candidate_sum.shape
+        candidate_score = self.ranking(candidate_sum, candidate_length[..., None])
         best = candidate_score.view(N, K * V).topk(K, dim=1).indices  # (N, K)
         parent, word = best // V, best % V
-        parent_finished = finished.gather(1, parent)
-        log_prob_sum = candidate_sum.view(N, K * V).gather(1, best)
-        lengths = candidate_length.gather(1, parent)
-        finished = parent_finished | (word == end_id)
+        parent_finished = self.finished.gather(1, parent)
+        self.log_prob_sum = candidate_sum.view(N, K * V).gather(1, best)
+        self.lengths = candidate_length.gather(1, parent)
+        self.finished = parent_finished | (word == end_id)
         # A finished parent's word is <NULL> already unless a -inf filler was picked
         # (only when fewer than K candidates are finite); keep the format either way.
-        word = word.masked_fill(parent_finished, null_id)
+        word = word.masked_fill(parent_finished, self.null_id)
+        self.tokens = self.tokens.gather(1, parent[..., None].expand_as(self.tokens))
+        return parent, word
 
-        tokens = tokens.gather(1, parent[..., None].expand(N, K, max_length))
-        tokens[:, :, t] = word
-        rows = (torch.arange(N, device=device)[:, None] * K + parent).view(N * K)
-        h, c = state
-        state = (h.index_select(0, rows), None if c is None else c.index_select(0, rows))
-        words = word.view(N * K)
+    def _remember_finished(self) -> None:
+        ranked = self.ranking(self.log_prob_sum, self.lengths).masked_fill(~self.finished, float("-inf"))
+        finished_score, finished_beam = ranked.max(1)
+        improved = finished_score > self.best_finished_score  # (N,)
+        self.best_finished_score = torch.where(improved, finished_score, self.best_finished_score)
+        self.best_finished_tokens[improved] = self.tokens[improved, finished_beam[improved]]
 
-        finished_score, finished_beam = ranking(log_prob_sum, lengths).masked_fill(~finished, float("-inf")).max(1)
-        improved = finished_score > best_finished_score  # (N,)
-        best_finished_score = torch.where(improved, finished_score, best_finished_score)
-        best_finished_tokens[improved] = tokens[improved, finished_beam[improved]]
-        # -inf beams are fillers that can never be chosen; they need not finish.
-        if bool((finished | log_prob_sum.isneginf()).all()):
-            break
+    def done(self) -> bool:
+        """Every beam finished (-inf beams are fillers that can never be chosen; they need not finish)."""
+        return bool((self.finished | self.log_prob_sum.isneginf()).all())
 
-    # Live hypotheses that reached max_length compete with the best finished one.
-    final_score, final_beam = ranking(log_prob_sum, lengths).max(dim=1)  # (N,)
-    final_tokens = tokens[torch.arange(N, device=device), final_beam]
-    return torch.where((final_score > best_finished_score)[:, None], final_tokens, best_finished_tokens)
+    def best(self) -> Tensor:
+        """(N, max_length): the best finished hypothesis, or a live one that reached max_length and ranks higher."""
+        final_score, final_beam = self.ranking(self.log_prob_sum, self.lengths).max(dim=1)  # (N,)
+        final_tokens = self.tokens[torch.arange(self.N, device=self.tokens.device), final_beam]
+        return torch.where((final_score > self.best_finished_score)[:, None], final_tokens, self.best_finished_tokens)
 
 
 # --------------------------------------------------------------------------- #

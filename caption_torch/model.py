@@ -2,7 +2,7 @@
 
     features (N, D) ──affine──► h0 (N, H)
     captions_in (N, T) ──its U distinct words──► W_embed rows (U, W) ──affine──► input table (U, gH)
-    input table, rows of captions_in ──rnn/lstm_lookup(h0)──► hidden (N, T, H)
+    input table, rows of captions_in ──the cell's sequence (rnn/lstm_lookup), from h0──► hidden (N, T, H)
     hidden ──vocab projection + masked softmax──► loss (scalar)
 
 ``captions[:, :-1]`` is fed in and ``captions[:, 1:]`` is predicted; positions
@@ -19,13 +19,11 @@ import torch
 from torch import Tensor, nn
 
 from . import functional as F
+from .functional import CELLS, State
+from .vocabulary import END, NULL, START, index_words
 
-NULL, START, END = "<NULL>", "<START>", "<END>"
-CELL_TYPES = ("rnn", "lstm")
+CELL_TYPES = tuple(CELLS)
 PARAM_NAMES = ("W_embed", "W_proj", "b_proj", "Wx", "Wh", "b", "W_vocab", "b_vocab")
-
-# The recurrent state carried between sampling steps: (h, c); c is None for a vanilla RNN.
-State = tuple[Tensor, "Tensor | None"]
 
 
 def check_positive_integer(name: str, value: int) -> None:
@@ -43,14 +41,14 @@ class CaptioningRNN(nn.Module):
         input_dim: D, the width of an image feature vector (512 for fc7-PCA).
         wordvec_dim: W, the width of a word vector.
         hidden_dim: H, the width of the recurrent hidden state.
-        cell_type: ``'rnn'`` (tanh) or ``'lstm'``.
+        cell_type: a name in ``functional.CELLS``: ``'rnn'`` (tanh) or ``'lstm'``.
         dtype: dtype of every parameter (float64 for gradient checks).
 
     Parameters (``model.params``), with cs231n's names, shapes and initialisation:
         W_embed (V, W) ~ N(0, 1) / 100;   W_proj (D, H) ~ N(0, 1) / sqrt(D);  b_proj (H,) = 0
         Wx (W, gH) ~ N(0, 1) / sqrt(W);   Wh (H, gH) ~ N(0, 1) / sqrt(H);     b (gH,) = 0
         W_vocab (H, V) ~ N(0, 1) / sqrt(H);                                   b_vocab (V,) = 0
-    where g = 1 for the RNN and 4 for the LSTM.
+    where g = the cell's gate count: 1 for the RNN and 4 for the LSTM.
     """
 
     def __init__(
@@ -67,12 +65,7 @@ class CaptioningRNN(nn.Module):
             raise ValueError(f"cell_type must be one of {CELL_TYPES}, got {cell_type!r}")
         if NULL not in word_to_idx:
             raise ValueError(f"word_to_idx must contain the padding token {NULL!r}")
-        # Ids need not be 0..V-1 (the notebook's own {<NULL>: 0, cat: 2, dog: 3} is not), but each is one word's.
-        idx_to_word: dict[int, str] = {}
-        for word, idx in word_to_idx.items():
-            if idx in idx_to_word:
-                raise ValueError(f"word_to_idx gives id {idx} to both {idx_to_word[idx]!r} and {word!r}")
-            idx_to_word[idx] = word
+        idx_to_word = index_words(word_to_idx)  # ids need not be 0..V-1, but each is one word's
         for name, value in (("input_dim", input_dim), ("wordvec_dim", wordvec_dim), ("hidden_dim", hidden_dim)):
             if not isinstance(value, int) or value <= 0:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
@@ -82,6 +75,7 @@ class CaptioningRNN(nn.Module):
         self.word_to_idx = dict(word_to_idx)
         self.idx_to_word = idx_to_word
         self.cell_type = cell_type
+        self.cell = CELLS[cell_type]
         self.input_dim, self.wordvec_dim, self.hidden_dim = input_dim, wordvec_dim, hidden_dim
         self.vocab_size = len(self.word_to_idx)
         self.null_id = self.word_to_idx[NULL]
@@ -89,7 +83,7 @@ class CaptioningRNN(nn.Module):
         self.end_id = self.word_to_idx.get(END)
 
         V, D, W, H = self.vocab_size, input_dim, wordvec_dim, hidden_dim
-        gates = 4 if cell_type == "lstm" else 1
+        gates = self.cell.gates
 
         def normal(*shape: int, scale: float) -> nn.Parameter:
             return nn.Parameter(torch.randn(*shape, dtype=dtype) * scale)
@@ -160,18 +154,20 @@ class CaptioningRNN(nn.Module):
         """
         words, rows = torch.unique(captions_in, return_inverse=True)  # (U,) distinct words; (N, T) their rows
         table = self.input_table(words)  # (U, gH)
-        recurrence = F.lstm_lookup if self.cell_type == "lstm" else F.rnn_lookup
-        return recurrence(rows, table, h0, self.Wh, lengths)
+        return self.cell.sequence(rows, table, h0, self.Wh, lengths)
 
     # ------------------------------------------------------------------ #
     # Generation: one step at a time, shared by every decoder
     # ------------------------------------------------------------------ #
 
     def initial_state(self, features: Tensor) -> State:
-        """Recurrent state before the first word: ``(h0, c0)`` with h0 (N, H); c0 zeros or None."""
+        """Recurrent state before the first word: ``(h0,)`` for the RNN, ``(h0, c0)`` for the LSTM, each (N, H).
+
+        h0 is the projected image feature; the cell's other states (the LSTM's c0) start at zero.
+        """
         self._check_features(features)
         h0 = self._initial_hidden(features)
-        return h0, (torch.zeros_like(h0) if self.cell_type == "lstm" else None)
+        return (h0, *(torch.zeros_like(h0) for _ in range(self.cell.state_size - 1)))
 
     def input_table(self, words: Tensor | None = None) -> Tensor:
         """Input projections ``W_embed[w] @ Wx + b``, (V, gH), or (U, gH) for the (U,) ``words`` given.
@@ -186,28 +182,20 @@ class CaptioningRNN(nn.Module):
 
         Args:
             words: (N,) token ids of the current words.
-            state: ``(h, c)`` from :meth:`initial_state` or the previous step, each (N, H).
+            state: from :meth:`initial_state` or the previous step: ``(h,)`` or ``(h, c)``, each (N, H).
             input_table: optional :meth:`input_table`, computed once per caption batch: each step
                 then looks its words' projections up instead of multiplying (N, W) @ (W, gH).
 
         Returns:
             ``(scores, state)``: (N, V) unnormalised scores of the next word, and the new state.
         """
-        h, c = state
         if input_table is not None:
-            x = F.word_embedding(words[:, None], input_table)[:, 0]  # (N, gH)
-            if self.cell_type == "lstm":
-                h, c = F.lstm_step_projected(x, h, c, self.Wh)
-            else:
-                h = F.rnn_step_projected(x, h, self.Wh)
+            x_projected = F.word_embedding(words[:, None], input_table)[:, 0]  # (N, gH), looked up
         else:
-            x = F.word_embedding(words[:, None], self.W_embed)[:, 0]  # (N, W)
-            if self.cell_type == "lstm":
-                h, c = F.lstm_step(x, h, c, self.Wx, self.Wh, self.b)
-            else:
-                h = F.rnn_step(x, h, self.Wx, self.Wh, self.b)
-        scores = F.temporal_affine(h[:, None], self.W_vocab, self.b_vocab)[:, 0]  # (N, V)
-        return scores, (h, c)
+            x_projected = self.input_table(words)  # (N, gH), embedded and projected
+        state = self.cell.step(x_projected, state, self.Wh)
+        scores = F.temporal_affine(state[0][:, None], self.W_vocab, self.b_vocab)[:, 0]  # (N, V)
+        return scores, state
 
     @torch.no_grad()
     def generate(self, features: Tensor, max_length: int, choose_next: Callable[[Tensor], Tensor]) -> Tensor:
@@ -241,7 +229,7 @@ class CaptioningRNN(nn.Module):
             if bool(ended.any()):
                 keep = ~ended
                 running, words = running[keep], words[keep]
-                state = tuple(part[keep] if part is not None else None for part in state)
+                state = tuple(part[keep] for part in state)
                 if running.numel() == 0:
                     break
         return captions

@@ -16,9 +16,12 @@ from torch import Tensor
 from torchmetrics import MeanMetric
 from torchmetrics.text import BLEUScore
 
+from .config import CaptionConfig
 from .data import CaptionBatch, ImageBatch
 from .metrics import caption_text
 from .model import CaptioningRNN
+
+DEFAULTS = CaptionConfig()
 
 BLEU_ORDERS = (1, 2, 3, 4)
 
@@ -26,39 +29,48 @@ BLEU_ORDERS = (1, 2, 3, 4)
 class CaptioningSystem(L.LightningModule):
     """Lightning wrapper of :class:`CaptioningRNN`.
 
+    The hyperparameters are flat (a checkpoint's ``hyper_parameters`` holds plain values, so
+    ``load_from_checkpoint(..., weights_only=True)`` rebuilds the system); their defaults and
+    meaning are :class:`~caption_torch.config.CaptionConfig`'s, and :meth:`from_config` builds
+    a system from a config.
+
     Args:
         word_to_idx: the vocabulary (saved in the checkpoint, so a checkpoint is self-contained).
-        input_dim, wordvec_dim, hidden_dim, cell_type: as :class:`CaptioningRNN`.
-        lr: Adam's learning rate.
-        lr_decay: multiply the learning rate by this after every epoch (cs231n's ``lr_decay``).
-        max_length: longest caption generated during validation.
+        input_dim: D, the width of the data's image features.
+        cell_type, wordvec_dim, hidden_dim, lr, lr_decay, max_length: as :class:`CaptionConfig`.
     """
 
     def __init__(
         self,
         word_to_idx: Mapping[str, int],
-        input_dim: int = 512,
-        wordvec_dim: int = 256,
-        hidden_dim: int = 512,
-        cell_type: str = "rnn",
-        lr: float = 5e-3,
-        lr_decay: float = 0.95,
-        max_length: int = 30,
+        input_dim: int,
+        cell_type: str = DEFAULTS.cell_type,
+        wordvec_dim: int = DEFAULTS.wordvec_dim,
+        hidden_dim: int = DEFAULTS.hidden_dim,
+        lr: float = DEFAULTS.lr,
+        lr_decay: float = DEFAULTS.lr_decay,
+        max_length: int = DEFAULTS.max_length,
     ) -> None:
         super().__init__()
-        if not lr > 0:
-            raise ValueError(f"lr must be positive, got {lr}")
-        if not 0 < lr_decay <= 1:
-            raise ValueError(f"lr_decay must be in (0, 1], got {lr_decay}")
+        self.config = DEFAULTS.updated(cell_type=cell_type, wordvec_dim=wordvec_dim, hidden_dim=hidden_dim, lr=lr,
+                                       lr_decay=lr_decay, max_length=max_length)  # fmt: skip
         self.save_hyperparameters()
-        self.model = CaptioningRNN(dict(word_to_idx), input_dim, wordvec_dim, hidden_dim, cell_type)
-        self.idx_to_word = [word for word, _ in sorted(self.model.word_to_idx.items(), key=lambda item: item[1])]
+        config = self.config
+        self.model = CaptioningRNN(dict(word_to_idx), input_dim, config.wordvec_dim, config.hidden_dim,
+                                   config.cell_type)  # fmt: skip
+        self.idx_to_word = self.model.idx_to_word
         self.val_bleu = torch.nn.ModuleList(BLEUScore(n_gram=n) for n in BLEU_ORDERS)
         self.val_loss = MeanMetric()
 
+    @classmethod
+    def from_config(cls, word_to_idx: Mapping[str, int], input_dim: int, config: CaptionConfig) -> CaptioningSystem:
+        """The system of a run configured by ``config`` (its batch size and epochs are the trainer's)."""
+        return cls(word_to_idx, input_dim, config.cell_type, config.wordvec_dim, config.hidden_dim, config.lr,
+                   config.lr_decay, config.max_length)  # fmt: skip
+
     def forward(self, features: Tensor) -> Tensor:
         """Greedy captions (N, max_length) for (N, D) features."""
-        return self.model.sample(features, self.hparams.max_length)
+        return self.model.sample(features, self.config.max_length)
 
     def training_step(self, batch: CaptionBatch, batch_idx: int) -> Tensor:
         loss = self.model.loss(batch.features, batch.captions)
@@ -77,7 +89,7 @@ class CaptioningSystem(L.LightningModule):
         self.val_loss.update(loss, weight=captions.shape[0])
         self.log("val_loss", self.val_loss, prog_bar=True, on_step=False, on_epoch=True)
 
-        samples = self.model.sample(batch.features, self.hparams.max_length)  # (B, L)
+        samples = self.model.sample(batch.features, self.config.max_length)  # (B, L)
         candidates = [caption_text(row, self.idx_to_word) for row in samples.tolist()]
         targets = [
             [caption_text(ref, self.idx_to_word) for ref, ok in zip(refs, oks) if ok]
@@ -89,6 +101,6 @@ class CaptioningSystem(L.LightningModule):
 
     def configure_optimizers(self):
         # fused: one kernel for all parameters (10x faster than the foreach default on a 2-core CPU).
-        optimizer = torch.optim.Adam(self.parameters(), lr=self.hparams.lr, fused=True)
-        decay = torch.optim.lr_scheduler.ExponentialLR(optimizer, gamma=self.hparams.lr_decay)
+        optimizer = torch.optim.Adam(self.parameters(), lr=self.config.lr, fused=True)
+        decay = torch.optim.lr_scheduler.ExponentialLR(optimizer, gamma=self.config.lr_decay)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": decay, "interval": "epoch"}}

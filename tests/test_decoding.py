@@ -156,7 +156,7 @@ class ScriptedModel:
         pass
 
     def initial_state(self, features):
-        return torch.zeros(features.shape[0], 0, dtype=torch.long), None
+        return (torch.zeros(features.shape[0], 0, dtype=torch.long),)
 
     def input_table(self):
         return None  # no weights: step() looks captions up in the table instead
@@ -168,7 +168,7 @@ class ScriptedModel:
         for row, caption in enumerate(prefix[:, 1:].tolist()):
             for word, probability in self.table.get(tuple(caption), uniform).items():
                 scores[row, self.words[word]] = math.log(probability)
-        return scores, (prefix, None)
+        return scores, (prefix,)
 
     def ids(self, caption, length):
         ids = [self.words[w] for w in caption.split()]

@@ -271,12 +271,15 @@ def test_float32_realistic_sizes(name):
 def test_needs_input_grad_skips_unneeded_products(cell, monkeypatch):
     """With only Wh requiring grad, backward computes no dx, dWx or dh0 product (and returns None for them)."""
     import caption_torch.functional.sequences as sequences
+    import caption_torch.functional.words as words
 
     _, _, inputs, _ = make_case(cell, N=2, T=3, D=4, H=5, V=6, dtype=torch.float64, device="cpu")
     fn = F.lstm if cell == "lstm" else F.rnn
     products = []
     real_mm = sequences._mm
-    monkeypatch.setattr(sequences, "_mm", lambda a, b: products.append((a.shape, b.shape)) or real_mm(a, b))
+    # rnn/lstm compose the input projection (words.temporal_affine) with the recurrence: count both.
+    for module in (sequences, words):
+        monkeypatch.setattr(module, "_mm", lambda a, b: products.append((a.shape, b.shape)) or real_mm(a, b))
 
     def backward_products(requiring):
         args = [t.detach().clone().requires_grad_(i in requiring) for i, t in enumerate(inputs)]

@@ -18,7 +18,9 @@ so that backward can do backprop-through-time itself: the input projections of
 all timesteps are one GEMM before the time loop (or, for ``*_lookup``, one gather
 of rows of a table projected beforehand), and the weight and input gradients are
 one GEMM each after it (a per-row sum for a table); only the recurrent ``h @ Wh``
-stays inside the Python loop over T.
+stays inside the Python loop over T. Each Function has one signature: the step and
+sequence Functions take projected inputs (``x @ Wx + b``), and cs231n's ``rnn_step``,
+``rnn``, ``lstm_step`` and ``lstm`` compose them with ``temporal_affine``.
 
 Every lowercase wrapper validates its inputs (clear ``ValueError`` naming the
 argument) and then calls ``Function.apply``. The modules, in dependency order:
@@ -26,14 +28,19 @@ argument) and then calls ``Function.apply``. The modules, in dependency order:
     _common.py    input checks, autocast casting, the matrix products (oneDNN on CPU)
     steps.py      rnn_step, lstm_step and the LSTM gate algebra
     sequences.py  rnn, lstm (+ *_projected, *_lookup): packed time loops with BPTT in backward
+    cells.py      CELLS: each recurrent cell's gate count, state size, step and sequence, by name
     words.py      word_embedding, temporal_affine, temporal_softmax_loss, vocab_softmax_loss
 """
 
+from .cells import CELLS, RecurrentCell, State
 from .sequences import lstm, lstm_lookup, lstm_projected, rnn, rnn_lookup, rnn_projected
 from .steps import lstm_step, lstm_step_projected, rnn_step, rnn_step_projected
 from .words import temporal_affine, temporal_softmax_loss, vocab_softmax_loss, word_embedding
 
 __all__ = [
+    "CELLS",
+    "RecurrentCell",
+    "State",
     "rnn_step",
     "rnn_step_projected",
     "rnn",

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Callable
+
 import numpy as np
 import torch
 from torch import Tensor
@@ -9,7 +12,6 @@ from torch.autograd.function import once_differentiable
 
 from ._common import (
     _HALF_DTYPES,
-    _addmm,
     _apply_autocast,
     _check_dim,
     _check_float,
@@ -22,6 +24,7 @@ from ._common import (
     _times,
 )
 from .steps import _gate_blocks, _lstm_backward_coefficients, _tanh_backward
+from .words import temporal_affine
 
 # --------------------------------------------------------------------------- #
 # Sequences: one Function runs the whole time loop, forward and backward
@@ -191,24 +194,6 @@ def _lstm_backward_loop(
     return grad_a
 
 
-def _packed_inputs(x: Tensor, Wx: Tensor | None, b: Tensor | None, index: Tensor | None, packing: _Packing):
-    """The packed pre-activation inputs (P, gH) and what backward needs of the inputs.
-
-    Three forms of input (see the Functions): sequences x (N, T, D) with Wx and b;
-    projections x (N, T, gH); or a table x (U, gH) of projections with ``index`` (N, T)
-    naming the row each step reads. Returns ``(pre_activations, saved)`` where saved is
-    the packed x (dense form), the packed row numbers (table form), or None. Only the
-    projected form may return the caller's tensor itself (when no padding is skipped).
-    """
-    if index is not None:
-        rows = packing.pack(index.T.reshape(-1))  # (P,) time-major, like every packed tensor
-        return x.index_select(0, rows), rows
-    x_packed = packing.pack(_time_major(x))  # (P, D), or (P, gH) when projected
-    if Wx is None:
-        return x_packed, None
-    return _addmm(b, x_packed, Wx), x_packed  # one GEMM for the inputs of all steps
-
-
 def _sum_rows(grad_a: Tensor, rows: Tensor, table_size: int) -> Tensor:
     """(table_size, gH): row k is the sum of the rows of grad_a (P, gH) whose ``rows`` entry is k.
 
@@ -221,96 +206,125 @@ def _sum_rows(grad_a: Tensor, rows: Tensor, table_size: int) -> Tensor:
     return total.index_add_(0, rows, grad_a.to(dtype)).to(grad_a.dtype)
 
 
-def _after_the_loop(ctx, grad_a: Tensor, states: Tensor, saved: Tensor | None, Wx: Tensor | None, Wh: Tensor):
-    """The gradients that follow the time loop: one GEMM each for h0, x, Wx and Wh, and a sum for b.
-
-    Without Wx x already is the pre-activation, so its gradient is grad_a itself,
-    unpacked for projections (N, T, gH) or summed per row for a table (U, gH).
-    """
-    packing: _Packing = ctx.packing
-    need_x, need_h0, need_Wx, need_Wh, need_b = ctx.needs_input_grad[:5]
-    grad_x = grad_h0 = grad_Wx = grad_Wh = grad_b = None
-    if need_x:
-        if ctx.table_size is not None:  # saved: the packed row numbers; a row read k times gets k gradients
-            grad_x = _sum_rows(grad_a, saved, ctx.table_size)
-        else:
-            grad_x = packing.unpack(grad_a if Wx is None else _mm(grad_a, Wx.T))
-    if need_h0:
-        grad_h0 = states.new_zeros(packing.N, states.shape[1])
-        if packing.run_sizes:  # else no step ran (T = 0 or every length 0) and h0 had no effect
-            grad_h0[: packing.active[0]] = _mm(packing.steps(grad_a)[0], Wh.T)
-    if need_Wx:
-        grad_Wx = _mm(saved.T, grad_a)
-    if need_Wh:
-        grad_Wh = _mm(packing.previous_states(states).T, grad_a)
-    if need_b:
-        grad_b = grad_a.sum(0)
-    return grad_x, grad_h0, grad_Wx, grad_Wh, grad_b, None, None
-
-
 def _own_copy(packed: Tensor, source: Tensor) -> Tensor:
     """``packed`` if it is already a new tensor, else a copy (the LSTM activates it in place)."""
     shares = packed.untyped_storage().data_ptr() == source.untyped_storage().data_ptr()
     return packed.clone() if shares else packed
 
 
-class RNN(torch.autograd.Function):
-    """A vanilla RNN over a whole sequence; backward runs backprop-through-time itself.
+@dataclass(frozen=True)
+class _TimeLoops:
+    """A cell's two time loops, which is all that differs between the recurrence Functions' cells.
 
-    With Wx and b None, x is taken as already projected (``rnn_projected``); with
-    ``index`` also given, x is a table of projections and step t of sequence n reads
-    row index[n, t] (``rnn_lookup``). ``lengths`` arrives on the host (a numpy array, from
-    the wrapper's check) or None.
+    forward(pre_activations (P, gH), h0 (N, H), Wh, packing) -> (states (N + P, H), saved):
+        ``saved`` is a tuple of the extra tensors backward needs.
+    backward(grad_out (P, H), states, saved, Wh, packing) -> grad_a (P, gH), the gradient
+        w.r.t. every packed pre-activation.
+    activates_in_place: forward overwrites pre_activations, so it must never be the caller's tensor.
+    """
+
+    forward: Callable[..., tuple[Tensor, tuple[Tensor, ...]]]
+    backward: Callable[..., Tensor]
+    activates_in_place: bool
+
+
+RNN_LOOPS = _TimeLoops(
+    forward=lambda pre, h0, Wh, packing: (_rnn_forward_loop(pre, h0, Wh, packing), ()),
+    backward=lambda grad_out, states, saved, Wh, packing: _rnn_backward_loop(grad_out, states, Wh, packing),
+    activates_in_place=False,
+)
+
+
+def _lstm_forward(gates: Tensor, h0: Tensor, Wh: Tensor, packing: _Packing):
+    states, cells, tanh_cells = _lstm_forward_loop(gates, h0, Wh, packing)
+    return states, (gates, cells, tanh_cells)  # gates now hold the activations [i, f, o, g]
+
+
+def _lstm_backward(grad_out: Tensor, states: Tensor, saved: tuple[Tensor, ...], Wh: Tensor, packing: _Packing):
+    gates, cells, tanh_cells = saved
+    return _lstm_backward_loop(grad_out, gates, cells, tanh_cells, Wh, packing)
+
+
+LSTM_LOOPS = _TimeLoops(forward=_lstm_forward, backward=_lstm_backward, activates_in_place=True)
+
+
+def _state_gradients(
+    packing: _Packing, grad_a: Tensor, states: Tensor, Wh: Tensor, need_h0: bool, need_Wh: bool
+) -> tuple[Tensor | None, Tensor | None]:
+    """The gradients that follow the time loop, for h0 and Wh: one GEMM each, only if needed."""
+    grad_h0 = grad_Wh = None
+    if need_h0:
+        grad_h0 = states.new_zeros(packing.N, states.shape[1])
+        if packing.run_sizes:  # else no step ran (T = 0 or every length 0) and h0 had no effect
+            grad_h0[: packing.active[0]] = _mm(packing.steps(grad_a)[0], Wh.T)
+    if need_Wh:
+        grad_Wh = _mm(packing.previous_states(states).T, grad_a)
+    return grad_h0, grad_Wh
+
+
+class Recurrence(torch.autograd.Function):
+    """A recurrent cell over whole sequences of projected inputs; backward runs backprop-through-time itself.
+
+    ``forward(x_projected (N, T, gH), h0 (N, H), Wh (H, gH), lengths, loops) -> (N, T, H)``.
+    ``lengths`` arrives on the host (a numpy array from :func:`_check_lengths`) or None;
+    ``loops`` (:data:`RNN_LOOPS` or :data:`LSTM_LOOPS`) is the cell. What the loops save
+    (the LSTM: gate activations (P, 4H), cell states (N + P, H) and their tanh (P, H)) is
+    saved beside the hidden states, so that backward's loop does only what is sequential.
     """
 
     @staticmethod
-    def forward(ctx, x, h0, Wx, Wh, b, lengths, index=None):
-        N, T = h0.shape[0], (x if index is None else index).shape[1]
+    def forward(ctx, x_projected, h0, Wh, lengths, loops):
+        N, T = x_projected.shape[:2]
         packing = _Packing(lengths, N, T, h0.device)
-        pre_activations, saved = _packed_inputs(x, Wx, b, index, packing)
-        states = _rnn_forward_loop(pre_activations, h0, Wh, packing)
-        ctx.save_for_backward(saved, Wx, Wh, states)
-        ctx.packing, ctx.table_size = packing, None if index is None else x.shape[0]
+        pre_activations = packing.pack(_time_major(x_projected))  # (P, gH); the caller's tensor when nothing is skipped
+        if loops.activates_in_place:
+            pre_activations = _own_copy(pre_activations, x_projected)
+        states, saved = loops.forward(pre_activations, h0, Wh, packing)
+        ctx.save_for_backward(Wh, states, *saved)
+        ctx.packing, ctx.loops = packing, loops
         return packing.unpack(states[N:])
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_output):
-        saved, Wx, Wh, states = ctx.saved_tensors
-        grad_out = ctx.packing.pack(_time_major(grad_output))
-        grad_a = _rnn_backward_loop(grad_out, states, Wh, ctx.packing)
-        return _after_the_loop(ctx, grad_a, states, saved, Wx, Wh)
+        Wh, states, *saved = ctx.saved_tensors
+        packing: _Packing = ctx.packing
+        grad_a = ctx.loops.backward(packing.pack(_time_major(grad_output)), states, saved, Wh, packing)
+        need_x, need_h0, need_Wh = ctx.needs_input_grad[:3]
+        grad_x = packing.unpack(grad_a) if need_x else None
+        return grad_x, *_state_gradients(packing, grad_a, states, Wh, need_h0, need_Wh), None, None
 
 
-class LSTM(torch.autograd.Function):
-    """An LSTM over a whole sequence (initial cell state zero); backward runs BPTT itself.
+class RecurrenceLookup(torch.autograd.Function):
+    """:class:`Recurrence` whose step t of sequence n reads row index[n, t] of a table of projections.
 
-    Saved for backward, besides the packed inputs and the weights: the packed gate
-    activations (P, 4H), hidden and cell states (N + P, H) and tanh of the cell states
-    (P, H). The backward loop does only what is sequential (a few small ops and one GEMM
-    per step); what can be computed for all steps at once is, before it.
-    With Wx and b None, x is taken as already projected (``lstm_projected``); with
-    ``index`` also given, x is a table of projections (``lstm_lookup``).
+    ``forward(index (N, T), table (U, gH), h0 (N, H), Wh (H, gH), lengths, loops) -> (N, T, H)``.
+    The rows of the P steps that run are gathered once, straight into the packed layout
+    (a new tensor, which the LSTM may activate in place); backward sums the gradient of
+    every table row over the steps that read it.
     """
 
     @staticmethod
-    def forward(ctx, x, h0, Wx, Wh, b, lengths, index=None):
-        N, T = h0.shape[0], (x if index is None else index).shape[1]
+    def forward(ctx, index, table, h0, Wh, lengths, loops):
+        N, T = index.shape
         packing = _Packing(lengths, N, T, h0.device)
-        pre_activations, saved = _packed_inputs(x, Wx, b, index, packing)
-        gates = _own_copy(pre_activations, x)  # (P, 4H), activated in place by the loop: never the caller's
-        states, cells, tanh_cells = _lstm_forward_loop(gates, h0, Wh, packing)
-        ctx.save_for_backward(saved, Wx, Wh, gates, states, cells, tanh_cells)
-        ctx.packing, ctx.table_size = packing, None if index is None else x.shape[0]
+        rows = packing.pack(index.T.reshape(-1))  # (P,) time-major, like every packed tensor
+        states, saved = loops.forward(table.index_select(0, rows), h0, Wh, packing)
+        ctx.save_for_backward(rows, Wh, states, *saved)
+        ctx.packing, ctx.loops, ctx.table_size = packing, loops, table.shape[0]
         return packing.unpack(states[N:])
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_output):
-        saved, Wx, Wh, gates, states, cells, tanh_cells = ctx.saved_tensors
-        grad_out = ctx.packing.pack(_time_major(grad_output))
-        grad_a = _lstm_backward_loop(grad_out, gates, cells, tanh_cells, Wh, ctx.packing)
-        return _after_the_loop(ctx, grad_a, states, saved, Wx, Wh)
+        rows, Wh, states, *saved = ctx.saved_tensors
+        packing: _Packing = ctx.packing
+        grad_a = ctx.loops.backward(packing.pack(_time_major(grad_output)), states, saved, Wh, packing)
+        # A row read k times gets the sum of k gradients.
+        need_table, need_h0, need_Wh = ctx.needs_input_grad[1:4]
+        grad_table = _sum_rows(grad_a, rows, ctx.table_size) if need_table else None
+        grad_h0, grad_Wh = _state_gradients(packing, grad_a, states, Wh, need_h0, need_Wh)
+        return None, grad_table, grad_h0, grad_Wh, None, None
 
 
 def _check_lengths(lengths: Tensor | None, N: int, T: int) -> np.ndarray | None:
@@ -330,7 +344,7 @@ def _check_lengths(lengths: Tensor | None, N: int, T: int) -> np.ndarray | None:
 
 
 def rnn(x: Tensor, h0: Tensor, Wx: Tensor, Wh: Tensor, b: Tensor, lengths: Tensor | None = None) -> Tensor:
-    """A vanilla RNN run over a whole sequence.
+    """A vanilla RNN run over a whole sequence: ``rnn_projected(temporal_affine(x, Wx, b), h0, Wh, lengths)``.
 
     Args:
         x: (N, T, D) input sequence.
@@ -344,8 +358,7 @@ def rnn(x: Tensor, h0: Tensor, Wx: Tensor, Wh: Tensor, b: Tensor, lengths: Tenso
         view made inside the Function, which autograd refuses to change in place; change a copy.
     """
     _check_recurrent(x, h0, Wx, Wh, b, gates=1, x_ndim=3)
-    host_lengths = _check_lengths(lengths, x.shape[0], x.shape[1])
-    return _apply_autocast(RNN, x, h0, Wx, Wh, b, host_lengths, low_precision=True)
+    return rnn_projected(temporal_affine(x, Wx, b), h0, Wh, lengths)
 
 
 def rnn_projected(x_projected: Tensor, h0: Tensor, Wh: Tensor, lengths: Tensor | None = None) -> Tensor:
@@ -358,13 +371,11 @@ def rnn_projected(x_projected: Tensor, h0: Tensor, Wh: Tensor, lengths: Tensor |
     Returns:
         (N, T, H) hidden states.
     """
-    _check_projected(x_projected, h0, "h0", Wh, gates=1, x_ndim=3)
-    host_lengths = _check_lengths(lengths, x_projected.shape[0], x_projected.shape[1])
-    return _apply_autocast(RNN, x_projected, h0, None, Wh, None, host_lengths, low_precision=True)
+    return _recurrence(x_projected, h0, Wh, lengths, gates=1, loops=RNN_LOOPS)
 
 
 def lstm(x: Tensor, h0: Tensor, Wx: Tensor, Wh: Tensor, b: Tensor, lengths: Tensor | None = None) -> Tensor:
-    """An LSTM run over a whole sequence; the initial cell state is zero.
+    """An LSTM run over a whole sequence, initial cell state zero: ``lstm_projected(temporal_affine(x, Wx, b), ...)``.
 
     Args:
         x: (N, T, D) input sequence.
@@ -376,8 +387,7 @@ def lstm(x: Tensor, h0: Tensor, Wx: Tensor, Wh: Tensor, b: Tensor, lengths: Tens
         (N, T, H) hidden states of every timestep (a view, as :func:`rnn`'s).
     """
     _check_recurrent(x, h0, Wx, Wh, b, gates=4, x_ndim=3)
-    host_lengths = _check_lengths(lengths, x.shape[0], x.shape[1])
-    return _apply_autocast(LSTM, x, h0, Wx, Wh, b, host_lengths, low_precision=True)
+    return lstm_projected(temporal_affine(x, Wx, b), h0, Wh, lengths)
 
 
 def lstm_projected(x_projected: Tensor, h0: Tensor, Wh: Tensor, lengths: Tensor | None = None) -> Tensor:
@@ -390,23 +400,7 @@ def lstm_projected(x_projected: Tensor, h0: Tensor, Wh: Tensor, lengths: Tensor 
     Returns:
         (N, T, H) hidden states.
     """
-    _check_projected(x_projected, h0, "h0", Wh, gates=4, x_ndim=3)
-    host_lengths = _check_lengths(lengths, x_projected.shape[0], x_projected.shape[1])
-    return _apply_autocast(LSTM, x_projected, h0, None, Wh, None, host_lengths, low_precision=True)
-
-
-def _check_lookup(index: Tensor, table: Tensor, h0: Tensor, Wh: Tensor, gates: int) -> None:
-    """Shape checks for the ``*_lookup`` wrappers: index (N, T) rows of table (U, gH), h0 (N, H), Wh (H, gH)."""
-    _check_float("table", table, 2)
-    _check_float("h0", h0, 2)
-    _check_float("Wh", Wh, 2)
-    _check_same_dtype(table=table, h0=h0, Wh=Wh)
-    _check_token_ids("index", index, table.shape[0], ndim=2, unit="row number", within="the table")
-    H = h0.shape[1]
-    _check_dim("h0", h0, 0, index.shape[0], "the batch size of index")
-    _check_dim("Wh", Wh, 0, H, "the hidden width")
-    _check_dim("Wh", Wh, 1, gates * H, f"{gates} x the hidden width")
-    _check_dim("table", table, 1, gates * H, f"{gates} x the hidden width")
+    return _recurrence(x_projected, h0, Wh, lengths, gates=4, loops=LSTM_LOOPS)
 
 
 def rnn_lookup(index: Tensor, table: Tensor, h0: Tensor, Wh: Tensor, lengths: Tensor | None = None) -> Tensor:
@@ -426,9 +420,7 @@ def rnn_lookup(index: Tensor, table: Tensor, h0: Tensor, Wh: Tensor, lengths: Te
     Returns:
         (N, T, H) hidden states.
     """
-    _check_lookup(index, table, h0, Wh, gates=1)
-    host_lengths = _check_lengths(lengths, index.shape[0], index.shape[1])
-    return _apply_autocast(RNN, table, h0, None, Wh, None, host_lengths, index, low_precision=True)
+    return _recurrence_lookup(index, table, h0, Wh, lengths, gates=1, loops=RNN_LOOPS)
 
 
 def lstm_lookup(index: Tensor, table: Tensor, h0: Tensor, Wh: Tensor, lengths: Tensor | None = None) -> Tensor:
@@ -444,6 +436,29 @@ def lstm_lookup(index: Tensor, table: Tensor, h0: Tensor, Wh: Tensor, lengths: T
     Returns:
         (N, T, H) hidden states.
     """
-    _check_lookup(index, table, h0, Wh, gates=4)
+    return _recurrence_lookup(index, table, h0, Wh, lengths, gates=4, loops=LSTM_LOOPS)
+
+
+def _recurrence(x_projected: Tensor, h0: Tensor, Wh: Tensor, lengths: Tensor | None, gates: int, loops) -> Tensor:
+    """Check the projected form's inputs, then run :class:`Recurrence` (under autocast, in its dtype)."""
+    _check_projected(x_projected, h0, "h0", Wh, gates=gates, x_ndim=3)
+    host_lengths = _check_lengths(lengths, x_projected.shape[0], x_projected.shape[1])
+    return _apply_autocast(Recurrence, x_projected, h0, Wh, host_lengths, loops, low_precision=True)
+
+
+def _recurrence_lookup(
+    index: Tensor, table: Tensor, h0: Tensor, Wh: Tensor, lengths: Tensor | None, gates: int, loops
+) -> Tensor:
+    """Check the table form's inputs: index (N, T) rows of table (U, gH), h0 (N, H), Wh (H, gH); then run it."""
+    _check_float("table", table, 2)
+    _check_float("h0", h0, 2)
+    _check_float("Wh", Wh, 2)
+    _check_same_dtype(table=table, h0=h0, Wh=Wh)
+    _check_token_ids("index", index, table.shape[0], ndim=2, unit="row number", within="the table")
+    H = h0.shape[1]
+    _check_dim("h0", h0, 0, index.shape[0], "the batch size of index")
+    _check_dim("Wh", Wh, 0, H, "the hidden width")
+    _check_dim("Wh", Wh, 1, gates * H, f"{gates} x the hidden width")
+    _check_dim("table", table, 1, gates * H, f"{gates} x the hidden width")
     host_lengths = _check_lengths(lengths, index.shape[0], index.shape[1])
-    return _apply_autocast(LSTM, table, h0, None, Wh, None, host_lengths, index, low_precision=True)
+    return _apply_autocast(RecurrenceLookup, index, table, h0, Wh, host_lengths, loops, low_precision=True)

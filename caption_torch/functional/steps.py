@@ -7,7 +7,6 @@ from torch import Tensor
 from torch.autograd.function import FunctionCtx, once_differentiable
 
 from ._common import (
-    _addmm,
     _apply_autocast,
     _check_cell,
     _check_projected,
@@ -15,6 +14,7 @@ from ._common import (
     _mm,
     _tanh,
 )
+from .words import temporal_affine
 
 # --------------------------------------------------------------------------- #
 # Vanilla RNN
@@ -28,40 +28,37 @@ _sigmoid_backward = torch.ops.aten.sigmoid_backward
 _tanh_backward = torch.ops.aten.tanh_backward
 
 
-def _pre_activations(x: Tensor, prev_h: Tensor, Wx: Tensor | None, Wh: Tensor, b: Tensor | None) -> Tensor:
-    """``x @ Wx + b + prev_h @ Wh`` (N, gH) as a new tensor; with Wx None, x is already ``x @ Wx + b``."""
-    recurrent = _mm(prev_h, Wh)
-    return recurrent.add_(x) if Wx is None else _addmm(b, x, Wx).add_(recurrent)
-
-
 class RNNStep(torch.autograd.Function):
-    """One vanilla-RNN timestep: ``next_h = tanh(x @ Wx + prev_h @ Wh + b)``.
+    """One vanilla-RNN timestep on a projected input: ``next_h = tanh(x_projected + prev_h @ Wh)``.
 
-    With Wx and b None, x is taken as already projected (``rnn_step_projected``).
+    ``forward(x_projected (N, H), prev_h (N, H), Wh (H, H)) -> (N, H)``; :func:`rnn_step`
+    composes it with the input projection ``x @ Wx + b``.
     """
 
     @staticmethod
-    def forward(x: Tensor, prev_h: Tensor, Wx: Tensor | None, Wh: Tensor, b: Tensor | None) -> Tensor:
-        pre_activations = _pre_activations(x, prev_h, Wx, Wh, b)
+    def forward(x_projected: Tensor, prev_h: Tensor, Wh: Tensor) -> Tensor:
+        pre_activations = _mm(prev_h, Wh).add_(x_projected)
         return _tanh(pre_activations, out=pre_activations)  # (N, H)
 
     @staticmethod
     def setup_context(ctx: FunctionCtx, inputs: tuple, output: Tensor) -> None:
-        x, prev_h, Wx, Wh, _ = inputs
-        ctx.save_for_backward(x, prev_h, Wx, Wh, output)
+        _, prev_h, Wh = inputs
+        ctx.save_for_backward(prev_h, Wh, output)
 
     @staticmethod
     @once_differentiable
     def backward(ctx: FunctionCtx, grad_next_h: Tensor):
-        x, prev_h, Wx, Wh, next_h = ctx.saved_tensors
-        need_x, need_h, need_Wx, need_Wh, need_b = ctx.needs_input_grad
-        grad_a = _tanh_backward(grad_next_h, next_h)  # (N, H)
-        grad_x = (grad_a if Wx is None else _mm(grad_a, Wx.T)) if need_x else None
+        prev_h, Wh, next_h = ctx.saved_tensors
+        need_x, need_h, need_Wh = ctx.needs_input_grad
+        grad_a = _tanh_backward(grad_next_h, next_h)  # (N, H): the gradient w.r.t. x_projected too
         grad_prev_h = _mm(grad_a, Wh.T) if need_h else None
-        grad_Wx = _mm(x.T, grad_a) if need_Wx else None
         grad_Wh = _mm(prev_h.T, grad_a) if need_Wh else None
-        grad_b = grad_a.sum(0) if need_b else None
-        return grad_x, grad_prev_h, grad_Wx, grad_Wh, grad_b
+        return grad_a if need_x else None, grad_prev_h, grad_Wh
+
+
+def _project(x: Tensor, Wx: Tensor, b: Tensor) -> Tensor:
+    """(N, D) inputs -> (N, gH) projections ``x @ Wx + b``, through :func:`temporal_affine`."""
+    return temporal_affine(x[:, None], Wx, b)[:, 0]
 
 
 def rnn_step(x: Tensor, prev_h: Tensor, Wx: Tensor, Wh: Tensor, b: Tensor) -> Tensor:
@@ -78,7 +75,7 @@ def rnn_step(x: Tensor, prev_h: Tensor, Wx: Tensor, Wh: Tensor, b: Tensor) -> Te
         (N, H) next hidden state ``tanh(x @ Wx + prev_h @ Wh + b)``.
     """
     _check_recurrent(x, prev_h, Wx, Wh, b, gates=1, x_ndim=2)
-    return _apply_autocast(RNNStep, x, prev_h, Wx, Wh, b, low_precision=True)
+    return rnn_step_projected(_project(x, Wx, b), prev_h, Wh)
 
 
 # --------------------------------------------------------------------------- #
@@ -140,34 +137,36 @@ def _lstm_gate_gradients_(coefficients: Tensor, grad_c: Tensor, grad_h: Tensor) 
 
 
 class LSTMStep(torch.autograd.Function):
-    """One LSTM timestep returning ``(next_h, next_c)``; with Wx and b None, x is already projected."""
+    """One LSTM timestep on a projected input, returning ``(next_h, next_c)``.
+
+    ``forward(x_projected (N, 4H), prev_h (N, H), prev_c (N, H), Wh (H, 4H))``;
+    :func:`lstm_step` composes it with the input projection ``x @ Wx + b``.
+    """
 
     @staticmethod
-    def forward(ctx, x, prev_h, prev_c, Wx, Wh, b):
-        gates = _lstm_gates_(_pre_activations(x, prev_h, Wx, Wh, b))  # (N, 4H) = [i, f, o, g]
+    def forward(ctx, x_projected, prev_h, prev_c, Wh):
+        gates = _lstm_gates_(_mm(prev_h, Wh).add_(x_projected))  # (N, 4H) = [i, f, o, g]
         H = prev_h.shape[1]
         next_c = torch.addcmul(gates[:, :H] * gates[:, 3 * H :], gates[:, H : 2 * H], prev_c)
         tanh_next_c = _tanh(next_c)
         next_h = gates[:, 2 * H : 3 * H] * tanh_next_c
-        ctx.save_for_backward(x, prev_h, prev_c, Wx, Wh, gates, tanh_next_c)
+        ctx.save_for_backward(prev_h, prev_c, Wh, gates, tanh_next_c)
         return next_h, next_c
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_next_h, grad_next_c):
-        x, prev_h, prev_c, Wx, Wh, gates, tanh_next_c = ctx.saved_tensors
-        need_x, need_h, need_c, need_Wx, need_Wh, need_b = ctx.needs_input_grad
+        prev_h, prev_c, Wh, gates, tanh_next_c = ctx.saved_tensors
+        need_x, need_h, need_c, need_Wh = ctx.needs_input_grad
         H = prev_c.shape[1]
         coefficients, c_from_h = _lstm_backward_coefficients(gates, prev_c, tanh_next_c)
         grad_c = torch.addcmul(grad_next_c, grad_next_h, c_from_h)  # total gradient into next_c
         grad_a = _lstm_gate_gradients_(coefficients, grad_c, grad_next_h)  # (N, 4H)
         return (
-            (grad_a if Wx is None else _mm(grad_a, Wx.T)) if need_x else None,
+            grad_a if need_x else None,
             _mm(grad_a, Wh.T) if need_h else None,
             grad_c * gates[:, H : 2 * H] if need_c else None,
-            _mm(x.T, grad_a) if need_Wx else None,
             _mm(prev_h.T, grad_a) if need_Wh else None,
-            grad_a.sum(0) if need_b else None,
         )
 
 
@@ -184,7 +183,7 @@ def lstm_step(x: Tensor, prev_h: Tensor, prev_c: Tensor, Wx: Tensor, Wh: Tensor,
     """
     _check_recurrent(x, prev_h, Wx, Wh, b, gates=4, x_ndim=2)
     _check_cell(prev_c, prev_h)
-    return _apply_autocast(LSTMStep, x, prev_h, prev_c, Wx, Wh, b, low_precision=True)
+    return lstm_step_projected(_project(x, Wx, b), prev_h, prev_c, Wh)
 
 
 def rnn_step_projected(x_projected: Tensor, prev_h: Tensor, Wh: Tensor) -> Tensor:
@@ -198,7 +197,7 @@ def rnn_step_projected(x_projected: Tensor, prev_h: Tensor, Wh: Tensor) -> Tenso
         (N, H) next hidden state.
     """
     _check_projected(x_projected, prev_h, "prev_h", Wh, gates=1, x_ndim=2)
-    return _apply_autocast(RNNStep, x_projected, prev_h, None, Wh, None, low_precision=True)
+    return _apply_autocast(RNNStep, x_projected, prev_h, Wh, low_precision=True)
 
 
 def lstm_step_projected(x_projected: Tensor, prev_h: Tensor, prev_c: Tensor, Wh: Tensor) -> tuple[Tensor, Tensor]:
@@ -213,4 +212,4 @@ def lstm_step_projected(x_projected: Tensor, prev_h: Tensor, prev_c: Tensor, Wh:
     """
     _check_projected(x_projected, prev_h, "prev_h", Wh, gates=4, x_ndim=2)
     _check_cell(prev_c, prev_h)
-    return _apply_autocast(LSTMStep, x_projected, prev_h, prev_c, None, Wh, None, low_precision=True)
+    return _apply_autocast(LSTMStep, x_projected, prev_h, prev_c, Wh, low_precision=True)
