@@ -24,13 +24,13 @@ from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.callbacks import ModelCheckpoint
 
 from caption_torch import coco
-from caption_torch.config import PRESETS, CaptionConfig, preset
 from caption_torch.callbacks import LossHistory
 from caption_torch.checkpointing import AtomicCheckpointIO, LastCheckpoint
 from caption_torch.cli import positive_float, positive_int
+from caption_torch.config import PRESETS, CaptionConfig, preset
 from caption_torch.data import CaptionDataModule, FeatureRows
-from caption_torch.functional import CELLS
 from caption_torch.evaluate import CheckpointError, check_model_fits_data, load_model
+from caption_torch.functional import CELLS
 from caption_torch.plots import plot_loss_history
 from caption_torch.system import CaptioningSystem
 
