@@ -52,6 +52,7 @@ from benchmarks.rows import (  # noqa: E402
     profile_training_step,
 )
 from benchmarks.timing import format_table  # noqa: E402
+from caption_torch.functional import CELLS  # noqa: E402
 
 NOISY_SPREAD = 0.25  # interquartile range / median above which a table gets a warning
 ROWS = ("check", "step", "sample", "memory", "flops", "data")
@@ -229,7 +230,7 @@ def run(args: argparse.Namespace, shapes: Shapes = Shapes()) -> dict:
         return rows
 
     if "check" in rows_wanted:
-        emit("check", [check_equivalence(cell, main_device) for cell in ("rnn", "lstm")])
+        emit("check", [check_equivalence(cell, main_device) for cell in CELLS])
 
     step_rows: list[dict] = []
     if {"step", "flops", "data"} & set(rows_wanted):  # flops and data divide by the measured step
@@ -240,7 +241,7 @@ def run(args: argparse.Namespace, shapes: Shapes = Shapes()) -> dict:
                 [
                     bench_training_step(cell, batch, shapes, device, rounds, precision)
                     for precision in precisions
-                    for cell in ("rnn", "lstm")
+                    for cell in CELLS
                     for batch in (25, 512)
                 ],
             )
@@ -248,11 +249,11 @@ def run(args: argparse.Namespace, shapes: Shapes = Shapes()) -> dict:
     if "sample" in rows_wanted:
         emit(
             "sample",
-            [bench_sampling(cell, 1000, args.max_length, shapes, main_device, rounds) for cell in ("rnn", "lstm")],
+            [bench_sampling(cell, 1000, args.max_length, shapes, main_device, rounds) for cell in CELLS],
         )
 
     if "memory" in rows_wanted:
-        emit("memory", [bench_memory(cell, 512, shapes, main_device) for cell in ("rnn", "lstm")])
+        emit("memory", [bench_memory(cell, 512, shapes, main_device) for cell in CELLS])
 
     fp32_steps = [row for row in step_rows if row["precision"] == "fp32"]
     if "flops" in rows_wanted:
@@ -271,7 +272,7 @@ def run(args: argparse.Namespace, shapes: Shapes = Shapes()) -> dict:
     if args.profile:
         results["profiles"] = {}
         features, captions = make_batch(512, shapes, main_device)
-        for cell in ("rnn", "lstm"):
+        for cell in CELLS:
             for name, model in zip(("project", "native"), make_pair(cell, shapes, main_device)):
                 table = profile_training_step(model, features, captions)
                 results["profiles"][f"{name}_{cell}"] = table

@@ -30,13 +30,17 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.utils.rnn import pack_padded_sequence
 
+from caption_torch.functional import CELLS
 from caption_torch.model import CaptioningRNN
 
 
-def _lstm_gates_to_native(weight: Tensor) -> Tensor:
-    """Reorder the 4H gate blocks along dim 0 from the project's [i, f, o, g] to torch's [i, f, g, o]."""
-    i, f, o, g = weight.chunk(4, dim=0)
-    return torch.cat([i, f, g, o], dim=0)
+def _gates_to_native(weight: Tensor, cell_type: str, inverse: bool = False) -> Tensor:
+    """Reorder the gate blocks along dim 0 from the project's order to the native module's (or back, ``inverse``)."""
+    order = CELLS[cell_type].native_gate_order
+    if inverse:
+        order = tuple(sorted(range(len(order)), key=order.__getitem__))
+    blocks = weight.chunk(len(order), dim=0)
+    return torch.cat([blocks[k] for k in order], dim=0)
 
 
 class NativeCaptioningRNN(nn.Module):
@@ -44,7 +48,7 @@ class NativeCaptioningRNN(nn.Module):
 
     Args:
         vocab_size, input_dim, wordvec_dim, hidden_dim: V, D, W, H as in CaptioningRNN.
-        cell_type: ``'rnn'`` (tanh) or ``'lstm'``.
+        cell_type: a name in ``functional.CELLS`` (``'rnn'``: nn.RNN with tanh; ``'lstm'``: nn.LSTM).
         null_id, start_id, end_id: ids of ``<NULL>``, ``<START>``, ``<END>``.
         dtype: dtype of every parameter.
         packed: run the loss on packed sequences (``pack_padded_sequence``).
@@ -64,14 +68,12 @@ class NativeCaptioningRNN(nn.Module):
         packed: bool = False,
     ) -> None:
         super().__init__()
-        self.cell_type, self.packed = cell_type, packed
+        self.cell, self.packed = CELLS[cell_type], packed
         self.null_id, self.start_id, self.end_id = null_id, start_id, end_id
         self.embed = nn.Embedding(vocab_size, wordvec_dim, dtype=dtype)
         self.project = nn.Linear(input_dim, hidden_dim, dtype=dtype)
-        if cell_type == "lstm":
-            self.recurrent = nn.LSTM(wordvec_dim, hidden_dim, batch_first=True, dtype=dtype)
-        else:
-            self.recurrent = nn.RNN(wordvec_dim, hidden_dim, nonlinearity="tanh", batch_first=True, dtype=dtype)
+        # nn.RNN's default nonlinearity is tanh, the project's RNN cell.
+        self.recurrent = getattr(nn, self.cell.native)(wordvec_dim, hidden_dim, batch_first=True, dtype=dtype)
         self.vocab = nn.Linear(hidden_dim, vocab_size, dtype=dtype)
 
     @classmethod
@@ -89,7 +91,7 @@ class NativeCaptioningRNN(nn.Module):
             dtype=model.W_proj.dtype,
             packed=packed,
         ).to(model.W_proj.device)
-        reorder = _lstm_gates_to_native if model.cell_type == "lstm" else (lambda weight: weight)
+        reorder = functools.partial(_gates_to_native, cell_type=model.cell_type)
         with torch.no_grad():
             native.embed.weight.copy_(model.W_embed)
             native.project.weight.copy_(model.W_proj.T)
@@ -125,7 +127,8 @@ class NativeCaptioningRNN(nn.Module):
     def initial_state(self, features: Tensor) -> Tensor | tuple[Tensor, Tensor]:
         """nn.RNN's h0, or nn.LSTM's (h0, c0 = 0); each (1, N, H): one layer."""
         h0 = self.project(features)[None]
-        return (h0, torch.zeros_like(h0)) if self.cell_type == "lstm" else h0
+        zeros = tuple(torch.zeros_like(h0) for _ in range(self.cell.state_size - 1))
+        return (h0, *zeros) if zeros else h0
 
     @torch.no_grad()
     def sample(self, features: Tensor, max_length: int = 30) -> Tensor:
@@ -160,8 +163,7 @@ def max_loss_difference(
     native_loss = native.loss(features, captions)
     native_loss.backward()
 
-    # Swapping the g and o blocks is its own inverse: the same reorder maps torch's layout back to ours.
-    reorder = _lstm_gates_to_native if model.cell_type == "lstm" else (lambda weight: weight)
+    reorder = functools.partial(_gates_to_native, cell_type=model.cell_type, inverse=True)
     recurrent = native.recurrent
     native_grads = {
         "W_embed": native.embed.weight.grad,

@@ -19,6 +19,7 @@ from torch.profiler import ProfilerActivity, profile
 
 from benchmarks.native import NativeCaptioningRNN, max_loss_difference
 from benchmarks.timing import peak_memory_bytes, time_interleaved
+from caption_torch.functional import CELLS
 from caption_torch.model import CaptioningRNN
 
 NULL_ID, START_ID, END_ID, FIRST_WORD_ID = 0, 1, 2, 4  # cs231n's COCO vocabulary: <NULL> <START> <END> <UNK> ...
@@ -251,7 +252,7 @@ def training_step_flops(
     projection runs over ``projected_rows`` instead when given: the project projects each
     distinct input word once.
     """
-    gates = 4 if cell_type == "lstm" else 1
+    gates = CELLS[cell_type].gates
     N, D, W, H, V = batch, shapes.input_dim, shapes.wordvec_dim, shapes.hidden_dim, shapes.vocab_size
     feature_projection = 2 * N * D * H
     input_projection = 2 * (positions if projected_rows is None else projected_rows) * W * gates * H
