@@ -1,4 +1,4 @@
-"""Training callbacks: the seed's progress lines, the loss history, and a stop on a non-finite loss."""
+"""Training callbacks: cs231n's progress lines, the loss history, and a stop on a non-finite loss."""
 
 from __future__ import annotations
 

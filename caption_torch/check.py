@@ -2,7 +2,7 @@
 
     python -m caption_torch.check
 
-Each cell of ``shared/seed/rnn_captioning_notebook.txt`` becomes one section
+Each check cell of cs231n's RNN_Captioning notebook becomes one section
 below, with the same inputs (NumPy's generator seeded with 231, as the notebook
 does), the same numeric-gradient procedure (centred differences, h = 1e-5) and the
 same ``rel_error``. Each line is printed next to the bound the notebook states,

@@ -23,10 +23,12 @@ from typing import Sequence
 import h5py
 import numpy as np
 
+from . import vocabulary
+
 SPLITS = ("train", "val")
 CAPTIONS_FILE = "coco2014_captions.h5"
 VOCAB_FILE = "coco2014_vocab.json"
-SPECIAL_TOKENS = ("<NULL>", "<START>", "<END>", "<UNK>")
+SPECIAL_TOKENS = vocabulary.SPECIAL_TOKENS
 HOW_TO_GET = (
     "Get the real data with cs231n's get_assignment3_data.sh (coco_captioning.zip, ~1 GB), "
     "or leave out --data-dir to use the embedded synthetic dataset."
@@ -128,7 +130,8 @@ def read_vocab(base_dir: Path | str) -> tuple[dict[str, int], list[str]]:
     )
     if not consistent:
         raise _problem(path, "idx_to_word and word_to_idx describing the same vocabulary", "they disagree")
-    return {word: int(idx) for word, idx in word_to_idx.items()}, list(idx_to_word)
+    word_to_idx = {word: int(idx) for word, idx in word_to_idx.items()}
+    return word_to_idx, vocabulary.index_words(word_to_idx)
 
 
 def feature_shape(base_dir: Path | str, split: str, pca_features: bool = True) -> tuple[int, int]:

@@ -200,7 +200,7 @@ class CaptionDataModule(L.LightningDataModule):
         self.save_hyperparameters()
         self.data_dir: Path | None = Path(data_dir) if data_dir is not None else None
         self.word_to_idx: dict[str, int] = {}
-        self.idx_to_word: list[str] = []
+        self.idx_to_word: dict[int, str] = {}
         self.feature_dim = 0
         self.num_images: dict[str, int] = {}  # rows of each split's feature file
         self._device_features: dict[str, Tensor] = {}

@@ -32,7 +32,7 @@ import numpy as np
 import torch
 from torchmetrics.text import BLEUScore
 
-from .model import END, NULL, START
+from .vocabulary import END, NULL, START
 
 __all__ = ["strip_special", "caption_text", "bleu_scores", "cider_d_scores", "cider_d", "evaluate_captions"]
 

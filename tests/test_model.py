@@ -14,7 +14,7 @@ VOCAB = {"<NULL>": 0, "<START>": 1, "<END>": 2, "<UNK>": 3, "a": 4, "cat": 5, "d
 @pytest.mark.parametrize(
     "cell_type, feature_range, expected",
     [
-        ("rnn", (-1.5, 0.3), 9.83235591003),  # the seed notebook
+        ("rnn", (-1.5, 0.3), 9.83235591003),  # cs231n's RNN_Captioning notebook
         ("lstm", (-0.5, 1.7), 9.82445935443),  # the assignment's LSTM notebook
     ],
 )

@@ -1,0 +1,78 @@
+"""CaptionConfig: the one home of defaults, its presets, and what reads it."""
+
+import lightning as L
+import pytest
+import torch
+
+import train
+from caption_torch.config import MODEL_FIELDS, PRESETS, CaptionConfig, preset
+from caption_torch.system import CaptioningSystem
+
+VOCAB = {"<NULL>": 0, "<START>": 1, "<END>": 2, "a": 3, "cat": 4}
+
+
+@pytest.mark.parametrize(
+    "flags, expected",
+    [
+        ([], PRESETS["full"]),
+        (["--overfit", "50"], PRESETS["overfit"]),
+        (["--overfit", "50", "--cell", "lstm"], PRESETS["overfit-lstm"]),
+        (["--cell", "rnn", "--lr", "0.01"], CaptionConfig(cell_type="rnn", lr=0.01)),
+        (
+            ["--overfit", "5", "--epochs", "3", "--hidden-dim", "64"],
+            PRESETS["overfit"].updated(epochs=3, hidden_dim=64),
+        ),
+    ],
+)
+def test_train_flags_replace_fields_of_their_preset(flags, expected):
+    args = train.resolve_defaults(train.build_parser().parse_args(flags))
+    assert args.config == expected
+
+
+def test_presets_are_the_notebooks_settings():
+    overfit = PRESETS["overfit"]
+    assert (overfit.cell_type, overfit.batch_size, overfit.epochs, overfit.lr, overfit.lr_decay) == (
+        "rnn", 25, 50, 5e-3, 0.95)  # fmt: skip
+    assert (overfit.hidden_dim, overfit.wordvec_dim) == (512, 256)
+    assert PRESETS["overfit-lstm"] == overfit.updated(cell_type="lstm", lr_decay=0.995)
+    assert preset(overfit=True, cell_type="lstm") == PRESETS["overfit-lstm"]
+    assert preset(overfit=False) == PRESETS["full"] == CaptionConfig()
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (dict(cell_type="gru"), "cell_type must be one of"),
+        (dict(hidden_dim=0), "hidden_dim must be a positive integer"),
+        (dict(epochs=2.5), "epochs must be a positive integer"),
+        (dict(batch_size=True), "batch_size must be a positive integer"),
+        (dict(lr=0.0), "lr must be positive"),
+        (dict(lr_decay=1.5), r"lr_decay must be in \(0, 1\]"),
+    ],
+)
+def test_bad_fields_are_refused(change, message):
+    with pytest.raises(ValueError, match=message):
+        CaptionConfig(**change)
+
+
+def test_system_takes_its_defaults_and_sizes_from_the_config():
+    config = CaptionConfig(cell_type="rnn", wordvec_dim=6, hidden_dim=8, lr=1e-3, lr_decay=0.5, max_length=7)
+    system = CaptioningSystem.from_config(VOCAB, 4, config)
+    assert system.config == config
+    assert system.model.Wh.shape == (8, 8) and system.model.W_embed.shape == (5, 6)
+    assert CaptioningSystem(VOCAB, 4).config == CaptionConfig()  # the defaults are the config's
+    optimizer = system.configure_optimizers()["optimizer"]
+    assert optimizer.param_groups[0]["lr"] == 1e-3
+
+
+def test_a_checkpoint_reloads_with_weights_only(tmp_path):
+    config = CaptionConfig(cell_type="lstm", wordvec_dim=6, hidden_dim=8)
+    system = CaptioningSystem.from_config(VOCAB, 4, config)
+    path = tmp_path / "system.ckpt"
+    torch.save({"state_dict": system.state_dict(), "hyper_parameters": dict(system.hparams),
+                "pytorch-lightning_version": L.__version__}, path)  # fmt: skip
+    loaded = CaptioningSystem.load_from_checkpoint(path, map_location="cpu", weights_only=True)
+    assert loaded.config == config and loaded.model.word_to_idx == VOCAB
+    for name, value in system.state_dict().items():
+        assert torch.equal(loaded.state_dict()[name], value)
+    assert set(MODEL_FIELDS) <= set(loaded.hparams)
