@@ -1,0 +1,107 @@
+"""The project against itself at another git revision: training steps and sampling, interleaved in one process.
+
+    python benchmarks/versus.py --against HEAD~3            # every row, 7 rounds
+    python benchmarks/versus.py --against main --rounds 9 --rows step
+
+A change that should not move the speed (a refactor) is checked this way: the other
+revision's ``caption_torch`` is extracted with ``git archive`` into a temporary folder
+under another package name (the package imports itself relatively), both models get the
+same weights and inputs, and each row times them alternately (see ``timing.py``). Ratios
+are this checkout's speed over the other revision's: > 1 means this checkout is faster.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import io
+import subprocess
+import sys
+import tarfile
+import tempfile
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a script from anywhere
+
+from benchmarks.rows import Rounds, Shapes, coco_vocab, make_batch, training_step  # noqa: E402
+from benchmarks.timing import format_table, time_interleaved  # noqa: E402
+from caption_torch.functional import CELLS  # noqa: E402
+from caption_torch.model import CaptioningRNN  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+OTHER_PACKAGE = "caption_torch_other"
+
+
+def import_revision(revision: str, folder: Path):
+    """``caption_torch`` as it is at ``revision``, imported as :data:`OTHER_PACKAGE` from ``folder``."""
+    archive = subprocess.run(
+        ["git", "-C", str(ROOT), "archive", "--format=tar", revision, "caption_torch"],
+        check=True, capture_output=True,
+    ).stdout  # fmt: skip
+    with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
+        tar.extractall(folder, filter="data")
+    (folder / "caption_torch").rename(folder / OTHER_PACKAGE)
+    sys.path.insert(0, str(folder))
+    return importlib.import_module(f"{OTHER_PACKAGE}.model")
+
+
+def make_models(other_model_module, cell_type: str, shapes: Shapes):
+    """This checkout's CaptioningRNN and the other revision's, with the same weights."""
+    torch.manual_seed(0)
+    ours = CaptioningRNN(coco_vocab(shapes.vocab_size), shapes.input_dim, shapes.wordvec_dim, shapes.hidden_dim,
+                         cell_type=cell_type)  # fmt: skip
+    theirs = other_model_module.CaptioningRNN(ours.word_to_idx, shapes.input_dim, shapes.wordvec_dim,
+                                              shapes.hidden_dim, cell_type=cell_type)  # fmt: skip
+    theirs.load_state_dict(ours.state_dict())
+    return ours, theirs
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--against", required=True, help="git revision to compare with (e.g. HEAD~1, main)")
+    parser.add_argument("--rounds", type=int, default=7, help="measured rounds per row (default: 7)")
+    parser.add_argument("--rows", choices=["all", "step", "sample"], default="all", help="which rows (default: all)")
+    args = parser.parse_args(argv)
+    shapes, rounds, device = Shapes(), Rounds(rounds=args.rounds), torch.device("cpu")
+    rows = []
+    with tempfile.TemporaryDirectory() as folder:
+        other = import_revision(args.against, Path(folder))
+        for cell in CELLS:
+            ours, theirs = make_models(other, cell, shapes)
+            if args.rows in ("all", "step"):
+                for batch in (25, 512):
+                    features, captions = make_batch(batch, shapes, device)
+                    with torch.no_grad():
+                        difference = float((ours.loss(features, captions) - theirs.loss(features, captions)).abs())
+                    contenders = {"this": training_step(ours, features, captions),
+                                  "other": training_step(theirs, features, captions)}  # fmt: skip
+                    timings = time_interleaved(contenders, rounds.rounds, rounds.warmup, device)
+                    rows.append(_row(f"{cell} training step, batch {batch}", timings, difference))
+                    ours, theirs = make_models(other, cell, shapes)  # fresh weights after the steps
+            if args.rows in ("all", "sample"):
+                features, _ = make_batch(1000, shapes, device)
+                same = bool(torch.equal(ours.sample(features, 30), theirs.sample(features, 30)))
+                contenders = {"this": lambda: ours.sample(features, 30), "other": lambda: theirs.sample(features, 30)}
+                timings = time_interleaved(contenders, rounds.rounds, rounds.warmup, device)
+                rows.append(_row(f"{cell} greedy sampling, 1000 images", timings, 0.0 if same else float("nan")))
+    columns = [("row", "row", "s"), ("this_ms", "this ms", ".1f"), ("other_ms", "other ms", ".1f"),
+               ("ratio", "other / this", ".3f"), ("range", "per-round range", "s"),
+               ("difference", "loss difference", ".1e")]  # fmt: skip
+    print(f"this checkout against {args.against}, {args.rounds} rounds, {torch.get_num_threads()} threads\n")
+    print(format_table(rows, columns))
+    return 0
+
+
+def _row(name: str, timings, difference: float) -> dict:
+    """One table row: medians, their ratio, and the range of the per-round ratios."""
+    this, other = timings["this"], timings["other"]
+    per_round = sorted(o / t for o, t in zip(other.samples, this.samples))
+    return {"row": name, "this_ms": this.median * 1e3, "other_ms": other.median * 1e3,
+            "ratio": other.median / this.median, "range": f"{per_round[0]:.2f}-{per_round[-1]:.2f}",
+            "difference": difference}  # fmt: skip
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,17 @@
+"""benchmarks/versus.py: another revision's package imported beside this one, holding the same weights."""
+
+import torch
+
+from benchmarks import versus
+from benchmarks.rows import Shapes, make_batch
+
+
+def test_the_other_revision_is_a_separate_package_with_the_same_model(tmp_path):
+    other = versus.import_revision("HEAD", tmp_path)
+    assert other.__name__ == f"{versus.OTHER_PACKAGE}.model" and other.CaptioningRNN is not versus.CaptioningRNN
+    shapes = Shapes(input_dim=6, wordvec_dim=4, hidden_dim=5, vocab_size=12, time_steps=5)
+    ours, theirs = versus.make_models(other, "lstm", shapes)
+    features, captions = make_batch(3, shapes, torch.device("cpu"))
+    assert torch.equal(ours.loss(features, captions), theirs.loss(features, captions))
+    ours.Wh.data.add_(1.0)  # the weights are copies, not shared: the losses now differ
+    assert not torch.equal(ours.loss(features, captions), theirs.loss(features, captions))
