@@ -30,9 +30,11 @@ argument) and then calls ``Function.apply``. The modules, in dependency order:
     sequences.py  rnn, lstm (+ *_projected, *_lookup): packed time loops with BPTT in backward
     cells.py      CELLS: each recurrent cell's gate count, state size, step and sequence, by name
     words.py      word_embedding, temporal_affine, temporal_softmax_loss, vocab_softmax_loss
+    policy.py     policy_gradient_loss: the softmax loss weighted per caption (self-critical training)
 """
 
 from .cells import CELLS, RecurrentCell, State
+from .policy import policy_gradient_loss
 from .sequences import lstm, lstm_lookup, lstm_projected, rnn, rnn_lookup, rnn_projected
 from .steps import lstm_step, lstm_step_projected, rnn_step, rnn_step_projected
 from .words import temporal_affine, temporal_softmax_loss, vocab_softmax_loss, word_embedding
@@ -55,4 +57,5 @@ __all__ = [
     "temporal_affine",
     "temporal_softmax_loss",
     "vocab_softmax_loss",
+    "policy_gradient_loss",
 ]
