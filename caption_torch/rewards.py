@@ -1,0 +1,189 @@
+"""CIDEr-D of token-id captions with document frequencies fixed by a reference corpus: self-critical rewards.
+
+:func:`caption_torch.metrics.cider_d_scores` scores text and takes its document
+frequencies from the corpus it scores. A reward is different: thousands of sampled
+captions per epoch, each scored against its image's references, with n-gram
+document frequencies from the whole training set, counted once. :class:`CiderD` does
+that on word ids, all captions of a batch at once: an n-gram is one int64 key
+
+    key(w_1 .. w_n) = ((w_1 * V + w_2) * V + ...) * V + w_n         (V = vocabulary size)
+
+and every join (candidate n-gram with reference n-gram, n-gram with its document
+frequency) is a sort and a ``searchsorted``. Per candidate c of image i, with references
+r_1..r_m of that image (the formula of pycocoevalcap's ``Cider``):
+
+    CIDEr-D(c) = 10 / m * sum_j mean_{n=1..4} [ sum_g min(c_g, r_g) r_g idf_g^2 / (|c|_n |r_j|_n) ]
+                 * exp(-(len(c) - len(r_j))^2 / (2 sigma^2)),    idf_g = log(images) - log(max(1, df_g))
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+import torch
+
+
+@dataclass(frozen=True)
+class Sentences:
+    """Captions as word ids, flattened: ``words`` (total,) concatenated, ``lengths`` (S,) words per caption."""
+
+    words: np.ndarray
+    lengths: np.ndarray
+
+    @classmethod
+    def from_ids(cls, ids: torch.Tensor | np.ndarray, end_id: int, skipped_ids: Sequence[int]) -> Sentences:
+        """The words of (S, L) id rows: up to the first ``end_id``, without ``skipped_ids`` (<START>, <NULL>).
+
+        This is :func:`caption_torch.metrics.caption_text` on ids: the same words, in the same order.
+        """
+        ids = torch.as_tensor(ids).cpu().numpy().astype(np.int64, copy=False)
+        before_end = np.cumsum(ids == end_id, axis=1) == 0  # (S, L)
+        keep = before_end & ~np.isin(ids, np.asarray(skipped_ids, dtype=np.int64))
+        return cls(ids[keep], keep.sum(axis=1))
+
+    @classmethod
+    def from_lists(cls, captions: Sequence[Sequence[int]]) -> Sentences:
+        """Captions given as lists of word ids (already without special tokens)."""
+        lengths = np.fromiter(map(len, captions), dtype=np.int64, count=len(captions))
+        words = np.fromiter((w for caption in captions for w in caption), dtype=np.int64, count=int(lengths.sum()))
+        return cls(words, lengths)
+
+    def __len__(self) -> int:
+        return len(self.lengths)
+
+
+def _ngram_entries(sentences: Sentences, max_order: int, vocab_size: int) -> list[tuple[np.ndarray, ...]]:
+    """Per order n = 1..max_order: ``(sentence, key, count)`` arrays, one entry per distinct n-gram of a sentence.
+
+    Entries are sorted by (sentence, key).
+    """
+    words, lengths = sentences.words, sentences.lengths
+    sentence_of_word = np.repeat(np.arange(len(lengths)), lengths)
+    starts_of_sentence = np.cumsum(lengths) - lengths
+    remaining = lengths[sentence_of_word] - (np.arange(len(words)) - starts_of_sentence[sentence_of_word])
+    entries = []
+    starts, keys = np.arange(len(words)), words.copy()
+    for order in range(1, max_order + 1):
+        if order > 1:
+            extendable = remaining[starts] >= order
+            starts, keys = starts[extendable], keys[extendable] * vocab_size + words[starts[extendable] + order - 1]
+        sentence = sentence_of_word[starts]
+        by_sentence_then_key = np.lexsort((keys, sentence))
+        sentence, key = sentence[by_sentence_then_key], keys[by_sentence_then_key]
+        new = np.ones(len(key), dtype=bool)
+        new[1:] = (sentence[1:] != sentence[:-1]) | (key[1:] != key[:-1])
+        first = np.flatnonzero(new)
+        counts = np.diff(np.append(first, len(key)))
+        entries.append((sentence[first], key[first], counts))
+    return entries
+
+
+class CiderD:
+    """CIDEr-D rewards with document frequencies counted once over a corpus of reference sets.
+
+    Args:
+        corpus: the references of every image of the corpus (e.g. the training split): image i's
+            captions are ``corpus.sentences`` entries whose ``corpus_image`` is i.
+        corpus_image: (R,) the image of each corpus caption, in [0, number of images).
+        vocab_size: V, one more than the largest word id.
+        sigma: width of the gaussian length penalty (CIDEr-D's 6).
+        max_order: n-grams of orders 1..max_order.
+    """
+
+    def __init__(
+        self, corpus: Sentences, corpus_image: np.ndarray, vocab_size: int, sigma: float = 6.0, max_order: int = 4
+    ) -> None:
+        if vocab_size < 1 or max_order < 1 or not sigma > 0:
+            raise ValueError(
+                f"need vocab_size >= 1, max_order >= 1 and sigma > 0, got {vocab_size}, {max_order}, {sigma}"
+            )
+        if float(vocab_size) ** max_order >= 2**62:
+            raise ValueError(f"{max_order}-grams of a {vocab_size}-word vocabulary do not fit an int64 key")
+        corpus_image = np.asarray(corpus_image, dtype=np.int64)
+        if len(corpus_image) != len(corpus) or len(corpus) == 0:
+            raise ValueError(f"the corpus has {len(corpus)} captions but {len(corpus_image)} image numbers")
+        self.vocab_size, self.sigma, self.max_order = vocab_size, sigma, max_order
+        self.log_images = float(np.log(len(np.unique(corpus_image))))
+        # Document frequency: in how many images' reference sets each n-gram occurs.
+        self.document_frequency = []  # per order: (sorted distinct keys, their df)
+        for sentence, key, _ in _ngram_entries(corpus, max_order, vocab_size):
+            image_and_key = np.unique(np.stack([corpus_image[sentence], key]), axis=1)
+            keys, df = np.unique(image_and_key[1], return_counts=True)
+            self.document_frequency.append((keys, df))
+
+    def idf(self, order: int, keys: np.ndarray) -> np.ndarray:
+        """log(images) - log(max(1, df)) of each n-gram key of the given order (1-based)."""
+        known, df = self.document_frequency[order - 1]
+        where = np.searchsorted(known, keys).clip(max=max(len(known) - 1, 0))
+        found = known[where] == keys if len(known) else np.zeros(len(keys), dtype=bool)
+        return self.log_images - np.log(np.where(found, df[where] if len(known) else 1, 1).astype(np.float64))
+
+    def scores(self, candidates: Sentences, candidate_image: np.ndarray, references: Sentences,
+               reference_image: np.ndarray) -> np.ndarray:  # fmt: skip
+        """CIDEr-D of every candidate against all references of its image.
+
+        Args:
+            candidates: M captions; candidate m belongs to image ``candidate_image[m]``.
+            references: R captions; reference r belongs to image ``reference_image[r]`` (numbers shared
+                with ``candidate_image``; every candidate's image needs at least one reference).
+
+        Returns:
+            (M,) float64 scores.
+        """
+        candidate_image = np.asarray(candidate_image, dtype=np.int64)
+        reference_image = np.asarray(reference_image, dtype=np.int64)
+        if len(candidate_image) != len(candidates) or len(reference_image) != len(references):
+            raise ValueError("every candidate and every reference needs its image number")
+        # Pairs (m, r) of a candidate and a reference of the same image, grouped by reference.
+        images = int(max(candidate_image.max(initial=-1), reference_image.max(initial=-1))) + 1
+        refs_per_image = np.bincount(reference_image, minlength=images)
+        if len(candidates) and (refs_per_image[candidate_image] == 0).any():
+            raise ValueError("a candidate's image has no reference")
+        candidates_by_image = np.argsort(candidate_image, kind="stable")
+        candidates_per_image = np.bincount(candidate_image, minlength=images)
+        first_candidate_of_image = np.cumsum(candidates_per_image) - candidates_per_image
+        pairs_per_reference = candidates_per_image[reference_image]  # (R,)
+        first_pair_of_reference = np.cumsum(pairs_per_reference) - pairs_per_reference
+        pair_reference = np.repeat(np.arange(len(references)), pairs_per_reference)
+        rank = np.repeat(first_candidate_of_image[reference_image], pairs_per_reference) + _ranks_within(
+            pairs_per_reference
+        )
+        pair_candidate = candidates_by_image[rank]
+
+        similarity = np.zeros(len(pair_candidate))
+        candidate_entries = _ngram_entries(candidates, self.max_order, self.vocab_size)
+        reference_entries = _ngram_entries(references, self.max_order, self.vocab_size)
+        for order, ((c_sentence, c_key, c_count), (r_sentence, r_key, r_count)) in enumerate(
+            zip(candidate_entries, reference_entries), start=1
+        ):
+            c_idf, r_idf = self.idf(order, c_key), self.idf(order, r_key)
+            c_norm = np.sqrt(np.bincount(c_sentence, (c_count * c_idf) ** 2, minlength=len(candidates)))
+            r_norm = np.sqrt(np.bincount(r_sentence, (r_count * r_idf) ** 2, minlength=len(references)))
+            # Every reference entry once per pair of its reference; look the pair's candidate's count up.
+            repeats = pairs_per_reference[r_sentence]
+            entry = np.repeat(np.arange(len(r_key)), repeats)
+            pair = np.repeat(first_pair_of_reference[r_sentence], repeats) + _ranks_within(repeats)
+            distinct_keys, dense = np.unique(np.concatenate([c_key, r_key]), return_inverse=True)
+            c_dense, r_dense = dense[: len(c_key)], dense[len(c_key) :]
+            c_lookup = c_sentence * len(distinct_keys) + c_dense  # sorted: entries are by (sentence, key)
+            wanted = pair_candidate[pair] * len(distinct_keys) + r_dense[entry]
+            where = np.searchsorted(c_lookup, wanted).clip(max=max(len(c_lookup) - 1, 0))
+            shared = c_lookup[where] == wanted if len(c_lookup) else np.zeros(len(wanted), dtype=bool)
+            clipped = np.minimum(c_count[where[shared]], r_count[entry[shared]]) * r_count[entry[shared]]
+            weights = clipped * r_idf[entry[shared]] ** 2
+            dot = np.bincount(pair[shared], weights, minlength=len(pair_candidate)).astype(np.float64)
+            denominator = c_norm[pair_candidate] * r_norm[pair_reference]
+            similarity += np.divide(dot, denominator, out=np.zeros_like(dot), where=denominator != 0)
+        delta = (candidates.lengths[pair_candidate] - references.lengths[pair_reference]).astype(np.float64)
+        per_pair = similarity / self.max_order * np.exp(-(delta**2) / (2 * self.sigma**2))
+        total = np.bincount(pair_candidate, per_pair, minlength=len(candidates))
+        return 10.0 * total / refs_per_image[candidate_image]
+
+
+def _ranks_within(repeats: np.ndarray) -> np.ndarray:
+    """For runs of lengths ``repeats``: 0, 1, .., repeats[0]-1, 0, 1, .., repeats[1]-1, ..."""
+    total = int(repeats.sum())
+    run_starts = np.repeat(np.cumsum(repeats) - repeats, repeats)
+    return np.arange(total) - run_starts
