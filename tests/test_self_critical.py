@@ -1,0 +1,116 @@
+"""Self-critical training's step: samples, CIDEr-D rewards, both baselines, and the direction of the update."""
+
+import numpy as np
+import pytest
+import torch
+
+from caption_torch.model import CaptioningRNN
+from caption_torch.rewards import CiderD, Sentences
+from caption_torch.self_critical import self_critical_step
+
+VOCAB = {"<NULL>": 0, "<START>": 1, "<END>": 2, "<UNK>": 3, "a": 4, "cat": 5, "dog": 6, "sat": 7}
+
+
+def references_of(*captions):
+    """(B, R, T) references: image b's captions, <START> ... <END> padded with <NULL>, -1 rows for none."""
+    T = 2 + max(len(c) for refs in captions for c in refs)
+    R = max(len(refs) for refs in captions)
+    out = torch.full((len(captions), R, T), -1, dtype=torch.long)
+    for b, refs in enumerate(captions):
+        for r, words in enumerate(refs):
+            ids = [1, *(VOCAB[w] for w in words.split()), 2]
+            out[b, r] = torch.tensor(ids + [0] * (T - len(ids)))
+    return out
+
+
+def make_model(cell="lstm", seed=0):
+    torch.manual_seed(seed)
+    return CaptioningRNN(VOCAB, input_dim=3, wordvec_dim=4, hidden_dim=6, cell_type=cell, dtype=torch.float64)
+
+
+def corpus_reward(references):
+    present = references[:, :, 0] >= 0
+    sentences = Sentences.from_ids(references[present], 2, (1, 0))
+    return CiderD(sentences, np.repeat(np.arange(len(references)), present.sum(1).numpy()), len(VOCAB))
+
+
+def test_policy_loss_with_unit_weights_is_the_loss_of_the_same_captions():
+    model = make_model()
+    generated = torch.tensor([[4, 5, 7, 2, 0], [6, 2, 0, 0, 0], [4, 4, 4, 4, 4]])  # the last never ends
+    features = torch.randn(3, 3, dtype=torch.float64)
+    captions = torch.cat([torch.ones(3, 1, dtype=torch.long), generated], 1)
+    torch.testing.assert_close(model.policy_loss(features, generated, torch.ones(3, dtype=torch.float64)),
+                               model.loss(features, captions), rtol=1e-14, atol=0)  # fmt: skip
+    # A <NULL> the model chose before <END> counts in the policy loss (the plain loss skips it as padding).
+    chose_null = torch.tensor([[4, 0, 5, 2, 0]])
+    weights = torch.ones(1, dtype=torch.float64)
+    with_null = model.policy_loss(features[:1], chose_null, weights)
+    without = model.policy_loss(features[:1], torch.tensor([[4, 5, 2, 0, 0]]), weights)
+    assert with_null.item() != pytest.approx(without.item())
+
+
+@pytest.mark.parametrize("baseline", ["mean", "greedy"])
+def test_rewards_and_baselines(baseline):
+    model = make_model()
+    references = references_of(["a cat sat", "a cat"], ["a dog sat"])
+    reward = corpus_reward(references)
+    features = torch.randn(2, 3, dtype=torch.float64)
+    torch.manual_seed(1)
+    step = self_critical_step(model, reward, features, references, baseline, samples_per_image=4, max_length=6)
+    torch.manual_seed(1)  # the same samples again, rewarded by hand
+    from caption_torch.decoding import temperature_sample
+
+    samples = temperature_sample(model, features.repeat_interleave(4, 0), 1.0, 6)
+    refs = Sentences.from_ids(references[references[:, :, 0] >= 0], 2, (1, 0))
+    rewards = reward.scores(Sentences.from_ids(samples, 2, (1, 0)), np.repeat([0, 1], 4), refs, np.array([0, 0, 1]))
+    assert step.reward == pytest.approx(rewards.mean(), abs=1e-12)
+    if baseline == "mean":
+        per_image = rewards.reshape(2, 4)
+        others = np.array([[np.delete(row, k).mean() for k in range(4)] for row in per_image]).reshape(-1)
+        np.testing.assert_allclose(step.advantages, rewards - others, rtol=0, atol=1e-12)
+        assert np.ptp(rewards) > 0  # the samples differ, so a wrong leave-one-out would show
+    else:
+        greedy = Sentences.from_ids(model.sample(features, 6), 2, (1, 0))
+        expected = reward.scores(greedy, np.arange(2), refs, np.array([0, 0, 1]))
+        np.testing.assert_allclose(step.advantages, rewards - np.repeat(expected, 4), rtol=0, atol=1e-12)
+        assert step.baseline == pytest.approx(expected.mean(), abs=1e-12)
+    assert torch.isfinite(step.loss) and step.loss.requires_grad
+
+
+@pytest.mark.parametrize("baseline", ["mean", "greedy"])
+def test_training_raises_the_reward(baseline):
+    """Steps on one image raise its greedy caption's CIDEr-D; the mean baseline reaches the reference's own score.
+
+    (The greedy baseline stalls once samples equal the greedy caption: their advantage is then zero.)
+    """
+    model = make_model(cell="rnn", seed=3)
+    corpus = references_of(["a cat sat"], ["a dog"], ["dog sat"])  # document frequencies need several images
+    reward, references = corpus_reward(corpus), corpus[:1]
+    features = torch.randn(1, 3, dtype=torch.float64)
+    refs = Sentences.from_ids(references[0, :1], 2, (1, 0))
+
+    def greedy_reward():
+        return reward.scores(Sentences.from_ids(model.sample(features, 6), 2, (1, 0)), [0], refs, [0])[0]
+
+    before = greedy_reward()
+    optimizer = torch.optim.Adam(model.parameters(), lr=0.1)
+    torch.manual_seed(0)
+    for _ in range(100):
+        step = self_critical_step(model, reward, features, references, baseline, samples_per_image=8, max_length=6)
+        optimizer.zero_grad()
+        step.loss.backward()
+        optimizer.step()
+    best = reward.scores(refs, [0], refs, [0])[0]  # the reference itself: 7.5 (a 3-word caption has no 4-gram)
+    after = greedy_reward()
+    assert after > before + 2
+    if baseline == "mean":
+        assert after == pytest.approx(best)
+
+
+def test_bad_settings_are_refused():
+    model, references = make_model(), references_of(["a cat"])
+    reward, features = corpus_reward(references), torch.randn(1, 3, dtype=torch.float64)
+    with pytest.raises(ValueError, match="baseline must be one of"):
+        self_critical_step(model, reward, features, references, "median", 4, 6)
+    with pytest.raises(ValueError, match="mean baseline needs samples_per_image >= 2"):
+        self_critical_step(model, reward, features, references, "mean", 1, 6)
