@@ -179,6 +179,21 @@ def test_loss_and_gradients_match_plain_autograd(cell_type, batch):
 
 
 @pytest.mark.parametrize("cell_type", ["rnn", "lstm"])
+def test_a_null_inside_a_caption_is_not_scored_but_the_words_after_it_are(cell_type):
+    """The recurrence of each caption runs to its last scored word, past a <NULL> target before it."""
+    torch.manual_seed(0)
+    model = CaptioningRNN(VOCAB, 8, 6, 5, cell_type=cell_type, dtype=torch.float64)
+    features = torch.randn(3, 8, dtype=torch.float64)
+    captions = torch.tensor([[1, 4, 0, 0, 5, 2], [1, 6, 2, 0, 0, 0], [1, 0, 5, 2, 0, 0]])  # <NULL>s, then words
+    ours = model.loss(features, captions)
+    expected = reference_loss(model, features, captions)
+    torch.testing.assert_close(ours, expected, rtol=1e-12, atol=1e-12)
+    grads = torch.autograd.grad(ours, list(model.params.values()))
+    for name, got, want in zip(model.params, grads, torch.autograd.grad(expected, list(model.params.values()))):
+        torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12, msg=name)
+
+
+@pytest.mark.parametrize("cell_type", ["rnn", "lstm"])
 def test_step_with_the_input_table_equals_the_plain_step(cell_type):
     torch.manual_seed(0)
     model = CaptioningRNN(VOCAB, 8, 6, 5, cell_type=cell_type, dtype=torch.float64)
