@@ -1,0 +1,34 @@
+"""Edge cases of data.py and metrics.py that their own test files leave open: each test here
+fails if the line it guards is broken (the line is named in the test's docstring)."""
+
+import os
+
+import numpy as np
+import pytest
+
+from caption_torch.data import FeatureRows
+from caption_torch.metrics import cider_d_scores
+
+
+def test_feature_rows_reopen_the_file_in_a_forked_child(coco_folder):
+    """An h5py handle must not cross a fork: the child opens its own (FeatureRows._dataset's pid check)."""
+    reader = FeatureRows(coco_folder / "train2014_vgg16_fc7_pca.h5")
+    rows = np.array([5, 1, 5])
+    expected = reader.read(rows).numpy()  # opens the file in this process
+    parents_handle = reader._file
+    child = os.fork()
+    if child == 0:  # the child reports through its exit status only
+        try:
+            same_rows = np.array_equal(reader.read(rows).numpy(), expected)
+            os._exit(0 if same_rows and reader._file is not parents_handle else 1)
+        finally:
+            os._exit(2)
+    _, status = os.waitpid(child, 0)
+    assert os.waitstatus_to_exitcode(status) == 0, "the child read through the parent's handle"
+    assert reader._file is parents_handle  # the parent's is untouched
+
+
+def test_cider_d_refuses_a_zero_sigma():
+    """sigma = 0 would divide by zero in the length penalty (cider_d_scores' sigma check)."""
+    with pytest.raises(ValueError, match="sigma must be positive, got 0"):
+        cider_d_scores(["a cat"], [["a cat"]], sigma=0)
