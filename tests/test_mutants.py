@@ -5,8 +5,9 @@ import os
 
 import numpy as np
 import pytest
+import torch
 
-from caption_torch.data import FeatureRows
+from caption_torch.data import CaptionDataModule, FeatureRows
 from caption_torch.metrics import cider_d_scores
 
 
@@ -26,6 +27,17 @@ def test_feature_rows_reopen_the_file_in_a_forked_child(coco_folder):
     _, status = os.waitpid(child, 0)
     assert os.waitstatus_to_exitcode(status) == 0, "the child read through the parent's handle"
     assert reader._file is parents_handle  # the parent's is untouched
+
+
+def test_training_batches_are_shuffled(coco_folder):
+    """Every caption once per epoch, in an order that is not the file's (train_dataloader's shuffle=True)."""
+    datamodule = CaptionDataModule(coco_folder, batch_size=36)  # the whole split in one batch
+    datamodule.setup("fit")
+    in_file_order = datamodule.train_set.captions
+    torch.manual_seed(0)
+    (batch,) = list(datamodule.train_dataloader())
+    assert sorted(map(tuple, batch.captions.tolist())) == sorted(map(tuple, in_file_order.tolist()))
+    assert not torch.equal(batch.captions, in_file_order)
 
 
 def test_cider_d_refuses_a_zero_sigma():
