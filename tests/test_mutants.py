@@ -1,4 +1,4 @@
-"""Edge cases of data.py and metrics.py that their own test files leave open: each test here
+"""Edge cases of data.py, metrics.py and checkpointing.py that their own test files leave open: each test here
 fails if the line it guards is broken (the line is named in the test's docstring)."""
 
 import os
@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 
+from caption_torch.checkpointing import AtomicCheckpointIO
 from caption_torch.data import CaptionDataModule, FeatureRows
 from caption_torch.metrics import cider_d_scores
 
@@ -44,3 +45,16 @@ def test_cider_d_refuses_a_zero_sigma():
     """sigma = 0 would divide by zero in the length penalty (cider_d_scores' sigma check)."""
     with pytest.raises(ValueError, match="sigma must be positive, got 0"):
         cider_d_scores(["a cat"], [["a cat"]], sigma=0)
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o077], ids=["022", "077"])
+def test_checkpoint_file_mode_follows_the_umask(tmp_path, umask):
+    """A checkpoint gets the mode of any new file (666 less the umask), not mkstemp's private 600
+    (AtomicCheckpointIO's fchmod)."""
+    previous = os.umask(umask)
+    try:
+        AtomicCheckpointIO().save_checkpoint({"step": 1}, tmp_path / "last.ckpt")
+    finally:
+        os.umask(previous)
+    assert (tmp_path / "last.ckpt").stat().st_mode & 0o777 == 0o666 & ~umask
+    assert torch.load(tmp_path / "last.ckpt", weights_only=True) == {"step": 1}
