@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from caption_torch.checkpointing import AtomicCheckpointIO
-from caption_torch.data import CaptionDataModule, FeatureRows
+from caption_torch.coco import SplitCaptions
+from caption_torch.data import CaptionDataModule, FeatureRows, ImageDataset
 from caption_torch.metrics import cider_d_scores
 
 
@@ -28,6 +29,16 @@ def test_feature_rows_reopen_the_file_in_a_forked_child(coco_folder):
     _, status = os.waitpid(child, 0)
     assert os.waitstatus_to_exitcode(status) == 0, "the child read through the parent's handle"
     assert reader._file is parents_handle  # the parent's is untouched
+
+
+def test_references_keep_the_files_order():
+    """An image's references come in file order, as the JSONL and the pictures of evaluate show them
+    (ImageDataset's stable argsort; numpy's default sort reorders equal keys of 60 interleaved captions)."""
+    image_idxs = np.random.default_rng(0).integers(0, 5, size=60)
+    captions = np.arange(60 * 3).reshape(60, 3)  # caption i holds 3i, 3i+1, 3i+2: its own number
+    images = ImageDataset(SplitCaptions(captions, image_idxs), features=None)
+    for index, row in enumerate(images.image_rows.tolist()):
+        np.testing.assert_array_equal(images.references(index), captions[image_idxs == row])
 
 
 def test_training_batches_are_shuffled(coco_folder):
