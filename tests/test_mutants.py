@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from caption_torch.checkpointing import AtomicCheckpointIO
+from caption_torch.checkpointing import AtomicCheckpointIO, LastCheckpoint
 from caption_torch.coco import SplitCaptions
 from caption_torch.data import CaptionDataModule, FeatureRows, ImageDataset
 from caption_torch.metrics import cider_d_scores
@@ -69,3 +69,26 @@ def test_checkpoint_file_mode_follows_the_umask(tmp_path, umask):
         os.umask(previous)
     assert (tmp_path / "last.ckpt").stat().st_mode & 0o777 == 0o666 & ~umask
     assert torch.load(tmp_path / "last.ckpt", weights_only=True) == {"step": 1}
+
+
+class _CountingTrainer:
+    """What LastCheckpoint uses of a Trainer: the step counter and save_checkpoint."""
+
+    def __init__(self):
+        self.global_step, self.saved_at = 0, []
+
+    def save_checkpoint(self, path, weights_only):
+        self.saved_at.append(self.global_step)
+
+
+@pytest.mark.parametrize("every_n_steps, expected", [(3, [3, 6, 9]), (None, [])])
+def test_last_checkpoint_saves_every_n_optimizer_steps(tmp_path, every_n_steps, expected):
+    """Steps 3, 6 and 9 of 10 with every_n_steps=3; none between epochs without it (LastCheckpoint's step test)."""
+    callback, trainer = LastCheckpoint(every_n_steps), _CountingTrainer()
+    callback.path = tmp_path / "last.ckpt"
+    for batch_index in range(10):
+        trainer.global_step = batch_index + 1  # Lightning counts the step before on_train_batch_end
+        callback.on_train_batch_end(trainer, None, None, None, batch_index)
+    assert trainer.saved_at == expected
+    callback.on_train_epoch_end(trainer, None)
+    assert trainer.saved_at == expected + [10]  # and always at the end of an epoch
