@@ -7,7 +7,7 @@ import sys
 import pytest
 import torch
 
-from benchmarks import bench, rows
+from benchmarks import bench, native, rows
 from benchmarks.native import max_loss_difference  # noqa: E402
 from benchmarks.timing import peak_memory_bytes, time_interleaved
 
@@ -21,6 +21,18 @@ def _assert_positive_finite(row, keys):
     assert not missing, f"row lacks {missing}: {row}"
     for key in keys:
         assert isinstance(row[key], (int, float)) and math.isfinite(row[key]) and row[key] > 0, (key, row[key])
+
+
+def _png_size(path):
+    """(width, height) in pixels from a PNG's header."""
+    header = path.read_bytes()[:24]
+    assert header[:8] == b"\x89PNG\r\n\x1a\n"
+    return int.from_bytes(header[16:20], "big"), int.from_bytes(header[20:24], "big")
+
+
+def _chart_height(bars):
+    """plot_ratios' figure: 8 inches wide, 0.45 inch a bar plus 1.4 inches of frame, at 110 dpi."""
+    return round((0.45 * bars + 1.4) * 110)
 
 
 def test_captions_look_like_coco():
@@ -39,6 +51,21 @@ def test_captions_look_like_coco():
 def test_native_copy_has_the_same_loss_and_gradients(cell_type):
     row = rows.check_equivalence(cell_type, CPU)
     assert row["ok"] and row["loss_difference"] <= 1e-10 and row["grad_difference"] <= 1e-10
+
+
+def test_check_row_reports_a_native_copy_that_differs(monkeypatch):
+    """The check row can fail: a native copy with one recurrent weight off by 1e-3 is out of bounds."""
+    copy = native.NativeCaptioningRNN.from_project.__func__
+
+    def off_by_a_little(cls, model, packed=False):
+        copied = copy(cls, model, packed)
+        with torch.no_grad():
+            copied.recurrent.weight_hh_l0[0, 0] += 1e-3
+        return copied
+
+    monkeypatch.setattr(native.NativeCaptioningRNN, "from_project", classmethod(off_by_a_little))
+    row = rows.check_equivalence("lstm", CPU)
+    assert not row["ok"] and row["loss_difference"] > 1e-6 and row["grad_difference"] > 1e-6
 
 
 @pytest.mark.parametrize("cell_type", ["rnn", "lstm"])
@@ -60,6 +87,13 @@ def test_training_step_row(cell_type):
     faster = min(row["native_ms"], row["native_packed_ms"])
     assert row["speedup"] == faster / row["project_ms"]
     assert row["best_native"] == ("packed" if faster == row["native_packed_ms"] else "padded")
+    # The counts describe the batch the row timed (make_batch's seed 0), counted here independently.
+    _, captions = rows.make_batch(4, TINY, CPU)
+    scored = sum(word != rows.NULL_ID for caption in captions[:, 1:].tolist() for word in caption)
+    assert row["scored_tokens"] == scored and row["masked_fraction"] == pytest.approx(1 - scored / (4 * 16))
+    assert row["distinct_input_words"] == len(set(captions[:, :-1].flatten().tolist()))
+    for name in ("project", "native", "native_packed"):
+        assert row[f"{name}_captions_per_s"] == pytest.approx(4 / (row[f"{name}_ms"] / 1e3))
 
 
 def test_bf16_mixed_step_row_reports_rather_than_raises():
@@ -73,11 +107,21 @@ def test_sampling_row():
     row = rows.bench_sampling("lstm", 10, 5, TINY, CPU, ONE_ROUND)
     _assert_positive_finite(row, ["project_captions_per_s", "native_captions_per_s", "speedup"])
     assert row["same_captions"] == 1.0  # same weights, same greedy decisions
+    assert row["speedup"] == row["project_captions_per_s"] / row["native_captions_per_s"]
+    project, _ = rows.make_pair("lstm", TINY, CPU)
+    features, _ = rows.make_batch(10, TINY, CPU)
+    words = [sum(word != rows.NULL_ID for word in caption) for caption in project.sample(features, 5).tolist()]
+    assert row["mean_words"] == pytest.approx(sum(words) / 10)
 
 
 def test_memory_row_and_profiler_peak():
     row = rows.bench_memory("rnn", 8, TINY, CPU)
     _assert_positive_finite(row, ["project_mib", "native_mib", "ratio"])
+    assert row["ratio"] == row["native_mib"] / row["project_mib"]
+    # A step allocates at least every parameter's gradient (zero_grad set them to None before it).
+    project, _ = rows.make_pair("rnn", TINY, CPU)
+    gradient_mib = sum(p.numel() * p.element_size() for p in project.parameters()) / 2**20
+    assert row["project_mib"] >= gradient_mib and row["native_mib"] >= gradient_mib
 
     # A known allocation pattern: 4 MB kept + 8 MB transient -> the peak is 12 MB.
     def work():
@@ -120,10 +164,20 @@ def test_flops_row():
     assert row["project_executed_gflops"] <= row["project_gflops"]  # at most as many rows as positions
 
 
-def test_delivery_rate_counts_captions():
-    batches = [(torch.zeros(5, 16), torch.zeros(5, 17, dtype=torch.long), torch.zeros(5))] * 4
-    rate, startup = rows.delivery_rate(batches, batches=10)
-    assert rate > 0 and startup >= 0
+@pytest.mark.parametrize("asked, delivered", [(10, 3), (2, 2)])  # more batches than the loader has; fewer
+def test_delivery_rate_counts_captions(monkeypatch, asked, delivered):
+    """On a clock that only the loader moves: 2 s until the first batch, then 0.5 s per batch of 5 captions."""
+    clock = [100.0]
+    monkeypatch.setattr(rows.time, "perf_counter", lambda: clock[0])
+
+    def loader():
+        for index in range(4):
+            clock[0] += 2.0 if index == 0 else 0.5
+            yield torch.zeros(5, 16), torch.zeros(5, 17, dtype=torch.long), torch.zeros(5)
+
+    rate, startup = rows.delivery_rate(loader(), batches=asked)
+    assert startup == 2.0
+    assert rate == pytest.approx(5 * delivered / (0.5 * delivered))  # 10 captions/s
 
 
 def test_interleaved_timing_alternates_order():
@@ -140,7 +194,14 @@ def test_command_line_quick_step_row(tmp_path):
     results = json.loads(out.read_text())
     assert {"cpu", "torch", "threads"} <= set(results["machine"])
     assert [row["row"] for row in results["rows"]] == ["check"] * 2 + ["step"] * 4
-    assert chart.stat().st_size > 10_000
+    checks = results["rows"][:2]
+    assert [row["cell_type"] for row in checks] == ["rnn", "lstm"]
+    assert all(row["ok"] and row["loss_difference"] <= 1e-10 and row["grad_difference"] <= 1e-10 for row in checks)
+    steps = results["rows"][2:]
+    assert [(row["cell_type"], row["batch"], row["precision"]) for row in steps] == [
+        ("rnn", 25, "fp32"), ("rnn", 512, "fp32"), ("lstm", 25, "fp32"), ("lstm", 512, "fp32")
+    ]  # fmt: skip
+    assert _png_size(chart) == (880, _chart_height(len(steps)))  # one bar per step row
 
 
 def test_ratio_chart_has_a_bar_per_ratio_row_and_refuses_none(tmp_path):
@@ -160,7 +221,7 @@ def test_ratio_chart_has_a_bar_per_ratio_row_and_refuses_none(tmp_path):
         ("RNN greedy sampling, 1000 images", 2.3),
         ("LSTM peak memory, batch 512", 1.64),
     ]
-    assert plot_ratios(rows, tmp_path / "r.png", "test").stat().st_size > 10_000
+    assert _png_size(plot_ratios(rows, tmp_path / "r.png", "test")) == (880, _chart_height(3))
     with pytest.raises(ValueError, match="no step, sample or memory row"):
         plot_ratios(rows[:1], tmp_path / "none.png", "test")
 
@@ -171,6 +232,7 @@ def test_data_row_on_a_tiny_synthetic_folder(tmp_path):
     data_dir = synthetic.write_synthetic_dataset(tmp_path / "tiny", size="tiny", seed=0)
     row = rows.bench_data_module(data_dir, num_workers=0, batch=16, batches=3, train_captions_per_s=100.0)
     _assert_positive_finite(row, ["captions_per_s", "startup_s", "train_captions_per_s", "ratio"])
+    assert row["ratio"] == row["captions_per_s"] / 100.0 and (row["num_workers"], row["batch"]) == (0, 16)
 
 
 def test_data_row_is_skipped_when_the_data_module_is_missing(monkeypatch):

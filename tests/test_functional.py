@@ -3,6 +3,7 @@
 import pytest
 import torch
 from torch.autograd import gradcheck
+from torch.utils._python_dispatch import TorchDispatchMode
 
 import caption_torch.functional as F
 
@@ -218,6 +219,61 @@ def test_zero_timesteps(cell, with_lengths):
         assert torch.equal(grad, torch.zeros_like(grad)), name
 
 
+def _callers_inputs(layout, N, T, C, gen):
+    """(N, T, C) float64 inputs whose time-major packing is free: the Function's packed rows are this memory."""
+    if layout == "one-sequence":
+        return torch.randn(1, T, C, generator=gen, dtype=torch.float64)
+    return torch.randn(T, N, C, generator=gen, dtype=torch.float64).transpose(0, 1)  # a time-major view
+
+
+@pytest.mark.parametrize("cell", ["rnn", "lstm"])
+@pytest.mark.parametrize("layout", ["one-sequence", "time-major"])
+@pytest.mark.parametrize("full_lengths", [False, True], ids=["no-lengths", "full-lengths"])
+def test_projected_recurrence_leaves_the_callers_tensors_unchanged(cell, layout, full_lengths):
+    """The LSTM activates its gates in place: never in the caller's x_projected, even where packing is a view.
+
+    The upstream gradient is packed the same way and must survive backward too.
+    """
+    T, H = 5, 3
+    gates = 4 if cell == "lstm" else 1
+    fn, ref = (F.lstm_projected, ref_lstm) if cell == "lstm" else (F.rnn_projected, ref_rnn)
+    gen = torch.Generator().manual_seed(11)
+    x_projected = _callers_inputs(layout, 4, T, gates * H, gen).requires_grad_()
+    N = x_projected.shape[0]
+    h0 = torch.randn(N, H, generator=gen, dtype=torch.float64, requires_grad=True)
+    Wh = torch.randn(H, gates * H, generator=gen, dtype=torch.float64, requires_grad=True)
+    upstream = _callers_inputs(layout, 4, T, H, gen)
+    callers = [x_projected, h0, Wh, upstream]
+    before = [t.detach().clone() for t in callers]
+    lengths = torch.full((N,), T) if full_lengths else None
+
+    out = fn(x_projected, h0, Wh, lengths)
+    grads = torch.autograd.grad(out, [x_projected, h0, Wh], upstream)
+    for name, tensor, original in zip(["x_projected", "h0", "Wh", "upstream gradient"], callers, before):
+        assert torch.equal(tensor, original), f"{name} was changed in place"
+    # ... and the results are those of the untouched inputs.
+    eye, zero = torch.eye(gates * H, dtype=torch.float64), torch.zeros(gates * H, dtype=torch.float64)
+    inputs = [t.detach().clone().requires_grad_() for t in before[:3]]
+    expected = ref(inputs[0], inputs[1], eye, inputs[2], zero)
+    torch.testing.assert_close(out, expected, rtol=1e-12, atol=1e-12)
+    for got, want in zip(grads, torch.autograd.grad(expected, inputs, before[3])):
+        torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("name", ["rnn_step", "rnn_step_projected", "lstm_step", "lstm_step_projected"])
+def test_steps_leave_the_callers_tensors_unchanged(name):
+    """Every step builds its pre-activations in a new tensor: inputs and upstream gradients stay as given."""
+    fn, _, inputs, _ = make_case(name, N=3, T=1, D=4, H=5, V=6, dtype=torch.float64, device="cpu")
+    inputs = [t.requires_grad_() for t in inputs]
+    outputs = _outputs(fn(*inputs))
+    gen = torch.Generator().manual_seed(2)
+    upstream = [torch.randn(o.shape, generator=gen, dtype=torch.float64) for o in outputs]
+    before = [t.detach().clone() for t in inputs + upstream]
+    torch.autograd.grad(outputs, inputs, upstream)
+    for position, (tensor, original) in enumerate(zip(inputs + upstream, before)):
+        assert torch.equal(tensor, original), f"argument {position} was changed in place"
+
+
 @pytest.mark.parametrize("name", FUNCTIONS)
 def test_gradcheck_float64(name):
     fn, _, inputs, extra = make_case(name, N=3, T=4, D=5, H=4, V=6, dtype=torch.float64, device="cpu")
@@ -384,10 +440,14 @@ def test_lookup_bad_inputs(cell, change, message):
         fn(**{**args, **change(gH)})
 
 
-@pytest.mark.parametrize("device", DEVICES)
-def test_lookup_half_precision_gradient_of_a_much_read_row(device):
+@pytest.mark.skipif(
+    not torch.cuda.is_available(),
+    reason="CUDA only: the CPU's bf16 index_add_ sums in float32 itself, so on CPU this passes without the guard "
+    "(test_lookup_bf16_gradient_of_a_much_read_row_with_atomic_adds checks it there)",
+)
+def test_lookup_half_precision_gradient_of_a_much_read_row():
     """A row read by 4,096 steps gets its bf16 gradient summed in float32: bf16 additions would stop at 256."""
-    N, T, H = 256, 16, 4
+    N, T, H, device = 256, 16, 4, "cuda"
     index = torch.zeros(N, T, dtype=torch.long, device=device)  # every step reads row 0, as every caption's <START>
     table = torch.zeros(2, H, dtype=torch.bfloat16, device=device, requires_grad=True)
     Wh = torch.zeros(H, H, dtype=torch.bfloat16, device=device)  # no recurrence: d out / d table row 0 is tanh'(0) = 1
@@ -395,6 +455,53 @@ def test_lookup_half_precision_gradient_of_a_much_read_row(device):
     F.rnn_lookup(index, table, h0, Wh).sum().backward()
     assert table.grad.dtype == torch.bfloat16
     assert table.grad[0].tolist() == [4096.0] * H and table.grad[1].tolist() == [0.0] * H
+
+
+class _AtomicHalfAdds(TorchDispatchMode):
+    """index_add in bf16/fp16 as CUDA runs it: one atomic addition per source row, each rounded to the dtype.
+
+    The CPU kernel accumulates half-precision sums in float32 on its own; under this mode
+    the CPU rounds every addition as a GPU does, so a sum left in bf16 loses what it loses there.
+    """
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        in_place = func is torch.ops.aten.index_add_.default
+        if (in_place or func is torch.ops.aten.index_add.default) and args[0].dtype in (torch.bfloat16, torch.float16):
+            target, dim, index, source = args[:4]
+            assert not kwargs and len(args) == 4, "alpha is not emulated"
+            total = target if in_place else target.clone()
+            for row, addend in zip(index.tolist(), source.unbind(dim)):
+                total.select(dim, row).add_(addend)  # rounded to the dtype after every addition
+            return total
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("cell", ["rnn", "lstm"])
+def test_lookup_bf16_gradient_of_a_much_read_row_with_atomic_adds(cell):
+    """Row 0 is read by 1,792 steps (as <START> is by every caption), row 1 by 256: in bf16 with
+    GPU-style rounded additions, their gradients stay within a few bf16 steps of a float64 run.
+    Summed in bf16 they would stall once the total dwarfs each addend (~70 % low here)."""
+    N, T, H = 256, 8, 4
+    gates = 4 if cell == "lstm" else 1
+    fn = F.lstm_lookup if cell == "lstm" else F.rnn_lookup
+    gen = torch.Generator().manual_seed(0)
+
+    def bf16_values(*shape, scale=1.0):  # float64 tensors holding bf16 numbers: both runs start equal
+        return (torch.randn(*shape, generator=gen, dtype=torch.float64) * scale).bfloat16().double()
+
+    index = torch.zeros(N, T, dtype=torch.long)
+    index[:, -1] = 1
+    table, h0, Wh = bf16_values(2, gates * H), bf16_values(N, H), bf16_values(H, gates * H, scale=0.1)
+    upstream = torch.rand(N, T, H, generator=gen, dtype=torch.float64).bfloat16().double()
+    table64, table16 = table.clone().requires_grad_(), table.bfloat16().requires_grad_()
+    (expected,) = torch.autograd.grad(fn(index, table64, h0, Wh), table64, upstream)
+    with _AtomicHalfAdds():
+        out = fn(index, table16, h0.bfloat16(), Wh.bfloat16())
+        (got,) = torch.autograd.grad(out, table16, upstream.bfloat16())
+    assert got.dtype == torch.bfloat16
+    for row in range(2):
+        error = (got[row].double() - expected[row]).abs().max() / expected[row].abs().max()
+        assert error < 0.02, (row, error.item())  # 0.02 ~ 5 bf16 steps (2^-8) of the row's largest gradient
 
 
 def test_lstm_rejects_rnn_sized_weights():

@@ -1,4 +1,7 @@
-"""CaptioningRNN: the notebook's loss values, gradcheck of the whole loss, sampling, bad input."""
+"""CaptioningRNN: parameters, gradcheck of the whole loss, sampling, bad input.
+
+The notebooks' fixed-value losses are checks of caption_torch.check (tests/test_check.py).
+"""
 
 import pytest
 import torch
@@ -9,24 +12,6 @@ from caption_torch.model import PARAM_NAMES
 
 TINY_VOCAB = {"<NULL>": 0, "cat": 2, "dog": 3}
 VOCAB = {"<NULL>": 0, "<START>": 1, "<END>": 2, "<UNK>": 3, "a": 4, "cat": 5, "dog": 6}
-
-
-@pytest.mark.parametrize(
-    "cell_type, feature_range, expected",
-    [
-        ("rnn", (-1.5, 0.3), 9.83235591003),  # cs231n's RNN_Captioning notebook
-        ("lstm", (-0.5, 1.7), 9.82445935443),  # the assignment's LSTM notebook
-    ],
-)
-def test_fixed_value_loss(cell_type, feature_range, expected):
-    N, D, W, H, T = 10, 20, 30, 40, 13
-    model = CaptioningRNN(TINY_VOCAB, D, W, H, cell_type=cell_type, dtype=torch.float64)
-    with torch.no_grad():
-        for param in model.params.values():
-            param.copy_(torch.linspace(-1.4, 1.3, param.numel(), dtype=torch.float64).reshape(param.shape))
-    features = torch.linspace(*feature_range, N * D, dtype=torch.float64).reshape(N, D)
-    captions = torch.arange(N * T).reshape(N, T) % len(TINY_VOCAB)
-    assert abs(model.loss(features, captions).item() - expected) < 1e-10
 
 
 def test_params_have_assignment_names_shapes_and_init():
@@ -191,6 +176,21 @@ def test_loss_and_gradients_match_plain_autograd(cell_type, batch):
     torch.testing.assert_close(model.loss(features, captions), expected_loss, rtol=1e-12, atol=1e-12)
     for name, g, e in zip(names, ours, expected):
         torch.testing.assert_close(g, e, rtol=1e-10, atol=1e-12, msg=name)
+
+
+@pytest.mark.parametrize("cell_type", ["rnn", "lstm"])
+def test_a_null_inside_a_caption_is_not_scored_but_the_words_after_it_are(cell_type):
+    """The recurrence of each caption runs to its last scored word, past a <NULL> target before it."""
+    torch.manual_seed(0)
+    model = CaptioningRNN(VOCAB, 8, 6, 5, cell_type=cell_type, dtype=torch.float64)
+    features = torch.randn(3, 8, dtype=torch.float64)
+    captions = torch.tensor([[1, 4, 0, 0, 5, 2], [1, 6, 2, 0, 0, 0], [1, 0, 5, 2, 0, 0]])  # <NULL>s, then words
+    ours = model.loss(features, captions)
+    expected = reference_loss(model, features, captions)
+    torch.testing.assert_close(ours, expected, rtol=1e-12, atol=1e-12)
+    grads = torch.autograd.grad(ours, list(model.params.values()))
+    for name, got, want in zip(model.params, grads, torch.autograd.grad(expected, list(model.params.values()))):
+        torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12, msg=name)
 
 
 @pytest.mark.parametrize("cell_type", ["rnn", "lstm"])
