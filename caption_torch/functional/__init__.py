@@ -49,3 +49,8 @@ __all__ = [
     "temporal_softmax_loss",
     "vocab_softmax_loss",
 ]
+
+# The Transformer's layers (weights in nn.Linear's (out, in) layout) and dropout.
+from .dropout import dropout, mkl_dropout  # noqa: E402
+
+__all__ += ["dropout", "mkl_dropout"]
