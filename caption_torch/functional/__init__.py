@@ -50,7 +50,29 @@ __all__ = [
     "vocab_softmax_loss",
 ]
 
-# The Transformer's layers (weights in nn.Linear's (out, in) layout) and dropout.
+# The Transformer's layers, weights in nn.Linear's (out, in) layout:
+#   dropout.py    dropout, and mkl_dropout() to draw its masks as torch's CPU dropout did through Intel MKL
+#   layers.py     linear, layer_norm, feed_forward, sinusoidal_positions/add_positions, transformer_softmax_loss
+#   attention.py  multi_head_attention: projections, masked softmax, dropout, weighted sum, output map in one
+from .attention import multi_head_attention  # noqa: E402
 from .dropout import dropout, mkl_dropout  # noqa: E402
+from .layers import (  # noqa: E402
+    add_positions,
+    feed_forward,
+    layer_norm,
+    linear,
+    sinusoidal_positions,
+    transformer_softmax_loss,
+)
 
-__all__ += ["dropout", "mkl_dropout"]
+__all__ += [
+    "mkl_dropout",
+    "dropout",
+    "linear",
+    "layer_norm",
+    "feed_forward",
+    "multi_head_attention",
+    "sinusoidal_positions",
+    "add_positions",
+    "transformer_softmax_loss",
+]
