@@ -176,10 +176,10 @@ def make_transformer_case(name, N, T, E, F_width, V, dtype):
         noise = seeded_noise((N, T, E), p, dtype, seed)
         return reseeded(lambda x: F.dropout(x, p), seed), (lambda x: x * noise), [randn(N, T, E)], []
     if name == "add_positions":
-        encoding = F.sinusoidal_positions(T + 2, E).to(dtype)
+        encoding = F.sinusoidal_positions(T + 2, E).to(dtype)  # differentiable here, though a buffer in the model
         noise = seeded_noise((N, T, E), p, dtype, seed)
-        ours = reseeded(lambda x: F.add_positions(x, encoding, p), seed)
-        return ours, (lambda x: (x + encoding[:T]) * noise), [randn(N, T, E)], []
+        ours = reseeded(lambda x, table: F.add_positions(x, table, p), seed)
+        return ours, (lambda x, table: (x + table[:T]) * noise), [randn(N, T, E), encoding], []
     if name == "feed_forward":
         noise = seeded_noise((N, T, F_width), p, dtype, seed)
         inputs = [randn(N, T, E), randn(F_width, E, scale=E**-0.5), randn(F_width, scale=0.1),
