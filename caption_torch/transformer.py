@@ -1,0 +1,404 @@
+"""CaptioningTransformer: cs231n's Transformer captioner (2021-2024), built only from ``functional``.
+
+    features (N, D) ──visual_projection──► memory (N, 1, W)
+    captions_in (N, T) ──embedding──► (N, T, W) ──+ sinusoidal positions, dropout──► x (N, T, W)
+    x ──num_layers decoder layers (causal self-attention, attention to memory)──► (N, T, W)
+      ──output──► scores (N, T, V)
+
+Each decoder layer is post-norm, as cs231n's ``TransformerDecoderLayer``::
+
+    x = norm1(x + dropout(self_attn(x, x, x, causal mask)))
+    x = norm2(x + dropout(multihead_attn(x, memory, memory)))
+    x = norm3(x + dropout(linear2(dropout(relu(linear1(x))))))
+
+Modules, parameter names, shapes ((out, in) for every linear map) and the order in which
+construction draws from torch's default generator are cs231n's, so a state dict of its
+model loads here and its notebook's checks run unchanged. The dropouts draw their masks
+torch's way, or the Intel-MKL way inside :func:`caption_torch.functional.mkl_dropout`.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from typing import Mapping
+
+import torch
+from torch import Tensor, nn
+
+from . import functional as F
+from .functional.dropout import check_probability
+from .model import END, NULL, START, check_positive_integer
+
+# --------------------------------------------------------------------------- #
+# Parameter holders: cs231n's nn.Linear / nn.Embedding / nn.LayerNorm, computed by functional
+# --------------------------------------------------------------------------- #
+
+
+class Linear(nn.Module):
+    """``x @ weight.T + bias`` with ``nn.Linear``'s parameters and default initialisation.
+
+    Initialisation draws from torch's default generator exactly as ``nn.Linear(in, out)`` does.
+    """
+
+    def __init__(self, in_features: int, out_features: int) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(out_features, in_features))
+        self.bias = nn.Parameter(torch.empty(out_features))
+        nn.init.kaiming_uniform_(self.weight, a=math.sqrt(5))  # uniform(-1/sqrt(in), 1/sqrt(in)), as nn.Linear
+        bound = 1 / math.sqrt(in_features) if in_features > 0 else 0
+        nn.init.uniform_(self.bias, -bound, bound)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """(..., in) -> (..., out)."""
+        return F.linear(x, self.weight, self.bias)
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.weight.shape[1]}, out_features={self.weight.shape[0]}"
+
+
+class Embedding(nn.Module):
+    """A (V, W) table of word vectors, initialised as ``nn.Embedding(V, W, padding_idx)`` (N(0, 1), padding row 0)."""
+
+    def __init__(self, num_embeddings: int, embedding_dim: int, padding_idx: int) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(num_embeddings, embedding_dim))
+        nn.init.normal_(self.weight)
+        with torch.no_grad():
+            self.weight[padding_idx].fill_(0)
+        self.padding_idx = padding_idx
+
+    def forward(self, ids: Tensor) -> Tensor:
+        """(N, T) ids -> (N, T, W)."""
+        return F.word_embedding(ids, self.weight)
+
+
+class LayerNorm(nn.Module):
+    """``nn.LayerNorm(width)``: weight 1, bias 0, eps 1e-5."""
+
+    def __init__(self, width: int, eps: float = 1e-5) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(width))
+        self.bias = nn.Parameter(torch.zeros(width))
+        self.eps = eps
+
+    def forward(self, x: Tensor) -> Tensor:
+        """(..., width) -> (..., width)."""
+        return F.layer_norm(x, self.weight, self.bias, self.eps)
+
+
+# --------------------------------------------------------------------------- #
+# cs231n's transformer_layers.py
+# --------------------------------------------------------------------------- #
+
+
+class MultiHeadAttention(nn.Module):
+    """Multi-head attention with dropout on the attention weights (cs231n's ``MultiHeadAttention``).
+
+    Args:
+        embed_dim: E, the width of queries, keys, values and the output.
+        num_heads: H, dividing E; each head has width E / H and scores are scaled by 1 / sqrt(E / H).
+        dropout: probability of dropping an attention weight while training.
+
+    Parameters ``key``, ``query``, ``value``, ``proj``: (E, E) linear maps with bias, created in that order.
+    """
+
+    def __init__(self, embed_dim: int, num_heads: int, dropout: float = 0.1) -> None:
+        super().__init__()
+        check_positive_integer("embed_dim", embed_dim)
+        check_positive_integer("num_heads", num_heads)
+        if embed_dim % num_heads:
+            raise ValueError(f"num_heads={num_heads} must divide embed_dim={embed_dim}")
+        check_probability("dropout", dropout)
+        self.key = Linear(embed_dim, embed_dim)
+        self.query = Linear(embed_dim, embed_dim)
+        self.value = Linear(embed_dim, embed_dim)
+        self.proj = Linear(embed_dim, embed_dim)
+        self.dropout = dropout
+        self.num_heads = num_heads
+        self.embed_dim = embed_dim
+
+    def forward(self, query: Tensor, key: Tensor, value: Tensor, attn_mask: Tensor | None = None) -> Tensor:
+        """Attend from each query position to the key/value positions.
+
+        Args:
+            query: (N, S, E).
+            key, value: (N, T, E).
+            attn_mask: optional (S, T), 1 where query position s may attend to key position t.
+
+        Returns:
+            (N, S, E).
+        """
+        return F.multi_head_attention(
+            query, key, value,
+            self.query.weight, self.query.bias, self.key.weight, self.key.bias,
+            self.value.weight, self.value.bias, self.proj.weight, self.proj.bias,
+            self.num_heads, attn_mask, self.dropout, self.training,
+        )  # fmt: skip
+
+    def extra_repr(self) -> str:
+        return f"embed_dim={self.embed_dim}, num_heads={self.num_heads}, dropout={self.dropout}"
+
+
+class PositionalEncoding(nn.Module):
+    """Add sinusoidal position encodings, then dropout (cs231n's ``PositionalEncoding``).
+
+    Args:
+        embed_dim: E, even.
+        dropout: dropout probability after the sum, while training.
+        max_len: the most positions a sequence may have.
+
+    Buffer ``pe`` (1, max_len, E): ``pe[0, i, 2j] = sin(i * 10000^(-2j/E))``, ``pe[0, i, 2j+1] = cos(...)``.
+    """
+
+    def __init__(self, embed_dim: int, dropout: float = 0.1, max_len: int = 5000) -> None:
+        super().__init__()
+        check_positive_integer("embed_dim", embed_dim)
+        check_positive_integer("max_len", max_len)
+        if embed_dim % 2:
+            raise ValueError(f"embed_dim must be even (sine and cosine pairs), got {embed_dim}")
+        check_probability("dropout", dropout)
+        self.dropout = dropout
+        self.register_buffer("pe", F.sinusoidal_positions(max_len, embed_dim)[None])
+
+    def forward(self, x: Tensor) -> Tensor:
+        """(N, T, E) with T <= max_len -> (N, T, E)."""
+        return F.add_positions(x, self.pe[0], self.dropout, self.training)
+
+
+class TransformerDecoderLayer(nn.Module):
+    """One post-norm decoder layer (see the module docstring), cs231n's ``TransformerDecoderLayer``.
+
+    Args:
+        input_dim: W, the width of the sequence and of the memory.
+        num_heads: attention heads, dividing W.
+        dim_feedforward: hidden width of the feed-forward block.
+        dropout: every dropout's probability (attention weights, residual branches, feed-forward).
+    """
+
+    def __init__(self, input_dim: int, num_heads: int, dim_feedforward: int = 2048, dropout: float = 0.1) -> None:
+        super().__init__()
+        self.self_attn = MultiHeadAttention(input_dim, num_heads, dropout)
+        self.multihead_attn = MultiHeadAttention(input_dim, num_heads, dropout)
+        self.linear1 = Linear(input_dim, dim_feedforward)
+        self.linear2 = Linear(dim_feedforward, input_dim)
+        self.norm1 = LayerNorm(input_dim)
+        self.norm2 = LayerNorm(input_dim)
+        self.norm3 = LayerNorm(input_dim)
+        self.dropout = dropout
+
+    def forward(self, tgt: Tensor, memory: Tensor, tgt_mask: Tensor | None = None) -> Tensor:
+        """(N, T, W) sequence, (N, M, W) memory, optional (T, T) mask -> (N, T, W)."""
+        p, training = self.dropout, self.training
+        attended = self.self_attn(tgt, tgt, tgt, attn_mask=tgt_mask)
+        tgt = self.norm1(tgt + F.dropout(attended, p, training))
+        attended = self.multihead_attn(tgt, memory, memory)
+        tgt = self.norm2(tgt + F.dropout(attended, p, training))
+        transformed = F.feed_forward(
+            tgt, self.linear1.weight, self.linear1.bias, self.linear2.weight, self.linear2.bias, p, training
+        )
+        return self.norm3(tgt + F.dropout(transformed, p, training))
+
+
+class TransformerDecoder(nn.Module):
+    """``num_layers`` copies of one decoder layer, applied in turn (each copy starts from the same values)."""
+
+    def __init__(self, decoder_layer: TransformerDecoderLayer, num_layers: int) -> None:
+        super().__init__()
+        check_positive_integer("num_layers", num_layers)
+        self.layers = nn.ModuleList(copy.deepcopy(decoder_layer) for _ in range(num_layers))
+        self.num_layers = num_layers
+
+    def forward(self, tgt: Tensor, memory: Tensor, tgt_mask: Tensor | None = None) -> Tensor:
+        """(N, T, W), (N, M, W), optional (T, T) -> (N, T, W)."""
+        for layer in self.layers:
+            tgt = layer(tgt, memory, tgt_mask=tgt_mask)
+        return tgt
+
+
+# --------------------------------------------------------------------------- #
+# The captioner
+# --------------------------------------------------------------------------- #
+
+
+class CaptioningTransformer(nn.Module):
+    """cs231n's Transformer image captioner over pre-extracted image features.
+
+    Args:
+        word_to_idx: vocabulary, word -> id in [0, V); must contain ``<NULL>``; sampling also
+            needs ``<START>`` and ``<END>``.
+        input_dim: D, the width of an image feature vector.
+        wordvec_dim: W, the width of word vectors and of every layer.
+        num_heads: attention heads, dividing W.
+        num_layers: decoder layers.
+        max_length: the most words a caption fed to the model may have (the positional table's length).
+
+    Construction draws from torch's default generator as cs231n's model does: each module's
+    default initialisation in module order (visual_projection, embedding, one decoder layer,
+    copied num_layers times), then every linear and embedding weight of those re-drawn from
+    N(0, 0.02) in module order with biases 0 and layer norms 1 and 0, then the ``output``
+    map with its default initialisation. ``parameters()`` follow that module order.
+    """
+
+    def __init__(
+        self,
+        word_to_idx: Mapping[str, int],
+        input_dim: int,
+        wordvec_dim: int,
+        num_heads: int = 4,
+        num_layers: int = 2,
+        max_length: int = 50,
+    ) -> None:
+        super().__init__()
+        if NULL not in word_to_idx:
+            raise ValueError(f"word_to_idx must contain the padding token {NULL!r}")
+        idx_to_word: dict[int, str] = {}
+        for word, idx in word_to_idx.items():
+            if idx in idx_to_word:
+                raise ValueError(f"word_to_idx gives id {idx} to both {idx_to_word[idx]!r} and {word!r}")
+            idx_to_word[idx] = word
+        for name, value in (("input_dim", input_dim), ("wordvec_dim", wordvec_dim), ("max_length", max_length)):
+            check_positive_integer(name, value)
+        self.word_to_idx = dict(word_to_idx)
+        self.idx_to_word = idx_to_word
+        self.vocab_size = len(word_to_idx)
+        self.null_id = self.word_to_idx[NULL]
+        self.start_id = self.word_to_idx.get(START)
+        self.end_id = self.word_to_idx.get(END)
+        self.input_dim, self.wordvec_dim, self.max_length = input_dim, wordvec_dim, max_length
+
+        self.visual_projection = Linear(input_dim, wordvec_dim)
+        self.embedding = Embedding(self.vocab_size, wordvec_dim, padding_idx=self.null_id)
+        self.positional_encoding = PositionalEncoding(wordvec_dim, max_len=max_length)
+        decoder_layer = TransformerDecoderLayer(input_dim=wordvec_dim, num_heads=num_heads)
+        self.transformer = TransformerDecoder(decoder_layer, num_layers=num_layers)
+        self.apply(self._init_weights)
+        self.output = Linear(wordvec_dim, self.vocab_size)  # after the re-draw: keeps its default initialisation
+
+    @staticmethod
+    def _init_weights(module: nn.Module) -> None:
+        """GPT-style initialisation, as cs231n's: linear and embedding weights N(0, 0.02), biases 0, norms 1 and 0."""
+        if isinstance(module, (Linear, Embedding)):
+            module.weight.data.normal_(mean=0.0, std=0.02)
+            if isinstance(module, Linear):
+                module.bias.data.zero_()
+        elif isinstance(module, LayerNorm):
+            module.bias.data.zero_()
+            module.weight.data.fill_(1.0)
+
+    # ------------------------------------------------------------------ #
+    # Training
+    # ------------------------------------------------------------------ #
+
+    def forward(self, features: Tensor, captions: Tensor) -> Tensor:
+        """Scores of the next word at every position.
+
+        Args:
+            features: (N, D) image features.
+            captions: (N, T) input token ids, T <= max_length (``<START> w1 w2 ...``).
+
+        Returns:
+            (N, T, V) scores: position t scores the word after captions[:, :t + 1].
+        """
+        self._check_features(features)
+        if not isinstance(captions, Tensor) or captions.dim() != 2 or captions.shape[0] != features.shape[0]:
+            shape = tuple(captions.shape) if isinstance(captions, Tensor) else type(captions).__name__
+            raise ValueError(f"captions must be an (N, T) tensor with N = {features.shape[0]} as features, got {shape}")
+        T = captions.shape[1]
+        if not 1 <= T <= self.max_length:
+            raise ValueError(f"captions have T = {T} words; the model takes 1 to max_length = {self.max_length}")
+        words = self.positional_encoding(self.embedding(captions))  # (N, T, W)
+        memory = self.visual_projection(features)[:, None]  # (N, 1, W)
+        causal = torch.tril(torch.ones(T, T, dtype=torch.bool, device=captions.device))  # 1: may attend
+        return self.output(self.transformer(words, memory, causal))  # (N, T, V)
+
+    def loss(self, features: Tensor, captions: Tensor) -> Tensor:
+        """Training loss of a minibatch, as cs231n's Transformer solver computes it.
+
+        Args:
+            features: (N, D) image features.
+            captions: (N, T + 1) token ids ``<START> ... <END> <NULL>...``; ``captions[:, :-1]`` is
+                fed in and ``captions[:, 1:]`` predicted.
+
+        Returns:
+            Scalar: the cross-entropy of the positions whose target is not ``<NULL>``, summed and
+            divided by N * T.
+        """
+        if not isinstance(captions, Tensor) or captions.dim() != 2 or captions.shape[1] < 2:
+            shape = tuple(captions.shape) if isinstance(captions, Tensor) else type(captions).__name__
+            raise ValueError(f"captions must be an (N, T+1) tensor with T+1 >= 2, got {shape}")
+        captions_in, captions_out = captions[:, :-1], captions[:, 1:]
+        scores = self(features, captions_in)  # (N, T, V)
+        return F.transformer_softmax_loss(scores, captions_out, captions_out != self.null_id)
+
+    # ------------------------------------------------------------------ #
+    # Generation
+    # ------------------------------------------------------------------ #
+
+    @torch.no_grad()
+    def sample(self, features: Tensor, max_length: int = 30) -> Tensor:
+        """Greedy captions, every dropout off: the most likely word at each step.
+
+        Each step runs the model on ``<START>`` and the words chosen so far (cs231n's way).
+
+        Args:
+            features: (N, D) image features.
+            max_length: words to generate per image, at most the model's max_length.
+
+        Returns:
+            (N, max_length) LongTensor; column 0 is the first generated word. After a row
+            emits ``<END>`` the rest of it is ``<NULL>``.
+        """
+        self.check_can_generate()
+        check_positive_integer("max_length", max_length)
+        if max_length > self.max_length:
+            raise ValueError(f"max_length={max_length} exceeds the model's max_length={self.max_length}")
+        self._check_features(features)
+        N, device = features.shape[0], features.device
+        captions = torch.full((N, max_length), self.null_id, dtype=torch.long, device=device)
+        partial = torch.full((N, 1), self.start_id, dtype=torch.long, device=device)
+        finished = torch.zeros(N, dtype=torch.bool, device=device)
+        training = self.training
+        self.eval()
+        try:
+            for t in range(max_length):
+                words = self(features, partial)[:, -1].argmax(dim=1)  # (N,)
+                captions[:, t] = words.masked_fill(finished, self.null_id)
+                finished |= words == self.end_id
+                if bool(finished.all()):
+                    break
+                partial = torch.cat([partial, words[:, None]], dim=1)
+        finally:
+            self.train(training)
+        return captions
+
+    # ------------------------------------------------------------------ #
+    # Helpers
+    # ------------------------------------------------------------------ #
+
+    def check_can_generate(self) -> None:
+        """Generation starts from ``<START>`` and stops at ``<END>``: both must be in the vocabulary."""
+        missing = [token for token, idx in ((START, self.start_id), (END, self.end_id)) if idx is None]
+        if missing:
+            raise ValueError(f"word_to_idx lacks {', '.join(missing)}, needed to generate captions")
+
+    def _check_features(self, features: Tensor) -> None:
+        if not isinstance(features, Tensor) or features.dim() != 2:
+            shape = tuple(features.shape) if isinstance(features, Tensor) else type(features).__name__
+            raise ValueError(f"features must be an (N, D) tensor, got {shape}")
+        if features.shape[1] != self.input_dim:
+            raise ValueError(
+                f"features have width {features.shape[1]} but the model expects input_dim={self.input_dim}"
+            )
+        dtype = self.visual_projection.weight.dtype
+        if features.dtype != dtype:
+            raise ValueError(
+                f"features have dtype {features.dtype} but the model's parameters are {dtype}; "
+                f"convert them with features.to({dtype})"
+            )
+
+    def extra_repr(self) -> str:
+        return (
+            f"vocab_size={self.vocab_size}, input_dim={self.input_dim}, wordvec_dim={self.wordvec_dim}, "
+            f"max_length={self.max_length}"
+        )
