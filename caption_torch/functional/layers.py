@@ -246,14 +246,16 @@ class AddPositions(torch.autograd.Function):
 def sinusoidal_positions(max_len: int, embed_dim: int) -> Tensor:
     """The Transformer's sinusoidal encoding (max_len, embed_dim), float32.
 
-    ``P[i, 2j] = sin(i * 10000^(-2j / E))`` and ``P[i, 2j + 1] = cos(i * 10000^(-2j / E))``.
+    ``P[i, 2j] = sin(i * 10000^(-2j / E))`` and ``P[i, 2j + 1] = cos(i * 10000^(-2j / E))``,
+    computed in float64 and rounded once (angles reach max_len radians: float32 angles
+    would carry errors of max_len * 6e-8 into every sine).
     """
-    positions = torch.arange(max_len, dtype=torch.float32)[:, None]  # (L, 1)
-    frequencies = torch.pow(10000.0, -torch.arange(0, embed_dim, 2, dtype=torch.float32) / embed_dim)  # (E/2,)
-    encoding = torch.zeros(max_len, embed_dim)
+    positions = torch.arange(max_len, dtype=torch.float64)[:, None]  # (L, 1)
+    frequencies = torch.pow(10000.0, -torch.arange(0, embed_dim, 2, dtype=torch.float64) / embed_dim)  # (E/2,)
+    encoding = torch.zeros(max_len, embed_dim, dtype=torch.float64)
     encoding[:, 0::2] = torch.sin(positions * frequencies)
     encoding[:, 1::2] = torch.cos(positions * frequencies)
-    return encoding
+    return encoding.float()
 
 
 def add_positions(x: Tensor, encoding: Tensor, dropout_p: float = 0.0, training: bool = True) -> Tensor:
