@@ -1,4 +1,4 @@
-"""CaptioningTransformer against cs231n's model written with torch.nn: construction, scores, loss, gradients, sampling."""
+"""CaptioningTransformer against cs231n's model in torch.nn: construction, scores, loss, gradients, sampling."""
 
 import copy
 import math
@@ -310,3 +310,15 @@ def test_a_few_adam_steps_fit_a_small_batch():
         optimizer.step()
         losses.append(loss.item())
     assert losses[-1] < 0.4 * losses[0]
+
+
+def test_embedding_and_linear_draw_as_torch_nn():
+    from caption_torch.transformer import Embedding, Linear
+
+    torch.manual_seed(8)
+    ours = [Embedding(5, 3, padding_idx=2), Linear(4, 6)]
+    torch.manual_seed(8)
+    ref = [nn.Embedding(5, 3, padding_idx=2), nn.Linear(4, 6)]
+    for module, ref_module in zip(ours, ref):
+        for (name, param), ref_param in zip(module.named_parameters(), ref_module.parameters()):
+            assert torch.equal(param, ref_param), name
