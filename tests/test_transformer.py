@@ -313,7 +313,7 @@ def test_a_few_adam_steps_fit_a_small_batch():
 
 
 def test_embedding_and_linear_draw_as_torch_nn():
-    from caption_torch.transformer import Embedding, Linear
+    from caption_torch.transformer_layers import Embedding, Linear
 
     torch.manual_seed(8)
     ours = [Embedding(5, 3, padding_idx=2), Linear(4, 6)]
