@@ -20,7 +20,7 @@ run unchanged. The dropouts draw their masks torch's way, or the Intel-MKL way i
 
 from __future__ import annotations
 
-from typing import Mapping
+from typing import Callable, Mapping
 
 import torch
 from torch import Tensor, nn
@@ -164,24 +164,117 @@ class CaptioningTransformer(nn.Module):
     # Generation
     # ------------------------------------------------------------------ #
 
-    @torch.no_grad()
-    def sample(self, features: Tensor, max_length: int = 30) -> Tensor:
-        """Greedy captions, every dropout off: the most likely word at each step.
+    # Generation keeps, per layer, the self-attention keys and values of every position fed so
+    # far, and the keys and values of the memory: a step projects only its own word. The state
+    # is a tuple of tensors whose first dimension is the batch, so a decoder can select, drop
+    # or repeat rows of it as it does the recurrent models' (h, c):
+    #
+    #   positions      (N,)                     the position the next word takes (equal in every row)
+    #   keys, values   (N, layers, H, L, W/H)   self-attention cache, filled up to positions; L = max_length
+    #   memory_keys, memory_values (N, layers, H, 1, W/H)
 
-        Each step runs the model on ``<START>`` and the words chosen so far (cs231n's way).
+    @torch.no_grad()
+    def initial_state(self, features: Tensor) -> tuple[Tensor, ...]:
+        """The generation state before the first word (see above), for (N, D) features."""
+        self._check_features(features)
+        N, W = features.shape[0], self.wordvec_dim
+        layers = self.transformer.layers
+        heads = layers[0].self_attn.num_heads
+        memory = self.visual_projection(features)[:, None]  # (N, 1, W)
+        cross = [layer.multihead_attn for layer in layers]
+        memory_keys = torch.stack([F.attention_heads(memory, a.key.weight, a.key.bias, heads) for a in cross], 1)
+        memory_values = torch.stack([F.attention_heads(memory, a.value.weight, a.value.bias, heads) for a in cross], 1)
+        cache_shape = (N, len(layers), heads, self.max_length, W // heads)
+        keys = memory.new_zeros(cache_shape)
+        positions = torch.zeros(N, dtype=torch.long, device=features.device)
+        return positions, keys, torch.zeros_like(keys), memory_keys, memory_values  # fmt: skip
+
+    @torch.no_grad()
+    def step(self, words: Tensor, state: tuple[Tensor, ...]) -> tuple[Tensor, tuple[Tensor, ...]]:
+        """Feed one word per sequence, every dropout off.
+
+        Args:
+            words: (N,) token ids of the current words (``<START>`` first).
+            state: from :meth:`initial_state` or the previous step. Its caches are written in
+                place at the new position, which no earlier state reads.
+
+        Returns:
+            ``(scores, state)``: (N, V) scores of the next word, and the state after this word.
+        """
+        positions, keys, values, memory_keys, memory_values = state
+        t = int(positions[0]) if positions.numel() else 0
+        if t >= self.max_length:
+            raise ValueError(f"a caption may have at most max_length = {self.max_length} words fed in")
+        encoding = self.positional_encoding.pe[0, t : t + 1]  # (1, W): this position's row
+        x = F.add_positions(self.embedding(words[:, None]), encoding, 0.0, training=False)  # (N, 1, W)
+        for i, layer in enumerate(self.transformer.layers):
+            attention, heads = layer.self_attn, layer.self_attn.num_heads
+            keys[:, i, :, t] = F.attention_heads(x, attention.key.weight, attention.key.bias, heads)[:, :, 0]
+            values[:, i, :, t] = F.attention_heads(x, attention.value.weight, attention.value.bias, heads)[:, :, 0]
+            attended = F.cached_attention(x, keys[:, i, :, : t + 1], values[:, i, :, : t + 1], attention.query.weight,
+                                          attention.query.bias, attention.proj.weight, attention.proj.bias)  # fmt: skip
+            x = layer.norm1(x + attended)
+            attention = layer.multihead_attn
+            attended = F.cached_attention(x, memory_keys[:, i], memory_values[:, i], attention.query.weight,
+                                          attention.query.bias, attention.proj.weight, attention.proj.bias)  # fmt: skip
+            x = layer.norm2(x + attended)
+            transformed = F.feed_forward(x, layer.linear1.weight, layer.linear1.bias, layer.linear2.weight,
+                                         layer.linear2.bias, 0.0, training=False)  # fmt: skip
+            x = layer.norm3(x + transformed)
+        scores = self.output(x)[:, 0]  # (N, V)
+        return scores, (positions + 1, keys, values, memory_keys, memory_values)
+
+    @torch.no_grad()
+    def generate(self, features: Tensor, max_length: int, choose_next: Callable[[Tensor], Tensor]) -> Tensor:
+        """Generate captions word by word with cached keys and values, feeding each chosen word back in.
+
+        Args:
+            features: (N, D) image features.
+            max_length: words to generate per image, at most the model's max_length.
+            choose_next: maps scores (n, V) of the next word to chosen ids (n,).
+
+        Returns:
+            (N, max_length) LongTensor; column 0 is the first generated word. After a row
+            emits ``<END>`` the rest of it is ``<NULL>``.
+        """
+        self._check_generation(max_length)
+        state = self.initial_state(features)
+        N, device = features.shape[0], features.device
+        captions = torch.full((N, max_length), self.null_id, dtype=torch.long, device=device)
+        words = torch.full((N,), self.start_id, dtype=torch.long, device=device)
+        running = torch.arange(N, device=device)  # rows of captions still being generated
+        for t in range(max_length):
+            scores, state = self.step(words, state)
+            words = choose_next(scores)
+            captions[running, t] = words
+            ended = words == self.end_id
+            if bool(ended.any()):  # a caption that ended leaves the batch (and its caches)
+                keep = ~ended
+                running, words = running[keep], words[keep]
+                state = tuple(part[keep] for part in state)
+                if running.numel() == 0:
+                    break
+        return captions
+
+    def sample(self, features: Tensor, max_length: int = 30) -> Tensor:
+        """Greedy captions, every dropout off: the most likely word at each step (cached keys and values).
 
         Args:
             features: (N, D) image features.
             max_length: words to generate per image, at most the model's max_length.
 
         Returns:
-            (N, max_length) LongTensor; column 0 is the first generated word. After a row
-            emits ``<END>`` the rest of it is ``<NULL>``.
+            (N, max_length) LongTensor, as :meth:`generate`.
         """
-        self.check_can_generate()
-        check_positive_integer("max_length", max_length)
-        if max_length > self.max_length:
-            raise ValueError(f"max_length={max_length} exceeds the model's max_length={self.max_length}")
+        return self.generate(features, max_length, lambda scores: scores.argmax(dim=1))
+
+    @torch.no_grad()
+    def sample_without_cache(self, features: Tensor, max_length: int = 30) -> Tensor:
+        """:meth:`sample` the way cs231n's notebook samples: every step re-runs the model on all words so far.
+
+        Same captions as :meth:`sample` (up to rounding); kept as the reference it is measured against.
+        """
+        self._check_generation(max_length)
         self._check_features(features)
         N, device = features.shape[0], features.device
         captions = torch.full((N, max_length), self.null_id, dtype=torch.long, device=device)
@@ -204,6 +297,12 @@ class CaptioningTransformer(nn.Module):
     # ------------------------------------------------------------------ #
     # Helpers
     # ------------------------------------------------------------------ #
+
+    def _check_generation(self, max_length: int) -> None:
+        self.check_can_generate()
+        check_positive_integer("max_length", max_length)
+        if max_length > self.max_length:
+            raise ValueError(f"max_length={max_length} exceeds the model's max_length={self.max_length}")
 
     def check_can_generate(self) -> None:
         """Generation starts from ``<START>`` and stops at ``<END>``: both must be in the vocabulary."""

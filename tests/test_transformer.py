@@ -242,6 +242,43 @@ def test_sample_is_greedy_and_pads_after_end():
     assert 0 < int(ended.sum()) < 16, "the test needs captions that end and captions that do not"
 
 
+def test_cached_steps_give_the_full_models_scores():
+    """Each step with cached keys and values scores the next word as the whole model run on the words so far."""
+    ours, _ = both_models(seed=6)
+    ours.double().eval()
+    features, captions = batch(N=3, T=7)
+    features = features.double()
+    expected = ours(features, captions)  # (N, T, V)
+    state = ours.initial_state(features)
+    for t in range(captions.shape[1]):
+        scores, state = ours.step(captions[:, t], state)
+        torch.testing.assert_close(scores, expected[:, t], rtol=1e-12, atol=1e-12, msg=lambda m: f"step {t}: {m}")
+    with pytest.raises(ValueError, match="at most max_length = 12 words"):
+        for _ in range(6):
+            _, state = ours.step(captions[:, 0], state)
+
+
+def test_sample_without_cache_is_sample():
+    ours, _ = both_models(seed=4)
+    with torch.no_grad():
+        ours.output.bias[WORDS["<END>"]] -= 0.062
+    features = batch(N=16)[0] * 30
+    assert torch.equal(ours.sample_without_cache(features, 10), ours.sample(features, 10))
+
+
+def test_cached_attention_bad_inputs():
+    query, heads = torch.randn(2, 1, 4), torch.randn(2, 2, 3, 2)
+    weights = [torch.randn(4, 4), torch.randn(4), torch.randn(4, 4), torch.randn(4)]
+    with pytest.raises(ValueError, match="keys and values must be \\(N, H, T, E / H\\)"):
+        F.cached_attention(query, heads[:, :, :, :1], heads, *weights)
+    with pytest.raises(ValueError, match="W_proj must have shape \\(4, 4\\)"):
+        F.cached_attention(query, heads, heads, *weights[:2], torch.randn(4, 5), weights[3])
+    with pytest.raises(ValueError, match="no backward: call it under torch.no_grad"):
+        F.cached_attention(query.requires_grad_(), heads, heads, *weights)
+    with pytest.raises(ValueError, match="num_heads=3 must divide the width 4 of x"):
+        F.attention_heads(query, weights[0], weights[1], 3)
+
+
 def test_sample_bad_inputs():
     model = CaptioningTransformer(WORDS, 6, 8, num_heads=2, max_length=5)
     with pytest.raises(ValueError, match="max_length=6 exceeds the model's max_length=5"):

@@ -176,3 +176,68 @@ def multi_head_attention(
         noise = torch.tensor(0.0 if training and dropout_p == 1 else 1.0, dtype=query.dtype, device=query.device)
     return _apply_autocast(MultiHeadAttention, query, key, value, *named.values(), allowed, noise, num_heads,
                            low_precision=True)  # fmt: skip
+
+
+# --------------------------------------------------------------------------- #
+# Generation: attention over cached keys and values
+# --------------------------------------------------------------------------- #
+# A causal decoder's keys and values at earlier positions never change, so generation
+# projects each position's once and keeps them; a step then projects only its own query.
+
+
+def attention_heads(x: Tensor, weight: Tensor, bias: Tensor, num_heads: int) -> Tensor:
+    """Project and split into heads: (N, L, E) -> (N, H, L, E / H), the keys or values attention would use.
+
+    Args:
+        x: (N, L, E) inputs.
+        weight: (E, E) projection (``nn.Linear``'s layout), bias: (E,).
+        num_heads: H, dividing E.
+    """
+    from .layers import linear  # layers imports nothing from here; the import is local to keep the files apart
+
+    _check_float("x", x, 3)
+    if isinstance(num_heads, bool) or not isinstance(num_heads, numbers.Integral) or num_heads < 1:
+        raise ValueError(f"num_heads must be an integer >= 1, got {num_heads!r}")
+    if x.shape[2] % num_heads:
+        raise ValueError(f"num_heads={num_heads} must divide the width {x.shape[2]} of x")
+    return _split_heads(linear(x, weight, bias), num_heads)
+
+
+def cached_attention(
+    query: Tensor, keys: Tensor, values: Tensor, W_query: Tensor, b_query: Tensor, W_proj: Tensor, b_proj: Tensor
+) -> Tensor:
+    """:func:`multi_head_attention` without dropout, for keys and values projected beforehand (generation only).
+
+    Every key may be attended to (a causal cache holds only earlier positions). No gradient:
+    call it under ``torch.no_grad()``.
+
+    Args:
+        query: (N, S, E) the positions that attend.
+        keys, values: (N, H, T, E / H) from :func:`attention_heads`.
+        W_query, W_proj: (E, E), b_query, b_proj: (E,) as :func:`multi_head_attention`.
+
+    Returns:
+        (N, S, E), equal to ``multi_head_attention`` of the unprojected keys and values.
+    """
+    _check_float("query", query, 3)
+    _check_float("keys", keys, 4)
+    _check_float("values", values, 4)
+    N, S, E = query.shape
+    H = keys.shape[1]
+    if keys.shape[0] != N or keys.shape[1] * keys.shape[3] != E or values.shape != keys.shape:
+        raise ValueError(f"keys and values must be (N, H, T, E / H) for query {tuple(query.shape)}, "
+                         f"got {tuple(keys.shape)} and {tuple(values.shape)}")  # fmt: skip
+    for name, tensor in {"W_query": W_query, "b_query": b_query, "W_proj": W_proj, "b_proj": b_proj}.items():
+        expected = (E, E) if name.startswith("W") else (E,)
+        _check_float(name, tensor, len(expected))
+        if tuple(tensor.shape) != expected:
+            raise ValueError(
+                f"{name} must have shape {expected} for the embed width of query, got {tuple(tensor.shape)}"
+            )
+    inputs = (query, keys, values, W_query, b_query, W_proj, b_proj)
+    if torch.is_grad_enabled() and any(t.requires_grad for t in inputs):
+        raise ValueError("cached_attention is for generation and has no backward: call it under torch.no_grad()")
+    Q = _split_heads(_project(query, W_query, b_query), H)  # (N, H, S, d)
+    weights = torch.softmax(torch.matmul(Q, keys.transpose(2, 3)).mul_(1 / math.sqrt(E / H)), dim=-1)  # (N, H, S, T)
+    context = _merge_heads(torch.matmul(weights, values))  # (N * S, E)
+    return _addmm(b_proj, context, W_proj.T).view(N, S, E)
