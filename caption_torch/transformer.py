@@ -129,6 +129,10 @@ class CaptioningTransformer(nn.Module):
         Returns:
             (N, T, V) scores: position t scores the word after captions[:, :t + 1].
         """
+        return self.output(self._decode(features, captions))  # (N, T, V)
+
+    def _decode(self, features: Tensor, captions: Tensor) -> Tensor:
+        """The last decoder layer's output (N, T, W) for features (N, D) and input words (N, T)."""
         self._check_features(features)
         if not isinstance(captions, Tensor) or captions.dim() != 2 or captions.shape[0] != features.shape[0]:
             shape = tuple(captions.shape) if isinstance(captions, Tensor) else type(captions).__name__
@@ -139,7 +143,7 @@ class CaptioningTransformer(nn.Module):
         words = self.positional_encoding(self.embedding(captions))  # (N, T, W)
         memory = self.visual_projection(features)[:, None]  # (N, 1, W)
         causal = torch.tril(torch.ones(T, T, dtype=torch.bool, device=captions.device))  # 1: may attend
-        return self.output(self.transformer(words, memory, causal))  # (N, T, V)
+        return self.transformer(words, memory, causal)  # (N, T, W)
 
     def loss(self, features: Tensor, captions: Tensor) -> Tensor:
         """Training loss of a minibatch, as cs231n's Transformer solver computes it.
@@ -157,8 +161,11 @@ class CaptioningTransformer(nn.Module):
             shape = tuple(captions.shape) if isinstance(captions, Tensor) else type(captions).__name__
             raise ValueError(f"captions must be an (N, T+1) tensor with T+1 >= 2, got {shape}")
         captions_in, captions_out = captions[:, :-1], captions[:, 1:]
-        scores = self(features, captions_in)  # (N, T, V)
-        return F.transformer_softmax_loss(scores, captions_out, captions_out != self.null_id)
+        hidden = self._decode(features, captions_in)  # (N, T, W)
+        # = transformer_softmax_loss(self.output(hidden), ...): the fused loss scores only the positions
+        # that count (no (N, T, V) scores for padding) and divides by N; the mean is over N * T.
+        mask = captions_out != self.null_id
+        return F.vocab_softmax_loss(hidden, self.output.weight.T, self.output.bias, captions_out, mask) / mask.shape[1]
 
     # ------------------------------------------------------------------ #
     # Generation

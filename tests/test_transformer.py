@@ -359,3 +359,18 @@ def test_embedding_and_linear_draw_as_torch_nn():
     for module, ref_module in zip(ours, ref):
         for (name, param), ref_param in zip(module.named_parameters(), ref_module.parameters()):
             assert torch.equal(param, ref_param), name
+
+
+def test_bf16_autocast_trains_with_float32_gradients():
+    ours, _ = both_models()
+    features, captions = batch()
+    torch.manual_seed(1)
+    full = ours.loss(features, captions)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        torch.manual_seed(1)  # the same dropout masks
+        mixed = ours.loss(features, captions)
+    assert mixed.dtype == torch.float32
+    torch.testing.assert_close(mixed, full, rtol=2e-2, atol=0)
+    mixed.backward()
+    for name, param in ours.named_parameters():
+        assert param.grad.dtype == torch.float32 and torch.isfinite(param.grad).all(), name
