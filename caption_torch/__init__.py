@@ -1,6 +1,7 @@
 """caption-torch: cs231n's image-captioning RNN/LSTM with hand-written autograd Functions."""
 
 from .model import CaptioningRNN
+from .transformer import CaptioningTransformer
 
-__all__ = ["CaptioningRNN"]
+__all__ = ["CaptioningRNN", "CaptioningTransformer"]
 __version__ = "0.1.0"

@@ -7,7 +7,8 @@ below, with the same inputs (NumPy's generator seeded with 231, as the notebook
 does), the same numeric-gradient procedure (centred differences, h = 1e-5) and the
 same ``rel_error``. Each line is printed next to the bound the notebook states,
 and the command exits with status 1 if any value is out of bounds. Three more
-sections come from the assignment's LSTM notebook (step, sequence and model loss).
+sections come from the assignment's LSTM notebook (step, sequence and model loss), and the
+last two from its Transformer_Captioning notebook (attention and positional encoding).
 """
 
 from __future__ import annotations
@@ -307,6 +308,58 @@ def check_lstm_model_loss() -> Iterator[CheckLine]:
     yield from _model_loss_lines("LSTM for image captioning", loss, expected=9.82445935443)
 
 
+# --------------------------------------------------------------------------- #
+# The assignment's Transformer_Captioning notebook
+# --------------------------------------------------------------------------- #
+# Its values were printed with the dropout masks torch draws through Intel MKL; under
+# mkl_dropout() every CPU draws those masks, so the values are reproduced anywhere.
+
+
+def check_transformer_attention() -> Iterator[CheckLine]:
+    from .transformer import MultiHeadAttention
+
+    with F.mkl_dropout():
+        torch.manual_seed(231)
+        attn = MultiHeadAttention(8, num_heads=2)
+        data = torch.randn(1, 3, 8)
+        self_attn_output = attn(query=data, key=data, value=data)
+        mask = torch.randn(3, 3) < 0.5
+        masked_self_attn_output = attn(query=data, key=data, value=data, attn_mask=mask)
+        other_data = torch.randn(1, 3, 8)
+        attn_output = attn(query=data, key=other_data, value=other_data)
+    expected_self = np.asarray([[
+        [-0.2494, 0.1396, 0.4323, -0.2411, -0.1547, 0.2329, -0.1936, -0.1444],
+        [-0.1997, 0.1746, 0.7377, -0.3549, -0.2657, 0.2693, -0.2541, -0.2476],
+        [-0.0625, 0.1503, 0.7572, -0.3974, -0.1681, 0.2168, -0.2478, -0.3038]]])  # fmt: skip
+    expected_masked = np.asarray([[
+        [-0.1347, 0.1934, 0.8628, -0.4903, -0.2614, 0.2798, -0.2586, -0.3019],
+        [-0.1013, 0.3111, 0.5783, -0.3248, -0.3842, 0.1482, -0.3628, -0.1496],
+        [-0.2071, 0.1669, 0.7097, -0.3152, -0.3136, 0.2520, -0.2774, -0.2208]]])  # fmt: skip
+    expected_cross = np.asarray([[
+        [-0.1980, 0.4083, 0.1968, -0.3477, 0.0321, 0.4258, -0.8972, -0.2744],
+        [-0.1603, 0.4155, 0.2295, -0.3485, -0.0341, 0.3929, -0.8248, -0.2767],
+        [-0.0908, 0.4113, 0.3017, -0.3539, -0.1020, 0.3784, -0.7189, -0.2912]]])  # fmt: skip
+    section = "Transformer: multi-head attention"
+    for label, output, expected in (
+        ("self_attn_output error", self_attn_output, expected_self),
+        ("masked_self_attn error", masked_self_attn_output, expected_masked),
+        ("attn_output error", attn_output, expected_cross),
+    ):
+        yield CheckLine(section, label, rel_error(expected, output.detach()), 0.0, 1e-3)
+
+
+def check_positional_encoding() -> Iterator[CheckLine]:
+    from .transformer import PositionalEncoding
+
+    with F.mkl_dropout():
+        torch.manual_seed(231)
+        pe = PositionalEncoding(6)
+        output = pe(torch.randn(1, 2, 6))
+    expected = np.asarray([[[-1.2340, 1.1127, 1.6978, -0.0865, -0.0000, 1.2728],
+                            [0.9028, -0.4781, 0.5535, 0.8133, 1.2644, 1.7034]]])  # fmt: skip
+    yield CheckLine("Transformer: positional encoding", "pe_output error", rel_error(expected, output), 0.0, 1e-3)
+
+
 ALL_CHECKS: tuple[Callable[[], Iterator[CheckLine]], ...] = (
     check_rnn_step_forward,
     check_rnn_step_backward,
@@ -324,6 +377,8 @@ ALL_CHECKS: tuple[Callable[[], Iterator[CheckLine]], ...] = (
     check_lstm_backward,
     check_lstm_model_loss,
     lambda: check_model_gradients("lstm"),
+    check_transformer_attention,
+    check_positional_encoding,
 )
 
 

@@ -59,3 +59,33 @@ __all__ = [
     "vocab_softmax_loss",
     "policy_gradient_loss",
 ]
+
+# The Transformer's layers, weights in nn.Linear's (out, in) layout:
+#   dropout.py    dropout, and mkl_dropout() to draw its masks as torch's CPU dropout did through Intel MKL
+#   layers.py     linear, layer_norm, feed_forward, sinusoidal_positions/add_positions, transformer_softmax_loss
+#   attention.py  multi_head_attention: projections, masked softmax, dropout, weighted sum, output map in one;
+#                 attention_heads and cached_attention for generation with cached keys and values
+from .attention import attention_heads, cached_attention, multi_head_attention  # noqa: E402
+from .dropout import dropout, mkl_dropout  # noqa: E402
+from .layers import (  # noqa: E402
+    add_positions,
+    feed_forward,
+    layer_norm,
+    linear,
+    sinusoidal_positions,
+    transformer_softmax_loss,
+)
+
+__all__ += [
+    "mkl_dropout",
+    "dropout",
+    "linear",
+    "layer_norm",
+    "feed_forward",
+    "multi_head_attention",
+    "attention_heads",
+    "cached_attention",
+    "sinusoidal_positions",
+    "add_positions",
+    "transformer_softmax_loss",
+]

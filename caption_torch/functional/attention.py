@@ -1,0 +1,243 @@
+"""Multi-head attention as one Function: projections, scaled scores, mask, softmax, dropout, weighted sum, output map.
+
+cs231n's ``MultiHeadAttention``, with E = embed width, H heads of width d = E / H,
+S query positions and T key/value positions::
+
+    Q = query @ W_query.T + b_query   (N, S, E) -> (N, H, S, d)     heads side by side in E
+    K = key   @ W_key.T   + b_key     (N, T, E) -> (N, H, T, d)
+    V = value @ W_value.T + b_value   (N, T, E) -> (N, H, T, d)
+    weights = softmax(Q K^T / sqrt(d), masked to -inf where the mask is 0)   (N, H, S, T)
+    context = (weights * dropout noise) @ V                                  (N, H, S, d) -> (N, S, E)
+    out     = context @ W_proj.T + b_proj                                    (N, S, E)
+
+Weights are (out, in), ``nn.Linear``'s layout. Backward runs the same chain in reverse by
+hand; the softmax's gradient is ``weights * (g - sum(g * weights))`` per row.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+
+import torch
+from torch import Tensor
+from torch.autograd.function import once_differentiable
+
+from ._common import _addmm, _apply_autocast, _check_dim, _check_float, _check_same_dtype, _mm
+from .dropout import check_probability, dropout_noise, drops
+
+
+def _split_heads(x: Tensor, heads: int) -> Tensor:
+    """(N, L, E) -> (N, H, L, d), a view."""
+    N, L, E = x.shape
+    return x.view(N, L, heads, E // heads).transpose(1, 2)
+
+
+def _merge_heads(x: Tensor) -> Tensor:
+    """(N, H, L, d) -> (N * L, E), heads side by side (a copy)."""
+    N, H, L, d = x.shape
+    return x.transpose(1, 2).reshape(N * L, H * d)
+
+
+def _project(x: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
+    """(N, L, E) @ weight.T + bias -> (N, L, E') as one GEMM."""
+    N, L, E = x.shape
+    return _addmm(bias, x.reshape(N * L, E), weight.T).view(N, L, weight.shape[0])
+
+
+class MultiHeadAttention(torch.autograd.Function):
+    """The attention sketched above; ``allowed`` (S, T) bool, ``noise`` (N, H, S, T) or a scalar 1."""
+
+    @staticmethod
+    def forward(ctx, query, key, value, W_query, b_query, W_key, b_key, W_value, b_value, W_proj, b_proj,
+                allowed, noise, heads):  # fmt: skip
+        N, S, E = query.shape
+        Q = _split_heads(_project(query, W_query, b_query), heads)  # (N, H, S, d)
+        K = _split_heads(_project(key, W_key, b_key), heads)  # (N, H, T, d)
+        V = _split_heads(_project(value, W_value, b_value), heads)  # (N, H, T, d)
+        scale = 1 / math.sqrt(E / heads)
+        scores = torch.matmul(Q, K.transpose(2, 3)).mul_(scale)  # (N, H, S, T)
+        scores.masked_fill_(~allowed, float("-inf"))
+        weights = torch.softmax(scores, dim=-1)
+        dropped = weights * noise  # (N, H, S, T)
+        context = _merge_heads(torch.matmul(dropped, V))  # (N * S, E)
+        out = _addmm(b_proj, context, W_proj.T).view(N, S, E)
+        ctx.save_for_backward(query, key, value, W_query, W_key, W_value, W_proj, Q, K, V, weights, dropped, noise,
+                              context)  # fmt: skip
+        ctx.scale = scale
+        return out
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_out):
+        query, key, value, W_query, W_key, W_value, W_proj, Q, K, V, weights, dropped, noise, context = (
+            ctx.saved_tensors
+        )
+        (need_query, need_key, need_value, need_Wq, need_bq, need_Wk, need_bk, need_Wv, need_bv, need_Wp,
+         need_bp) = ctx.needs_input_grad[:11]  # fmt: skip
+        N, S, E = query.shape
+        heads = Q.shape[1]
+        grad_rows = grad_out.reshape(N * S, E)
+        grad_W_proj = _mm(grad_rows.T, context) if need_Wp else None  # (E, E) as (out, in)
+        grad_b_proj = grad_rows.sum(0) if need_bp else None
+        if not any(ctx.needs_input_grad[:9]):  # only the output map's parameters: nothing flows further back
+            return (None,) * 9 + (grad_W_proj, grad_b_proj, None, None, None)
+        grad_context = _split_heads(_mm(grad_rows, W_proj).view(N, S, E), heads)  # (N, H, S, d)
+        grad_V = torch.matmul(dropped.transpose(2, 3), grad_context)  # (N, H, T, d)
+        grad_weights = torch.matmul(grad_context, V.transpose(2, 3)).mul_(noise)  # (N, H, S, T)
+        # Softmax backward, row by row; masked weights are 0, so their scores get no gradient.
+        grad_scores = grad_weights.sub_((grad_weights * weights).sum(-1, keepdim=True)).mul_(weights).mul_(ctx.scale)
+        grad_Q = torch.matmul(grad_scores, K)  # (N, H, S, d)
+        grad_K = torch.matmul(grad_scores.transpose(2, 3), Q)  # (N, H, T, d)
+
+        def input_grads(grad_heads, x, W, need_x, need_W, need_b):
+            grad_projected = _merge_heads(grad_heads)  # (N * L, E)
+            grad_x = _mm(grad_projected, W).view(x.shape) if need_x else None
+            grad_W = _mm(grad_projected.T, x.reshape(-1, x.shape[-1])) if need_W else None
+            grad_b = grad_projected.sum(0) if need_b else None
+            return grad_x, grad_W, grad_b
+
+        grad_query, grad_Wq, grad_bq = input_grads(grad_Q, query, W_query, need_query, need_Wq, need_bq)
+        grad_key, grad_Wk, grad_bk = input_grads(grad_K, key, W_key, need_key, need_Wk, need_bk)
+        grad_value, grad_Wv, grad_bv = input_grads(grad_V, value, W_value, need_value, need_Wv, need_bv)
+        return (grad_query, grad_key, grad_value, grad_Wq, grad_bq, grad_Wk, grad_bk, grad_Wv, grad_bv,
+                grad_W_proj, grad_b_proj, None, None, None)  # fmt: skip
+
+
+def multi_head_attention(
+    query: Tensor,
+    key: Tensor,
+    value: Tensor,
+    W_query: Tensor,
+    b_query: Tensor,
+    W_key: Tensor,
+    b_key: Tensor,
+    W_value: Tensor,
+    b_value: Tensor,
+    W_proj: Tensor,
+    b_proj: Tensor,
+    num_heads: int,
+    attn_mask: Tensor | None = None,
+    dropout_p: float = 0.0,
+    training: bool = True,
+) -> Tensor:
+    """Multi-head scaled dot-product attention, as cs231n's ``MultiHeadAttention.forward``.
+
+    Args:
+        query: (N, S, E) the positions that attend.
+        key, value: (N, T, E) the positions attended to.
+        W_query, W_key, W_value, W_proj: (E, E) weights, ``nn.Linear``'s (out, in) layout.
+        b_query, b_key, b_value, b_proj: (E,) biases.
+        num_heads: H, dividing E; scores are scaled by 1 / sqrt(E / H).
+        attn_mask: optional (S, T) mask, 1 (or True) where a query may attend to a key; a
+            query row must allow at least one key. None lets every query attend everywhere.
+        dropout_p: probability of dropping an attention weight (drawn as :func:`dropout` draws,
+            over the (N, H, S, T) weights).
+        training: False turns the dropout off.
+
+    Returns:
+        (N, S, E) attended outputs.
+    """
+    _check_float("query", query, 3)
+    _check_float("key", key, 3)
+    _check_float("value", value, 3)
+    if isinstance(num_heads, bool) or not isinstance(num_heads, numbers.Integral) or num_heads < 1:
+        raise ValueError(f"num_heads must be an integer >= 1, got {num_heads!r}")
+    N, S, E = query.shape
+    if E % num_heads:
+        raise ValueError(f"num_heads={num_heads} must divide the embed width {E} of query")
+    T = key.shape[1]
+    _check_dim("key", key, 0, N, "the batch size of query")
+    _check_dim("key", key, 2, E, "the embed width of query")
+    if value.shape != key.shape:
+        raise ValueError(f"value has shape {tuple(value.shape)} but key has {tuple(key.shape)}")
+    named = {"W_query": W_query, "b_query": b_query, "W_key": W_key, "b_key": b_key, "W_value": W_value,
+             "b_value": b_value, "W_proj": W_proj, "b_proj": b_proj}  # fmt: skip
+    for name, tensor in named.items():
+        expected = (E, E) if name.startswith("W") else (E,)
+        _check_float(name, tensor, len(expected))
+        if tuple(tensor.shape) != expected:
+            raise ValueError(
+                f"{name} must have shape {expected} for the embed width of query, got {tuple(tensor.shape)}"
+            )
+    _check_same_dtype(query=query, key=key, value=value, **named)
+    check_probability("dropout_p", dropout_p)
+    if attn_mask is None:
+        allowed = torch.ones((), dtype=torch.bool, device=query.device)
+    else:
+        if not isinstance(attn_mask, Tensor) or tuple(attn_mask.shape) != (S, T):
+            shape = tuple(attn_mask.shape) if isinstance(attn_mask, Tensor) else type(attn_mask).__name__
+            raise ValueError(f"attn_mask must be an (S, T) = {(S, T)} tensor, got {shape}")
+        allowed = attn_mask != 0
+    scores_like = torch.empty((N, num_heads, S, T), dtype=query.dtype, device=query.device) if training else query
+    if drops(dropout_p, training, scores_like):
+        noise = dropout_noise(scores_like, dropout_p)
+    else:  # a scalar: 1 keeps every weight, 0 drops them all (p = 1)
+        noise = torch.tensor(0.0 if training and dropout_p == 1 else 1.0, dtype=query.dtype, device=query.device)
+    return _apply_autocast(MultiHeadAttention, query, key, value, *named.values(), allowed, noise, num_heads,
+                           low_precision=True)  # fmt: skip
+
+
+# --------------------------------------------------------------------------- #
+# Generation: attention over cached keys and values
+# --------------------------------------------------------------------------- #
+# A causal decoder's keys and values at earlier positions never change, so generation
+# projects each position's once and keeps them; a step then projects only its own query.
+
+
+def attention_heads(x: Tensor, weight: Tensor, bias: Tensor, num_heads: int) -> Tensor:
+    """Project and split into heads: (N, L, E) -> (N, H, L, E / H), the keys or values attention would use.
+
+    Args:
+        x: (N, L, E) inputs.
+        weight: (E, E) projection (``nn.Linear``'s layout), bias: (E,).
+        num_heads: H, dividing E.
+    """
+    from .layers import linear  # layers imports nothing from here; the import is local to keep the files apart
+
+    _check_float("x", x, 3)
+    if isinstance(num_heads, bool) or not isinstance(num_heads, numbers.Integral) or num_heads < 1:
+        raise ValueError(f"num_heads must be an integer >= 1, got {num_heads!r}")
+    if x.shape[2] % num_heads:
+        raise ValueError(f"num_heads={num_heads} must divide the width {x.shape[2]} of x")
+    return _split_heads(linear(x, weight, bias), num_heads)
+
+
+def cached_attention(
+    query: Tensor, keys: Tensor, values: Tensor, W_query: Tensor, b_query: Tensor, W_proj: Tensor, b_proj: Tensor
+) -> Tensor:
+    """:func:`multi_head_attention` without dropout, for keys and values projected beforehand (generation only).
+
+    Every key may be attended to (a causal cache holds only earlier positions). No gradient:
+    call it under ``torch.no_grad()``.
+
+    Args:
+        query: (N, S, E) the positions that attend.
+        keys, values: (N, H, T, E / H) from :func:`attention_heads`.
+        W_query, W_proj: (E, E), b_query, b_proj: (E,) as :func:`multi_head_attention`.
+
+    Returns:
+        (N, S, E), equal to ``multi_head_attention`` of the unprojected keys and values.
+    """
+    _check_float("query", query, 3)
+    _check_float("keys", keys, 4)
+    _check_float("values", values, 4)
+    N, S, E = query.shape
+    H = keys.shape[1]
+    if keys.shape[0] != N or keys.shape[1] * keys.shape[3] != E or values.shape != keys.shape:
+        raise ValueError(f"keys and values must be (N, H, T, E / H) for query {tuple(query.shape)}, "
+                         f"got {tuple(keys.shape)} and {tuple(values.shape)}")  # fmt: skip
+    for name, tensor in {"W_query": W_query, "b_query": b_query, "W_proj": W_proj, "b_proj": b_proj}.items():
+        expected = (E, E) if name.startswith("W") else (E,)
+        _check_float(name, tensor, len(expected))
+        if tuple(tensor.shape) != expected:
+            raise ValueError(
+                f"{name} must have shape {expected} for the embed width of query, got {tuple(tensor.shape)}"
+            )
+    inputs = (query, keys, values, W_query, b_query, W_proj, b_proj)
+    if torch.is_grad_enabled() and any(t.requires_grad for t in inputs):
+        raise ValueError("cached_attention is for generation and has no backward: call it under torch.no_grad()")
+    Q = _split_heads(_project(query, W_query, b_query), H)  # (N, H, S, d)
+    weights = torch.softmax(torch.matmul(Q, keys.transpose(2, 3)).mul_(1 / math.sqrt(E / H)), dim=-1)  # (N, H, S, T)
+    context = _merge_heads(torch.matmul(weights, values))  # (N * S, E)
+    return _addmm(b_proj, context, W_proj.T).view(N, S, E)

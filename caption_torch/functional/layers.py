@@ -1,0 +1,335 @@
+"""The Transformer's position-wise layers: linear maps, layer norm, the feed-forward block, positions and the loss.
+
+Weights follow ``nn.Linear``'s layout, (out, in): a layer computes ``x @ W.T + b`` over the
+last dimension of an input with any number of leading dimensions (the model's are (N, T)).
+"""
+
+from __future__ import annotations
+
+import numbers
+
+import torch
+from torch import Tensor
+from torch.autograd.function import FunctionCtx, once_differentiable
+
+from ._common import _addmm, _apply_autocast, _check_dim, _check_float, _check_same_dtype, _mm
+from .dropout import Dropout, check_probability, dropout_noise, drops
+from .words import _check_targets, _softmax_loss_grad
+
+# --------------------------------------------------------------------------- #
+# Linear
+# --------------------------------------------------------------------------- #
+
+
+def _rows(x: Tensor) -> Tensor:
+    """x (..., D) as a matrix (M, D) of its rows (a view when x's layout allows)."""
+    return x.reshape(-1, x.shape[-1])
+
+
+class Linear(torch.autograd.Function):
+    """``out = x @ W.T + b`` over the last dimension, as one GEMM over all leading positions."""
+
+    @staticmethod
+    def forward(x: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
+        return _addmm(bias, _rows(x), weight.T).view(*x.shape[:-1], weight.shape[0])
+
+    @staticmethod
+    def setup_context(ctx: FunctionCtx, inputs: tuple, output: Tensor) -> None:
+        x, weight, _ = inputs
+        ctx.save_for_backward(x, weight)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx: FunctionCtx, grad_out: Tensor):
+        x, weight = ctx.saved_tensors
+        need_x, need_weight, need_bias = ctx.needs_input_grad
+        grad_rows = _rows(grad_out)  # (M, out)
+        grad_x = _mm(grad_rows, weight).view(x.shape) if need_x else None
+        grad_weight = _mm(grad_rows.T, _rows(x)) if need_weight else None  # (out, in)
+        grad_bias = grad_rows.sum(0) if need_bias else None
+        return grad_x, grad_weight, grad_bias
+
+
+def _check_linear(x_name: str, x: Tensor, prefix: str, weight: Tensor, bias: Tensor) -> None:
+    """x (..., in), ``{prefix}weight`` (out, in) and ``{prefix}bias`` (out,)."""
+    w_name, b_name = f"{prefix}weight", f"{prefix}bias"
+    _check_float(w_name, weight, 2)
+    _check_float(b_name, bias, 1)
+    _check_same_dtype(**{x_name: x, w_name: weight, b_name: bias})
+    _check_dim(w_name, weight, 1, x.shape[-1], f"the width of {x_name}")
+    _check_dim(b_name, bias, 0, weight.shape[0], f"the output width of {w_name}")
+
+
+def _check_input(name: str, x: Tensor, min_ndim: int = 1) -> None:
+    """A floating-point tensor of at least ``min_ndim`` dimensions."""
+    if not isinstance(x, Tensor):
+        raise ValueError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
+    _check_float(name, x, max(x.dim(), min_ndim))
+
+
+def linear(x: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
+    """An affine map over the last dimension, as ``nn.Linear``.
+
+    Args:
+        x: (..., D) inputs.
+        weight: (M, D) weights (``nn.Linear``'s layout).
+        bias: (M,) bias.
+
+    Returns:
+        (..., M) outputs ``x @ weight.T + bias``.
+    """
+    _check_input("x", x)
+    _check_linear("x", x, "", weight, bias)
+    return _apply_autocast(Linear, x, weight, bias, low_precision=True)
+
+
+# --------------------------------------------------------------------------- #
+# Layer norm
+# --------------------------------------------------------------------------- #
+
+
+class LayerNorm(torch.autograd.Function):
+    """Normalise each row over the last dimension, then scale and shift: ``x_hat * weight + bias``."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, eps):
+        mean = x.mean(-1, keepdim=True)
+        centred = x - mean
+        inverse_std = torch.rsqrt(centred.square().mean(-1, keepdim=True).add_(eps))  # biased variance, as torch
+        normalized = centred.mul_(inverse_std)  # x_hat (..., D)
+        ctx.save_for_backward(normalized, inverse_std, weight)
+        return torch.addcmul(bias, normalized, weight)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_out):
+        normalized, inverse_std, weight = ctx.saved_tensors
+        need_x, need_weight, need_bias = ctx.needs_input_grad[:3]
+        grad_x = None
+        if need_x:
+            # With x_hat = (x - mean) / std and g = grad_out * weight:
+            # dx = (g - mean(g) - x_hat * mean(g * x_hat)) / std
+            grad_normalized = grad_out * weight
+            mean_grad = grad_normalized.mean(-1, keepdim=True)
+            mean_projection = (grad_normalized * normalized).mean(-1, keepdim=True)
+            grad_x = grad_normalized.sub_(mean_grad).sub_(normalized * mean_projection).mul_(inverse_std)
+        grad_weight = _rows(grad_out * normalized).sum(0) if need_weight else None
+        grad_bias = _rows(grad_out).sum(0) if need_bias else None
+        return grad_x, grad_weight, grad_bias, None
+
+
+def layer_norm(x: Tensor, weight: Tensor, bias: Tensor, eps: float = 1e-5) -> Tensor:
+    """Layer normalisation over the last dimension, as ``nn.LayerNorm(D)``.
+
+    Args:
+        x: (..., D) inputs.
+        weight: (D,) scale.
+        bias: (D,) shift.
+        eps: added to the variance before the square root.
+
+    Returns:
+        (..., D): ``(x - mean) / sqrt(var + eps) * weight + bias`` with the biased variance of each row.
+    """
+    _check_input("x", x)
+    _check_float("weight", weight, 1)
+    _check_float("bias", bias, 1)
+    _check_same_dtype(x=x, weight=weight, bias=bias)
+    _check_dim("weight", weight, 0, x.shape[-1], "the width of x")
+    _check_dim("bias", bias, 0, x.shape[-1], "the width of x")
+    if isinstance(eps, bool) or not isinstance(eps, numbers.Real) or not eps > 0:
+        raise ValueError(f"eps must be a positive number, got {eps!r}")
+    # Normalisation runs in float32 under autocast, as autocast runs nn.LayerNorm.
+    return _apply_autocast(LayerNorm, x, weight, bias, float(eps), low_precision=False)
+
+
+# --------------------------------------------------------------------------- #
+# Feed-forward block
+# --------------------------------------------------------------------------- #
+
+
+class FeedForward(torch.autograd.Function):
+    """``Linear2(Dropout(ReLU(Linear1(x))))`` with the dropout's noise given (see ``dropout_noise``).
+
+    Saves the dropped hidden layer only: where it is positive the ReLU let the unit through
+    and the dropout kept it, and everywhere else the hidden gradient is zero.
+    """
+
+    @staticmethod
+    def forward(ctx, x, weight1, bias1, weight2, bias2, noise):
+        hidden = _addmm(bias1, _rows(x), weight1.T).relu_()  # (M, F)
+        dropped = hidden.mul_(noise.view(hidden.shape)) if noise.dim() else hidden.mul_(noise)
+        ctx.save_for_backward(x, weight1, weight2, dropped, noise)
+        return _addmm(bias2, dropped, weight2.T).view(*x.shape[:-1], weight2.shape[0])
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_out):
+        x, weight1, weight2, dropped, noise = ctx.saved_tensors
+        need_x, need_w1, need_b1, need_w2, need_b2 = ctx.needs_input_grad[:5]
+        grad_rows = _rows(grad_out)  # (M, D)
+        grad_weight2 = _mm(grad_rows.T, dropped) if need_w2 else None
+        grad_bias2 = grad_rows.sum(0) if need_b2 else None
+        grad_x = grad_weight1 = grad_bias1 = None
+        if need_x or need_w1 or need_b1:
+            grad_hidden = _mm(grad_rows, weight2)  # (M, F): into the dropped hidden layer
+            grad_hidden.mul_(noise.view(grad_hidden.shape) if noise.dim() else noise).mul_(dropped > 0)
+            grad_x = _mm(grad_hidden, weight1).view(x.shape) if need_x else None
+            grad_weight1 = _mm(grad_hidden.T, _rows(x)) if need_w1 else None
+            grad_bias1 = grad_hidden.sum(0) if need_b1 else None
+        return grad_x, grad_weight1, grad_bias1, grad_weight2, grad_bias2, None
+
+
+def feed_forward(
+    x: Tensor,
+    weight1: Tensor,
+    bias1: Tensor,
+    weight2: Tensor,
+    bias2: Tensor,
+    dropout_p: float = 0.0,
+    training: bool = True,
+) -> Tensor:
+    """The Transformer's position-wise block: ``Linear2(Dropout(ReLU(Linear1(x))))``.
+
+    Args:
+        x: (..., D) inputs.
+        weight1: (F, D), bias1: (F,) the first map (F = 2048 in cs231n's decoder layer).
+        weight2: (D', F), bias2: (D',) the second map.
+        dropout_p: probability of dropping a hidden unit (drawn as :func:`dropout` draws).
+        training: False turns the dropout off.
+
+    Returns:
+        (..., D') outputs.
+    """
+    _check_input("x", x)
+    _check_float("weight1", weight1, 2)
+    _check_float("bias1", bias1, 1)
+    _check_float("weight2", weight2, 2)
+    _check_float("bias2", bias2, 1)
+    _check_same_dtype(x=x, weight1=weight1, bias1=bias1, weight2=weight2, bias2=bias2)
+    _check_dim("weight1", weight1, 1, x.shape[-1], "the width of x")
+    _check_dim("bias1", bias1, 0, weight1.shape[0], "the output width of weight1")
+    _check_dim("weight2", weight2, 1, weight1.shape[0], "the output width of weight1")
+    _check_dim("bias2", bias2, 0, weight2.shape[0], "the output width of weight2")
+    check_probability("dropout_p", dropout_p)
+    hidden_shape = (*x.shape[:-1], weight1.shape[0])
+    hidden_like = torch.empty(hidden_shape, dtype=x.dtype, device=x.device) if training else x
+    if drops(dropout_p, training, hidden_like):
+        noise = dropout_noise(hidden_like, dropout_p)
+    else:  # a scalar: 1 keeps every unit, 0 drops them all (p = 1)
+        noise = torch.tensor(0.0 if training and dropout_p == 1 else 1.0, dtype=x.dtype, device=x.device)
+    return _apply_autocast(FeedForward, x, weight1, bias1, weight2, bias2, noise, low_precision=True)
+
+
+# --------------------------------------------------------------------------- #
+# Positions
+# --------------------------------------------------------------------------- #
+
+
+class AddPositions(torch.autograd.Function):
+    """``out[n, t] = x[n, t] + encoding[t]``."""
+
+    @staticmethod
+    def forward(x: Tensor, encoding: Tensor) -> Tensor:
+        return x + encoding
+
+    @staticmethod
+    def setup_context(ctx: FunctionCtx, inputs: tuple, output: Tensor) -> None:
+        pass  # the gradient needs nothing from the forward pass
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx: FunctionCtx, grad_out: Tensor):
+        need_x, need_encoding = ctx.needs_input_grad
+        return (grad_out if need_x else None), (grad_out.sum(0) if need_encoding else None)
+
+
+def sinusoidal_positions(max_len: int, embed_dim: int) -> Tensor:
+    """The Transformer's sinusoidal encoding (max_len, embed_dim), float32.
+
+    ``P[i, 2j] = sin(i * 10000^(-2j / E))`` and ``P[i, 2j + 1] = cos(i * 10000^(-2j / E))``,
+    computed in float64 and rounded once (angles reach max_len radians: float32 angles
+    would carry errors of max_len * 6e-8 into every sine).
+    """
+    positions = torch.arange(max_len, dtype=torch.float64)[:, None]  # (L, 1)
+    frequencies = torch.pow(10000.0, -torch.arange(0, embed_dim, 2, dtype=torch.float64) / embed_dim)  # (E/2,)
+    encoding = torch.zeros(max_len, embed_dim, dtype=torch.float64)
+    encoding[:, 0::2] = torch.sin(positions * frequencies)
+    encoding[:, 1::2] = torch.cos(positions * frequencies)
+    return encoding.float()
+
+
+def add_positions(x: Tensor, encoding: Tensor, dropout_p: float = 0.0, training: bool = True) -> Tensor:
+    """Add each position's encoding to every sequence, then dropout (cs231n's ``PositionalEncoding``).
+
+    Args:
+        x: (N, T, E) word vectors.
+        encoding: (L, E) one row per position, L >= T (from :func:`sinusoidal_positions`); cast to x's dtype.
+        dropout_p: dropout probability after the sum (drawn as :func:`dropout` draws).
+        training: False turns the dropout off.
+
+    Returns:
+        (N, T, E): ``dropout(x + encoding[:T])``.
+    """
+    _check_float("x", x, 3)
+    _check_float("encoding", encoding, 2)
+    _check_dim("encoding", encoding, 1, x.shape[2], "the width of x")
+    if encoding.shape[0] < x.shape[1]:
+        raise ValueError(f"encoding has {encoding.shape[0]} positions but x has T = {x.shape[1]} of them")
+    check_probability("dropout_p", dropout_p)
+    summed = AddPositions.apply(x, encoding[: x.shape[1]].to(x.dtype))
+    if training and dropout_p == 1:
+        return Dropout.apply(summed, torch.zeros((), dtype=summed.dtype, device=summed.device))
+    if not drops(dropout_p, training, summed):
+        return summed
+    return Dropout.apply(summed, dropout_noise(summed, dropout_p))
+
+
+# --------------------------------------------------------------------------- #
+# Loss
+# --------------------------------------------------------------------------- #
+
+
+class TransformerSoftmaxLoss(torch.autograd.Function):
+    """Softmax cross-entropy of the kept positions, summed and divided by N * T (every position)."""
+
+    @staticmethod
+    def forward(ctx, scores, y, mask):
+        N, T, V = scores.shape
+        targets = y.reshape(N * T)
+        log_probs = torch.log_softmax(scores.reshape(N * T, V), dim=1, dtype=torch.float32 if scores.dtype in (
+            torch.bfloat16, torch.float16) else None)  # fmt: skip
+        keep = mask.reshape(N * T, 1).to(log_probs.dtype)
+        loss = -(log_probs.gather(1, targets[:, None]) * keep).sum() / (N * T)
+        ctx.save_for_backward(log_probs.exp_(), targets, keep)  # probs (N*T, V)
+        ctx.layout = (N, T, scores.dtype)
+        return loss
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_loss):
+        probs, targets, keep = ctx.saved_tensors
+        if not ctx.needs_input_grad[0]:
+            return None, None, None
+        N, T, dtype = ctx.layout
+        grad = _softmax_loss_grad(probs, targets, keep * (grad_loss / (N * T)))
+        return grad.view(N, T, -1).to(dtype), None, None
+
+
+def transformer_softmax_loss(scores: Tensor, y: Tensor, mask: Tensor) -> Tensor:
+    """Masked softmax loss averaged over every position, as cs231n's Transformer solver.
+
+    Args:
+        scores: (N, T, V) unnormalised scores.
+        y: (N, T) correct token ids in [0, V).
+        mask: (N, T) bool (or 0/1): which positions count (targets that are not ``<NULL>``).
+
+    Returns:
+        Scalar: the cross-entropy of the counted positions summed and divided by N * T,
+        so uncounted positions still count in the denominator (unlike :func:`temporal_softmax_loss`,
+        which divides by N).
+    """
+    _check_float("scores", scores, 3)
+    _check_targets(y, mask, scores.shape[:2], scores.shape[2])
+    if scores.shape[1] == 0:
+        raise ValueError("the scores hold T = 0 positions; the loss is divided by N * T")
+    return _apply_autocast(TransformerSoftmaxLoss, scores, y, mask, low_precision=False)

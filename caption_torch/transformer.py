@@ -1,0 +1,339 @@
+"""CaptioningTransformer: cs231n's Transformer captioner (2021-2024), built only from ``functional``.
+
+    features (N, D) ──visual_projection──► memory (N, 1, W)
+    captions_in (N, T) ──embedding──► (N, T, W) ──+ sinusoidal positions, dropout──► x (N, T, W)
+    x ──num_layers decoder layers (causal self-attention, attention to memory)──► (N, T, W)
+      ──output──► scores (N, T, V)
+
+Each decoder layer is post-norm, as cs231n's ``TransformerDecoderLayer``::
+
+    x = norm1(x + dropout(self_attn(x, x, x, causal mask)))
+    x = norm2(x + dropout(multihead_attn(x, memory, memory)))
+    x = norm3(x + dropout(linear2(dropout(relu(linear1(x))))))
+
+The layers live in ``transformer_layers.py``. Modules, parameter names, shapes ((out, in)
+for every linear map) and the order in which construction draws from torch's default
+generator are cs231n's, so a state dict of its model loads here and its notebook's checks
+run unchanged. The dropouts draw their masks torch's way, or the Intel-MKL way inside
+:func:`caption_torch.functional.mkl_dropout`.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Mapping
+
+import torch
+from torch import Tensor, nn
+
+from . import functional as F
+from .model import END, NULL, START, check_positive_integer
+from .transformer_layers import (
+    Embedding,
+    LayerNorm,
+    Linear,
+    MultiHeadAttention,
+    PositionalEncoding,
+    TransformerDecoder,
+    TransformerDecoderLayer,
+)
+
+__all__ = [
+    "CaptioningTransformer",
+    "MultiHeadAttention",
+    "PositionalEncoding",
+    "TransformerDecoderLayer",
+    "TransformerDecoder",
+]
+
+# --------------------------------------------------------------------------- #
+# The captioner
+# --------------------------------------------------------------------------- #
+
+
+class CaptioningTransformer(nn.Module):
+    """cs231n's Transformer image captioner over pre-extracted image features.
+
+    Args:
+        word_to_idx: vocabulary, word -> id in [0, V); must contain ``<NULL>``; sampling also
+            needs ``<START>`` and ``<END>``.
+        input_dim: D, the width of an image feature vector.
+        wordvec_dim: W, the width of word vectors and of every layer.
+        num_heads: attention heads, dividing W.
+        num_layers: decoder layers.
+        max_length: the most words a caption fed to the model may have (the positional table's length).
+
+    Construction draws from torch's default generator as cs231n's model does: each module's
+    default initialisation in module order (visual_projection, embedding, one decoder layer,
+    copied num_layers times), then every linear and embedding weight of those re-drawn from
+    N(0, 0.02) in module order with biases 0 and layer norms 1 and 0, then the ``output``
+    map with its default initialisation. ``parameters()`` follow that module order.
+    """
+
+    def __init__(
+        self,
+        word_to_idx: Mapping[str, int],
+        input_dim: int,
+        wordvec_dim: int,
+        num_heads: int = 4,
+        num_layers: int = 2,
+        max_length: int = 50,
+    ) -> None:
+        super().__init__()
+        if NULL not in word_to_idx:
+            raise ValueError(f"word_to_idx must contain the padding token {NULL!r}")
+        idx_to_word: dict[int, str] = {}
+        for word, idx in word_to_idx.items():
+            if idx in idx_to_word:
+                raise ValueError(f"word_to_idx gives id {idx} to both {idx_to_word[idx]!r} and {word!r}")
+            idx_to_word[idx] = word
+        for name, value in (("input_dim", input_dim), ("wordvec_dim", wordvec_dim), ("max_length", max_length)):
+            check_positive_integer(name, value)
+        self.word_to_idx = dict(word_to_idx)
+        self.idx_to_word = idx_to_word
+        self.vocab_size = len(word_to_idx)
+        self.null_id = self.word_to_idx[NULL]
+        self.start_id = self.word_to_idx.get(START)
+        self.end_id = self.word_to_idx.get(END)
+        self.input_dim, self.wordvec_dim, self.max_length = input_dim, wordvec_dim, max_length
+
+        self.visual_projection = Linear(input_dim, wordvec_dim)
+        self.embedding = Embedding(self.vocab_size, wordvec_dim, padding_idx=self.null_id)
+        self.positional_encoding = PositionalEncoding(wordvec_dim, max_len=max_length)
+        decoder_layer = TransformerDecoderLayer(input_dim=wordvec_dim, num_heads=num_heads)
+        self.transformer = TransformerDecoder(decoder_layer, num_layers=num_layers)
+        self.apply(self._init_weights)
+        self.output = Linear(wordvec_dim, self.vocab_size)  # after the re-draw: keeps its default initialisation
+
+    @staticmethod
+    def _init_weights(module: nn.Module) -> None:
+        """GPT-style initialisation, as cs231n's: linear and embedding weights N(0, 0.02), biases 0, norms 1 and 0."""
+        if isinstance(module, (Linear, Embedding)):
+            module.weight.data.normal_(mean=0.0, std=0.02)
+            if isinstance(module, Linear):
+                module.bias.data.zero_()
+        elif isinstance(module, LayerNorm):
+            module.bias.data.zero_()
+            module.weight.data.fill_(1.0)
+
+    # ------------------------------------------------------------------ #
+    # Training
+    # ------------------------------------------------------------------ #
+
+    def forward(self, features: Tensor, captions: Tensor) -> Tensor:
+        """Scores of the next word at every position.
+
+        Args:
+            features: (N, D) image features.
+            captions: (N, T) input token ids, T <= max_length (``<START> w1 w2 ...``).
+
+        Returns:
+            (N, T, V) scores: position t scores the word after captions[:, :t + 1].
+        """
+        return self.output(self._decode(features, captions))  # (N, T, V)
+
+    def _decode(self, features: Tensor, captions: Tensor) -> Tensor:
+        """The last decoder layer's output (N, T, W) for features (N, D) and input words (N, T)."""
+        self._check_features(features)
+        if not isinstance(captions, Tensor) or captions.dim() != 2 or captions.shape[0] != features.shape[0]:
+            shape = tuple(captions.shape) if isinstance(captions, Tensor) else type(captions).__name__
+            raise ValueError(f"captions must be an (N, T) tensor with N = {features.shape[0]} as features, got {shape}")
+        T = captions.shape[1]
+        if not 1 <= T <= self.max_length:
+            raise ValueError(f"captions have T = {T} words; the model takes 1 to max_length = {self.max_length}")
+        words = self.positional_encoding(self.embedding(captions))  # (N, T, W)
+        memory = self.visual_projection(features)[:, None]  # (N, 1, W)
+        causal = torch.tril(torch.ones(T, T, dtype=torch.bool, device=captions.device))  # 1: may attend
+        return self.transformer(words, memory, causal)  # (N, T, W)
+
+    def loss(self, features: Tensor, captions: Tensor) -> Tensor:
+        """Training loss of a minibatch, as cs231n's Transformer solver computes it.
+
+        Args:
+            features: (N, D) image features.
+            captions: (N, T + 1) token ids ``<START> ... <END> <NULL>...``; ``captions[:, :-1]`` is
+                fed in and ``captions[:, 1:]`` predicted.
+
+        Returns:
+            Scalar: the cross-entropy of the positions whose target is not ``<NULL>``, summed and
+            divided by N * T.
+        """
+        if not isinstance(captions, Tensor) or captions.dim() != 2 or captions.shape[1] < 2:
+            shape = tuple(captions.shape) if isinstance(captions, Tensor) else type(captions).__name__
+            raise ValueError(f"captions must be an (N, T+1) tensor with T+1 >= 2, got {shape}")
+        captions_in, captions_out = captions[:, :-1], captions[:, 1:]
+        hidden = self._decode(features, captions_in)  # (N, T, W)
+        # = transformer_softmax_loss(self.output(hidden), ...): the fused loss scores only the positions
+        # that count (no (N, T, V) scores for padding) and divides by N; the mean is over N * T.
+        mask = captions_out != self.null_id
+        return F.vocab_softmax_loss(hidden, self.output.weight.T, self.output.bias, captions_out, mask) / mask.shape[1]
+
+    # ------------------------------------------------------------------ #
+    # Generation
+    # ------------------------------------------------------------------ #
+
+    # Generation keeps, per layer, the self-attention keys and values of every position fed so
+    # far, and the keys and values of the memory: a step projects only its own word. The state
+    # is a tuple of tensors whose first dimension is the batch, so a decoder can select, drop
+    # or repeat rows of it as it does the recurrent models' (h, c):
+    #
+    #   positions      (N,)                     the position the next word takes (equal in every row)
+    #   keys, values   (N, layers, H, L, W/H)   self-attention cache, filled up to positions; L = max_length
+    #   memory_keys, memory_values (N, layers, H, 1, W/H)
+
+    @torch.no_grad()
+    def initial_state(self, features: Tensor) -> tuple[Tensor, ...]:
+        """The generation state before the first word (see above), for (N, D) features."""
+        self._check_features(features)
+        N, W = features.shape[0], self.wordvec_dim
+        layers = self.transformer.layers
+        heads = layers[0].self_attn.num_heads
+        memory = self.visual_projection(features)[:, None]  # (N, 1, W)
+        cross = [layer.multihead_attn for layer in layers]
+        memory_keys = torch.stack([F.attention_heads(memory, a.key.weight, a.key.bias, heads) for a in cross], 1)
+        memory_values = torch.stack([F.attention_heads(memory, a.value.weight, a.value.bias, heads) for a in cross], 1)
+        cache_shape = (N, len(layers), heads, self.max_length, W // heads)
+        keys = memory.new_zeros(cache_shape)
+        positions = torch.zeros(N, dtype=torch.long, device=features.device)
+        return positions, keys, torch.zeros_like(keys), memory_keys, memory_values  # fmt: skip
+
+    @torch.no_grad()
+    def step(self, words: Tensor, state: tuple[Tensor, ...]) -> tuple[Tensor, tuple[Tensor, ...]]:
+        """Feed one word per sequence, every dropout off.
+
+        Args:
+            words: (N,) token ids of the current words (``<START>`` first).
+            state: from :meth:`initial_state` or the previous step. Its caches are written in
+                place at the new position, which no earlier state reads.
+
+        Returns:
+            ``(scores, state)``: (N, V) scores of the next word, and the state after this word.
+        """
+        positions, keys, values, memory_keys, memory_values = state
+        t = int(positions[0]) if positions.numel() else 0
+        if t >= self.max_length:
+            raise ValueError(f"a caption may have at most max_length = {self.max_length} words fed in")
+        encoding = self.positional_encoding.pe[0, t : t + 1]  # (1, W): this position's row
+        x = F.add_positions(self.embedding(words[:, None]), encoding, 0.0, training=False)  # (N, 1, W)
+        for i, layer in enumerate(self.transformer.layers):
+            attention, heads = layer.self_attn, layer.self_attn.num_heads
+            keys[:, i, :, t] = F.attention_heads(x, attention.key.weight, attention.key.bias, heads)[:, :, 0]
+            values[:, i, :, t] = F.attention_heads(x, attention.value.weight, attention.value.bias, heads)[:, :, 0]
+            attended = F.cached_attention(x, keys[:, i, :, : t + 1], values[:, i, :, : t + 1], attention.query.weight,
+                                          attention.query.bias, attention.proj.weight, attention.proj.bias)  # fmt: skip
+            x = layer.norm1(x + attended)
+            attention = layer.multihead_attn
+            attended = F.cached_attention(x, memory_keys[:, i], memory_values[:, i], attention.query.weight,
+                                          attention.query.bias, attention.proj.weight, attention.proj.bias)  # fmt: skip
+            x = layer.norm2(x + attended)
+            transformed = F.feed_forward(x, layer.linear1.weight, layer.linear1.bias, layer.linear2.weight,
+                                         layer.linear2.bias, 0.0, training=False)  # fmt: skip
+            x = layer.norm3(x + transformed)
+        scores = self.output(x)[:, 0]  # (N, V)
+        return scores, (positions + 1, keys, values, memory_keys, memory_values)
+
+    @torch.no_grad()
+    def generate(self, features: Tensor, max_length: int, choose_next: Callable[[Tensor], Tensor]) -> Tensor:
+        """Generate captions word by word with cached keys and values, feeding each chosen word back in.
+
+        Args:
+            features: (N, D) image features.
+            max_length: words to generate per image, at most the model's max_length.
+            choose_next: maps scores (n, V) of the next word to chosen ids (n,).
+
+        Returns:
+            (N, max_length) LongTensor; column 0 is the first generated word. After a row
+            emits ``<END>`` the rest of it is ``<NULL>``.
+        """
+        self._check_generation(max_length)
+        state = self.initial_state(features)
+        N, device = features.shape[0], features.device
+        captions = torch.full((N, max_length), self.null_id, dtype=torch.long, device=device)
+        words = torch.full((N,), self.start_id, dtype=torch.long, device=device)
+        running = torch.arange(N, device=device)  # rows of captions still being generated
+        for t in range(max_length):
+            scores, state = self.step(words, state)
+            words = choose_next(scores)
+            captions[running, t] = words
+            ended = words == self.end_id
+            if bool(ended.any()):  # a caption that ended leaves the batch (and its caches)
+                keep = ~ended
+                running, words = running[keep], words[keep]
+                state = tuple(part[keep] for part in state)
+                if running.numel() == 0:
+                    break
+        return captions
+
+    def sample(self, features: Tensor, max_length: int = 30) -> Tensor:
+        """Greedy captions, every dropout off: the most likely word at each step (cached keys and values).
+
+        Args:
+            features: (N, D) image features.
+            max_length: words to generate per image, at most the model's max_length.
+
+        Returns:
+            (N, max_length) LongTensor, as :meth:`generate`.
+        """
+        return self.generate(features, max_length, lambda scores: scores.argmax(dim=1))
+
+    @torch.no_grad()
+    def sample_without_cache(self, features: Tensor, max_length: int = 30) -> Tensor:
+        """:meth:`sample` the way cs231n's notebook samples: every step re-runs the model on all words so far.
+
+        Same captions as :meth:`sample` (up to rounding); kept as the reference it is measured against.
+        """
+        self._check_generation(max_length)
+        self._check_features(features)
+        N, device = features.shape[0], features.device
+        captions = torch.full((N, max_length), self.null_id, dtype=torch.long, device=device)
+        partial = torch.full((N, 1), self.start_id, dtype=torch.long, device=device)
+        finished = torch.zeros(N, dtype=torch.bool, device=device)
+        training = self.training
+        self.eval()
+        try:
+            for t in range(max_length):
+                words = self(features, partial)[:, -1].argmax(dim=1)  # (N,)
+                captions[:, t] = words.masked_fill(finished, self.null_id)
+                finished |= words == self.end_id
+                if bool(finished.all()):
+                    break
+                partial = torch.cat([partial, words[:, None]], dim=1)
+        finally:
+            self.train(training)
+        return captions
+
+    # ------------------------------------------------------------------ #
+    # Helpers
+    # ------------------------------------------------------------------ #
+
+    def _check_generation(self, max_length: int) -> None:
+        self.check_can_generate()
+        check_positive_integer("max_length", max_length)
+        if max_length > self.max_length:
+            raise ValueError(f"max_length={max_length} exceeds the model's max_length={self.max_length}")
+
+    def check_can_generate(self) -> None:
+        """Generation starts from ``<START>`` and stops at ``<END>``: both must be in the vocabulary."""
+        missing = [token for token, idx in ((START, self.start_id), (END, self.end_id)) if idx is None]
+        if missing:
+            raise ValueError(f"word_to_idx lacks {', '.join(missing)}, needed to generate captions")
+
+    def _check_features(self, features: Tensor) -> None:
+        if not isinstance(features, Tensor) or features.dim() != 2:
+            shape = tuple(features.shape) if isinstance(features, Tensor) else type(features).__name__
+            raise ValueError(f"features must be an (N, D) tensor, got {shape}")
+        if features.shape[1] != self.input_dim:
+            raise ValueError(
+                f"features have width {features.shape[1]} but the model expects input_dim={self.input_dim}"
+            )
+        dtype = self.visual_projection.weight.dtype
+        if features.dtype != dtype:
+            raise ValueError(
+                f"features have dtype {features.dtype} but the model's parameters are {dtype}; "
+                f"convert them with features.to({dtype})"
+            )
+
+    def extra_repr(self) -> str:
+        return (
+            f"vocab_size={self.vocab_size}, input_dim={self.input_dim}, wordvec_dim={self.wordvec_dim}, "
+            f"max_length={self.max_length}"
+        )

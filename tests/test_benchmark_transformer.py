@@ -1,0 +1,27 @@
+"""benchmarks/transformer.py at tiny sizes: the native copy computes the same model, and every row runs."""
+
+import math
+
+import torch
+
+from benchmarks import transformer as bench
+
+TINY = bench.TransformerShapes(input_dim=16, wordvec_dim=8, num_heads=2, num_layers=2, vocab_size=40)
+
+
+def test_native_copy_computes_the_same_loss():
+    assert bench.eval_loss_difference(TINY) < 1e-5
+
+
+def test_native_copy_holds_the_project_weights():
+    project, native = bench.make_pair(TINY)
+    ours, theirs = project.transformer.layers[1].multihead_attn, native.transformer.layers[1].multihead_attn
+    assert torch.equal(theirs.in_proj_weight[8:16], ours.key.weight)  # rows: query, key, value
+    assert torch.equal(theirs.out_proj.bias, ours.proj.bias)
+
+
+def test_rows_run_and_report_positive_times():
+    rows = [bench.bench_training_step(3, TINY, rounds=2, warmup=0), bench.bench_sampling(4, 3, TINY, 2, 0)]
+    for row in rows:
+        for key in ("ours_ms", "theirs_ms", "ratio"):
+            assert math.isfinite(row[key]) and row[key] > 0, (key, row)
