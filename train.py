@@ -27,16 +27,17 @@ from caption_torch import coco
 from caption_torch.callbacks import LossHistory
 from caption_torch.checkpointing import AtomicCheckpointIO, LastCheckpoint
 from caption_torch.cli import positive_float, positive_int
-from caption_torch.config import PRESETS, CaptionConfig, preset
+from caption_torch.config import CaptionConfig, preset
 from caption_torch.data import CaptionDataModule, FeatureRows
 from caption_torch.evaluate import CheckpointError, check_model_fits_data, load_model
-from caption_torch.functional import CELLS
+from caption_torch.decoders import DECODERS
 from caption_torch.plots import plot_loss_history
 from caption_torch.system import CaptioningSystem
 
-FULL, OVERFIT = PRESETS["full"], PRESETS["overfit"]
+FULL, OVERFIT = preset(overfit=False), preset(overfit=True)
 # The flags that set a CaptionConfig field (argparse stores each under the field's name).
-CONFIG_FLAGS = ("cell_type", "hidden_dim", "wordvec_dim", "batch_size", "epochs", "lr", "lr_decay")
+CONFIG_FLAGS = ("decoder", "hidden_dim", "wordvec_dim", "num_heads", "num_layers", "batch_size", "epochs", "lr",
+                "lr_decay")  # fmt: skip
 # These train in child processes and hand back only the weights and metrics, not the loss history or
 # checkpoint paths this script reports; --strategy ddp re-runs the script on every rank instead.
 SPAWNING_STRATEGIES = ("ddp_spawn", "ddp_fork", "ddp_notebook")
@@ -97,15 +98,18 @@ def build_parser() -> argparse.ArgumentParser:
 
     model = parser.add_argument_group("model and optimisation (defaults: the full run; --overfit's in brackets)")
     model.add_argument(
+        "--model",
         "--cell",
-        dest="cell_type",
-        choices=list(CELLS),
+        dest="decoder",
+        choices=list(DECODERS),
         default=None,
-        help=f"recurrent cell (default: {FULL.cell_type} [{OVERFIT.cell_type}, as the notebook])",
+        help=f"decoder (default: {FULL.decoder} [{OVERFIT.decoder}, as the notebook]); --cell is the same flag",
     )
     for flag, name, kind, meaning in (
-        ("--hidden-dim", "hidden_dim", positive_int, "hidden state width H"),
-        ("--wordvec-dim", "wordvec_dim", positive_int, "word vector width W"),
+        ("--hidden-dim", "hidden_dim", positive_int, "hidden state width H of the RNN/LSTM"),
+        ("--wordvec-dim", "wordvec_dim", positive_int, "word vector width W (the Transformer's every layer)"),
+        ("--num-heads", "num_heads", positive_int, "Transformer attention heads"),
+        ("--num-layers", "num_layers", positive_int, "Transformer decoder layers"),
         ("--batch-size", "batch_size", positive_int, "captions per batch"),
         ("--epochs", "epochs", positive_int, "training epochs"),
         ("--lr", "lr", positive_float, "Adam learning rate"),
@@ -146,7 +150,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def resolve_defaults(args: argparse.Namespace) -> argparse.Namespace:
     """Set ``args.config``: the overfit or full-run preset, with the flags given replacing its fields."""
-    config = preset(args.overfit is not None, args.cell_type)
+    config = preset(args.overfit is not None, args.decoder)
     args.config = config.updated(**{name: getattr(args, name) for name in CONFIG_FLAGS})
     if args.num_workers < 0:
         raise ValueError(f"--num-workers must be >= 0, got {args.num_workers}")

@@ -1,8 +1,8 @@
 """One config: the model's sizes and the optimisation settings of a run, and the named presets.
 
 Every default lives here; ``CaptioningSystem``, ``train.py`` and checkpoint loading read
-them from :class:`CaptionConfig` (``CaptioningRNN`` keeps cs231n's own signature and
-defaults, and is built from a config by the system).
+them from :class:`CaptionConfig` (``CaptioningRNN`` and ``CaptioningTransformer`` keep
+cs231n's own signatures and defaults, and ``decoders.py`` builds them from a config).
 """
 
 from __future__ import annotations
@@ -10,26 +10,29 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, fields, replace
 from typing import Any, Mapping
 
-from .functional import CELLS
+from .decoders import DECODERS
 
 
 @dataclass(frozen=True)
 class CaptionConfig:
     """A training run's model and optimisation settings; the defaults are the full run on the embedded data."""
 
-    cell_type: str = "lstm"  # the LSTM scores higher than the vanilla RNN at the same size and budget
-    wordvec_dim: int = 256  # W: cs231n's notebooks use 256 for COCO
-    hidden_dim: int = 512  # H: cs231n's notebooks use 512 for COCO
+    decoder: str = "lstm"  # the LSTM scores higher than the vanilla RNN at the same size and budget
+    wordvec_dim: int = 256  # W: cs231n's notebooks use 256 for COCO (the Transformer's every layer is W wide)
+    hidden_dim: int = 512  # H of the RNN/LSTM: cs231n's notebooks use 512 for COCO
+    num_heads: int = 2  # Transformer only: the Transformer notebook's 2 heads of W/2 = 128
+    num_layers: int = 2  # Transformer only: the Transformer notebook's 2 decoder layers
     lr: float = 5e-3  # Adam's step size in cs231n's notebooks; stable for both cells at batch 25 to 512
     lr_decay: float = 0.9  # per epoch: a short run needs the step to shrink faster than the notebook's 0.95
     batch_size: int = 128  # captions per step: products big enough to run efficiently, still many steps per epoch
     epochs: int = 12  # val BLEU-4 on the embedded data levels off by then at this lr schedule
-    max_length: int = 30  # longest generated caption: cs231n's sample() default; COCO captions have < 17 words
+    max_length: int = 30  # longest caption: cs231n's sample() default (COCO's have <= 17 tokens); sizes the
+    # Transformer's positional table
 
     def __post_init__(self) -> None:
-        if self.cell_type not in CELLS:
-            raise ValueError(f"cell_type must be one of {tuple(CELLS)}, got {self.cell_type!r}")
-        for name in ("wordvec_dim", "hidden_dim", "batch_size", "epochs", "max_length"):
+        if self.decoder not in DECODERS:
+            raise ValueError(f"decoder must be one of {tuple(DECODERS)}, got {self.decoder!r}")
+        for name in ("wordvec_dim", "hidden_dim", "num_heads", "num_layers", "batch_size", "epochs", "max_length"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
@@ -37,6 +40,8 @@ class CaptionConfig:
             raise ValueError(f"lr must be positive, got {self.lr}")
         if not 0 < self.lr_decay <= 1:
             raise ValueError(f"lr_decay must be in (0, 1], got {self.lr_decay}")
+        if self.decoder == "transformer" and self.wordvec_dim % self.num_heads:
+            raise ValueError(f"num_heads ({self.num_heads}) must divide wordvec_dim ({self.wordvec_dim})")
 
     def updated(self, **changes: Any) -> CaptionConfig:
         """This config with the given fields replaced; ``None`` values leave a field as it is."""
@@ -52,21 +57,29 @@ class CaptionConfig:
         return asdict(self)
 
 
-# Fields of the config that fix the shapes of a model's weights: a checkpoint cannot change them.
-MODEL_FIELDS = ("cell_type", "wordvec_dim", "hidden_dim")
+def shape_fields(decoder: str) -> tuple[str, ...]:
+    """The config fields a checkpoint of this decoder fixes: its name and what sizes its weights."""
+    return ("decoder", *DECODERS[decoder].shape_fields)
 
+
+_OVERFIT = dict(batch_size=25, epochs=50)  # cs231n's overfit runs: 50 captions, 2 batches an epoch
 PRESETS: dict[str, CaptionConfig] = {
-    # The full run on the embedded data (the defaults above).
-    "full": CaptionConfig(),
+    # The full run on the embedded data (the defaults above), per decoder.
+    "full-lstm": CaptionConfig(),
+    "full-rnn": CaptionConfig(decoder="rnn"),
+    # The Transformer trains with the Transformer notebook's step size and no decay.
+    "full-transformer": CaptionConfig(decoder="transformer", lr=1e-3, lr_decay=1.0),
     # cs231n's RNN_Captioning notebook: overfit 50 captions, 50 epochs of batch 25 = 100 iterations.
-    "overfit": CaptionConfig(cell_type="rnn", lr_decay=0.95, batch_size=25, epochs=50),
+    "overfit-rnn": CaptionConfig(decoder="rnn", lr_decay=0.95, **_OVERFIT),
     # The assignment's LSTM notebook overfits the same way but decays the step more slowly.
-    "overfit-lstm": CaptionConfig(cell_type="lstm", lr_decay=0.995, batch_size=25, epochs=50),
+    "overfit-lstm": CaptionConfig(decoder="lstm", lr_decay=0.995, **_OVERFIT),
+    # The Transformer notebook: 100 epochs of batch 25 = 200 iterations, Adam 1e-3, no decay.
+    "overfit-transformer": CaptionConfig(decoder="transformer", lr=1e-3, lr_decay=1.0, batch_size=25, epochs=100),
 }
+DEFAULT_DECODER = {"full": "lstm", "overfit": "rnn"}  # the notebook's overfit run is the vanilla RNN's
 
 
-def preset(overfit: bool, cell_type: str | None = None) -> CaptionConfig:
-    """The preset a run starts from: an overfit run (with its cell's decay) or the full run."""
-    if not overfit:
-        return PRESETS["full"].updated(cell_type=cell_type)
-    return PRESETS["overfit-lstm" if cell_type == "lstm" else "overfit"].updated(cell_type=cell_type)
+def preset(overfit: bool, decoder: str | None = None) -> CaptionConfig:
+    """The preset a run starts from: the overfit or full run of ``decoder`` (default: that run's own)."""
+    run = "overfit" if overfit else "full"
+    return PRESETS[f"{run}-{decoder or DEFAULT_DECODER[run]}"]

@@ -1,4 +1,4 @@
-"""CaptioningSystem: the LightningModule that trains and validates a CaptioningRNN.
+"""CaptioningSystem: the LightningModule that trains and validates any decoder of ``decoders.DECODERS``.
 
 The ``nn.Module`` (``model.py``) owns parameters, loss and sampling; this system
 owns optimisation (Adam with cs231n's per-epoch learning-rate decay), logging and
@@ -18,8 +18,8 @@ from torchmetrics.text import BLEUScore
 
 from .config import CaptionConfig
 from .data import CaptionBatch, ImageBatch
+from .decoders import build_decoder
 from .metrics import caption_text
-from .model import CaptioningRNN
 
 DEFAULTS = CaptionConfig()
 
@@ -27,7 +27,7 @@ BLEU_ORDERS = (1, 2, 3, 4)
 
 
 class CaptioningSystem(L.LightningModule):
-    """Lightning wrapper of :class:`CaptioningRNN`.
+    """Lightning wrapper of a decoder (CaptioningRNN for ``rnn``/``lstm``, CaptioningTransformer).
 
     The hyperparameters are flat (a checkpoint's ``hyper_parameters`` holds plain values, so
     ``load_from_checkpoint(..., weights_only=True)`` rebuilds the system); their defaults and
@@ -37,27 +37,29 @@ class CaptioningSystem(L.LightningModule):
     Args:
         word_to_idx: the vocabulary (saved in the checkpoint, so a checkpoint is self-contained).
         input_dim: D, the width of the data's image features.
-        cell_type, wordvec_dim, hidden_dim, lr, lr_decay, max_length: as :class:`CaptionConfig`.
+        decoder, wordvec_dim, hidden_dim, num_heads, num_layers, lr, lr_decay, max_length: as
+            :class:`CaptionConfig`.
     """
 
     def __init__(
         self,
         word_to_idx: Mapping[str, int],
         input_dim: int,
-        cell_type: str = DEFAULTS.cell_type,
+        decoder: str = DEFAULTS.decoder,
         wordvec_dim: int = DEFAULTS.wordvec_dim,
         hidden_dim: int = DEFAULTS.hidden_dim,
+        num_heads: int = DEFAULTS.num_heads,
+        num_layers: int = DEFAULTS.num_layers,
         lr: float = DEFAULTS.lr,
         lr_decay: float = DEFAULTS.lr_decay,
         max_length: int = DEFAULTS.max_length,
     ) -> None:
         super().__init__()
-        self.config = DEFAULTS.updated(cell_type=cell_type, wordvec_dim=wordvec_dim, hidden_dim=hidden_dim, lr=lr,
-                                       lr_decay=lr_decay, max_length=max_length)  # fmt: skip
+        self.config = DEFAULTS.updated(decoder=decoder, wordvec_dim=wordvec_dim, hidden_dim=hidden_dim,
+                                       num_heads=num_heads, num_layers=num_layers, lr=lr, lr_decay=lr_decay,
+                                       max_length=max_length)  # fmt: skip
         self.save_hyperparameters()
-        config = self.config
-        self.model = CaptioningRNN(dict(word_to_idx), input_dim, config.wordvec_dim, config.hidden_dim,
-                                   config.cell_type)  # fmt: skip
+        self.model = build_decoder(dict(word_to_idx), input_dim, self.config)
         self.idx_to_word = self.model.idx_to_word
         self.val_bleu = torch.nn.ModuleList(BLEUScore(n_gram=n) for n in BLEU_ORDERS)
         self.val_loss = MeanMetric()
@@ -65,8 +67,8 @@ class CaptioningSystem(L.LightningModule):
     @classmethod
     def from_config(cls, word_to_idx: Mapping[str, int], input_dim: int, config: CaptionConfig) -> CaptioningSystem:
         """The system of a run configured by ``config`` (its batch size and epochs are the trainer's)."""
-        return cls(word_to_idx, input_dim, config.cell_type, config.wordvec_dim, config.hidden_dim, config.lr,
-                   config.lr_decay, config.max_length)  # fmt: skip
+        return cls(word_to_idx, input_dim, config.decoder, config.wordvec_dim, config.hidden_dim, config.num_heads,
+                   config.num_layers, config.lr, config.lr_decay, config.max_length)  # fmt: skip
 
     def forward(self, features: Tensor) -> Tensor:
         """Greedy captions (N, max_length) for (N, D) features."""

@@ -1,0 +1,60 @@
+"""The decoders, each described once: how a config builds it and which config fields fix its weights' shapes.
+
+The system, the CLI's ``--model`` choices and checkpoint loading read this table; the
+recurrent cells' own math is looked up in ``functional.CELLS``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Callable, Mapping
+
+import torch
+from torch import nn
+
+from .model import CaptioningRNN
+from .transformer import CaptioningTransformer
+
+if TYPE_CHECKING:
+    from .config import CaptionConfig
+
+
+@dataclass(frozen=True)
+class Decoder:
+    """How to build one decoder.
+
+    Attributes:
+        build: ``(word_to_idx, input_dim, config) -> nn.Module`` with ``loss``, ``sample``,
+            ``initial_state``/``step`` (the decoders in ``decoding.py``) and ``policy_loss``.
+        shape_fields: the config fields its weights' shapes depend on: a checkpoint fixes them.
+    """
+
+    build: Callable[[Mapping[str, int], int, "CaptionConfig"], nn.Module]
+    shape_fields: tuple[str, ...]
+
+
+def _recurrent(cell_type: str) -> Decoder:
+    def build(word_to_idx: Mapping[str, int], input_dim: int, config: CaptionConfig) -> nn.Module:
+        return CaptioningRNN(word_to_idx, input_dim, config.wordvec_dim, config.hidden_dim, cell_type)
+
+    return Decoder(build, ("wordvec_dim", "hidden_dim"))
+
+
+def _transformer(word_to_idx: Mapping[str, int], input_dim: int, config: CaptionConfig) -> nn.Module:
+    return CaptioningTransformer(word_to_idx, input_dim, config.wordvec_dim, config.num_heads, config.num_layers,
+                                 config.max_length)  # fmt: skip
+
+
+DECODERS: dict[str, Decoder] = {
+    "rnn": _recurrent("rnn"),
+    "lstm": _recurrent("lstm"),
+    # max_length sizes the positional-encoding table the model attends over.
+    "transformer": Decoder(_transformer, ("wordvec_dim", "num_heads", "num_layers", "max_length")),
+}
+
+
+def build_decoder(
+    word_to_idx: Mapping[str, int], input_dim: int, config: CaptionConfig, dtype: torch.dtype = torch.float32
+) -> nn.Module:
+    """The decoder ``config.decoder`` names, sized by ``config``, with parameters in ``dtype``."""
+    return DECODERS[config.decoder].build(word_to_idx, input_dim, config).to(dtype)
