@@ -16,19 +16,28 @@ import logging
 import sys
 import warnings
 from pathlib import Path
+from typing import NamedTuple
 
 import lightning as L
 import numpy as np
 import torch
 from lightning.fabric.utilities.exceptions import MisconfigurationException
+from lightning.fabric.utilities.rank_zero import rank_zero_only
 from lightning.pytorch.callbacks import ModelCheckpoint
 
 from caption_torch import coco
-from caption_torch.callbacks import LossHistory
-from caption_torch.checkpointing import AtomicCheckpointIO, LastCheckpoint
-from caption_torch.cli import positive_float, positive_int
+from caption_torch.callbacks import LossHistory, ResumableSettings, StopOnSignal, TrainingStopped
+from caption_torch.checkpointing import (
+    AtomicCheckpointIO,
+    CheckpointError,
+    LastCheckpoint,
+    RefuseNonFiniteWeights,
+    check_model_fits_data,
+    load_model,
+    read_checkpoint,
+)
+from caption_torch.cli import check_writable_folder, device_count, positive_float, positive_int
 from caption_torch.data import CaptionDataModule, FeatureRows
-from caption_torch.evaluate import CheckpointError, check_model_fits_data, load_model
 from caption_torch.plots import plot_loss_history
 from caption_torch.system import CaptioningSystem
 
@@ -118,7 +127,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     hardware = parser.add_argument_group("hardware and runs")
     hardware.add_argument("--accelerator", default="auto", help="cpu, gpu, auto, ... (default: auto)")
-    hardware.add_argument("--devices", default="auto", help="number of devices, or 'auto' (default: auto)")
+    hardware.add_argument(
+        "--devices", type=device_count, default="auto", help="a count, -1 (all), indices like 0,1, or 'auto' (default)"
+    )
     hardware.add_argument("--num-nodes", type=positive_int, default=1, help="machines for multi-node DDP")
     hardware.add_argument("--strategy", default="auto", help="Lightning strategy, e.g. ddp (default: auto)")
     hardware.add_argument(
@@ -141,6 +152,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     hardware.add_argument(
         "--log-dir", type=Path, default=Path("."), help="folder that receives lightning_logs/ (default: .)"
+    )
+    hardware.add_argument(
+        "--fast-dev-run",
+        action="store_true",
+        help="run one training and one validation batch, write nothing, and stop (a smoke test of the setup)",
     )
     return parser
 
@@ -202,19 +218,75 @@ def print_samples(system: CaptioningSystem, dm: CaptionDataModule, seed: int) ->
             print(f"  image:  {describe_image(sources[row])}")
 
 
+class Run(NamedTuple):
+    """What :func:`build` makes and :func:`fit` and :func:`report` use."""
+
+    dm: CaptionDataModule
+    system: CaptioningSystem
+    trainer: L.Trainer
+    history: LossHistory
+    last: LastCheckpoint
+    best: ModelCheckpoint | None  # None without validation
+    ckpt_path: Path | None  # the checkpoint resumed from
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)  # malformed flags: argparse's usage message, exit 2
-    # Bad data, sizes or checkpoint, a non-finite loss, hardware flags Lightning cannot satisfy: one line, no traceback.
+    stop = StopOnSignal(LastCheckpoint(every_n_steps=args.checkpoint_every))
+    stop.install()  # before anything slow: a signal while the data is prepared stops at once, in one line
     try:
-        return run(resolve_defaults(args))
+        return run(resolve_defaults(args), stop)
+    except TrainingStopped as stopped:
+        return stopped_line(stopped)
+    # Bad data, sizes, paths or checkpoint, a non-finite loss, hardware flags Lightning cannot satisfy: one line.
     except (ValueError, FloatingPointError, MisconfigurationException) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+        return error_line(str(error))
+    except OSError as error:  # a full disk, a permission, a file that vanished: name the file
+        return error_line(f"{error.filename}: {error.strerror}" if error.filename else str(error))
+    except (MemoryError, torch.OutOfMemoryError) as error:
+        return error_line(f"out of memory ({' '.join(str(error).split())[:200] or 'host RAM'}); "
+                          "lower --batch-size, or keep features on disk with --feature-storage hdf5")  # fmt: skip
+    except Exception:
+        if stop.received is None:
+            raise  # a bug: the traceback is what helps
+        # A signal also sent to DataLoader workers ends them, and the loader raises: still a stop, not a crash.
+        return stopped_line(stop.stopped())
+    finally:
+        stop.uninstall()
+        if torch.distributed.is_initialized():  # stopped or failed during training: leave the group before exit
+            torch.distributed.destroy_process_group()
 
 
-def run(args: argparse.Namespace) -> int:
+def error_line(message: str) -> int:
+    print(f"error: {message}", file=sys.stderr)
+    return 2
+
+
+def stopped_line(stopped: TrainingStopped) -> int:
+    if rank_zero_only.rank == 0:  # every rank stops; one says so
+        print(stopped, file=sys.stderr)
+    return stopped.exit_code
+
+
+def run(args: argparse.Namespace, stop: StopOnSignal) -> int:
     """Train as the flags say; rank 0 then prints the samples, metrics and paths."""
     quiet_lightning()
+    check_writable_folder(args.log_dir, "--log-dir")  # before the data is read, not after training
+    ckpt_path = find_last_checkpoint(args.log_dir) if args.resume == "last" else args.resume
+    if ckpt_path is not None:
+        read_checkpoint(ckpt_path)  # missing, empty or damaged: refused before the data is read
+    parts = build(args, stop, ckpt_path)
+    log_dir = fit(parts)
+    if not parts.trainer.is_global_zero:
+        return 0
+    if args.fast_dev_run:
+        print(f"fast dev run: one training and one validation batch of --cell {args.cell} ran")
+        return 0
+    return report(parts, args, log_dir)
+
+
+def build(args: argparse.Namespace, stop: StopOnSignal, ckpt_path: Path | str | None) -> Run:
+    """The data (read and checked), the system, the callbacks and the Trainer; the checkpoint must fit them."""
     L.seed_everything(args.seed, workers=True, verbose=False)
     dm = CaptionDataModule(
         data_dir=args.data_dir,
@@ -232,10 +304,14 @@ def run(args: argparse.Namespace) -> int:
     dm.setup("fit")  # the model needs the vocabulary and the feature width
     system = CaptioningSystem(dm.word_to_idx, dm.feature_dim, args.wordvec_dim, args.hidden_dim, args.cell,
                               lr=args.lr, lr_decay=args.lr_decay)  # fmt: skip
+    if ckpt_path is not None:
+        check_resumable(ckpt_path, system)
     history = LossHistory(print_every=10)
-    validate = args.overfit is None  # the notebook's overfit run has no validation
-    last = LastCheckpoint(every_n_steps=args.checkpoint_every)
-    callbacks = [history, last]
+    validate = args.overfit is None or args.fast_dev_run  # the notebook's overfit run has no validation
+    # LastCheckpoint before StopOnSignal: at an epoch end the save comes first, then the stop.
+    settings = ResumableSettings(args.lr, args.lr_decay, args.epochs)
+    callbacks = [history, RefuseNonFiniteWeights(), stop.last, stop, settings]
+    best = None
     if validate:
         best = ModelCheckpoint(monitor="val_bleu4", mode="max", filename="best-{epoch}-{val_bleu4:.4f}")
         callbacks.append(best)
@@ -243,37 +319,44 @@ def run(args: argparse.Namespace) -> int:
         default_root_dir=args.log_dir,
         max_epochs=args.epochs,
         accelerator=args.accelerator,
-        devices=int(args.devices) if str(args.devices).isdigit() else args.devices,
+        devices=args.devices,
         num_nodes=args.num_nodes,
         strategy=args.strategy,
         precision=args.precision,
         callbacks=callbacks,
         enable_checkpointing=validate,  # else Lightning adds a default ModelCheckpoint beside LastCheckpoint
         plugins=[AtomicCheckpointIO()],
-        enable_progress_bar=validate,
+        enable_progress_bar=validate and not args.fast_dev_run,
         limit_val_batches=None if validate else 0,
         num_sanity_val_steps=0,
         log_every_n_steps=min(10, max(1, len(dm.train_set) // args.batch_size)),
         enable_model_summary=False,
+        fast_dev_run=args.fast_dev_run,
     )
-    ckpt_path = find_last_checkpoint(args.log_dir) if args.resume == "last" else args.resume
-    if ckpt_path is not None:
-        check_resumable(ckpt_path, system)
-    trainer.fit(system, datamodule=dm, ckpt_path=ckpt_path)
-    log_dir = Path(trainer.log_dir)  # a broadcast under DDP: every rank must ask, before the others return
+    return Run(dm, system, trainer, history, stop.last, best, Path(ckpt_path) if ckpt_path is not None else None)
+
+
+def fit(parts: Run) -> Path:
+    """Train (resuming if asked); every rank returns here, with the run's log folder."""
+    parts.trainer.fit(parts.system, datamodule=parts.dm, ckpt_path=parts.ckpt_path)
+    log_dir = Path(parts.trainer.log_dir)  # a broadcast under DDP: every rank must ask, before the others return
     if torch.distributed.is_initialized():
         # The last collective is done; left to interpreter exit, gloo sometimes aborts a rank whose peer is gone.
         torch.distributed.destroy_process_group()
-    if not trainer.is_global_zero:
-        return 0
-    if ckpt_path is not None and not last.path.is_file():  # no epoch ended: nothing was left to train
-        print(f"nothing to train: {ckpt_path} has already completed --epochs {args.epochs}; raise --epochs to go on")
-        return 0
+    return log_dir
 
+
+def report(parts: Run, args: argparse.Namespace, log_dir: Path) -> int:
+    """Rank 0's summary: samples, val metrics, final loss and where the plot and checkpoints are."""
+    trainer, history, last = parts.trainer, parts.history, parts.last
+    if parts.ckpt_path is not None and not last.path.is_file():  # no epoch ended: nothing was left to train
+        print(f"nothing to train: {parts.ckpt_path} has already completed --epochs {args.epochs}; "
+              "raise --epochs to go on")  # fmt: skip
+        return 0
     steps_per_epoch = max(1, trainer.num_training_batches)
     plot = plot_loss_history(history.losses, log_dir / "loss.png", steps_per_epoch=steps_per_epoch)
-    print_samples(system, dm, args.seed)
-    if validate:
+    print_samples(parts.system, parts.dm, args.seed)
+    if parts.best is not None:
         metrics = trainer.callback_metrics
         print("\nvalidation (greedy, all references):")
         print(f"  val loss: {metrics['val_loss'].item():.4f}")
@@ -281,8 +364,8 @@ def run(args: argparse.Namespace) -> int:
             print(f"  BLEU-{n}: {metrics[f'val_bleu{n}'].item():.4f}")
     print(f"\nfinal training loss: {history.losses[-1]:.6f}")
     print(f"loss plot: {plot}")
-    if validate:
-        print(f"best checkpoint: {best.best_model_path}")
+    if parts.best is not None:
+        print(f"best checkpoint: {parts.best.best_model_path}")
     print(f"checkpoint: {last.path}")
     return 0
 

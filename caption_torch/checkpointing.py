@@ -209,7 +209,9 @@ class LastCheckpoint(L.Callback):
         self.path = Path(trainer.log_dir or trainer.default_root_dir) / "checkpoints" / LAST_CHECKPOINT
 
     def save(self, trainer: L.Trainer) -> None:
-        """Write last.ckpt now (every rank calls this; rank 0 writes)."""
+        """Write last.ckpt now (every rank calls this; rank 0 writes); a fast dev run writes nothing."""
+        if trainer.fast_dev_run:
+            return
         trainer.save_checkpoint(self.path, weights_only=False)
         self.saved_step = trainer.global_step
 
