@@ -22,7 +22,7 @@ from tqdm import tqdm
 
 from . import coco
 from .checkpointing import CheckpointError, check_model_fits_data, load_model  # noqa: F401 (CheckpointError: re-exported)
-from .cli import positive_float, positive_int
+from .cli import check_writable_file, positive_float, positive_int
 from .data import CaptionDataModule, ImageDataset
 from .decoding import DECODE_METHODS, decode
 from .metrics import caption_text, evaluate_captions
@@ -66,9 +66,8 @@ def main(argv: list[str] | None = None) -> int:
     method = args.method or ("beam" if args.beam_size > 1 else "greedy")
     jsonl = args.jsonl or args.ckpt.with_name(f"{args.ckpt.stem}-{args.split}-{method}{args.beam_size}.jsonl")
     try:
-        for path in [jsonl, args.out] if args.show > 0 else [jsonl]:  # before the work, not after it
-            if not path.parent.is_dir():
-                raise ValueError(f"cannot write {path}: the folder {path.parent} does not exist")
+        for path, flag in [(jsonl, "--jsonl"), (args.out, "--out")][: 2 if args.show > 0 else 1]:  # before the work
+            check_writable_file(path, flag)
         model = load_model(args.ckpt)
         dm = CaptionDataModule(args.data_dir, pca_features=not args.full_features, synthetic_size=args.synthetic_size)
         dm.prepare_data()
