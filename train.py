@@ -51,6 +51,8 @@ FULL_DEFAULTS = dict(cell="lstm", hidden_dim=512, wordvec_dim=256, batch_size=12
 # These train in child processes and hand back only the weights and metrics, not the loss history or
 # checkpoint paths this script reports; --strategy ddp re-runs the script on every rank instead.
 SPAWNING_STRATEGIES = ("ddp_spawn", "ddp_fork", "ddp_notebook")
+# The decoders --cell offers (CI smoke-runs each with --fast-dev-run).
+CELLS = ("rnn", "lstm")
 # Flags whose value is part of a checkpoint's model: resuming with another value cannot work.
 MODEL_FLAGS = dict(wordvec_dim="--wordvec-dim", hidden_dim="--hidden-dim", cell_type="--cell")
 
@@ -108,7 +110,7 @@ def build_parser() -> argparse.ArgumentParser:
     model = parser.add_argument_group("model and optimisation (defaults: see README)")
     model.add_argument(
         "--cell",
-        choices=["rnn", "lstm"],
+        choices=CELLS,
         default=None,
         help="recurrent cell (default: rnn with --overfit, as the notebook; lstm otherwise)",
     )
@@ -339,7 +341,8 @@ def build(args: argparse.Namespace, stop: StopOnSignal, ckpt_path: Path | str | 
 def fit(parts: Run) -> Path:
     """Train (resuming if asked); every rank returns here, with the run's log folder."""
     parts.trainer.fit(parts.system, datamodule=parts.dm, ckpt_path=parts.ckpt_path)
-    log_dir = Path(parts.trainer.log_dir)  # a broadcast under DDP: every rank must ask, before the others return
+    # A broadcast under DDP: every rank must ask, before the others return. (None in a fast dev run: no logger.)
+    log_dir = Path(parts.trainer.log_dir or parts.trainer.default_root_dir)
     if torch.distributed.is_initialized():
         # The last collective is done; left to interpreter exit, gloo sometimes aborts a rank whose peer is gone.
         torch.distributed.destroy_process_group()

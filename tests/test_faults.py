@@ -360,7 +360,8 @@ def test_same_seed_same_loss_curve(coco_folder, tmp_path, capsys):
 @pytest.mark.parametrize("signum", [signal.SIGTERM, pytest.param(signal.SIGINT, marks=pytest.mark.slow)])
 def test_signal_saves_last_checkpoint_exits_nonzero_and_resume_reaches_the_same_steps(coco_folder, tmp_path, signum):
     # Two steps per epoch, so the stop usually falls mid-epoch: the hard case for resuming.
-    args = ["--data-dir", coco_folder, "--overfit", "10", "--batch-size", "5", "--epochs", EPOCHS, *SMALL,
+    epochs = 60
+    args = ["--data-dir", coco_folder, "--overfit", "10", "--batch-size", "5", "--epochs", epochs, *SMALL,
             "--log-dir", tmp_path]  # fmt: skip
     command = [sys.executable, str(ROOT / "train.py"), *map(str, args)]
     env = os.environ | {"OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
@@ -383,12 +384,12 @@ def test_signal_saves_last_checkpoint_exits_nonzero_and_resume_reaches_the_same_
     assert f"saved {saved}; to continue, run the same command with --resume {saved}" in stopped[0]
     step = int(stopped[0].split(" at step ")[1].split(";")[0])
     state = torch.load(saved, weights_only=True)
-    assert state["global_step"] == step and 11 <= step < 2 * EPOCHS  # the state the line names, saved at the stop
+    assert state["global_step"] == step and 11 <= step < 2 * epochs  # the state the line names, saved at the stop
 
     resumed = subprocess.run([*command, "--resume", str(saved)], cwd=ROOT, env=env, capture_output=True, text=True)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     final = torch.load(checkpoint_of(tmp_path, 1), weights_only=True)
-    assert final["global_step"] == 2 * EPOCHS  # the same total as an uninterrupted run
+    assert final["global_step"] == 2 * epochs  # the same total as an uninterrupted run
     assert final["callbacks"]["LossHistory"]["losses"][:step] == state["callbacks"]["LossHistory"]["losses"]
 
 
