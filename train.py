@@ -317,7 +317,16 @@ def build(args: argparse.Namespace, stop: StopOnSignal, ckpt_path: Path | str | 
     if validate:
         best = ModelCheckpoint(monitor="val_bleu4", mode="max", filename="best-{epoch}-{val_bleu4:.4f}")
         callbacks.append(best)
-    trainer = L.Trainer(
+    try:
+        trainer = make_trainer(args, callbacks, validate, len(dm.train_set))
+    except TypeError as error:  # Lightning's refusal of some hardware combinations, e.g. --devices -1 on the CPU
+        raise ValueError(f"--accelerator {args.accelerator} --devices {args.devices}: {error}") from None
+    return Run(dm, system, trainer, history, stop.last, best, Path(ckpt_path) if ckpt_path is not None else None)
+
+
+def make_trainer(args: argparse.Namespace, callbacks: list[L.Callback], validate: bool, train_size: int) -> L.Trainer:
+    """The Trainer the flags ask for, over ``train_size`` training captions."""
+    return L.Trainer(
         default_root_dir=args.log_dir,
         max_epochs=args.epochs,
         accelerator=args.accelerator,
@@ -331,11 +340,10 @@ def build(args: argparse.Namespace, stop: StopOnSignal, ckpt_path: Path | str | 
         enable_progress_bar=validate and not args.fast_dev_run,
         limit_val_batches=None if validate else 0,
         num_sanity_val_steps=0,
-        log_every_n_steps=min(10, max(1, len(dm.train_set) // args.batch_size)),
+        log_every_n_steps=min(10, max(1, train_size // args.batch_size)),
         enable_model_summary=False,
         fast_dev_run=args.fast_dev_run,
     )
-    return Run(dm, system, trainer, history, stop.last, best, Path(ckpt_path) if ckpt_path is not None else None)
 
 
 def fit(parts: Run) -> Path:

@@ -286,6 +286,8 @@ def test_lr_decay_above_one(coco_folder, tmp_path, capsys):
 
 
 @pytest.mark.parametrize("flags, message", [
+    (["--accelerator", "cpu", "--devices", "-1"], "--accelerator cpu --devices -1"),
+    (["--accelerator", "tpu-ish"], "invalid accelerator name"),
     pytest.param(["--accelerator", "gpu"], "No supported gpu backend found",
                  marks=pytest.mark.skipif(torch.cuda.is_available(), reason="there is a GPU")),
 ])  # fmt: skip
