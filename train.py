@@ -16,20 +16,29 @@ import logging
 import sys
 import warnings
 from pathlib import Path
+from typing import NamedTuple
 
 import lightning as L
 import numpy as np
 import torch
 from lightning.fabric.utilities.exceptions import MisconfigurationException
+from lightning.fabric.utilities.rank_zero import rank_zero_only
 from lightning.pytorch.callbacks import ModelCheckpoint
 
 from caption_torch import coco
-from caption_torch.callbacks import LossHistory
-from caption_torch.checkpointing import AtomicCheckpointIO, LastCheckpoint
-from caption_torch.cli import positive_float, positive_int
-from caption_torch.config import CaptionConfig, preset
+from caption_torch.callbacks import LossHistory, ResumableSettings, StopOnSignal, TrainingStopped
+from caption_torch.checkpointing import (
+    AtomicCheckpointIO,
+    CheckpointError,
+    LastCheckpoint,
+    RefuseNonFiniteWeights,
+    check_model_fits_data,
+    load_system,
+    read_checkpoint,
+)
+from caption_torch.cli import check_writable_folder, device_count, positive_float, positive_int
+from caption_torch.config import CaptionConfig, preset, shape_fields
 from caption_torch.data import CaptionDataModule, FeatureRows
-from caption_torch.evaluate import CheckpointError, check_model_fits_data, load_model
 from caption_torch.decoders import DECODERS
 from caption_torch.plots import plot_loss_history
 from caption_torch.system import CaptioningSystem
@@ -41,8 +50,6 @@ CONFIG_FLAGS = ("decoder", "hidden_dim", "wordvec_dim", "num_heads", "num_layers
 # These train in child processes and hand back only the weights and metrics, not the loss history or
 # checkpoint paths this script reports; --strategy ddp re-runs the script on every rank instead.
 SPAWNING_STRATEGIES = ("ddp_spawn", "ddp_fork", "ddp_notebook")
-# Flags whose value is part of a checkpoint's model: resuming with another value cannot work.
-MODEL_FLAGS = dict(wordvec_dim="--wordvec-dim", hidden_dim="--hidden-dim", cell_type="--cell")  # config.MODEL_FIELDS
 
 
 def quiet_lightning() -> None:
@@ -121,7 +128,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     hardware = parser.add_argument_group("hardware and runs")
     hardware.add_argument("--accelerator", default="auto", help="cpu, gpu, auto, ... (default: auto)")
-    hardware.add_argument("--devices", default="auto", help="number of devices, or 'auto' (default: auto)")
+    hardware.add_argument(
+        "--devices", type=device_count, default="auto", help="a count, -1 (all), indices like 0,1, or 'auto' (default)"
+    )
     hardware.add_argument("--num-nodes", type=positive_int, default=1, help="machines for multi-node DDP")
     hardware.add_argument("--strategy", default="auto", help="Lightning strategy, e.g. ddp (default: auto)")
     hardware.add_argument(
@@ -144,6 +153,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     hardware.add_argument(
         "--log-dir", type=Path, default=Path("."), help="folder that receives lightning_logs/ (default: .)"
+    )
+    hardware.add_argument(
+        "--fast-dev-run",
+        action="store_true",
+        help="run one training and one validation batch, write nothing, and stop (a smoke test of the setup)",
     )
     return parser
 
@@ -169,12 +183,13 @@ def find_last_checkpoint(log_dir: Path) -> Path:
 
 
 def check_resumable(path: Path | str, system: CaptioningSystem) -> None:
-    """The checkpoint must exist and hold this run's model: vocabulary, feature width, sizes and cell."""
-    stored = load_model(path)  # weights_only; CheckpointError if missing or unreadable
-    check_model_fits_data(stored, system.model.word_to_idx, system.model.input_dim)
-    for name, flag in MODEL_FLAGS.items():
-        theirs, ours = getattr(stored, name), getattr(system.model, name)
+    """The checkpoint must exist and hold this run's model: vocabulary, feature width, decoder and sizes."""
+    stored = load_system(path)  # weights_only; CheckpointError if missing or unreadable
+    check_model_fits_data(stored.model, system.model.word_to_idx, system.model.input_dim)
+    for name in shape_fields(stored.config.decoder):
+        theirs, ours = getattr(stored.config, name), getattr(system.config, name)
         if theirs != ours:
+            flag = {"decoder": "--model", "max_length": "max_length"}.get(name, "--" + name.replace("_", "-"))
             raise CheckpointError(f"checkpoint {path} was trained with {flag} {theirs} but this run has {ours}; "
                                   "resume with the flags it was trained with")  # fmt: skip
 
@@ -201,19 +216,75 @@ def print_samples(system: CaptioningSystem, dm: CaptionDataModule, seed: int) ->
             print(f"  image:  {describe_image(sources[row])}")
 
 
+class Run(NamedTuple):
+    """What :func:`build` makes and :func:`fit` and :func:`report` use."""
+
+    dm: CaptionDataModule
+    system: CaptioningSystem
+    trainer: L.Trainer
+    history: LossHistory
+    last: LastCheckpoint
+    best: ModelCheckpoint | None  # None without validation
+    ckpt_path: Path | None  # the checkpoint resumed from
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)  # malformed flags: argparse's usage message, exit 2
-    # Bad data, sizes or checkpoint, a non-finite loss, hardware flags Lightning cannot satisfy: one line, no traceback.
+    stop = StopOnSignal(LastCheckpoint(every_n_steps=args.checkpoint_every))
+    stop.install()  # before anything slow: a signal while the data is prepared stops at once, in one line
     try:
-        return run(resolve_defaults(args))
+        return run(resolve_defaults(args), stop)
+    except TrainingStopped as stopped:
+        return stopped_line(stopped)
+    # Bad data, sizes, paths or checkpoint, a non-finite loss, hardware flags Lightning cannot satisfy: one line.
     except (ValueError, FloatingPointError, MisconfigurationException) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+        return error_line(str(error))
+    except OSError as error:  # a full disk, a permission, a file that vanished: name the file
+        return error_line(f"{error.filename}: {error.strerror}" if error.filename else str(error))
+    except (MemoryError, torch.OutOfMemoryError) as error:
+        return error_line(f"out of memory ({' '.join(str(error).split())[:200] or 'host RAM'}); "
+                          "lower --batch-size, or keep features on disk with --feature-storage hdf5")  # fmt: skip
+    except Exception:
+        if stop.received is None:
+            raise  # a bug: the traceback is what helps
+        # A signal also sent to DataLoader workers ends them, and the loader raises: still a stop, not a crash.
+        return stopped_line(stop.stopped())
+    finally:
+        stop.uninstall()
+        if torch.distributed.is_initialized():  # stopped or failed during training: leave the group before exit
+            torch.distributed.destroy_process_group()
 
 
-def run(args: argparse.Namespace) -> int:
+def error_line(message: str) -> int:
+    print(f"error: {message}", file=sys.stderr)
+    return 2
+
+
+def stopped_line(stopped: TrainingStopped) -> int:
+    if rank_zero_only.rank == 0:  # every rank stops; one says so
+        print(stopped, file=sys.stderr)
+    return stopped.exit_code
+
+
+def run(args: argparse.Namespace, stop: StopOnSignal) -> int:
     """Train as the flags say; rank 0 then prints the samples, metrics and paths."""
     quiet_lightning()
+    check_writable_folder(args.log_dir, "--log-dir")  # before the data is read, not after training
+    ckpt_path = find_last_checkpoint(args.log_dir) if args.resume == "last" else args.resume
+    if ckpt_path is not None:
+        read_checkpoint(ckpt_path)  # missing, empty or damaged: refused before the data is read
+    parts = build(args, stop, ckpt_path)
+    log_dir = fit(parts)
+    if not parts.trainer.is_global_zero:
+        return 0
+    if args.fast_dev_run:
+        print(f"fast dev run: one training and one validation batch of --model {args.config.decoder} ran")
+        return 0
+    return report(parts, args, log_dir)
+
+
+def build(args: argparse.Namespace, stop: StopOnSignal, ckpt_path: Path | str | None) -> Run:
+    """The data (read and checked), the system, the callbacks and the Trainer; the checkpoint must fit them."""
     config: CaptionConfig = args.config
     L.seed_everything(args.seed, workers=True, verbose=False)
     dm = CaptionDataModule(
@@ -231,48 +302,68 @@ def run(args: argparse.Namespace) -> int:
     dm.prepare_data()
     dm.setup("fit")  # the model needs the vocabulary and the feature width
     system = CaptioningSystem.from_config(dm.word_to_idx, dm.feature_dim, config)
+    if ckpt_path is not None:
+        check_resumable(ckpt_path, system)
     history = LossHistory(print_every=10)
-    validate = args.overfit is None  # the notebook's overfit run has no validation
-    last = LastCheckpoint(every_n_steps=args.checkpoint_every)
-    callbacks = [history, last]
+    validate = args.overfit is None or args.fast_dev_run  # the notebook's overfit run has no validation
+    # LastCheckpoint before StopOnSignal: at an epoch end the save comes first, then the stop.
+    settings = ResumableSettings(config.lr, config.lr_decay, config.epochs)
+    callbacks = [history, RefuseNonFiniteWeights(), stop.last, stop, settings]
+    best = None
     if validate:
         best = ModelCheckpoint(monitor="val_bleu4", mode="max", filename="best-{epoch}-{val_bleu4:.4f}")
         callbacks.append(best)
-    trainer = L.Trainer(
+    try:
+        trainer = make_trainer(args, callbacks, validate, len(dm.train_set))
+    except TypeError as error:  # Lightning's refusal of some hardware combinations, e.g. --devices -1 on the CPU
+        raise ValueError(f"--accelerator {args.accelerator} --devices {args.devices}: {error}") from None
+    return Run(dm, system, trainer, history, stop.last, best, Path(ckpt_path) if ckpt_path is not None else None)
+
+
+def make_trainer(args: argparse.Namespace, callbacks: list[L.Callback], validate: bool, train_size: int) -> L.Trainer:
+    """The Trainer the flags ask for, over ``train_size`` training captions."""
+    return L.Trainer(
         default_root_dir=args.log_dir,
-        max_epochs=config.epochs,
+        max_epochs=args.config.epochs,
         accelerator=args.accelerator,
-        devices=int(args.devices) if str(args.devices).isdigit() else args.devices,
+        devices=args.devices,
         num_nodes=args.num_nodes,
         strategy=args.strategy,
         precision=args.precision,
         callbacks=callbacks,
         enable_checkpointing=validate,  # else Lightning adds a default ModelCheckpoint beside LastCheckpoint
         plugins=[AtomicCheckpointIO()],
-        enable_progress_bar=validate,
+        enable_progress_bar=validate and not args.fast_dev_run,
         limit_val_batches=None if validate else 0,
         num_sanity_val_steps=0,
-        log_every_n_steps=min(10, max(1, len(dm.train_set) // config.batch_size)),
+        log_every_n_steps=min(10, max(1, train_size // args.config.batch_size)),
         enable_model_summary=False,
+        fast_dev_run=args.fast_dev_run,
     )
-    ckpt_path = find_last_checkpoint(args.log_dir) if args.resume == "last" else args.resume
-    if ckpt_path is not None:
-        check_resumable(ckpt_path, system)
-    trainer.fit(system, datamodule=dm, ckpt_path=ckpt_path)
-    log_dir = Path(trainer.log_dir)  # a broadcast under DDP: every rank must ask, before the others return
+
+
+def fit(parts: Run) -> Path:
+    """Train (resuming if asked); every rank returns here, with the run's log folder."""
+    parts.trainer.fit(parts.system, datamodule=parts.dm, ckpt_path=parts.ckpt_path)
+    # A broadcast under DDP: every rank must ask, before the others return. (None in a fast dev run: no logger.)
+    log_dir = Path(parts.trainer.log_dir or parts.trainer.default_root_dir)
     if torch.distributed.is_initialized():
         # The last collective is done; left to interpreter exit, gloo sometimes aborts a rank whose peer is gone.
         torch.distributed.destroy_process_group()
-    if not trainer.is_global_zero:
-        return 0
-    if ckpt_path is not None and not last.path.is_file():  # no epoch ended: nothing was left to train
-        print(f"nothing to train: {ckpt_path} has already completed --epochs {config.epochs}; raise --epochs to go on")
-        return 0
+    return log_dir
 
+
+def report(parts: Run, args: argparse.Namespace, log_dir: Path) -> int:
+    """Rank 0's summary: samples, val metrics, final loss and where the plot and checkpoints are."""
+    trainer, history, last = parts.trainer, parts.history, parts.last
+    if parts.ckpt_path is not None and not last.path.is_file():  # no epoch ended: nothing was left to train
+        print(f"nothing to train: {parts.ckpt_path} has already completed --epochs {args.config.epochs}; "
+              "raise --epochs to go on")  # fmt: skip
+        return 0
     steps_per_epoch = max(1, trainer.num_training_batches)
     plot = plot_loss_history(history.losses, log_dir / "loss.png", steps_per_epoch=steps_per_epoch)
-    print_samples(system, dm, args.seed)
-    if validate:
+    print_samples(parts.system, parts.dm, args.seed)
+    if parts.best is not None:
         metrics = trainer.callback_metrics
         print("\nvalidation (greedy, all references):")
         print(f"  val loss: {metrics['val_loss'].item():.4f}")
@@ -280,8 +371,8 @@ def run(args: argparse.Namespace) -> int:
             print(f"  BLEU-{n}: {metrics[f'val_bleu{n}'].item():.4f}")
     print(f"\nfinal training loss: {history.losses[-1]:.6f}")
     print(f"loss plot: {plot}")
-    if validate:
-        print(f"best checkpoint: {best.best_model_path}")
+    if parts.best is not None:
+        print(f"best checkpoint: {parts.best.best_model_path}")
     print(f"checkpoint: {last.path}")
     return 0
 

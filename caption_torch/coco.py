@@ -16,6 +16,7 @@ cs231n's ``coco_utils.py``; the DataModule in ``data.py`` streams the same files
 from __future__ import annotations
 
 import json
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -110,13 +111,23 @@ def read_captions(base_dir: Path | str, vocab_size: int | None = None) -> dict[s
     return result
 
 
+def require_folder(base_dir: Path | str) -> Path:
+    """The data folder, or a CocoDataError saying it is a file or missing."""
+    base_dir = Path(base_dir)
+    if base_dir.exists() and not base_dir.is_dir():
+        raise CocoDataError(f"{base_dir}: expected a coco_captioning folder, found a file. {HOW_TO_GET}")
+    return base_dir
+
+
 def read_vocab(base_dir: Path | str) -> tuple[dict[str, int], list[str]]:
     """Read ``coco2014_vocab.json``: ``(word_to_idx, idx_to_word)``."""
-    path = require_file(Path(base_dir) / VOCAB_FILE, "a JSON vocabulary with idx_to_word and word_to_idx")
+    path = require_file(require_folder(base_dir) / VOCAB_FILE, "a JSON vocabulary with idx_to_word and word_to_idx")
     try:
         vocab = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
         raise _problem(path, "valid JSON", f"a parse error ({error})") from None
+    except OSError as error:  # unreadable (permissions): the reason, not a traceback
+        raise _problem(path, "a readable file", f"{error.strerror}") from None
     if not isinstance(vocab, dict) or not {"idx_to_word", "word_to_idx"} <= vocab.keys():
         found = f"keys {sorted(vocab)}" if isinstance(vocab, dict) else type(vocab).__name__
         raise _problem(path, "keys idx_to_word and word_to_idx", found)
@@ -194,10 +205,97 @@ def image_sources(base_dir: Path | str, split: str, num_images: int) -> list:
     scenes_path = Path(base_dir) / scenes_file(split)
     if not scenes_path.is_file():
         return read_urls(base_dir, split, num_images).tolist()
-    scenes = json.loads(scenes_path.read_text())
-    if len(scenes) != num_images:
-        raise _problem(scenes_path, f"{num_images} scenes, one per feature row", f"{len(scenes)}")
+    try:
+        scenes = json.loads(scenes_path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise CocoDataError(f"{scenes_path}: expected a JSON list of scenes, found a parse error ({error})") from None
+    if not isinstance(scenes, list) or len(scenes) != num_images:
+        found = f"{len(scenes)}" if isinstance(scenes, list) else f"a JSON {type(scenes).__name__}"
+        raise CocoDataError(f"{scenes_path}: expected {num_images} scenes, one per feature row, found {found}")
     return scenes
+
+
+# Tokens that carry no word: a caption made only of these teaches nothing and scores nothing.
+NON_WORDS = SPECIAL_TOKENS[:3]  # <NULL>, <START>, <END>
+
+
+def check_layout(
+    base_dir: Path | str, splits: dict[str, SplitCaptions], word_to_idx: dict[str, int], pca_features: bool = True
+) -> tuple[dict[str, int], int]:
+    """Check a data folder's splits against each other before any training: everything a run will read.
+
+    Every caption points at a feature row and begins with ``<START>``; the feature files agree
+    on the width D; each image has a URL (or a scene); the features are finite; and the captions
+    can train (see :func:`check_trainable`).
+
+    Returns:
+        ``(num_images per split, D)``.
+    """
+    base_dir = Path(base_dir)
+    num_images, widths = {}, {}
+    start = word_to_idx["<START>"]
+    for split, captions in splits.items():
+        num_images[split], widths[split] = feature_shape(base_dir, split, pca_features)
+        check_image_idxs(captions, num_images[split], split, base_dir)
+        # Only the printed samples use the URLs or scenes, after training: a bad file must stop the run before it.
+        image_sources(base_dir, split, num_images[split])
+        not_started = int((captions.captions[:, 0] != start).sum())
+        if not_started:
+            raise CocoDataError(
+                f"{base_dir / CAPTIONS_FILE}: {not_started} {split} captions do not begin with "
+                f"<START> (id {start}); every caption must be <START> ... <END> <NULL>..."
+            )
+        check_finite_features(base_dir / feature_file(split, pca_features))
+    if len(set(widths.values())) > 1:  # one model reads both splits
+        raise CocoDataError(
+            f"{base_dir}: the feature files disagree on the width D: "
+            + ", ".join(f"{feature_file(split, pca_features)} has {width}" for split, width in widths.items())
+        )
+    check_trainable(base_dir, splits, word_to_idx)
+    return num_images, widths["train"]
+
+
+def check_finite_features(path: Path, rows_per_read: int = 8192) -> None:
+    """Every feature must be finite: one NaN row makes every loss that reads it, and the val scores, NaN."""
+    with h5py.File(path, "r") as f:
+        features = f["features"]
+        for begin in range(0, features.shape[0], rows_per_read):
+            block = np.asarray(features[begin : begin + rows_per_read])
+            finite = np.isfinite(block).all(axis=1)
+            if not finite.all():
+                bad = np.flatnonzero(~finite)
+                raise CocoDataError(
+                    f"{path}: expected finite features, found NaN or inf in row {begin + bad[0]} "
+                    f"({len(bad)} rows of the first {begin + len(block)}); fix or drop those images"
+                )
+
+
+def check_trainable(base_dir: Path, splits: dict[str, SplitCaptions], word_to_idx: dict[str, int]) -> None:
+    """Captions that can teach and be scored: words in every split, ``<END>`` where captions stop.
+
+    A split whose captions hold no word trains to emit nothing (loss ~0) and scores 0 against
+    empty references; one without any ``<END>`` teaches the model never to stop. Some captions
+    lacking ``<END>`` (cut at the length limit) is only a warning.
+    """
+    path = Path(base_dir) / CAPTIONS_FILE
+    non_words = np.asarray([word_to_idx[token] for token in NON_WORDS])
+    end = word_to_idx["<END>"]
+    for split, split_captions in splits.items():
+        captions = split_captions.captions
+        if not (~np.isin(captions, non_words)).any(axis=1).any():
+            raise CocoDataError(
+                f"{path}: no {split} caption holds a word (only <START>, <END>, <NULL>): nothing to "
+                + ("learn" if split == "train" else "score the captions against")
+            )
+        ended = (captions == end).any(axis=1)
+        if not ended.any():
+            raise CocoDataError(
+                f"{path}: no {split} caption holds <END> (id {end}): a model trained on them never stops; "
+                "every caption must be <START> ... <END> <NULL>..."
+            )
+        if not ended.all():
+            print(f"warning: {path}: {int((~ended).sum())} of {len(ended)} {split} captions have no <END>",
+                  file=sys.stderr)  # fmt: skip
 
 
 def load_coco_data(

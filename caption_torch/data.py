@@ -224,31 +224,13 @@ class CaptionDataModule(L.LightningDataModule):
                 )
         self.word_to_idx, self.idx_to_word = coco.read_vocab(self.data_dir)
         splits = coco.read_captions(self.data_dir, vocab_size=len(self.idx_to_word))
-        start = self.word_to_idx["<START>"]
-        features, widths = {}, {}
-        for split, captions in splits.items():
-            num_images, widths[split] = coco.feature_shape(self.data_dir, split, hparams.pca_features)
-            coco.check_image_idxs(captions, num_images, split, self.data_dir)
-            # Only the printed samples use the URLs, after training: a bad file must stop the run before it.
-            coco.read_urls(self.data_dir, split, num_images)
-            self.num_images[split] = num_images
-            not_started = int((captions.captions[:, 0] != start).sum())
-            if not_started:
-                raise coco.CocoDataError(
-                    f"{self.data_dir / coco.CAPTIONS_FILE}: {not_started} {split} captions do not begin with "
-                    f"<START> (id {start}); every caption must be <START> ... <END> <NULL>..."
-                )
-            features[split] = FeatureRows(
-                self.data_dir / coco.feature_file(split, hparams.pca_features), hparams.feature_storage
-            )
-        if len(set(widths.values())) > 1:  # one model reads both splits
-            raise coco.CocoDataError(
-                f"{self.data_dir}: the feature files disagree on the width D: "
-                + ", ".join(
-                    f"{coco.feature_file(split, hparams.pca_features)} has {width}" for split, width in widths.items()
-                )
-            )
-        self.feature_dim = widths["train"]
+        self.num_images, self.feature_dim = coco.check_layout(
+            self.data_dir, splits, self.word_to_idx, hparams.pca_features
+        )
+        features = {
+            split: FeatureRows(self.data_dir / coco.feature_file(split, hparams.pca_features), hparams.feature_storage)
+            for split in splits
+        }
 
         train = splits["train"]
         if hparams.max_train is not None:

@@ -21,61 +21,13 @@ import torch
 from tqdm import tqdm
 
 from . import coco
-from .cli import positive_float, positive_int
+from .checkpointing import CheckpointError, check_model_fits_data, load_model  # noqa: F401 (CheckpointError: re-exported)
+from .cli import check_writable_file, positive_float, positive_int
 from .data import CaptionDataModule, ImageDataset
 from .decoding import DECODE_METHODS, decode
 from .metrics import caption_text, evaluate_captions
 from .model import CaptioningRNN
 from .plots import caption_grid
-
-
-class CheckpointError(ValueError):
-    """A checkpoint that is missing, unreadable, or does not fit the data."""
-
-
-def load_model(path: Path | str) -> CaptioningRNN:
-    """Rebuild the CaptioningRNN stored in a ``train.py`` checkpoint, loading tensors only.
-
-    ``weights_only=True``: a checkpoint holds tensors, numbers, strings, lists and
-    dicts, so loading one never runs code from it.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint {path} does not exist")
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # torch raises several types for corrupt or foreign files
-        raise CheckpointError(f"checkpoint {path} cannot be loaded safely: {error}") from None
-    if not isinstance(checkpoint, dict) or not {"hyper_parameters", "state_dict"} <= checkpoint.keys():
-        raise CheckpointError(f"checkpoint {path} lacks hyper_parameters/state_dict: was it written by train.py?")
-    hparams = checkpoint["hyper_parameters"]
-    weights = {k.removeprefix("model."): v for k, v in checkpoint["state_dict"].items() if k.startswith("model.")}
-    try:
-        model = CaptioningRNN(*(hparams[name] for name in ("word_to_idx", "input_dim", "wordvec_dim", "hidden_dim",
-                                                           "cell_type")))  # fmt: skip
-        model.load_state_dict(weights)
-    except KeyError as error:
-        message = f"checkpoint {path} lacks the hyperparameter {error}: was it written by train.py?"
-        raise CheckpointError(message) from None
-    except (RuntimeError, TypeError, ValueError) as error:  # weights missing or mis-shaped, sizes invalid
-        details = " ".join(str(error).split())  # load_state_dict's message spans lines
-        raise CheckpointError(f"checkpoint {path} does not hold a model train.py can rebuild: {details}") from None
-    return model.eval()
-
-
-def check_model_fits_data(model: CaptioningRNN, word_to_idx: dict[str, int], feature_dim: int) -> None:
-    """The checkpoint's vocabulary and feature width must be the data's; say what differs."""
-    if feature_dim != model.input_dim:
-        raise CheckpointError(
-            f"the checkpoint expects {model.input_dim}-d features but the data has {feature_dim}-d "
-            "(--full-features picks the 4096-d fc7 files)"
-        )
-    if word_to_idx != model.word_to_idx:
-        differing = sorted(set(word_to_idx.items()) ^ set(model.word_to_idx.items()), key=lambda kv: kv[1])
-        raise CheckpointError(
-            f"the checkpoint's vocabulary ({model.vocab_size} words) is not the data's ({len(word_to_idx)} words); "
-            f"first difference: {differing[0][0]!r} -> {differing[0][1]}"
-        )
 
 
 def caption_split(model: CaptioningRNN, images: ImageDataset, batch_size: int, **decode_args) -> list[list[int]]:
@@ -114,9 +66,8 @@ def main(argv: list[str] | None = None) -> int:
     method = args.method or ("beam" if args.beam_size > 1 else "greedy")
     jsonl = args.jsonl or args.ckpt.with_name(f"{args.ckpt.stem}-{args.split}-{method}{args.beam_size}.jsonl")
     try:
-        for path in [jsonl, args.out] if args.show > 0 else [jsonl]:  # before the work, not after it
-            if not path.parent.is_dir():
-                raise ValueError(f"cannot write {path}: the folder {path.parent} does not exist")
+        for path, flag in [(jsonl, "--jsonl"), (args.out, "--out")][: 2 if args.show > 0 else 1]:  # before the work
+            check_writable_file(path, flag)
         model = load_model(args.ckpt)
         dm = CaptionDataModule(args.data_dir, pca_features=not args.full_features, synthetic_size=args.synthetic_size)
         dm.prepare_data()

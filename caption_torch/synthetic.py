@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import hashlib
 import json
 import os
 import shutil
@@ -316,6 +317,8 @@ def _write_into(folder: Path, size: str, seed: int, full_features: bool) -> None
         "feature_noise_std": FEATURE_NOISE_STD,
         "held_out_colour_noun": held_out.colour_noun,
         "held_out_noun_setting": held_out.noun_setting,
+        # Checked whenever the cache is opened: a damaged file is regenerated rather than trained on.
+        "sha256": file_digests(folder),
     }
     (folder / INFO_FILE).write_text(json.dumps(info, indent=1), encoding="utf-8")
 
@@ -377,20 +380,63 @@ def is_complete(folder: Path) -> bool:
     return (folder / INFO_FILE).is_file()
 
 
+def file_digests(folder: Path) -> dict[str, str]:
+    """SHA-256 of every data file of a generated folder (the info file, which records them, aside)."""
+    digests = {}
+    for path in sorted(folder.iterdir()):
+        if path.is_file() and path.name != INFO_FILE:
+            digest = hashlib.sha256()
+            with open(path, "rb") as file:
+                for block in iter(lambda: file.read(1 << 20), b""):
+                    digest.update(block)
+            digests[path.name] = digest.hexdigest()
+    return digests
+
+
+def damage(folder: Path) -> str | None:
+    """What is wrong with a generated folder, in a few words; None when every file matches its checksum."""
+    try:
+        expected = json.loads((folder / INFO_FILE).read_text(encoding="utf-8")).get("sha256")
+    except (OSError, ValueError, AttributeError):
+        return f"{INFO_FILE} is unreadable"
+    if not isinstance(expected, dict):
+        return "it carries no checksums, so it cannot be verified"
+    found = file_digests(folder)
+    for name, digest in expected.items():
+        if name not in found:
+            return f"{name} is missing"
+        if found[name] != digest:
+            return f"{name} does not match its checksum"
+    return None
+
+
 def ensure_synthetic_dataset(size: str = "default", seed: int = 0, cache_dir: str | os.PathLike | None = None) -> Path:
     """The cached dataset folder for ``(size, seed)``, generated (with one line to stderr) on first use.
 
     The folder is ``<cache>/synthetic-v<FORMAT_VERSION>-<size>-seed<seed>`` under ``cache_dir``,
-    or ``default_cache_dir()`` when it is None; a new format version regenerates.
+    or ``default_cache_dir()`` when it is None; a new format version regenerates. Every file
+    is checked against the checksums written with it; a damaged cache is regenerated (one line
+    to stderr says so).
     """
     folder = dataset_dir(size, seed, cache_dir)
     if is_complete(folder):
-        return folder
-    print(
-        f"Generating the embedded synthetic dataset ({size}, seed {seed}) into {folder} (first use only)",
-        file=sys.stderr,
-        flush=True,
-    )
+        problem = damage(folder)
+        if problem is None:
+            return folder
+        print(f"The cached embedded dataset in {folder} is damaged ({problem}); regenerating it",
+              file=sys.stderr, flush=True)  # fmt: skip
+        stale = folder.parent / f".{folder.name}.damaged-{uuid.uuid4().hex[:8]}"
+        try:
+            os.rename(folder, stale)  # atomic: no reader sees a half-deleted folder
+        except FileNotFoundError:
+            pass  # another process moved it first
+        shutil.rmtree(stale, ignore_errors=True)
+    else:
+        print(
+            f"Generating the embedded synthetic dataset ({size}, seed {seed}) into {folder} (first use only)",
+            file=sys.stderr,
+            flush=True,
+        )
     try:
         return write_synthetic_dataset(folder, size, seed)
     except FileExistsError:

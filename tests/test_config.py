@@ -5,7 +5,8 @@ import pytest
 import torch
 
 import train
-from caption_torch.config import MODEL_FIELDS, PRESETS, CaptionConfig, preset
+from caption_torch.config import PRESETS, CaptionConfig, preset, shape_fields
+from caption_torch.decoders import DECODERS
 from caption_torch.system import CaptioningSystem
 
 VOCAB = {"<NULL>": 0, "<START>": 1, "<END>": 2, "a": 3, "cat": 4}
@@ -14,13 +15,13 @@ VOCAB = {"<NULL>": 0, "<START>": 1, "<END>": 2, "a": 3, "cat": 4}
 @pytest.mark.parametrize(
     "flags, expected",
     [
-        ([], PRESETS["full"]),
-        (["--overfit", "50"], PRESETS["overfit"]),
+        ([], PRESETS["full-lstm"]),
+        (["--overfit", "50"], PRESETS["overfit-rnn"]),
         (["--overfit", "50", "--cell", "lstm"], PRESETS["overfit-lstm"]),
-        (["--cell", "rnn", "--lr", "0.01"], CaptionConfig(cell_type="rnn", lr=0.01)),
+        (["--cell", "rnn", "--lr", "0.01"], CaptionConfig(decoder="rnn", lr=0.01)),
         (
             ["--overfit", "5", "--epochs", "3", "--hidden-dim", "64"],
-            PRESETS["overfit"].updated(epochs=3, hidden_dim=64),
+            PRESETS["overfit-rnn"].updated(epochs=3, hidden_dim=64),
         ),
     ],
 )
@@ -30,24 +31,35 @@ def test_train_flags_replace_fields_of_their_preset(flags, expected):
 
 
 def test_presets_are_the_notebooks_settings():
-    overfit = PRESETS["overfit"]
-    assert (overfit.cell_type, overfit.batch_size, overfit.epochs, overfit.lr, overfit.lr_decay) == (
+    overfit = PRESETS["overfit-rnn"]
+    assert (overfit.decoder, overfit.batch_size, overfit.epochs, overfit.lr, overfit.lr_decay) == (
         "rnn", 25, 50, 5e-3, 0.95)  # fmt: skip
     assert (overfit.hidden_dim, overfit.wordvec_dim) == (512, 256)
-    assert PRESETS["overfit-lstm"] == overfit.updated(cell_type="lstm", lr_decay=0.995)
-    assert preset(overfit=True, cell_type="lstm") == PRESETS["overfit-lstm"]
-    assert preset(overfit=False) == PRESETS["full"] == CaptionConfig()
+    assert PRESETS["overfit-lstm"] == overfit.updated(decoder="lstm", lr_decay=0.995)
+    assert preset(overfit=True, decoder="lstm") == PRESETS["overfit-lstm"]
+    assert preset(overfit=False) == PRESETS["full-lstm"] == CaptionConfig()
+    transformer = PRESETS["overfit-transformer"]  # the Transformer notebook's overfit run
+    assert (transformer.wordvec_dim, transformer.num_heads, transformer.num_layers, transformer.max_length) == (
+        256, 2, 2, 30)  # fmt: skip
+    assert (transformer.batch_size, transformer.epochs, transformer.lr, transformer.lr_decay) == (25, 100, 1e-3, 1.0)
+
+
+@pytest.mark.parametrize("decoder", list(DECODERS))
+def test_every_decoder_has_a_full_and_an_overfit_preset(decoder):
+    assert preset(overfit=False, decoder=decoder).decoder == decoder
+    assert preset(overfit=True, decoder=decoder).decoder == decoder
 
 
 @pytest.mark.parametrize(
     "change, message",
     [
-        (dict(cell_type="gru"), "cell_type must be one of"),
+        (dict(decoder="gru"), "decoder must be one of"),
         (dict(hidden_dim=0), "hidden_dim must be a positive integer"),
         (dict(epochs=2.5), "epochs must be a positive integer"),
         (dict(batch_size=True), "batch_size must be a positive integer"),
         (dict(lr=0.0), "lr must be positive"),
         (dict(lr_decay=1.5), r"lr_decay must be in \(0, 1\]"),
+        (dict(decoder="transformer", num_heads=3), r"num_heads \(3\) must divide wordvec_dim \(256\)"),
     ],
 )
 def test_bad_fields_are_refused(change, message):
@@ -56,7 +68,7 @@ def test_bad_fields_are_refused(change, message):
 
 
 def test_system_takes_its_defaults_and_sizes_from_the_config():
-    config = CaptionConfig(cell_type="rnn", wordvec_dim=6, hidden_dim=8, lr=1e-3, lr_decay=0.5, max_length=7)
+    config = CaptionConfig(decoder="rnn", wordvec_dim=6, hidden_dim=8, lr=1e-3, lr_decay=0.5, max_length=7)
     system = CaptioningSystem.from_config(VOCAB, 4, config)
     assert system.config == config
     assert system.model.Wh.shape == (8, 8) and system.model.W_embed.shape == (5, 6)
@@ -66,7 +78,7 @@ def test_system_takes_its_defaults_and_sizes_from_the_config():
 
 
 def test_a_checkpoint_reloads_with_weights_only(tmp_path):
-    config = CaptionConfig(cell_type="lstm", wordvec_dim=6, hidden_dim=8)
+    config = CaptionConfig(decoder="lstm", wordvec_dim=6, hidden_dim=8)
     system = CaptioningSystem.from_config(VOCAB, 4, config)
     path = tmp_path / "system.ckpt"
     torch.save({"state_dict": system.state_dict(), "hyper_parameters": dict(system.hparams),
@@ -75,4 +87,4 @@ def test_a_checkpoint_reloads_with_weights_only(tmp_path):
     assert loaded.config == config and loaded.model.word_to_idx == VOCAB
     for name, value in system.state_dict().items():
         assert torch.equal(loaded.state_dict()[name], value)
-    assert set(MODEL_FIELDS) <= set(loaded.hparams)
+    assert set(shape_fields("transformer")) | set(shape_fields("lstm")) <= set(loaded.hparams)

@@ -37,11 +37,11 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def launch_train(*args, **env) -> subprocess.Popen:
-    """Start ``python train.py ARGS`` with a clean launch environment plus ``env``."""
+def launch_train(*args, start_new_session: bool = False, **env) -> subprocess.Popen:
+    """Start ``python train.py ARGS`` with a clean launch environment plus ``env`` (own process group if asked)."""
     clean = {k: v for k, v in os.environ.items() if k not in LAUNCH_VARIABLES}
     return subprocess.Popen([sys.executable, str(ROOT / "train.py"), *map(str, args)], cwd=ROOT,
-                            env=clean | {"OMP_NUM_THREADS": "1"} | env, text=True,
+                            env=clean | {"OMP_NUM_THREADS": "1"} | env, text=True, start_new_session=start_new_session,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)  # fmt: skip
 
 
@@ -180,3 +180,41 @@ def test_spawning_strategies_are_refused_with_the_alternative(strategy, capsys):
     assert train.main(["--strategy", strategy]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and "use --strategy ddp" in err
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("target", ["process group", "rank 0 alone"])
+def test_sigterm_ends_every_rank_saves_and_resumes(coco_folder, tmp_path, target):
+    import signal
+    import time
+
+    args = ["--data-dir", coco_folder, "--overfit", "8", "--batch-size", "2", "--epochs", "100", *SMALL,
+            "--devices", "2", "--strategy", "ddp", "--log-dir", tmp_path]  # fmt: skip
+    # Its own process group, as a scheduler starts a job: the group signal reaches both ranks.
+    process = launch_train(*args, start_new_session=True, MASTER_PORT=str(free_port()), PYTHONUNBUFFERED="1")
+    try:
+        for line in process.stdout:
+            if line.startswith("(Iteration 11 /"):
+                break
+        if target == "process group":
+            os.killpg(process.pid, signal.SIGTERM)
+        else:
+            process.send_signal(signal.SIGTERM)
+        sent = time.monotonic()
+        out, err = process.communicate(timeout=60)
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+    assert time.monotonic() - sent < 30 and process.returncode == 128 + signal.SIGTERM, err[-3000:]
+    time.sleep(1)
+    states = subprocess.run(["ps", "-o", "stat=", "-g", str(process.pid)], capture_output=True, text=True).stdout
+    assert all(state.startswith("Z") for state in states.split()), states  # no rank left running (zombies have ended)
+    assert "Traceback" not in err
+    (stopped,) = [line for line in err.splitlines() if line.startswith("stopped by SIGTERM at step ")]
+    step = int(stopped.split(" at step ")[1].split(";")[0])
+    assert last_checkpoint(tmp_path)["global_step"] == step
+
+    resumed = finish(launch_train(*args, "--resume", MASTER_PORT=str(free_port())))
+    assert "checkpoint: " in resumed
+    (path,) = tmp_path.glob("lightning_logs/version_1/checkpoints/last.ckpt")
+    assert torch.load(path, weights_only=True)["global_step"] == 200  # 4 captions per rank, batch 2, 100 epochs

@@ -5,12 +5,16 @@ test_model.py, test_functional.py, test_evaluate.py) are checked here only as
 train.py reports them: exit code 2 and one ``error: ...`` line, no traceback.
 """
 
+import errno
 import os
+import shutil
 import signal
+import struct
 import subprocess
 import sys
 import textwrap
 import time
+import zipfile
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -20,8 +24,11 @@ import pytest
 import torch
 
 import train
+from caption_torch import coco, evaluate
 from caption_torch.callbacks import LossHistory
-from caption_torch.checkpointing import AtomicCheckpointIO
+from caption_torch.checkpointing import AtomicCheckpointIO, CheckpointError, load_model
+from caption_torch.synthetic import ensure_synthetic_dataset
+from caption_torch.system import CaptioningSystem
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -162,6 +169,24 @@ def _empty_val(f) -> None:
     f["val_image_idxs"] = np.zeros((0,), dtype=np.int32)
 
 
+def _only_tokens(f, split: str, tokens: list[int]) -> None:
+    """Every caption of a split becomes ``tokens`` then <NULL>: no word at all."""
+    captions = np.zeros_like(f[f"{split}_captions"][:])
+    captions[:, : len(tokens)] = tokens
+    f[f"{split}_captions"][:] = captions
+
+
+def _drop_end(f, split: str) -> None:
+    captions = f[f"{split}_captions"][:]
+    captions[captions == 2] = 0  # <END> becomes <NULL>
+    f[f"{split}_captions"][:] = captions
+
+
+def _poison_row(path: Path, row: int) -> None:
+    with h5py.File(path, "a") as f:
+        f["features"][row] = np.nan
+
+
 def _drop_last_line(path: Path) -> None:
     path.write_text("".join(line + "\n" for line in path.read_text().splitlines()[:-1]))
 
@@ -180,6 +205,21 @@ BAD_DATA = {
     "missing URL file": (lambda d: (d / "val2014_urls.txt").unlink(), ["val2014_urls.txt", "no such file"]),
     "URL file one line short": (lambda d: _drop_last_line(d / "train2014_urls.txt"),
                                 ["train2014_urls.txt", "expected 12 lines", "found 11 lines"]),
+    # Data that cannot train or be scored, refused before training instead of giving loss 0 or NaN scores.
+    "train captions without words": (lambda d: _edit_captions(d, lambda f: _only_tokens(f, "train", [1, 2])),
+                                     ["no train caption holds a word", "nothing to learn"]),
+    "empty val references": (lambda d: _edit_captions(d, lambda f: _only_tokens(f, "val", [1, 2])),
+                             ["no val caption holds a word", "nothing to score"]),
+    "no <END> in a split": (lambda d: _edit_captions(d, lambda f: _drop_end(f, "val")),
+                            ["no val caption holds <END> (id 2)", "never stops"]),
+    "NaN val features": (lambda d: _set_features(d, "val", np.full((6, 512), np.nan, np.float32)),
+                         ["val2014_vgg16_fc7_pca.h5", "NaN or inf in row 0", "6 rows"]),
+    "one NaN train image": (lambda d: _poison_row(d / "train2014_vgg16_fc7_pca.h5", 3),
+                            ["train2014_vgg16_fc7_pca.h5", "NaN or inf in row 3", "(1 rows"]),
+    "--data-dir is a file": (lambda d: (shutil.rmtree(d), d.write_text("x")),
+                             ["expected a coco_captioning folder, found a file"]),
+    "corrupt scenes file": (lambda d: (d / "val2014_scenes.json").write_text("[{"),
+                            ["val2014_scenes.json", "expected a JSON list of scenes, found a parse error"]),
 }  # fmt: skip
 
 
@@ -219,6 +259,9 @@ def test_overfit_larger_than_the_split(coco_folder, tmp_path, capsys):
     ("--lr", "nan", "must be positive"),
     ("--lr", "inf", "must be positive and finite"),
     ("--lr-decay", "-0.5", "must be positive"),
+    ("--devices", "0", "a positive count, -1 (all) or indices like 0,1; got '0'"),
+    ("--devices", "abc", "got 'abc'"),
+    ("--devices", "-2", "got '-2'"),
 ])  # fmt: skip
 def test_non_positive_sizes_are_refused_before_anything_runs(capsys, flag, value, message):
     with pytest.raises(SystemExit) as exit:
@@ -243,7 +286,8 @@ def test_lr_decay_above_one(coco_folder, tmp_path, capsys):
 
 
 @pytest.mark.parametrize("flags, message", [
-    (["--devices", "0"], "devices=0"),
+    (["--accelerator", "cpu", "--devices", "-1"], "--accelerator cpu --devices -1"),
+    (["--accelerator", "tpu-ish"], "invalid accelerator name"),
     pytest.param(["--accelerator", "gpu"], "No supported gpu backend found",
                  marks=pytest.mark.skipif(torch.cuda.is_available(), reason="there is a GPU")),
 ])  # fmt: skip
@@ -251,14 +295,6 @@ def test_hardware_lightning_cannot_provide(coco_folder, tmp_path, capsys, flags,
     code, err = run_train(capsys, "--data-dir", coco_folder, "--overfit", "10", "--hidden-dim", "8",
                           "--wordvec-dim", "8", *flags, "--log-dir", tmp_path)  # fmt: skip
     assert_one_line_error(code, err, message)
-
-
-def test_nan_features_stop_training_and_name_the_step(coco_folder, tmp_path, capsys):
-    with h5py.File(coco_folder / "train2014_vgg16_fc7_pca.h5", "a") as f:
-        f["features"][3] = np.nan
-    code, err = run_train(capsys, "--data-dir", coco_folder, "--overfit", "36", "--batch-size", "36", "--epochs", "3",
-                          *SMALL, "--log-dir", tmp_path)  # fmt: skip
-    assert_one_line_error(code, err, "training loss became nan at step 1", "check the features for NaN/inf")
 
 
 def test_huge_learning_rate_stops_training_and_names_the_step(coco_folder, tmp_path, capsys):
@@ -318,3 +354,211 @@ def test_same_seed_same_loss_curve(coco_folder, tmp_path, capsys):
     # Documented: workers give the same batches (the whole first epoch matches); persistent workers draw the
     # global RNG differently between epochs, so later epochs are shuffled differently than with --num-workers 0.
     assert with_workers[:5] == first[:5]
+
+
+# --- signals: a clean stop that can be resumed -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, pytest.param(signal.SIGINT, marks=pytest.mark.slow)])
+def test_signal_saves_last_checkpoint_exits_nonzero_and_resume_reaches_the_same_steps(coco_folder, tmp_path, signum):
+    # Two steps per epoch, so the stop usually falls mid-epoch: the hard case for resuming.
+    epochs = 60
+    args = ["--data-dir", coco_folder, "--overfit", "10", "--batch-size", "5", "--epochs", epochs, *SMALL,
+            "--log-dir", tmp_path]  # fmt: skip
+    command = [sys.executable, str(ROOT / "train.py"), *map(str, args)]
+    env = os.environ | {"OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        for line in process.stdout:  # wait until training is under way
+            if line.startswith("(Iteration 11 /"):
+                break
+        process.send_signal(signum)
+        sent = time.monotonic()
+        out, err = process.communicate(timeout=60)
+    finally:
+        process.kill()
+    assert time.monotonic() - sent < 30
+    assert process.returncode == 128 + signum, err[-3000:]
+    assert "Traceback" not in err
+    stopped = [line for line in err.splitlines() if line.startswith("stopped by ")]
+    saved = checkpoint_of(tmp_path, 0)
+    assert len(stopped) == 1 and f"stopped by {signal.Signals(signum).name} at step " in stopped[0], err[-2000:]
+    assert f"saved {saved}; to continue, run the same command with --resume {saved}" in stopped[0]
+    step = int(stopped[0].split(" at step ")[1].split(";")[0])
+    state = torch.load(saved, weights_only=True)
+    assert state["global_step"] == step and 11 <= step < 2 * epochs  # the state the line names, saved at the stop
+
+    resumed = subprocess.run([*command, "--resume", str(saved)], cwd=ROOT, env=env, capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    final = torch.load(checkpoint_of(tmp_path, 1), weights_only=True)
+    assert final["global_step"] == 2 * epochs  # the same total as an uninterrupted run
+    assert final["callbacks"]["LossHistory"]["losses"][:step] == state["callbacks"]["LossHistory"]["losses"]
+
+
+def test_signal_before_training_stops_at_once_in_one_line(capsys, tmp_path, monkeypatch):
+    def signal_while_reading_data(*args, **kwargs):
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    monkeypatch.setattr(train.CaptionDataModule, "prepare_data", signal_while_reading_data)
+    code = train.main(["--log-dir", str(tmp_path)])
+    assert code == 128 + signal.SIGTERM
+    stopped = "stopped by SIGTERM before training began; no checkpoint was saved by this run, so start it again"
+    assert capsys.readouterr().err.strip().endswith(stopped)
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # handlers put back
+
+
+# --- non-finite weights never reach a checkpoint ---------------------------------------------------------------
+
+
+def test_non_finite_weights_stop_the_run_and_keep_the_previous_checkpoint(coco_folder, tmp_path, capsys, monkeypatch):
+    def poison_an_unused_word(self, outputs, batch, batch_idx):
+        # "red" (id 11) is in no caption: its NaN embedding leaves every loss finite, so only the weights tell.
+        if self.trainer.global_step == 3:
+            self.model.W_embed.data[11] = float("nan")
+
+    monkeypatch.setattr(CaptioningSystem, "on_train_batch_end", poison_an_unused_word, raising=False)
+    code, err = run_train(capsys, "--data-dir", coco_folder, "--overfit", "10", "--batch-size", "10", "--epochs", "9",
+                          "--checkpoint-every", "1", *SMALL, "--log-dir", tmp_path)  # fmt: skip
+    assert_one_line_error(code, err, "weights became non-finite by step 3", "W_embed", "previous checkpoint is kept")
+    kept = torch.load(checkpoint_of(tmp_path, 0), weights_only=True)
+    assert kept["global_step"] == 3 and all(torch.isfinite(t).all() for t in kept["state_dict"].values())
+
+
+def test_a_nan_loss_between_loss_checks_stops_before_the_save(coco_folder, tmp_path, capsys):
+    # Losses are checked every 10 steps and at every save: the step-2 NaN is caught by the step-2 save.
+    code, err = run_train(capsys, "--data-dir", coco_folder, "--overfit", "20", "--batch-size", "10", "--epochs", "3",
+                          "--lr", "1e30", "--checkpoint-every", "1", *SMALL, "--log-dir", tmp_path)  # fmt: skip
+    assert_one_line_error(code, err, "training loss became", "at step 2")
+    assert torch.load(checkpoint_of(tmp_path, 0), weights_only=True)["global_step"] == 1
+
+
+def test_checkpoint_io_refuses_non_finite_weights(tmp_path):
+    target = tmp_path / "last.ckpt"
+    with pytest.raises(FloatingPointError, match="model.Wh holds NaN or inf"):
+        AtomicCheckpointIO().save_checkpoint({"state_dict": {"model.Wh": torch.tensor([1.0, float("inf")])}}, target)
+    assert not target.exists()
+
+
+# --- --resume with new optimisation flags ----------------------------------------------------------------------
+
+
+def test_resume_applies_and_records_a_new_lr_decay_and_epochs(coco_folder, tmp_path, capsys, trained_checkpoint):
+    args = ["--data-dir", coco_folder, "--overfit", "10", "--batch-size", "10", *SMALL, "--log-dir", tmp_path / "more"]
+    code, err = run_train(capsys, *args, "--epochs", "3", "--lr", "1e-3", "--lr-decay", "0.5",
+                          "--resume", trained_checkpoint)  # fmt: skip
+    assert code == 0, err
+    (line,) = [line for line in err.splitlines() if line.startswith("resuming with ")]
+    assert line == ("resuming with --lr 0.001 (was 0.005), --lr-decay 0.5 (was 0.95), --epochs 3 (was 1); "
+                    "learning rate now 0.0005 after 1 epochs")  # fmt: skip
+    final = torch.load(checkpoint_of(tmp_path / "more", 0), weights_only=True)
+    assert final["global_step"] == 3
+    assert final["optimizer_states"][0]["param_groups"][0]["lr"] == pytest.approx(1e-3 * 0.5**3)
+    assert final["callbacks"]["ResumableSettings"] == {"lr": 1e-3, "lr_decay": 0.5, "epochs": 3}
+    assert final["hyper_parameters"]["lr"] == 1e-3 and final["hyper_parameters"]["lr_decay"] == 0.5
+
+
+# --- damaged files ---------------------------------------------------------------------------------------------
+
+
+def rot_tensor_bytes(path: Path) -> None:
+    """Invert 100 bytes in the middle of the largest stored tensor, as a failing disk would; the zip still opens."""
+    with zipfile.ZipFile(path) as archive:
+        entry = max((i for i in archive.infolist() if "/data/" in i.filename), key=lambda i: i.file_size)
+    with open(path, "r+b") as file:
+        file.seek(entry.header_offset + 26)
+        name_length, extra_length = struct.unpack("<HH", file.read(4))
+        start = entry.header_offset + 30 + name_length + extra_length + entry.file_size // 2
+        file.seek(start)
+        original = file.read(100)
+        file.seek(start)
+        file.write(bytes(byte ^ 0xFF for byte in original))
+
+
+def test_rotted_checkpoint_is_refused_by_evaluate_and_resume(coco_folder, tmp_path, capsys, trained_checkpoint):
+    rot_tensor_bytes(trained_checkpoint)
+    torch.load(trained_checkpoint, weights_only=True)  # still loads: only the checksum can tell
+    code = evaluate.main(["--ckpt", str(trained_checkpoint), "--data-dir", str(coco_folder)])
+    assert_one_line_error(code, capsys.readouterr().err, f"checkpoint {trained_checkpoint} is damaged")
+    code, err = run_train(capsys, "--data-dir", coco_folder, "--overfit", "10", *SMALL, "--log-dir", tmp_path / "r",
+                          "--resume", trained_checkpoint)  # fmt: skip
+    assert_one_line_error(code, err, f"checkpoint {trained_checkpoint} is damaged")
+    assert not (tmp_path / "r" / "lightning_logs").exists()  # refused before any training
+
+
+def test_empty_checkpoint_says_why(tmp_path):
+    (tmp_path / "empty.ckpt").touch()
+    with pytest.raises(CheckpointError, match="empty.ckpt is an empty file"):
+        load_model(tmp_path / "empty.ckpt")
+
+
+def test_damaged_embedded_cache_is_regenerated_with_one_line(tmp_path, capsys):
+    folder = ensure_synthetic_dataset("tiny", cache_dir=tmp_path)
+    captions = folder / "coco2014_captions.h5"
+    good = captions.read_bytes()
+    captions.write_bytes(good[:1000] + bytes(100) + good[1100:])
+    capsys.readouterr()
+    assert ensure_synthetic_dataset("tiny", cache_dir=tmp_path) == folder
+    err = capsys.readouterr().err
+    assert err == (f"The cached embedded dataset in {folder} is damaged "
+                   "(coco2014_captions.h5 does not match its checksum); regenerating it\n")  # fmt: skip
+    assert captions.read_bytes() == good
+    assert ensure_synthetic_dataset("tiny", cache_dir=tmp_path) == folder and capsys.readouterr().err == ""
+    assert [p.name for p in tmp_path.iterdir()] == [folder.name]  # the damaged copy is gone
+
+
+# --- errors a user causes: one line, before the expensive work -------------------------------------------------
+
+
+def test_log_dir_that_is_a_file(tmp_path, capsys):
+    (tmp_path / "taken").write_text("")
+    code, err = run_train(capsys, "--log-dir", tmp_path / "taken")
+    assert_one_line_error(code, err, f"--log-dir {tmp_path / 'taken'} is a file, not a folder")
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes anywhere")
+def test_read_only_log_dir(tmp_path, capsys):
+    (tmp_path / "ro").mkdir(mode=0o555)
+    code, err = run_train(capsys, "--log-dir", tmp_path / "ro")
+    assert_one_line_error(code, err, f"--log-dir {tmp_path / 'ro'} is not writable")
+
+
+def test_full_disk_during_a_checkpoint_write(coco_folder, tmp_path, capsys, monkeypatch):
+    def disk_full(fd):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(os, "fsync", disk_full)
+    code, err = run_train(capsys, "--data-dir", coco_folder, "--overfit", "10", "--batch-size", "10", "--epochs", "1",
+                          *SMALL, "--log-dir", tmp_path)  # fmt: skip
+    assert_one_line_error(code, err, "last.ckpt: cannot write the checkpoint: No space left on device")
+
+
+def test_out_of_memory_is_one_line(tmp_path, capsys, monkeypatch):
+    def too_big(*args, **kwargs):
+        raise MemoryError
+
+    monkeypatch.setattr(train.CaptionDataModule, "setup", too_big)
+    code, err = run_train(capsys, "--synthetic-size", "tiny", "--log-dir", tmp_path)
+    assert_one_line_error(code, err, "out of memory", "lower --batch-size")
+
+
+@pytest.mark.parametrize("flag, path, message", [
+    ("--out", ".", "is a folder; give a file name inside it"),
+    ("--out", "grid", "has no file extension"),
+    ("--jsonl", "missing/c.jsonl", "the folder"),
+])  # fmt: skip
+def test_evaluate_output_paths_are_checked_before_captioning(trained_checkpoint, coco_folder, tmp_path, capsys,
+                                                             flag, path, message):  # fmt: skip
+    code = evaluate.main(["--ckpt", str(trained_checkpoint), "--data-dir", str(coco_folder), "--show", "1",
+                          flag, str(tmp_path / path)])  # fmt: skip
+    captured = capsys.readouterr()
+    assert_one_line_error(code, captured.err, message, flag)
+    assert "BLEU" not in captured.out
+
+
+def test_some_captions_without_end_is_a_warning(coco_folder, capsys):
+    splits = coco.read_captions(coco_folder)
+    splits["val"].captions[0, splits["val"].captions[0] == 2] = 0
+    word_to_idx, _ = coco.read_vocab(coco_folder)
+    coco.check_trainable(coco_folder, splits, word_to_idx)
+    expected = f"warning: {coco_folder / coco.CAPTIONS_FILE}: 1 of 18 val captions have no <END>\n"
+    assert capsys.readouterr().err == expected

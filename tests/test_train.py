@@ -75,3 +75,11 @@ def test_bad_flags_exit_with_a_message(capsys):
     with pytest.raises(SystemExit):
         train.main(["--overfit", "0"])
     assert "must be a positive integer" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("cell", train.CELLS)
+def test_fast_dev_run_takes_one_batch_of_each_kind_and_writes_nothing(coco_folder, tmp_path, capsys, cell):
+    out = run_train(capsys, "--data-dir", coco_folder, "--cell", cell, "--fast-dev-run", "--log-dir", tmp_path, *SMALL)
+    assert out.strip().endswith(f"fast dev run: one training and one validation batch of --cell {cell} ran")
+    assert "(Iteration 1 / 1) loss:" in out
+    assert not list(tmp_path.rglob("*.ckpt"))
