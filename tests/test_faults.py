@@ -314,7 +314,8 @@ def trained_checkpoint(coco_folder, tmp_path, capsys):
 
 @pytest.mark.parametrize("change, phrases", [
     (["--hidden-dim", "48"], ["was trained with --hidden-dim 32 but this run has 48"]),
-    (["--cell", "lstm"], ["was trained with --cell rnn but this run has lstm"]),
+    (["--cell", "lstm"], ["was trained with --model rnn but this run has lstm"]),
+    (["--model", "transformer"], ["was trained with --model rnn but this run has transformer"]),
     (["--full-features"], ["expects 512-d features but the data has 4096-d"]),
 ])  # fmt: skip
 def test_resume_from_a_checkpoint_of_another_model(coco_folder, tmp_path, capsys, trained_checkpoint, change, phrases):

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 import train
+from caption_torch.decoders import DECODERS
 
 SMALL = ["--hidden-dim", "32", "--wordvec-dim", "16", "--accelerator", "cpu", "--devices", "1"]
 
@@ -77,9 +78,10 @@ def test_bad_flags_exit_with_a_message(capsys):
     assert "must be a positive integer" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("cell", train.CELLS)
-def test_fast_dev_run_takes_one_batch_of_each_kind_and_writes_nothing(coco_folder, tmp_path, capsys, cell):
-    out = run_train(capsys, "--data-dir", coco_folder, "--cell", cell, "--fast-dev-run", "--log-dir", tmp_path, *SMALL)
-    assert out.strip().endswith(f"fast dev run: one training and one validation batch of --cell {cell} ran")
+@pytest.mark.parametrize("decoder", list(DECODERS))
+def test_fast_dev_run_takes_one_batch_of_each_kind_and_writes_nothing(coco_folder, tmp_path, capsys, decoder):
+    flags = ("--data-dir", coco_folder, "--model", decoder, "--fast-dev-run", "--log-dir", tmp_path, *SMALL)
+    out = run_train(capsys, *flags)
+    assert out.strip().endswith(f"fast dev run: one training and one validation batch of --model {decoder} ran")
     assert "(Iteration 1 / 1) loss:" in out
     assert not list(tmp_path.rglob("*.ckpt"))
