@@ -14,8 +14,8 @@ import lightning as L
 import torch
 from torch import Tensor
 from torchmetrics import MeanMetric
-from torchmetrics.text import BLEUScore
 
+from .bleu import CocoBLEUScore
 from .data import CaptionBatch, ImageBatch
 from .metrics import caption_text
 from .model import CaptioningRNN
@@ -53,7 +53,7 @@ class CaptioningSystem(L.LightningModule):
         self.save_hyperparameters()
         self.model = CaptioningRNN(dict(word_to_idx), input_dim, wordvec_dim, hidden_dim, cell_type)
         self.idx_to_word = [word for word, _ in sorted(self.model.word_to_idx.items(), key=lambda item: item[1])]
-        self.val_bleu = torch.nn.ModuleList(BLEUScore(n_gram=n) for n in BLEU_ORDERS)
+        self.val_bleu = torch.nn.ModuleList(CocoBLEUScore(n_gram=n) for n in BLEU_ORDERS)  # pycocoevalcap's BLEU
         self.val_loss = MeanMetric()
 
     def forward(self, features: Tensor) -> Tensor:
