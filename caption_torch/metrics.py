@@ -1,4 +1,4 @@
-"""Caption metrics: corpus BLEU-1..4 (torchmetrics) and CIDEr-D (our own, vectorised).
+"""Caption metrics of the COCO caption evaluation: BLEU-1..4, METEOR, ROUGE-L, CIDEr-D.
 
 Every metric takes plain captions, words separated by spaces, without ``<START>``,
 ``<END>`` or ``<NULL>`` (:func:`caption_text` makes them from token ids)::
@@ -6,9 +6,11 @@ Every metric takes plain captions, words separated by spaces, without ``<START>`
     candidates = ["a cat on a mat", ...]                           one per image
     references = [["a cat sits on a mat", "the cat on the mat"], ...]  all of each image
 
-CIDEr-D follows the ``Cider`` scorer of pycocoevalcap 1.2 (the coco-caption code)
-number for number; ``tests/test_metrics.py`` compares the two. Per image i, with
-reference sentences r_1..r_m and candidate c:
+Each equals its scorer in pycocoevalcap 1.2 (the coco-caption code) number for number;
+``tests/test_metrics.py`` compares them. BLEU lives in :mod:`.bleu`; METEOR runs
+pycocoevalcap's own jar (it needs ``java``); ROUGE-L and CIDEr-D are computed here.
+
+CIDEr-D, per image i, with reference sentences r_1..r_m and candidate c:
 
     g_k(s)   TF-IDF vector of the k-grams of s: count(s, g) * (log |images| - log max(1, df(g))),
              df(g) = number of images whose references contain g (candidates do not count)
@@ -16,25 +18,47 @@ reference sentences r_1..r_m and candidate c:
     penalty  exp(-(len(c) - len(r))^2 / (2 sigma^2))
     CIDEr-D  10 * mean over r of [ mean over k = 1..4 of sim_k * penalty ]
 
-The corpus score is the mean over images. Instead of one dictionary per sentence
-(pycocoevalcap's way, minutes for COCO-sized corpora) every n-gram gets an integer id
-and the whole corpus becomes a few flat NumPy arrays; see :func:`_ngram_counts`.
+ROUGE-L, per image: with LCS the longest common subsequence of words,
+
+    P = max over r of LCS(c, r) / |c|,   R = max over r of LCS(c, r) / |r|
+    ROUGE-L = (1 + beta^2) P R / (R + beta^2 P),   beta = 1.2   (0 when P or R is 0)
+
+Corpus CIDEr-D and ROUGE-L are the means over images. The n-gram metrics count with
+integer n-gram ids over flat arrays (:mod:`.ngrams`), and ROUGE-L runs the LCS table of
+every (candidate, reference) pair at once, so a COCO-sized corpus takes seconds.
 """
 
 from __future__ import annotations
 
-import itertools
-import math
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+import shutil
+from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 import torch
-from torchmetrics.text import BLEUScore
 
+from .bleu import bleu_scores, bleu_scores_per_image
+from .ngrams import check_corpus, distinct, ngram_counts, reference_layout
 from .vocabulary import END, NULL, START
 
-__all__ = ["strip_special", "caption_text", "bleu_scores", "cider_d_scores", "cider_d", "evaluate_captions"]
+__all__ = [
+    "strip_special",
+    "caption_text",
+    "bleu_scores",
+    "bleu_scores_per_image",
+    "cider_d_scores",
+    "cider_d",
+    "rouge_l_scores",
+    "rouge_l",
+    "meteor",
+    "meteor_unavailable",
+    "MetricUnavailable",
+    "evaluate_captions",
+    "scores_per_image",
+    "COCO_METRICS",
+]
+
+# The order of the COCO caption evaluation's table.
+COCO_METRICS = ("BLEU-1", "BLEU-2", "BLEU-3", "BLEU-4", "METEOR", "ROUGE-L", "CIDEr-D")
 
 # <UNK> is a real (if unhelpful) word of a generated caption, so it is kept.
 SKIPPED_TOKENS = frozenset({START, NULL})
@@ -68,135 +92,30 @@ def strip_special(tokens_or_string: str | Sequence[str]) -> str:
 def caption_text(ids: torch.Tensor | Sequence[int], idx_to_word: Mapping[int, str] | Sequence[str]) -> str:
     """Turn one row of token ids (T,) into its plain caption, as :func:`strip_special` does.
 
-    ``idx_to_word`` may be a dict or cs231n's list of words (position = id).
+    ``idx_to_word`` may be any mapping ``{id: word}`` (ids need not be contiguous) or
+    cs231n's list of words (position = id). An id it lacks is a ``ValueError`` naming it.
     """
     if isinstance(ids, torch.Tensor):
         if ids.dim() != 1:
             raise ValueError(f"caption_text takes one caption, a 1-D row of ids; got shape {tuple(ids.shape)}")
         ids = ids.tolist()
-    return strip_special([idx_to_word[int(idx)] for idx in ids])
+    try:
+        words = [idx_to_word[int(idx)] for idx in ids]
+    except (KeyError, IndexError):
+        missing = next(int(idx) for idx in ids if not _has_id(idx_to_word, int(idx)))
+        raise ValueError(f"token id {missing} is not in the vocabulary ({len(idx_to_word)} words)") from None
+    return strip_special(words)
 
 
-# --------------------------------------------------------------------------- #
-# BLEU
-# --------------------------------------------------------------------------- #
-
-
-def bleu_scores(candidates: Sequence[str], references: Sequence[Sequence[str]]) -> dict[str, float]:
-    """Corpus-level BLEU-1..4 against all references of each image (torchmetrics ``BLEUScore``).
-
-    BLEU-n is the geometric mean of the clipped 1..n-gram precisions, pooled over the
-    corpus, times the brevity penalty exp(1 - r / c) when the candidates are shorter
-    in total (c words) than the references closest in length to each of them (r words);
-    it is 0 when some order up to n has no match.
-
-    Counting n-grams is the slow part (~10 s for 40k images x 5 references), so one
-    ``BLEUScore(n_gram=4)`` counts them once and BLEU-1..3 are finished from its
-    per-order counts with the formula of ``BLEUScore(n_gram=n).compute()``
-    (``tests/test_metrics.py`` checks that they agree).
-
-    Returns:
-        ``{"BLEU-1": ..., "BLEU-4": ...}``, each in [0, 1].
-    """
-    _check_corpus(candidates, references)
-    metric = BLEUScore(n_gram=4)
-    metric.update(list(candidates), [list(refs) for refs in references])
-    clipped = metric.numerator.double()  # (4,) matched n-grams of each order
-    total = metric.denominator.double()  # (4,) candidate n-grams of each order
-    candidate_words, reference_words = float(metric.preds_len), float(metric.target_len)
-    scores = {}
-    for order in range(1, 5):
-        if bool((clipped[:order] == 0).any()):  # also every candidate empty: no words, no matches
-            scores[f"BLEU-{order}"] = 0.0
-        else:
-            brevity = 1.0 if candidate_words > reference_words else math.exp(1 - reference_words / candidate_words)
-            log_precisions = torch.log(clipped[:order] / total[:order])
-            scores[f"BLEU-{order}"] = brevity * math.exp(float(log_precisions.mean()))
-    return scores
+def _has_id(idx_to_word: Mapping[int, str] | Sequence[str], idx: int) -> bool:
+    if isinstance(idx_to_word, Mapping):
+        return idx in idx_to_word
+    return 0 <= idx < len(idx_to_word)
 
 
 # --------------------------------------------------------------------------- #
 # CIDEr-D
 # --------------------------------------------------------------------------- #
-
-
-@dataclass(frozen=True)
-class _NgramCounts:
-    """The n-grams of one order in every sentence, as parallel arrays of E entries.
-
-    Entries are sorted by (sentence, gram) and each (sentence, gram) pair appears once.
-    """
-
-    sentence: np.ndarray  # (E,) index of the sentence
-    gram: np.ndarray  # (E,) id of the n-gram, in [0, num_grams)
-    count: np.ndarray  # (E,) how often the n-gram occurs in that sentence
-    num_grams: int
-
-
-def _tokenize(sentences: list[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Flatten the corpus into one array of word ids.
-
-    Returns:
-        ``(word_ids, sentence_of_token, position_in_sentence)``, each (total_words,),
-        and ``lengths`` (S,), the number of words of each sentence.
-    """
-    split = [sentence.split() for sentence in sentences]
-    lengths = np.fromiter(map(len, split), dtype=np.int64, count=len(split))
-    vocabulary: dict[str, int] = {}
-    word_ids = np.fromiter(
-        (vocabulary.setdefault(word, len(vocabulary)) for word in itertools.chain.from_iterable(split)),
-        dtype=np.int64,
-        count=int(lengths.sum()),
-    )
-    sentence_of_token = np.repeat(np.arange(len(split)), lengths)
-    sentence_starts = np.cumsum(lengths) - lengths
-    position_in_sentence = np.arange(len(word_ids)) - sentence_starts[sentence_of_token]
-    return word_ids, sentence_of_token, position_in_sentence, lengths
-
-
-def _ngram_counts(sentences: list[str], max_order: int) -> tuple[list[_NgramCounts], np.ndarray]:
-    """Count the 1..max_order-grams of every sentence with integer n-gram ids.
-
-    An n-gram starting at token i is identified by the pair (id of the (n-1)-gram
-    starting at i, word at i + n - 1); ``np.unique`` over those pairs numbers the
-    n-grams of order n without ever building a tuple of strings::
-
-        words      a   cat  on  a   mat
-        1-gram id  0   1    2   0   3
-        2-gram id  (0,1)=0  (1,2)=1  (2,0)=2  (0,3)=3
-
-    Returns:
-        One :class:`_NgramCounts` per order (index 0 = unigrams), and the number of
-        words of each sentence (S,).
-    """
-    word_ids, sentence_of_token, position, lengths = _tokenize(sentences)
-    vocabulary_size = int(word_ids.max()) + 1 if len(word_ids) else 1
-    remaining = lengths[sentence_of_token] - position  # words from token i to its sentence's end
-
-    orders = []
-    starts = np.arange(len(word_ids))  # tokens where an n-gram of the current order starts
-    gram_ids = word_ids  # (len(starts),) id of the n-gram starting at each of them
-    num_grams = vocabulary_size
-    for order in range(1, max_order + 1):
-        if order > 1:
-            # Keep the (order-1)-grams that can be extended inside their sentence.
-            extendable = remaining[starts] >= order
-            starts, previous = starts[extendable], gram_ids[extendable]
-            pair = previous * vocabulary_size + word_ids[starts + order - 1]
-            unique_pairs, gram_ids = np.unique(pair, return_inverse=True)
-            num_grams = max(len(unique_pairs), 1)
-        sentence_and_gram, counts = np.unique(sentence_of_token[starts] * num_grams + gram_ids, return_counts=True)
-        orders.append(_NgramCounts(sentence_and_gram // num_grams, sentence_and_gram % num_grams, counts, num_grams))
-    return orders, lengths
-
-
-def _distinct(values: np.ndarray) -> np.ndarray:
-    """Sorted distinct values; like ``np.unique(values)``, which in NumPy >= 2.3 hashes
-    instead of sorting and is several times slower on arrays of millions of int64s."""
-    values = np.sort(values)
-    keep = np.ones(len(values), dtype=bool)
-    keep[1:] = values[1:] != values[:-1]
-    return values[keep]
 
 
 def cider_d_scores(
@@ -216,7 +135,7 @@ def cider_d_scores(
     Returns:
         (N,) float64 scores (pycocoevalcap's ``Cider().compute_score`` second output).
     """
-    _check_corpus(candidates, references)
+    check_corpus(candidates, references)
     if sigma <= 0:
         raise ValueError(f"sigma must be positive, got {sigma}")
     if max_order < 1:
@@ -226,7 +145,7 @@ def cider_d_scores(
     # Sentences 0..N-1 are the candidates (sentence i is image i's); the references follow.
     sentences = list(candidates) + [ref for refs in references for ref in refs]
     image_of_reference = np.repeat(np.arange(num_images), refs_per_image)  # (R,)
-    orders, lengths = _ngram_counts(sentences, max_order)
+    orders, lengths = ngram_counts(sentences, max_order)
 
     similarity = np.zeros((max_order, len(image_of_reference)))  # (max_order, R)
     for order, grams in enumerate(orders):
@@ -236,7 +155,7 @@ def cider_d_scores(
         ref_image = image_of_reference[ref_sentence]
 
         # Document frequency: in how many images' reference sets each n-gram occurs.
-        image_and_gram = _distinct(ref_image * grams.num_grams + ref_gram)
+        image_and_gram = distinct(ref_image * grams.num_grams + ref_gram)
         document_frequency = np.bincount(image_and_gram % grams.num_grams, minlength=grams.num_grams)
         idf = np.log(num_images) - np.log(np.maximum(document_frequency, 1))  # (num_grams,)
 
@@ -283,24 +202,152 @@ def cider_d(
 
 
 # --------------------------------------------------------------------------- #
+# ROUGE-L
+# --------------------------------------------------------------------------- #
+
+
+def _word_ids(sentences: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """Sentences split on single spaces (pycocoevalcap's ROUGE-L: ``""`` is one empty word), as ids.
+
+    Returns:
+        ``(ids, lengths)``: (S, L) word ids padded with -1, and (S,) the number of words.
+    """
+    vocabulary: dict[str, int] = {}
+    split = [[vocabulary.setdefault(word, len(vocabulary)) for word in sentence.split(" ")] for sentence in sentences]
+    lengths = np.array([len(words) for words in split], dtype=np.int64)
+    ids = np.full((len(split), int(lengths.max(initial=1))), -1, dtype=np.int64)
+    ids[np.arange(len(split)).repeat(lengths), np.concatenate([np.arange(n) for n in lengths])] = np.concatenate(split)
+    return ids, lengths
+
+
+def _lcs_lengths(first: np.ndarray, first_lengths: np.ndarray, second: np.ndarray, second_lengths: np.ndarray):
+    """Length of the longest common subsequence of P pairs of word-id rows, all pairs at once.
+
+    The usual table L[i, j] = L[i-1, j-1] + 1 if first[i] == second[j] else max(L[i-1, j], L[i, j-1]),
+    one row i at a time, every pair in the same step; padding never matches (-1 against -2).
+
+    Args:
+        first, second: (P, L1) and (P, L2) word ids, padded.
+        first_lengths, second_lengths: (P,) true lengths.
+
+    Returns:
+        (P,) int64 LCS lengths.
+    """
+    second = np.where(second < 0, -2, second).T  # (L2, P): row j is word j of every pair
+    previous = np.zeros((second.shape[0] + 1, second.shape[1]), dtype=np.int64)  # (L2 + 1, P): L[i-1, :]
+    result = np.zeros(len(first_lengths), dtype=np.int64)
+    pairs = np.arange(len(first_lengths))
+    for i in range(first.shape[1]):
+        same = second == first[:, i]  # (L2, P)
+        current = np.zeros_like(previous)
+        for j in range(second.shape[0]):
+            current[j + 1] = np.where(same[j], previous[j] + 1, np.maximum(previous[j + 1], current[j]))
+        ends_here = first_lengths == i + 1
+        result[ends_here] = current[second_lengths[ends_here], pairs[ends_here]]
+        previous = current
+    return result
+
+
+def rouge_l_scores(candidates: Sequence[str], references: Sequence[Sequence[str]], beta: float = 1.2) -> np.ndarray:
+    """ROUGE-L of each image (pycocoevalcap's ``Rouge().compute_score`` second output).
+
+    Returns:
+        (N,) float64 scores in [0, 1].
+    """
+    check_corpus(candidates, references)
+    flat_references, image_of_reference, first_reference = reference_layout(references)
+    ids, lengths = _word_ids(list(candidates) + flat_references)
+    num_images = len(candidates)
+    candidate_ids, candidate_lengths = ids[:num_images][image_of_reference], lengths[:num_images][image_of_reference]
+    reference_lengths = lengths[num_images:]
+    lcs = _lcs_lengths(candidate_ids, candidate_lengths, ids[num_images:], reference_lengths)  # (R,)
+    precision = np.maximum.reduceat(lcs / candidate_lengths.astype(np.float64), first_reference)  # (N,)
+    recall = np.maximum.reduceat(lcs / reference_lengths.astype(np.float64), first_reference)
+    # pycocoevalcap's order of operations, so that the scores agree to the last bit.
+    numerator = (1 + beta**2) * precision * recall
+    denominator = recall + beta**2 * precision
+    matched = (precision != 0) & (recall != 0)
+    return np.divide(numerator, denominator, out=np.zeros(num_images), where=matched)
+
+
+def rouge_l(candidates: Sequence[str], references: Sequence[Sequence[str]]) -> float:
+    """Corpus ROUGE-L: the mean of :func:`rouge_l_scores`."""
+    return float(np.mean(rouge_l_scores(candidates, references)))
+
+
+# --------------------------------------------------------------------------- #
+# METEOR
+# --------------------------------------------------------------------------- #
+
+
+class MetricUnavailable(RuntimeError):
+    """A metric that cannot run on this machine (METEOR without java or pycocoevalcap)."""
+
+
+def meteor_unavailable() -> str | None:
+    """Why METEOR cannot run here, in a few words, or None when it can."""
+    if shutil.which("java") is None:
+        return "java is not on the PATH (e.g. apt-get install default-jre-headless)"
+    try:
+        import pycocoevalcap.meteor.meteor  # noqa: F401
+    except ImportError:
+        return "pycocoevalcap is not installed (pip install pycocoevalcap)"
+    return None
+
+
+def meteor(candidates: Sequence[str], references: Sequence[Sequence[str]]) -> float:
+    """Corpus METEOR 1.5 from pycocoevalcap's own jar (its ``Meteor().compute_score`` first output).
+
+    METEOR aligns words also through stems and paraphrase tables that only the jar has,
+    so it is run rather than reimplemented. Raises :class:`MetricUnavailable` with the
+    reason when java or pycocoevalcap is missing, or the jar fails.
+    """
+    check_corpus(candidates, references)
+    reason = meteor_unavailable()
+    if reason is not None:
+        raise MetricUnavailable(reason)
+    from pycocoevalcap.meteor.meteor import Meteor
+
+    gts = {i: list(refs) for i, refs in enumerate(references)}
+    res = {i: [candidate] for i, candidate in enumerate(candidates)}
+    scorer = Meteor()
+    try:
+        score, _ = scorer.compute_score(gts, res)
+    except (ValueError, OSError) as error:  # the jar died: its answer is an empty line or a broken pipe
+        raise MetricUnavailable(f"the METEOR jar failed ({error})") from None
+    return float(score)
+
+
+# --------------------------------------------------------------------------- #
 # Everything at once
 # --------------------------------------------------------------------------- #
 
 
-def evaluate_captions(candidates: Sequence[str], references: Sequence[Sequence[str]]) -> dict[str, float]:
-    """BLEU-1..4 and CIDEr-D of a corpus: ``{"BLEU-1": ..., ..., "BLEU-4": ..., "CIDEr-D": ...}``."""
-    scores = bleu_scores(candidates, references)
+def evaluate_captions(
+    candidates: Sequence[str],
+    references: Sequence[Sequence[str]],
+    with_meteor: bool = True,
+    notice: Callable[[str], None] | None = None,
+) -> dict[str, float | None]:
+    """The COCO table, in its order (:data:`COCO_METRICS`): ``{"BLEU-1": ..., "METEOR": ..., "CIDEr-D": ...}``.
+
+    METEOR is None when not asked for, or when it cannot run; then ``notice`` (if given)
+    gets one line saying why, and the other scores are still computed.
+    """
+    scores: dict[str, float | None] = dict(bleu_scores(candidates, references))
+    scores["METEOR"] = None
+    if with_meteor:
+        try:
+            scores["METEOR"] = meteor(candidates, references)
+        except MetricUnavailable as reason:
+            if notice is not None:
+                notice(f"METEOR skipped: {reason}")
+    scores["ROUGE-L"] = rouge_l(candidates, references)
     scores["CIDEr-D"] = cider_d(candidates, references)
     return scores
 
 
-def _check_corpus(candidates: Sequence[str], references: Sequence[Sequence[str]]) -> None:
-    if isinstance(candidates, str) or any(not isinstance(c, str) for c in candidates):
-        raise ValueError("candidates must be a list of strings, one caption per image")
-    if len(candidates) != len(references):
-        raise ValueError(f"{len(candidates)} candidates but {len(references)} reference lists; need one per image")
-    if len(candidates) == 0:
-        raise ValueError("the corpus is empty")
-    for index, refs in enumerate(references):
-        if isinstance(refs, str) or len(refs) == 0 or any(not isinstance(r, str) for r in refs):
-            raise ValueError(f"references[{index}] must be a non-empty list of strings")
+def scores_per_image(candidates: Sequence[str], references: Sequence[Sequence[str]]) -> dict[str, np.ndarray]:
+    """Per-image CIDEr-D and BLEU-4 (for browsing results): ``{"CIDEr-D": (N,), "BLEU-4": (N,)}``."""
+    return {"CIDEr-D": cider_d_scores(candidates, references),
+            "BLEU-4": bleu_scores_per_image(candidates, references)[:, 3]}  # fmt: skip

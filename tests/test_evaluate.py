@@ -1,7 +1,8 @@
-"""python -m caption_torch.evaluate: safe checkpoint loading, mismatch errors, scores, JSON lines, pictures."""
+"""python -m caption_torch.evaluate: checkpoint loading, mismatch errors, the COCO table, JSON, --compare, pictures."""
 
 import json
 import re
+import shutil
 
 import pytest
 import torch
@@ -50,9 +51,19 @@ def test_load_model_rebuilds_the_trained_model(trained):
     torch.testing.assert_close(model.W_vocab, state["state_dict"]["model.W_vocab"])
 
 
-def test_evaluate_prints_every_metric_and_writes_captions(trained, tmp_path, capsys):
+def run_evaluate(ckpt, folder, tmp_path, *flags):
+    """evaluate.main without METEOR (its java start is tested once, in test_metrics); returns the exit code."""
+    return evaluate.main(["--ckpt", str(ckpt), "--data-dir", str(folder), "--jsonl", str(tmp_path / "c.jsonl"),
+                          "--no-meteor", *map(str, flags)])  # fmt: skip
+
+
+def printed_scores(out):
+    return dict(re.findall(r"^(BLEU-\d|METEOR|ROUGE-L|CIDEr-D): (\S+)$", out, re.M))
+
+
+def test_evaluate_prints_the_coco_table_and_writes_captions_and_json(trained, tmp_path, capsys):
     folder, ckpt = trained
-    jsonl, grid = tmp_path / "caps.jsonl", tmp_path / "grid.png"
+    jsonl, grid, table = tmp_path / "caps.jsonl", tmp_path / "grid.png", tmp_path / "table.json"
     code = evaluate.main(
         [
             "--ckpt",
@@ -63,6 +74,9 @@ def test_evaluate_prints_every_metric_and_writes_captions(trained, tmp_path, cap
             "3",
             "--jsonl",
             str(jsonl),
+            "--json",
+            str(table),
+            "--no-meteor",
             "--show",
             "4",
             "--out",
@@ -71,21 +85,93 @@ def test_evaluate_prints_every_metric_and_writes_captions(trained, tmp_path, cap
     )
     out = capsys.readouterr().out
     assert code == 0
-    for name in ["BLEU-1", "BLEU-2", "BLEU-3", "BLEU-4", "CIDEr-D"]:
-        assert re.search(rf"^{name}: \d+\.\d{{4}}$", out, re.M), name
+    names = re.findall(r"^(BLEU-\d|METEOR|ROUGE-L|CIDEr-D): (?:\d+\.\d{4}|n/a)$", out, re.M)
+    assert names == ["BLEU-1", "BLEU-2", "BLEU-3", "BLEU-4", "METEOR", "ROUGE-L", "CIDEr-D"]  # the COCO order
     records = [json.loads(line) for line in jsonl.read_text().splitlines()]
     assert len(records) == 6 and records[0]["url"].startswith("http://example.org/val/")
     assert len(records[0]["references"]) == 3 and isinstance(records[0]["generated"], str)
+    summary = json.loads(table.read_text())
+    assert summary["images"] == 6 and len(summary["runs"]) == 1 and summary["runs"][0]["beam_size"] == 3
+    scores = summary["runs"][0]["scores"]
+    assert list(scores) == list(printed_scores(out)) and scores["METEOR"] is None
+    assert {name: f"{value:.4f}" for name, value in scores.items() if value is not None} == {
+        name: value for name, value in printed_scores(out).items() if value != "n/a"
+    }
     assert grid.stat().st_size > 10_000  # URLs are unreachable here: panels show the URL instead
+
+
+def test_scores_equal_pycocoevalcap_on_the_written_captions(trained, tmp_path, capsys):
+    folder, ckpt = trained
+    assert run_evaluate(ckpt, folder, tmp_path, "--beam-size", "2") == 0
+    capsys.readouterr()
+    records = [json.loads(line) for line in (tmp_path / "c.jsonl").read_text().splitlines()]
+    gts = {i: record["references"] for i, record in enumerate(records)}
+    res = {i: [record["generated"]] for i, record in enumerate(records)}
+    bleu, per_image_bleu = pytest.importorskip("pycocoevalcap.bleu.bleu").Bleu(4).compute_score(gts, res, verbose=0)
+    rouge, _ = pytest.importorskip("pycocoevalcap.rouge.rouge").Rouge().compute_score(gts, res)
+    cider, per_image_cider = pytest.importorskip("pycocoevalcap.cider.cider").Cider().compute_score(gts, res)
+    scores = json.loads((tmp_path / "c.scores.json").read_text())["runs"][0]["scores"]
+    assert [scores[f"BLEU-{n}"] for n in range(1, 5)] == pytest.approx(bleu, abs=1e-9)
+    assert scores["ROUGE-L"] == pytest.approx(rouge, abs=1e-9) and scores["CIDEr-D"] == pytest.approx(cider, abs=1e-9)
+    assert [r["BLEU-4"] for r in records] == pytest.approx(per_image_bleu[3], abs=1e-9)
+    assert [r["CIDEr-D"] for r in records] == pytest.approx(list(per_image_cider), abs=1e-9)
+
+
+def test_meteor_without_java_is_a_notice_not_an_error(trained, tmp_path, capsys, monkeypatch):
+    folder, ckpt = trained
+    monkeypatch.setattr(shutil, "which", lambda name: None)
+    assert evaluate.main(["--ckpt", str(ckpt), "--data-dir", str(folder), "--jsonl", str(tmp_path / "c.jsonl")]) == 0
+    captured = capsys.readouterr()
+    assert captured.err.count("notice: METEOR skipped: java is not on the PATH") == 1
+    assert "METEOR: n/a" in captured.out and re.search(r"^CIDEr-D: \d", captured.out, re.M)
 
 
 def test_greedy_and_beam_one_score_the_same(trained, tmp_path, capsys):
     folder, ckpt = trained
     outputs = []
     for args in (["--method", "greedy"], ["--method", "beam", "--beam-size", "1"]):
-        evaluate.main(["--ckpt", str(ckpt), "--data-dir", str(folder), "--jsonl", str(tmp_path / "c.jsonl"), *args])
-        outputs.append(re.findall(r"^(?:BLEU-\d|CIDEr-D): .*$", capsys.readouterr().out, re.M))
-    assert outputs[0] == outputs[1] and len(outputs[0]) == 5
+        run_evaluate(ckpt, folder, tmp_path, *args)
+        outputs.append(printed_scores(capsys.readouterr().out))
+    assert outputs[0] == outputs[1] and len(outputs[0]) == 7
+
+
+def test_compare_greedy_with_beam_equals_two_separate_runs(trained, tmp_path, capsys):
+    folder, ckpt = trained
+    alone = []
+    for beam in ("1", "3"):
+        assert run_evaluate(ckpt, folder, tmp_path, "--beam-size", beam) == 0
+        alone.append(printed_scores(capsys.readouterr().out))
+    assert alone[0] != alone[1]  # the two decodings differ, so the columns can be told apart
+    assert run_evaluate(ckpt, folder, tmp_path, "--compare-beam-size", "3", "--html", tmp_path / "page") == 0
+    out = capsys.readouterr().out
+    assert f"A: {ckpt}, greedy decoding" in out and f"B: {ckpt}, beam 3 decoding" in out
+    rows = dict(
+        (m[0], m[1:]) for m in re.findall(r"^(BLEU-\d|METEOR|ROUGE-L|CIDEr-D) +(\S+) +(\S+) *(\S*)$", out, re.M)
+    )
+    assert list(rows) == ["BLEU-1", "BLEU-2", "BLEU-3", "BLEU-4", "METEOR", "ROUGE-L", "CIDEr-D"]
+    for name, (first, second, difference) in rows.items():
+        assert (first, second) == (alone[0][name], alone[1][name])
+        if first != "n/a":
+            assert float(difference) == pytest.approx(float(second) - float(first), abs=2e-4)
+    summary = json.loads((tmp_path / "c.scores.json").read_text())
+    assert [(r["method"], r["beam_size"]) for r in summary["runs"]] == [("greedy", 1), ("beam", 3)]
+    record = json.loads((tmp_path / "c.jsonl").read_text().splitlines()[0])
+    assert set(record["compared"]) == {"generated", "CIDEr-D", "BLEU-4"}
+    assert (tmp_path / "page" / "index.html").is_file() and (tmp_path / "page" / "data.js").is_file()
+
+
+def test_compare_two_checkpoints_and_refuse_a_run_compared_with_itself(trained, tmp_path, capsys):
+    folder, ckpt = trained
+    other = tmp_path / "other.ckpt"
+    other.write_bytes(ckpt.read_bytes())
+    assert run_evaluate(ckpt, folder, tmp_path, "--compare", other) == 0
+    out = capsys.readouterr().out
+    rows = re.findall(r"^(?:BLEU-\d|ROUGE-L|CIDEr-D) +(\S+) +(\S+) +(\S+)$", out, re.M)
+    assert len(rows) == 6 and all(first == second and difference == "+0.0000" for first, second, difference in rows)
+    assert run_evaluate(ckpt, folder, tmp_path, "--compare", ckpt) == 2
+    assert capsys.readouterr().err.startswith("error: --compare and --compare-* describe the same run as --ckpt")
+    assert run_evaluate(ckpt, folder, tmp_path, "--compare", tmp_path / "none.ckpt") == 2
+    assert f"error: checkpoint {tmp_path / 'none.ckpt'} does not exist" in capsys.readouterr().err
 
 
 def test_checkpoint_that_does_not_fit_the_data(trained, tmp_path, capsys):
@@ -97,7 +183,8 @@ def test_checkpoint_that_does_not_fit_the_data(trained, tmp_path, capsys):
 
 def test_output_folders_are_checked_before_captioning(trained, tmp_path, capsys):
     folder, ckpt = trained
-    for flags in (["--jsonl", tmp_path / "no" / "c.jsonl"], ["--show", "2", "--out", tmp_path / "no" / "g.png"]):
+    for flags in (["--jsonl", tmp_path / "no" / "c.jsonl"], ["--show", "2", "--out", tmp_path / "no" / "g.png"],
+                  ["--json", tmp_path / "no" / "t.json"]):  # fmt: skip
         assert evaluate.main(["--ckpt", str(ckpt), "--data-dir", str(folder), *map(str, flags)]) == 2
         captured = capsys.readouterr()
         assert f"error: cannot write {tmp_path / 'no'}" in captured.err and "BLEU" not in captured.out

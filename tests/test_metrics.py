@@ -1,19 +1,27 @@
-"""Caption metrics: BLEU by hand and against torchmetrics, CIDEr-D against pycocoevalcap, text helpers."""
+"""Caption metrics against pycocoevalcap (BLEU, ROUGE-L, CIDEr-D; METEOR is its jar), BLEU by hand, text helpers."""
 
 import math
 import random
+import shutil
+import types
 
 import numpy as np
 import pytest
 import torch
-from torchmetrics.text import BLEUScore
 
+from caption_torch.bleu import CocoBLEUScore, bleu_counts
 from caption_torch.metrics import (
+    COCO_METRICS,
     bleu_scores,
+    bleu_scores_per_image,
     caption_text,
     cider_d,
     cider_d_scores,
     evaluate_captions,
+    meteor,
+    meteor_unavailable,
+    rouge_l,
+    rouge_l_scores,
     strip_special,
 )
 
@@ -34,47 +42,24 @@ def test_caption_text_stops_at_end_and_drops_start_and_null():
         caption_text(torch.zeros(2, 3, dtype=torch.long), IDX_TO_WORD)
 
 
+def test_caption_text_takes_any_mapping_with_gaps_in_the_ids():
+    sparse = {0: "<NULL>", 1: "<START>", 2: "<END>", 10: "a", 42: "cat"}
+    assert caption_text(torch.tensor([1, 10, 42, 2, 0]), sparse) == "a cat"
+    assert caption_text([10, 42], types.MappingProxyType(sparse)) == "a cat"  # any Mapping, not only dict
+    with pytest.raises(ValueError, match="token id 7 is not in the vocabulary"):
+        caption_text([10, 7], sparse)
+    with pytest.raises(ValueError, match="token id 7 is not in the vocabulary"):
+        caption_text([4, 7], [IDX_TO_WORD[i] for i in range(7)])
+
+
 def test_strip_special_takes_strings_and_word_lists():
     assert strip_special("<START> a cat on a mat <END> <NULL> <NULL>") == "a cat on a mat"
     assert strip_special(["<START>", "a", "<END>", "cat"]) == "a"
 
 
 # --------------------------------------------------------------------------- #
-# BLEU
+# BLEU against pycocoevalcap, by hand, and as a synchronised Metric
 # --------------------------------------------------------------------------- #
-
-
-def test_bleu_by_hand():
-    candidates = ["a cat on the mat", "a dog dog"]
-    references = [["a cat is on the mat", "there is a cat on the mat"], ["a dog runs", "the dog runs fast"]]
-    # Clipped n-gram matches / candidate n-grams, image 1 + image 2:
-    #   image 1: every n-gram of "a cat on the mat" is in some reference -> 5/5, 4/4, 3/3, 2/2
-    #   image 2: unigrams a, dog, dog: "dog" clipped to 1 -> 2/3; bigrams "a dog", "dog dog" -> 1/2;
-    #            trigram "a dog dog" -> 0/1; no 4-grams
-    #   p1 = 7/8, p2 = 5/6, p3 = 3/4, p4 = 2/2
-    # Lengths: candidates 5 + 3 = 8 words; closest references 6 (|5-6| < |5-7|) + 3 = 9,
-    # so brevity penalty = exp(1 - 9/8).
-    p = [7 / 8, 5 / 6, 3 / 4, 1.0]
-    brevity = math.exp(1 - 9 / 8)
-    expected = {f"BLEU-{n}": brevity * math.prod(p[:n]) ** (1 / n) for n in range(1, 5)}
-    scores = bleu_scores(candidates, references)
-    assert scores.keys() == expected.keys()
-    for key in expected:
-        assert scores[key] == pytest.approx(expected[key], abs=1e-6)
-
-
-def test_bleu_is_zero_from_the_first_order_without_matches():
-    scores = bleu_scores(["a cat on", "the dog"], [["a cat sat on"], ["the big dog"]])
-    assert scores["BLEU-1"] > 0 and scores["BLEU-2"] > 0  # "a cat" matches
-    assert scores["BLEU-3"] == 0 and scores["BLEU-4"] == 0  # no trigram does
-
-
-def test_bleu_of_only_empty_candidates_is_zero_like_torchmetrics():
-    # A model that emits <END> first: no candidate words at all (a division by zero before).
-    candidates, references = ["", ""], [["a cat"], ["a dog on a mat"]]
-    scores = bleu_scores(candidates, references)
-    assert scores == {f"BLEU-{n}": 0.0 for n in range(1, 5)}
-    assert float(BLEUScore(n_gram=4)(candidates, references)) == 0.0
 
 
 def random_corpus(seed, num_images, vocabulary=8, refs=(1, 5), lengths=(0, 12)):
@@ -89,12 +74,99 @@ def random_corpus(seed, num_images, vocabulary=8, refs=(1, 5), lengths=(0, 12)):
     return candidates, references
 
 
-@pytest.mark.parametrize("seed", range(4))
-def test_bleu_orders_agree_with_one_torchmetrics_metric_per_order(seed):
-    candidates, references = random_corpus(seed, 30, lengths=(2, 10))
+def pycocoevalcap_bleu(candidates, references):
+    bleu = pytest.importorskip("pycocoevalcap.bleu.bleu")
+    gts = {i: list(refs) for i, refs in enumerate(references)}
+    res = {i: [candidate] for i, candidate in enumerate(candidates)}
+    corpus, per_image = bleu.Bleu(4).compute_score(gts, res, verbose=0)
+    return corpus, np.asarray(per_image).T  # (4,), (N, 4)
+
+
+def test_bleu_by_hand():
+    candidates = ["a cat on the mat", "a dog dog"]
+    references = [["a cat is on the mat", "there is a cat on the mat"], ["a dog runs", "the dog runs fast"]]
+    # Clipped n-gram matches / candidate n-grams, image 1 + image 2:
+    #   image 1: every n-gram of "a cat on the mat" is in some reference -> 5/5, 4/4, 3/3, 2/2
+    #   image 2: unigrams a, dog, dog: "dog" clipped to 1 -> 2/3; bigrams "a dog", "dog dog" -> 1/2;
+    #            trigram "a dog dog" -> 0/1; no 4-grams
+    #   p1 = 7/8, p2 = 5/6, p3 = 3/4, p4 = 2/2
+    # Lengths: candidates 5 + 3 = 8 words; closest references 6 (|5-6| < |5-7|) + 3 = 9,
+    # so brevity penalty = exp(1 - 9/8). The smoothing constants move this by ~1e-9.
+    p = [7 / 8, 5 / 6, 3 / 4, 1.0]
+    brevity = math.exp(1 - 9 / 8)
+    expected = {f"BLEU-{n}": brevity * math.prod(p[:n]) ** (1 / n) for n in range(1, 5)}
     scores = bleu_scores(candidates, references)
-    for n in range(1, 5):
-        assert scores[f"BLEU-{n}"] == pytest.approx(float(BLEUScore(n_gram=n)(candidates, references)), abs=1e-6)
+    assert scores.keys() == expected.keys()
+    for key in expected:
+        assert scores[key] == pytest.approx(expected[key], abs=1e-8)
+
+
+def test_closest_reference_length_takes_the_shorter_on_a_tie():
+    # Candidate of 3 words, references of 2 and 4 words: both 1 away; pycocoevalcap takes 2,
+    # so there is no brevity penalty (a plain "first closest" would take 4 and apply one).
+    scores = bleu_scores(["a cat sat"], [["a cat sat down", "a cat"]])
+    assert scores["BLEU-1"] == pytest.approx(1.0, abs=1e-8)
+    assert bleu_counts(["a cat sat"], [["a cat sat down", "a cat"]]).reference_length.tolist() == [2]
+
+
+def test_an_order_without_matches_gives_a_tiny_bleu_not_zero():
+    scores = bleu_scores(["a cat on", "the dog"], [["a cat sat on"], ["the big dog"]])
+    assert scores["BLEU-2"] > 0.1  # "a cat" matches
+    assert 0 < scores["BLEU-3"] < 1e-4 and 0 < scores["BLEU-4"] < 1e-3  # no trigram does: smoothed, not 0
+
+
+SMALL_BLEU_CORPORA = {
+    "empty candidates": (["", ""], [["a cat"], ["a dog on a mat"]]),
+    "empty references": (["a cat", "dog"], [[""], ["", "dog"]]),
+    "one-word captions": (["cat", "a"], [["cat"], ["a", "cat"]]),
+    "length ties": (["a cat sat", "a b c d"], [["a cat sat down", "a cat"], ["a b c d e f", "a b"]]),
+}
+
+
+@pytest.mark.parametrize("name", [*SMALL_BLEU_CORPORA, "small:repeated words", "small:empty and one-word captions"])
+def test_bleu_equals_pycocoevalcap_on_small_corpora(name):
+    candidates, references = SMALL_BLEU_CORPORA.get(name) or SMALL_CORPORA[name.removeprefix("small:")]
+    expected, expected_per_image = pycocoevalcap_bleu(candidates, references)
+    scores = bleu_scores(candidates, references)
+    np.testing.assert_allclose([scores[f"BLEU-{n}"] for n in range(1, 5)], expected, rtol=0, atol=1e-9)
+    np.testing.assert_allclose(bleu_scores_per_image(candidates, references), expected_per_image, rtol=0, atol=1e-9)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2, 3, 4, 6])
+def test_bleu_equals_pycocoevalcap_on_random_corpora(seed):
+    # Lengths from 0: empty and one-word captions and references occur; few words: ties and clipping.
+    candidates, references = random_corpus(seed, num_images=80, vocabulary=3 + seed % 2, lengths=(0, 9))
+    # (seed 5 would have no 4-gram match: the small corpora cover that case)
+    expected, expected_per_image = pycocoevalcap_bleu(candidates, references)
+    assert expected[3] > 1e-3  # 4-grams match, so the comparison is not of two tiny numbers
+    scores = bleu_scores(candidates, references)
+    np.testing.assert_allclose([scores[f"BLEU-{n}"] for n in range(1, 5)], expected, rtol=0, atol=1e-9)
+    np.testing.assert_allclose(bleu_scores_per_image(candidates, references), expected_per_image, rtol=0, atol=1e-9)
+
+
+@pytest.mark.parametrize("n_gram", [1, 4])
+def test_bleu_metric_in_batches_and_shards_equals_one_corpus(n_gram):
+    candidates, references = random_corpus(7, num_images=40, vocabulary=6)
+    expected = bleu_scores(candidates, references)[f"BLEU-{n_gram}"]
+    batched = CocoBLEUScore(n_gram=n_gram)
+    for start in range(0, 40, 7):
+        batched.update(candidates[start : start + 7], references[start : start + 7])
+    assert float(batched.compute()) == pytest.approx(expected, abs=1e-12)
+    # Two processes each see half the images; their summed states (what DDP's "sum" does) are one corpus.
+    shards = [CocoBLEUScore(n_gram=n_gram) for _ in range(2)]
+    shards[0].update(candidates[::2], references[::2])
+    shards[1].update(candidates[1::2], references[1::2])
+    merged = CocoBLEUScore(n_gram=n_gram)
+    for state in ("matches", "ngrams", "candidate_length", "reference_length"):
+        setattr(merged, state, getattr(shards[0], state) + getattr(shards[1], state))
+    merged._update_count = 1
+    assert float(merged.compute()) == pytest.approx(expected, abs=1e-12)
+    assert float(shards[0].compute()) != pytest.approx(expected, abs=1e-6)  # one shard alone is not the corpus
+
+
+def test_bleu_metric_refuses_orders_outside_one_to_four():
+    with pytest.raises(ValueError, match="n_gram must be in 1..4"):
+        CocoBLEUScore(n_gram=5)
 
 
 # --------------------------------------------------------------------------- #
@@ -169,12 +241,70 @@ def test_cider_d_prefers_the_matching_caption():
     assert (swapped < 0.5).all() and (perfect > 1.0).all()
 
 
-def test_evaluate_captions_returns_every_metric():
+# --------------------------------------------------------------------------- #
+# ROUGE-L against pycocoevalcap, METEOR through its jar
+# --------------------------------------------------------------------------- #
+
+
+def pycocoevalcap_rouge(candidates, references):
+    rouge = pytest.importorskip("pycocoevalcap.rouge.rouge")
+    gts = {i: list(refs) for i, refs in enumerate(references)}
+    res = {i: [candidate] for i, candidate in enumerate(candidates)}
+    mean, per_image = rouge.Rouge().compute_score(gts, res)
+    return float(mean), np.asarray(per_image)
+
+
+@pytest.mark.parametrize("name", [*SMALL_CORPORA, *SMALL_BLEU_CORPORA])
+def test_rouge_l_equals_pycocoevalcap_on_small_corpora(name):
+    candidates, references = SMALL_CORPORA.get(name) or SMALL_BLEU_CORPORA[name]
+    expected_mean, expected = pycocoevalcap_rouge(candidates, references)
+    np.testing.assert_allclose(rouge_l_scores(candidates, references), expected, rtol=0, atol=1e-9)
+    assert rouge_l(candidates, references) == pytest.approx(expected_mean, abs=1e-9)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_rouge_l_equals_pycocoevalcap_on_random_corpora(seed):
+    # Candidates longer and shorter than their references, so both orders of the LCS table run.
+    candidates, references = random_corpus(seed, num_images=80, vocabulary=4 + seed, lengths=(0, 14))
+    expected_mean, expected = pycocoevalcap_rouge(candidates, references)
+    assert 0.2 < expected_mean < 0.9
+    np.testing.assert_allclose(rouge_l_scores(candidates, references), expected, rtol=0, atol=1e-9)
+
+
+def test_rouge_l_by_hand():
+    # LCS("a cat sat on a mat", "the cat on the mat") = "cat on mat" = 3: P = 3/6, R = 3/5.
+    precision, recall = 3 / 6, 3 / 5
+    expected = (1 + 1.2**2) * precision * recall / (recall + 1.2**2 * precision)
+    assert rouge_l_scores(["a cat sat on a mat"], [["the cat on the mat", "dog"]])[0] == pytest.approx(expected)
+
+
+needs_java = pytest.mark.skipif(meteor_unavailable() is not None, reason=f"METEOR cannot run: {meteor_unavailable()}")
+
+
+@needs_java
+def test_meteor_runs_pycocoevalcaps_jar():
+    candidates = ["a cat on a mat", "a dog runs", "zebra"]
+    references = [["a cat on a mat"], ["a dog runs on the grass", "the dog"], ["a cat"]]
+    meteor_module = pytest.importorskip("pycocoevalcap.meteor.meteor")
+    gts, res = dict(enumerate(references)), {i: [c] for i, c in enumerate(candidates)}
+    expected, _ = meteor_module.Meteor().compute_score(gts, res)
+    assert 0.2 < expected < 0.9
+    assert meteor(candidates, references) == pytest.approx(expected, abs=1e-12)
+
+
+def test_evaluate_captions_gives_the_coco_table_and_a_notice_without_java(monkeypatch):
     candidates, references = SMALL_CORPORA["candidate longer and shorter"]
-    scores = evaluate_captions(candidates, references)
-    assert list(scores) == ["BLEU-1", "BLEU-2", "BLEU-3", "BLEU-4", "CIDEr-D"]
+    monkeypatch.setattr(shutil, "which", lambda name: None)  # no java anywhere
+    notices = []
+    scores = evaluate_captions(candidates, references, notice=notices.append)
+    assert tuple(scores) == COCO_METRICS
+    assert scores["METEOR"] is None and notices == ["METEOR skipped: java is not on the PATH " +
+                                                    "(e.g. apt-get install default-jre-headless)"]  # fmt: skip
     assert scores["CIDEr-D"] == pytest.approx(cider_d(candidates, references))
     assert scores["BLEU-4"] == pytest.approx(bleu_scores(candidates, references)["BLEU-4"])
+    assert scores["ROUGE-L"] == pytest.approx(rouge_l(candidates, references))
+    assert evaluate_captions(candidates, references, with_meteor=False, notice=notices.append)["METEOR"] is None
+    assert len(notices) == 1  # not asked for: no notice
 
 
 @pytest.mark.parametrize(
@@ -191,3 +321,5 @@ def test_metrics_reject_malformed_corpora(candidates, references, message):
         cider_d(candidates, references)
     with pytest.raises(ValueError, match=message):
         bleu_scores(candidates, references)
+    with pytest.raises(ValueError, match=message):
+        rouge_l_scores(candidates, references)
