@@ -1,6 +1,6 @@
 """Small measurements behind the code's design choices, each timed interleaved against its alternative.
 
-    python benchmarks/micro.py                    # every group, a few minutes on 2 CPU cores
+    python benchmarks/micro.py                    # every group
     python benchmarks/micro.py --groups tanh,mm   # some of them
     python benchmarks/micro.py --threads 1 --rounds 21
 
