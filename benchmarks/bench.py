@@ -1,6 +1,6 @@
 """The project's CaptioningRNN against the same model built from PyTorch's native modules.
 
-    python benchmarks/bench.py                        # every row (a few minutes on 2 CPU cores)
+    python benchmarks/bench.py                        # every row (its run time: benchmarks/README.md)
     python benchmarks/bench.py --quick --rows step    # a fast smoke run
     python benchmarks/bench.py --json results.json    # also write every number as JSON
 

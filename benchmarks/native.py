@@ -9,7 +9,7 @@ kernel: on CPU, float32 ``nn.RNN``/``nn.LSTM`` run oneDNN's fused RNN; on CUDA, 
 With ``packed=True`` the captions go through ``pack_padded_sequence``, PyTorch's own way to
 skip padding: the recurrence stops at each caption's last word and the vocabulary
 projection scores only real positions, as the project does. (On CPU a packed nn.LSTM
-leaves oneDNN's fused kernel: at COCO sizes it was slower than the padded one.)
+leaves oneDNN's fused kernel, and at COCO sizes it is the slower of the two: benchmarks/README.md.)
 Two layout differences, undone by :meth:`NativeCaptioningRNN.from_project`:
 
 - weights are ``(out, in)`` (the project stores ``(in, out)``), so everything is transposed;

@@ -100,8 +100,8 @@ def training_step(model: nn.Module, features: Tensor, captions: Tensor, precisio
     """One optimisation step as a closure: zero_grad(set_to_none), loss, backward, Adam.
 
     Both models get the same optimizer: fused Adam (one kernel for all parameters, as
-    CaptioningSystem uses). The foreach default costs ~5.6 ms a step for these
-    parameters on the 2-core CPU, the same for both, which would only blur the ratio.
+    CaptioningSystem uses). The foreach default is slower (``micro.py --groups adam``) and
+    costs both models the same, which would only blur the ratio.
     """
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3, fused=True)
 

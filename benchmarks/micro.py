@@ -1,0 +1,218 @@
+"""Small measurements behind the code's design choices, each timed interleaved against its alternative.
+
+    python benchmarks/micro.py                    # every group
+    python benchmarks/micro.py --groups tanh,mm   # some of them
+    python benchmarks/micro.py --threads 1 --rounds 21
+
+Groups (``--groups``; each names the choice it measures):
+
+    adam     fused Adam against the foreach default, one step for the LSTM's parameters (system.py)
+    softmax  ATen's one-pass log_softmax against the same math as six ops (functional/words.py)
+    tanh     ATen tanh against sigmoid and a multiply, and oneDNN's tanh with its layout copies,
+             by block size: where the oneDNN route starts to pay (functional/_common.py, steps.py)
+    mm       torch.mm (the BLAS) against oneDNN for the model's product shapes (functional/_common.py)
+    rng      one rng.random() per draw against rng.integers (wording.py)
+    unique   np.unique against sort-and-compare on millions of int64s (metrics.py)
+    bleu     bleu_scores over 40k images x 5 references (metrics.py)
+
+Each line is the median over rounds of one call (averaged over ``repeat`` back-to-back
+calls per round) with the interquartile spread; a ratio > 1 means the choice the code
+made is faster than its alternative. Times depend on the CPU and the torch build: compare
+ratios from one run, and rerun on the machine you care about.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+
+if __package__ in (None, ""):  # run as a script: make `benchmarks` and `caption_torch` importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks.bench import machine_info  # noqa: E402
+from benchmarks.rows import Shapes, coco_vocab  # noqa: E402
+from benchmarks.timing import Timing, time_interleaved  # noqa: E402
+from caption_torch.model import CaptioningRNN  # noqa: E402
+
+GROUPS = ("adam", "softmax", "tanh", "mm", "rng", "unique", "bleu")
+CPU = torch.device("cpu")
+
+
+def timed(contenders: dict[str, Callable[[], object]], rounds: int, repeat: int) -> dict[str, Timing]:
+    """Seconds per single call of each contender, interleaved; each round runs it ``repeat`` times."""
+
+    def repeated(work: Callable[[], object]) -> Callable[[], None]:
+        def run() -> None:
+            for _ in range(repeat):
+                work()
+
+        return run
+
+    timings = time_interleaved({name: repeated(work) for name, work in contenders.items()}, rounds, 2, CPU)
+    return {name: Timing(tuple(s / repeat for s in t.samples)) for name, t in timings.items()}
+
+
+def report(title: str, timings: dict[str, Timing], chosen: str, alternative: str) -> dict:
+    """Print one comparison as a line and return it as a row: alternative's time / chosen's time."""
+    ratio = timings[alternative].median / timings[chosen].median
+    cells = ", ".join(f"{name} {t.median * 1e6:,.1f} us ±{t.spread:.0%}" for name, t in timings.items())
+    print(f"  {title}: {cells}; {alternative} / {chosen} = {ratio:.2f}")
+    return {"title": title, "ratio": ratio, **{f"{name}_us": t.median * 1e6 for name, t in timings.items()}}
+
+
+def adam_group(rounds: int) -> list[dict]:
+    """One Adam step over the LSTM's parameters at cs231n's COCO sizes: fused against foreach."""
+    shapes = Shapes()
+    torch.manual_seed(0)
+    rows = []
+    model = CaptioningRNN(coco_vocab(shapes.vocab_size), shapes.input_dim, shapes.wordvec_dim, shapes.hidden_dim,
+                          "lstm")  # fmt: skip
+    for parameter in model.parameters():
+        parameter.grad = torch.randn_like(parameter) * 1e-3
+    optimizers = {
+        "fused": torch.optim.Adam(model.parameters(), lr=1e-9, fused=True),
+        "foreach": torch.optim.Adam(model.parameters(), lr=1e-9, foreach=True),
+    }
+    with torch.no_grad():
+        rows.append(report("Adam step, LSTM parameters", timed({k: o.step for k, o in optimizers.items()}, rounds, 3),
+                           "fused", "foreach"))  # fmt: skip
+    return rows
+
+
+def softmax_group(rounds: int) -> list[dict]:
+    """Log-softmax of a (298, 1004) block: the scored positions of a batch of 25 at COCO's vocabulary."""
+    scores = torch.randn(298, 1004) * 10
+
+    def six_ops() -> torch.Tensor:
+        shifted = scores - scores.max(dim=1, keepdim=True).values
+        return shifted - shifted.exp().sum(dim=1, keepdim=True).log()
+
+    assert torch.allclose(six_ops(), torch.log_softmax(scores, dim=1), atol=1e-5)
+    contenders = {"log_softmax": lambda: torch.log_softmax(scores, dim=1), "six ops": six_ops}
+    return [report("log-softmax (298, 1004)", timed(contenders, rounds, 50), "log_softmax", "six ops")]
+
+
+def tanh_group(rounds: int) -> list[dict]:
+    """ATen's tanh against sigmoid and a multiply; oneDNN's tanh (with its two copies) by rows of 512."""
+    rows = []
+    for n in (25, 1000):
+        x = torch.randn(n, 512)
+        other = torch.randn(n, 512)
+        contenders = {
+            "tanh": lambda: torch.tanh(x),
+            "sigmoid": lambda: torch.sigmoid(x),
+            "multiply": lambda: x * other,
+        }
+        timings = timed(contenders, rounds, 200 if n == 25 else 20)
+        rows.append(report(f"ATen ({n}, 512)", timings, "sigmoid", "tanh"))
+        rows.append(report(f"ATen ({n}, 512)", timings, "multiply", "tanh"))
+    if not torch.backends.mkldnn.is_available():
+        print("  oneDNN: not in this torch build")
+        return rows
+    for n in (16, 32, 64, 128, 1000):
+        x = torch.randn(n, 512)
+        contenders = {
+            "ATen tanh": lambda: torch.tanh(x),
+            "oneDNN tanh + copies": lambda: torch.tanh(x.to_mkldnn()).to_dense(),
+        }
+        rows.append(report(f"({n}, 512) = {n * 512:,} elements", timed(contenders, rounds, 200 if n < 1000 else 20),
+                           "oneDNN tanh + copies", "ATen tanh"))  # fmt: skip
+    return rows
+
+
+def mm_group(rounds: int) -> list[dict]:
+    """torch.mm against oneDNN's linear for the products of a COCO-sized LSTM training step."""
+    if not torch.backends.mkldnn.is_available():
+        print("  oneDNN: not in this torch build")
+        return []
+    H, W, V, words = 512, 256, 1004, 298  # 298: the scored positions of a batch of 25
+    shapes = {  # (M, K, P) of an (M, K) @ (K, P) product
+        "recurrent step, batch 25: (25, 512) @ (512, 2048)": (25, H, 4 * H),
+        "input table: (298, 256) @ (256, 2048)": (words, W, 4 * H),
+        "vocabulary scores: (298, 512) @ (512, 1004)": (words, H, V),
+        "Wh gradient: (512, 298) @ (298, 2048)": (H, words, 4 * H),
+        "recurrent step, batch 512: (512, 512) @ (512, 2048)": (512, H, 4 * H),
+    }
+    rows = []
+    for title, (m, k, p) in shapes.items():
+        a, b = torch.randn(m, k), torch.randn(k, p)
+        weight = b.T  # _linear_pointwise computes a @ weight.T with weight (out, in)
+        linear = torch.ops.mkldnn._linear_pointwise
+        contenders = {"torch.mm": lambda: torch.mm(a, b), "oneDNN": lambda: linear(a, weight, None, "none", [], "")}
+        rows.append(report(title, timed(contenders, rounds, 20), "oneDNN", "torch.mm"))
+    return rows
+
+
+def rng_group(rounds: int) -> list[dict]:
+    """One pick from a short list: an index from rng.random() against rng.integers."""
+    rng = np.random.default_rng(0)
+    options = ("gigantic", "enormous", "huge", "large")
+    contenders = {
+        "rng.random": lambda: options[int(rng.random() * len(options))],
+        "rng.integers": lambda: options[rng.integers(len(options))],
+    }
+    return [report("one draw from 4 options", timed(contenders, rounds, 2000), "rng.random", "rng.integers")]
+
+
+def unique_group(rounds: int) -> list[dict]:
+    """Distinct values of 2M int64 n-gram ids: np.unique against metrics._distinct (sort, compare neighbours)."""
+    from caption_torch.metrics import _distinct
+
+    values = np.random.default_rng(0).integers(0, 1_000_000_000, 2_000_000)
+    assert np.array_equal(_distinct(values), np.unique(values))
+    contenders = {"sort + compare": lambda: _distinct(values), "np.unique": lambda: np.unique(values)}
+    timings = timed(contenders, max(3, rounds // 3), 1)  # seconds per call: fewer rounds
+    return [report(f"2M int64 (NumPy {np.__version__})", timings, "sort + compare", "np.unique")]
+
+
+def bleu_group(rounds: int) -> list[dict]:
+    """bleu_scores on a COCO-val-sized corpus: 40,504 images, 5 references each, 8 to 15 words."""
+    from caption_torch.metrics import bleu_scores
+
+    rng = np.random.default_rng(0)
+    words = np.array([f"w{i}" for i in range(1000)])
+
+    def sentence() -> str:
+        return " ".join(words[rng.integers(0, len(words), rng.integers(8, 16))])
+
+    candidates = [sentence() for _ in range(40_504)]
+    references = [[sentence() for _ in range(5)] for _ in candidates]
+    timing = time_interleaved({"bleu_scores": lambda: bleu_scores(candidates, references)}, max(1, rounds // 4), 0, CPU)
+    print(f"  BLEU-1..4 of 40,504 images x 5 references: {timing['bleu_scores'].median:.1f} s")
+    return [{"title": "bleu_scores 40k x 5", "seconds": timing["bleu_scores"].median}]
+
+
+def run(argv: Sequence[str] | None = None) -> dict[str, list[dict]]:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--groups", default=",".join(GROUPS), help=f"comma-separated subset of {','.join(GROUPS)}")
+    parser.add_argument("--rounds", type=int, default=11, help="measured rounds per comparison (default: 11)")
+    parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's choice)")
+    parser.add_argument("--json", default=None, help="write every comparison as JSON to this path")
+    args = parser.parse_args(argv)
+    groups = [name for name in args.groups.split(",") if name]
+    unknown = set(groups) - set(GROUPS)
+    if unknown:
+        parser.error(f"--groups: unknown {sorted(unknown)}; choose from {','.join(GROUPS)}")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    machine = machine_info([CPU])
+    print(", ".join(f"{key}: {value}" for key, value in machine.items()))
+    measure = {name: globals()[f"{name}_group"] for name in GROUPS}
+    results = {}
+    for name in groups:
+        print(f"\n## {name}")
+        results[name] = measure[name](args.rounds)
+    if args.json:
+        Path(args.json).write_text(json.dumps({"machine": machine, "results": results}, indent=2))
+        print(f"\nwrote {args.json}")
+    return results
+
+
+if __name__ == "__main__":
+    run()
