@@ -125,7 +125,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--compare-method",
         choices=DECODE_METHODS,
         default=None,
-        help="decoder of the compared run (default: beam if --compare-beam-size > 1, else --method)",
+        help="decoder of the compared run (default: the first run's; beam if --compare-beam-size > 1, greedy if 1)",
     )
     parser.add_argument(
         "--compare-beam-size",

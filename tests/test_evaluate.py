@@ -188,6 +188,9 @@ def test_output_folders_are_checked_before_captioning(trained, tmp_path, capsys)
         assert evaluate.main(["--ckpt", str(ckpt), "--data-dir", str(folder), *map(str, flags)]) == 2
         captured = capsys.readouterr()
         assert f"error: cannot write {tmp_path / 'no'}" in captured.err and "BLEU" not in captured.out
+    (tmp_path / "page.html").write_text("")
+    assert evaluate.main(["--ckpt", str(ckpt), "--data-dir", str(folder), "--html", str(tmp_path / "page.html")]) == 2
+    assert capsys.readouterr().err == f"error: --html {tmp_path / 'page.html'} is a file, not a folder\n"
 
 
 def test_vocabulary_mismatch_names_the_difference(trained):
