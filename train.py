@@ -15,6 +15,7 @@ import json
 import logging
 import sys
 import warnings
+from dataclasses import replace
 from pathlib import Path
 from typing import NamedTuple
 
@@ -37,7 +38,7 @@ from caption_torch.checkpointing import (
     read_checkpoint,
 )
 from caption_torch.cli import check_writable_folder, device_count, positive_float, positive_int
-from caption_torch.config import CaptionConfig, preset, shape_fields
+from caption_torch.config import SELF_CRITICAL, CaptionConfig, preset, shape_fields
 from caption_torch.data import CaptionDataModule, FeatureRows
 from caption_torch.decoders import DECODERS
 from caption_torch.plots import plot_loss_history
@@ -46,7 +47,8 @@ from caption_torch.system import CaptioningSystem
 FULL, OVERFIT = preset(overfit=False), preset(overfit=True)
 # The flags that set a CaptionConfig field (argparse stores each under the field's name).
 CONFIG_FLAGS = ("decoder", "hidden_dim", "wordvec_dim", "num_heads", "num_layers", "batch_size", "epochs", "lr",
-                "lr_decay")  # fmt: skip
+                "lr_decay", "samples_per_image")  # fmt: skip
+SELF_CRITICAL_TEXT = ", ".join(f"--{name.replace('_', '-')} {value:g}" for name, value in SELF_CRITICAL.items())
 # These train in child processes and hand back only the weights and metrics, not the loss history or
 # checkpoint paths this script reports; --strategy ddp re-runs the script on every rank instead.
 SPAWNING_STRATEGIES = ("ddp_spawn", "ddp_fork", "ddp_notebook")
@@ -136,6 +138,26 @@ def build_parser() -> argparse.ArgumentParser:
     hardware.add_argument(
         "--precision", default="32-true", help="32-true, bf16-mixed, 16-mixed (CUDA), ... (default: 32-true)"
     )
+    model.add_argument(
+        "--self-critical",
+        choices=["mean", "greedy"],
+        default=None,
+        help="fine-tune with self-critical training, rewards CIDEr-D, this baseline (needs --init-from; "
+        f"defaults then: {SELF_CRITICAL_TEXT})",
+    )
+    model.add_argument(
+        "--samples-per-image",
+        type=positive_int,
+        default=None,
+        help=f"captions sampled per image by --self-critical (default: {FULL.samples_per_image})",
+    )
+    model.add_argument(
+        "--init-from",
+        type=Path,
+        default=None,
+        metavar="CKPT",
+        help="start from this checkpoint's weights (the optimizer starts fresh); its model's sizes are used",
+    )
     hardware.add_argument(
         "--resume",
         nargs="?",
@@ -163,8 +185,19 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def resolve_defaults(args: argparse.Namespace) -> argparse.Namespace:
-    """Set ``args.config``: the overfit or full-run preset, with the flags given replacing its fields."""
-    config = preset(args.overfit is not None, args.decoder)
+    """Set ``args.config``: the overfit or full-run preset, with the flags given replacing its fields.
+
+    A self-critical run takes its model (decoder and sizes) from ``--init-from`` and the
+    self-critical settings over the full run's.
+    """
+    if args.self_critical is not None and args.init_from is None and args.resume is None:
+        raise ValueError("--self-critical fine-tunes a trained model: give its checkpoint with --init-from")
+    initial = load_system(args.init_from).config if args.init_from is not None else None
+    config = preset(args.overfit is not None, args.decoder or (initial.decoder if initial else None))
+    if initial is not None:
+        config = config.updated(**{name: getattr(initial, name) for name in shape_fields(initial.decoder)})
+    if args.self_critical is not None:
+        config = replace(config.updated(**SELF_CRITICAL), self_critical=args.self_critical)
     args.config = config.updated(**{name: getattr(args, name) for name in CONFIG_FLAGS})
     if args.num_workers < 0:
         raise ValueError(f"--num-workers must be >= 0, got {args.num_workers}")
@@ -298,12 +331,17 @@ def build(args: argparse.Namespace, stop: StopOnSignal, ckpt_path: Path | str | 
         pin_memory=args.accelerator not in ("cpu",) and torch.cuda.is_available(),
         seed=args.seed,
         synthetic_size=args.synthetic_size,
+        train_on_images=config.self_critical is not None,
     )
     dm.prepare_data()
     dm.setup("fit")  # the model needs the vocabulary and the feature width
     system = CaptioningSystem.from_config(dm.word_to_idx, dm.feature_dim, config)
     if ckpt_path is not None:
         check_resumable(ckpt_path, system)
+    elif args.init_from is not None:
+        initial = load_system(args.init_from)
+        check_model_fits_data(initial.model, dm.word_to_idx, dm.feature_dim)
+        system.model.load_state_dict(initial.model.state_dict())
     history = LossHistory(print_every=10)
     validate = args.overfit is None or args.fast_dev_run  # the notebook's overfit run has no validation
     # LastCheckpoint before StopOnSignal: at an epoch end the save comes first, then the stop.
@@ -311,7 +349,9 @@ def build(args: argparse.Namespace, stop: StopOnSignal, ckpt_path: Path | str | 
     callbacks = [history, RefuseNonFiniteWeights(), stop.last, stop, settings]
     best = None
     if validate:
-        best = ModelCheckpoint(monitor="val_bleu4", mode="max", filename="best-{epoch}-{val_bleu4:.4f}")
+        # A self-critical run optimises CIDEr-D, so its best checkpoint is the one with the best val CIDEr-D.
+        monitor = "val_cider" if config.self_critical else "val_bleu4"
+        best = ModelCheckpoint(monitor=monitor, mode="max", filename=f"best-{{epoch}}-{{{monitor}:.4f}}")
         callbacks.append(best)
     try:
         trainer = make_trainer(args, callbacks, validate, len(dm.train_set))
@@ -361,7 +401,11 @@ def report(parts: Run, args: argparse.Namespace, log_dir: Path) -> int:
               "raise --epochs to go on")  # fmt: skip
         return 0
     steps_per_epoch = max(1, trainer.num_training_batches)
-    plot = plot_loss_history(history.losses, log_dir / "loss.png", steps_per_epoch=steps_per_epoch)
+    if history.rewards:  # self-critical: the reward is what is optimised, and what the picture shows
+        plot = plot_loss_history(history.rewards, log_dir / "loss.png", "Self-critical training: mean reward",
+                                 steps_per_epoch, ylabel="CIDEr-D of the sampled captions")  # fmt: skip
+    else:
+        plot = plot_loss_history(history.losses, log_dir / "loss.png", steps_per_epoch=steps_per_epoch)
     print_samples(parts.system, parts.dm, args.seed)
     if parts.best is not None:
         metrics = trainer.callback_metrics
@@ -369,6 +413,7 @@ def report(parts: Run, args: argparse.Namespace, log_dir: Path) -> int:
         print(f"  val loss: {metrics['val_loss'].item():.4f}")
         for n in (1, 2, 3, 4):
             print(f"  BLEU-{n}: {metrics[f'val_bleu{n}'].item():.4f}")
+        print(f"  CIDEr-D: {metrics['val_cider'].item():.4f}")
     print(f"\nfinal training loss: {history.losses[-1]:.6f}")
     print(f"loss plot: {plot}")
     if parts.best is not None:

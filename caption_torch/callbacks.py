@@ -22,6 +22,9 @@ class LossHistory(L.Callback):
     (one sync, not one per step); a NaN or inf among them stops training with an
     error naming the first bad step.
 
+    Self-critical steps also return their mean reward and baseline (host floats already):
+    those are kept in ``rewards`` and printed beside the loss.
+
     Args:
         print_every: print every this many iterations (and the last one); 0 prints nothing.
     """
@@ -29,10 +32,15 @@ class LossHistory(L.Callback):
     def __init__(self, print_every: int = 10) -> None:
         self.print_every = print_every
         self.losses: list[float] = []
+        self.rewards: list[float] = []
+        self._baseline: float | None = None
         self._pending: list[Tensor] = []
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module, outputs, batch, batch_idx: int) -> None:
         self._pending.append(outputs["loss"].detach())
+        if "reward" in outputs:
+            self.rewards.append(float(outputs["reward"]))
+            self._baseline = float(outputs["baseline"])
         step, total = trainer.global_step, trainer.estimated_stepping_batches
         last = step >= total
         # cs231n prints iterations 1, 11, 21, ...; we also print the final one.
@@ -40,6 +48,8 @@ class LossHistory(L.Callback):
             self._flush(trainer)
             if trainer.is_global_zero:
                 message = f"(Iteration {step} / {total}) loss: {self.losses[-1]:f}"
+                if self._baseline is not None:
+                    message += f", reward: {self.rewards[-1]:.4f}, baseline: {self._baseline:.4f}"
                 bar = trainer.progress_bar_callback
                 if bar is not None and bar.is_enabled:
                     bar.print(message)  # keeps the progress bar intact

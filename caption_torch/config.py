@@ -28,11 +28,15 @@ class CaptionConfig:
     epochs: int = 12  # val BLEU-4 on the embedded data levels off by then at this lr schedule
     max_length: int = 30  # longest caption: cs231n's sample() default (COCO's have <= 17 tokens); sizes the
     # Transformer's positional table
+    self_critical: str | None = None  # None: cross-entropy on captions; "mean"/"greedy": self-critical training
+    # with that baseline (batches are then batch_size images)
+    samples_per_image: int = 5  # K captions sampled per image by self-critical training, as Luo 2020
 
     def __post_init__(self) -> None:
         if self.decoder not in DECODERS:
             raise ValueError(f"decoder must be one of {tuple(DECODERS)}, got {self.decoder!r}")
-        for name in ("wordvec_dim", "hidden_dim", "num_heads", "num_layers", "batch_size", "epochs", "max_length"):
+        for name in ("wordvec_dim", "hidden_dim", "num_heads", "num_layers", "batch_size", "epochs", "max_length",
+                     "samples_per_image"):  # fmt: skip
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
@@ -40,6 +44,10 @@ class CaptionConfig:
             raise ValueError(f"lr must be positive, got {self.lr}")
         if not 0 < self.lr_decay <= 1:
             raise ValueError(f"lr_decay must be in (0, 1], got {self.lr_decay}")
+        if self.self_critical not in (None, "mean", "greedy"):
+            raise ValueError(f"self_critical must be None, 'mean' or 'greedy', got {self.self_critical!r}")
+        if self.self_critical == "mean" and self.samples_per_image < 2:
+            raise ValueError("the mean baseline compares each sample with the others: samples_per_image must be >= 2")
         if self.decoder == "transformer" and self.wordvec_dim % self.num_heads:
             raise ValueError(f"num_heads ({self.num_heads}) must divide wordvec_dim ({self.wordvec_dim})")
 
@@ -76,6 +84,13 @@ PRESETS: dict[str, CaptionConfig] = {
     # The Transformer notebook: 100 epochs of batch 25 = 200 iterations, Adam 1e-3, no decay.
     "overfit-transformer": CaptionConfig(decoder="transformer", lr=1e-3, lr_decay=1.0, batch_size=25, epochs=100),
 }
+# Self-critical fine-tuning replaces these fields of the full run (the model's sizes come from its checkpoint).
+SELF_CRITICAL = dict(
+    lr=2e-4,  # a small step: the policy gradient is noisy and starts from a trained model
+    lr_decay=1.0,
+    batch_size=50,  # images per step, each with samples_per_image samples: 250 captions
+    epochs=8,
+)
 DEFAULT_DECODER = {"full": "lstm", "overfit": "rnn"}  # the notebook's overfit run is the vanilla RNN's
 
 

@@ -27,7 +27,8 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
-from . import coco, synthetic
+from . import coco, synthetic, vocabulary
+from .rewards import CiderD, Sentences
 
 FEATURE_STORAGES = ("hdf5", "memory", "device")
 
@@ -167,6 +168,8 @@ class CaptionDataModule(L.LightningDataModule):
         pin_memory: pin batches for faster host-to-GPU copies.
         seed: seed of the ``max_train`` / ``max_val_images`` subsets.
         synthetic_size: size of the embedded dataset when ``data_dir`` is None.
+        train_on_images: training batches are images with all their references (``batch_size``
+            images each), as self-critical training needs, instead of captions.
     """
 
     def __init__(
@@ -182,6 +185,7 @@ class CaptionDataModule(L.LightningDataModule):
         pin_memory: bool = False,
         seed: int = 0,
         synthetic_size: str = "default",
+        train_on_images: bool = False,
     ) -> None:
         super().__init__()
         for name, value in (("batch_size", batch_size), ("eval_batch_size", eval_batch_size),
@@ -204,6 +208,7 @@ class CaptionDataModule(L.LightningDataModule):
         self.feature_dim = 0
         self.num_images: dict[str, int] = {}  # rows of each split's feature file
         self._device_features: dict[str, Tensor] = {}
+        self._cider_reward: CiderD | None = None
 
     def prepare_data(self) -> None:
         # Runs once per node, before setup: the only place that writes files.
@@ -259,7 +264,20 @@ class CaptionDataModule(L.LightningDataModule):
         )
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader(self.train_set, self.hparams.batch_size, shuffle=True)
+        dataset = self.train_images if self.hparams.train_on_images else self.train_set
+        return self._loader(dataset, self.hparams.batch_size, shuffle=True)
+
+    def cider_reward(self) -> CiderD:
+        """CIDEr-D rewards whose document frequencies are the training references' (counted once, then kept)."""
+        if self._cider_reward is None:
+            train = self.train_images.split_captions
+            end, skipped = (
+                self.word_to_idx[vocabulary.END],
+                (self.word_to_idx[vocabulary.START], self.word_to_idx[vocabulary.NULL]),
+            )
+            corpus = Sentences.from_ids(train.captions, end, skipped)
+            self._cider_reward = CiderD(corpus, train.image_idxs, len(self.word_to_idx))
+        return self._cider_reward
 
     def val_dataloader(self) -> DataLoader:
         return self._loader(self.val_set, self.hparams.eval_batch_size or self.hparams.batch_size, shuffle=False)

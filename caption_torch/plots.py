@@ -14,14 +14,19 @@ import numpy as np  # noqa: E402
 
 
 def plot_loss_history(
-    losses: Sequence[float], path: Path | str, title: str = "Training loss history", steps_per_epoch: int | None = None
+    losses: Sequence[float],
+    path: Path | str,
+    title: str = "Training loss history",
+    steps_per_epoch: int | None = None,
+    ylabel: str = "Loss (summed over words, per caption)",
 ) -> Path:
     """Save the per-iteration training loss (and a smoothed curve when long) as a PNG.
 
     Args:
-        losses: one loss per iteration.
+        losses: one loss (or, for self-critical training, mean reward) per iteration.
         path: where to write the PNG (folders are created).
         steps_per_epoch: when given, a top axis labels epochs.
+        ylabel: what the values are.
 
     Returns:
         The path written.
@@ -38,7 +43,7 @@ def plot_loss_history(
         ax.plot(iterations[window - 1 :], smooth, color="tab:blue", lw=2, label=f"mean of {window}")
         ax.legend()
     ax.set_xlabel("Iteration")
-    ax.set_ylabel("Loss (summed over words, per caption)")
+    ax.set_ylabel(ylabel)
     ax.set_title(title)
     ax.grid(alpha=0.3)
     if losses.size and losses.min() > 0 and losses.max() / losses.min() > 50:

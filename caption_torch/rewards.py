@@ -23,6 +23,7 @@ from typing import Sequence
 
 import numpy as np
 import torch
+from torchmetrics import Metric
 
 
 @dataclass(frozen=True)
@@ -187,3 +188,56 @@ def _ranks_within(repeats: np.ndarray) -> np.ndarray:
     total = int(repeats.sum())
     run_starts = np.repeat(np.cumsum(repeats) - repeats, repeats)
     return np.arange(total) - run_starts
+
+
+class CorpusCiderD(Metric):
+    """Corpus CIDEr-D of greedy captions as pycocoevalcap computes it (document frequencies over the scored
+    images' references), accumulated batch by batch and across processes.
+
+    The states are flat word-id tensors concatenated over batches (and gathered over DDP ranks),
+    so the score after a distributed validation equals one process's.
+
+    Args:
+        vocab_size: V; ids in [0, V).
+        end_id: captions end at their first ``end_id``.
+        skipped_ids: ids that are not words (<START>, <NULL>).
+    """
+
+    full_state_update = False
+
+    def __init__(self, vocab_size: int, end_id: int, skipped_ids: Sequence[int]) -> None:
+        super().__init__()
+        self.vocab_size, self.end_id, self.skipped_ids = vocab_size, end_id, tuple(skipped_ids)
+        for name in (
+            "candidate_words",
+            "candidate_lengths",
+            "reference_words",
+            "reference_lengths",
+            "references_per_image",
+        ):
+            self.add_state(name, default=[], dist_reduce_fx="cat")
+
+    def update(self, candidates: torch.Tensor, references: torch.Tensor) -> None:
+        """candidates (B, L) generated ids; references (B, R, T) ``<START> ... <END>`` ids, rows of -1 for none."""
+        present = references[:, :, 0] >= 0
+        generated = Sentences.from_ids(candidates, self.end_id, self.skipped_ids)
+        refs = Sentences.from_ids(references[present], self.end_id, self.skipped_ids)
+        for name, values in (("candidate_words", generated.words), ("candidate_lengths", generated.lengths),
+                             ("reference_words", refs.words), ("reference_lengths", refs.lengths),
+                             ("references_per_image", present.sum(dim=1))):  # fmt: skip
+            getattr(self, name).append(torch.as_tensor(values, dtype=torch.long, device=self.device))
+
+    def compute(self) -> torch.Tensor:
+        def flat(name: str) -> np.ndarray:
+            values = getattr(self, name)
+            values = torch.cat(values) if isinstance(values, list) else values
+            return values.cpu().numpy()
+
+        counts = flat("references_per_image")
+        image = np.repeat(np.arange(len(counts)), counts)
+        references = Sentences(flat("reference_words"), flat("reference_lengths"))
+        candidates = Sentences(flat("candidate_words"), flat("candidate_lengths"))
+        scores = CiderD(references, image, self.vocab_size).scores(
+            candidates, np.arange(len(counts)), references, image
+        )
+        return torch.tensor(float(scores.mean()))

@@ -2,12 +2,14 @@
 
 The ``nn.Module`` (``model.py``) owns parameters, loss and sampling; this system
 owns optimisation (Adam with cs231n's per-epoch learning-rate decay), logging and
-metrics (val loss over every reference caption, val BLEU-1..4 of greedy samples
-against all references of each image).
+metrics (val loss over every reference caption, val BLEU-1..4 and CIDEr-D of greedy
+samples against all references of each image). With ``self_critical`` set it trains on
+images instead of captions: self-critical sequence training (``self_critical.py``).
 """
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Mapping
 
 import lightning as L
@@ -20,6 +22,8 @@ from .config import CaptionConfig
 from .data import CaptionBatch, ImageBatch
 from .decoders import build_decoder
 from .metrics import caption_text
+from .rewards import CiderD, CorpusCiderD
+from .self_critical import self_critical_step
 
 DEFAULTS = CaptionConfig()
 
@@ -37,8 +41,8 @@ class CaptioningSystem(L.LightningModule):
     Args:
         word_to_idx: the vocabulary (saved in the checkpoint, so a checkpoint is self-contained).
         input_dim: D, the width of the data's image features.
-        decoder, wordvec_dim, hidden_dim, num_heads, num_layers, lr, lr_decay, max_length: as
-            :class:`CaptionConfig`.
+        decoder, wordvec_dim, hidden_dim, num_heads, num_layers, lr, lr_decay, max_length, self_critical,
+            samples_per_image: as :class:`CaptionConfig`.
     """
 
     def __init__(
@@ -53,32 +57,55 @@ class CaptioningSystem(L.LightningModule):
         lr: float = DEFAULTS.lr,
         lr_decay: float = DEFAULTS.lr_decay,
         max_length: int = DEFAULTS.max_length,
+        self_critical: str | None = DEFAULTS.self_critical,
+        samples_per_image: int = DEFAULTS.samples_per_image,
     ) -> None:
         super().__init__()
         self.config = DEFAULTS.updated(decoder=decoder, wordvec_dim=wordvec_dim, hidden_dim=hidden_dim,
                                        num_heads=num_heads, num_layers=num_layers, lr=lr, lr_decay=lr_decay,
-                                       max_length=max_length)  # fmt: skip
+                                       max_length=max_length, samples_per_image=samples_per_image)  # fmt: skip
+        self.config = replace(self.config, self_critical=self_critical)  # None is a value here, not "unset"
         self.save_hyperparameters()
         self.model = build_decoder(dict(word_to_idx), input_dim, self.config)
         self.idx_to_word = self.model.idx_to_word
         self.val_bleu = torch.nn.ModuleList(CocoBLEUScore(n_gram=n) for n in BLEU_ORDERS)  # pycocoevalcap's BLEU
         self.val_loss = MeanMetric()
+        model = self.model
+        self.val_cider = CorpusCiderD(model.vocab_size, model.end_id, (model.start_id, model.null_id))
+        self.reward: CiderD | None = None  # self-critical rewards, from the training data (see setup)
 
     @classmethod
     def from_config(cls, word_to_idx: Mapping[str, int], input_dim: int, config: CaptionConfig) -> CaptioningSystem:
         """The system of a run configured by ``config`` (its batch size and epochs are the trainer's)."""
-        return cls(word_to_idx, input_dim, config.decoder, config.wordvec_dim, config.hidden_dim, config.num_heads,
-                   config.num_layers, config.lr, config.lr_decay, config.max_length)  # fmt: skip
+        trainer_fields = ("batch_size", "epochs")  # the DataModule's and the Trainer's, not the system's
+        return cls(word_to_idx, input_dim, **{k: v for k, v in config.as_dict().items() if k not in trainer_fields})
+
+    def setup(self, stage: str) -> None:
+        if stage == "fit" and self.config.self_critical and self.reward is None:
+            self.reward = self.trainer.datamodule.cider_reward()
 
     def forward(self, features: Tensor) -> Tensor:
         """Greedy captions (N, max_length) for (N, D) features."""
         return self.model.sample(features, self.config.max_length)
 
-    def training_step(self, batch: CaptionBatch, batch_idx: int) -> Tensor:
+    def training_step(self, batch: CaptionBatch | ImageBatch, batch_idx: int) -> Tensor | dict:
+        if self.config.self_critical:
+            return self._self_critical_step(batch)
         loss = self.model.loss(batch.features, batch.captions)
         # Non-finite losses are caught by callbacks.LossHistory, which syncs every few steps, not every step.
         self.log("train_loss", loss, prog_bar=True, batch_size=batch.captions.shape[0])
         return loss
+
+    def _self_critical_step(self, batch: ImageBatch) -> dict:
+        """Samples per image, rewarded by CIDEr-D; the loss makes those above the baseline likelier."""
+        config = self.config
+        step = self_critical_step(self.model, self.reward, batch.features, batch.references, config.self_critical,
+                                  config.samples_per_image, config.max_length)  # fmt: skip
+        images = batch.features.shape[0]
+        self.log("train_loss", step.loss, prog_bar=True, batch_size=images)
+        self.log("train_reward", step.reward, prog_bar=True, batch_size=images)
+        self.log("train_baseline", step.baseline, batch_size=images)
+        return {"loss": step.loss, "reward": step.reward, "baseline": step.baseline}
 
     def validation_step(self, batch: ImageBatch, batch_idx: int) -> None:
         references = batch.references  # (B, R, T)
@@ -100,6 +127,8 @@ class CaptioningSystem(L.LightningModule):
         for n, bleu in zip(BLEU_ORDERS, self.val_bleu):
             bleu.update(candidates, targets)
             self.log(f"val_bleu{n}", bleu, on_step=False, on_epoch=True, batch_size=len(candidates))
+        self.val_cider.update(samples, references)
+        self.log("val_cider", self.val_cider, on_step=False, on_epoch=True, batch_size=len(candidates))
 
     def configure_optimizers(self):
         # fused: one kernel for all parameters instead of a loop of per-tensor ops (benchmarks/README.md).
