@@ -187,17 +187,24 @@ def build_parser() -> argparse.ArgumentParser:
 def resolve_defaults(args: argparse.Namespace) -> argparse.Namespace:
     """Set ``args.config``: the overfit or full-run preset, with the flags given replacing its fields.
 
-    A self-critical run takes its model (decoder and sizes) from ``--init-from`` and the
-    self-critical settings over the full run's.
+    A run that starts from a checkpoint (``--init-from``, ``--resume``) takes its model (decoder
+    and sizes) from it, and a resumed run also its way of training; a self-critical run takes
+    the self-critical settings over the full run's. Flags given still win (and a resume refuses
+    model flags that differ from its checkpoint's).
     """
     if args.self_critical is not None and args.init_from is None and args.resume is None:
         raise ValueError("--self-critical fine-tunes a trained model: give its checkpoint with --init-from")
-    initial = load_system(args.init_from).config if args.init_from is not None else None
-    config = preset(args.overfit is not None, args.decoder or (initial.decoder if initial else None))
-    if initial is not None:
-        config = config.updated(**{name: getattr(initial, name) for name in shape_fields(initial.decoder)})
-    if args.self_critical is not None:
-        config = replace(config.updated(**SELF_CRITICAL), self_critical=args.self_critical)
+    resumed = find_last_checkpoint(args.log_dir) if args.resume == "last" else args.resume
+    source = args.init_from if args.init_from is not None else resumed
+    stored = load_system(source).config if source is not None else None
+    config = preset(args.overfit is not None, args.decoder or (stored.decoder if stored else None))
+    if stored is not None:
+        config = config.updated(**{name: getattr(stored, name) for name in shape_fields(stored.decoder)})
+    self_critical = args.self_critical or (stored.self_critical if resumed is not None else None)
+    if self_critical is not None:
+        config = replace(config.updated(**SELF_CRITICAL), self_critical=self_critical)
+        if resumed is not None:
+            config = config.updated(samples_per_image=stored.samples_per_image)
     args.config = config.updated(**{name: getattr(args, name) for name in CONFIG_FLAGS})
     if args.num_workers < 0:
         raise ValueError(f"--num-workers must be >= 0, got {args.num_workers}")

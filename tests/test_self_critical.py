@@ -1,5 +1,7 @@
 """Self-critical training's step: samples, CIDEr-D rewards, both baselines, and the direction of the update."""
 
+import re
+
 import numpy as np
 import pytest
 import torch
@@ -114,3 +116,41 @@ def test_bad_settings_are_refused():
         self_critical_step(model, reward, features, references, "median", 4, 6)
     with pytest.raises(ValueError, match="mean baseline needs samples_per_image >= 2"):
         self_critical_step(model, reward, features, references, "mean", 1, 6)
+
+
+SMALL = ["--hidden-dim", "32", "--wordvec-dim", "16", "--accelerator", "cpu", "--devices", "1"]
+
+
+def test_self_critical_run_from_a_checkpoint_and_its_resume(coco_folder, tmp_path, capsys):
+    """train.py: a cross-entropy epoch, one self-critical epoch from its weights, then --resume to a second."""
+    import train
+
+    def run(*flags):
+        code = train.main([str(flag) for flag in flags])
+        captured = capsys.readouterr()
+        assert code == 0, captured.err
+        return captured.out
+
+    run("--data-dir", coco_folder, "--epochs", "1", "--batch-size", "20", *SMALL, "--log-dir", tmp_path / "xe")
+    start = tmp_path / "xe" / "lightning_logs" / "version_0" / "checkpoints" / "last.ckpt"
+    flags = ["--data-dir", coco_folder, "--self-critical", "greedy", "--samples-per-image", "3", "--batch-size", "4",
+             "--accelerator", "cpu", "--devices", "1", "--log-dir", tmp_path / "sc"]  # fmt: skip
+    out = run(*flags, "--epochs", "1", "--init-from", start)
+    assert re.search(r"\(Iteration 1 / \d+\) loss: -?[\d.]+, reward: [\d.]+, baseline: [\d.]+", out), out
+    assert re.search(r"CIDEr-D: [\d.]+", out) and "best-epoch=0-val_cider=" in out
+    sc_last = tmp_path / "sc" / "lightning_logs" / "version_0" / "checkpoints" / "last.ckpt"
+    from caption_torch.checkpointing import load_system
+
+    stored = load_system(sc_last)
+    assert stored.config.self_critical == "greedy" and stored.config.hidden_dim == 32  # the size came from --init-from
+    out = run(*flags, "--epochs", "2", "--resume", sc_last)
+    assert "(Iteration" in out
+    newest = train.find_last_checkpoint(tmp_path / "sc")
+    assert newest != sc_last and torch.load(newest, weights_only=True)["epoch"] == 1  # the second epoch ran
+
+
+def test_self_critical_needs_a_starting_checkpoint(capsys):
+    import train
+
+    assert train.main(["--self-critical", "mean"]) == 2
+    assert "give its checkpoint with --init-from" in capsys.readouterr().err
