@@ -25,7 +25,7 @@ ROUGE-L, per image: with LCS the longest common subsequence of words,
 
 Corpus CIDEr-D and ROUGE-L are the means over images. The n-gram metrics count with
 integer n-gram ids over flat arrays (:mod:`.ngrams`), and ROUGE-L runs the LCS table of
-every (candidate, reference) pair at once, so a COCO-sized corpus takes seconds.
+every (candidate, reference) pair at once instead of one Python loop per pair.
 """
 
 from __future__ import annotations

@@ -80,10 +80,10 @@ class SyntheticSize:
 
 SIZES = {
     # 20k train captions: each of the ~240 train (colour, noun) pairs is seen ~25 times and
-    # every kept word hundreds of times, enough for an LSTM to learn them; an epoch is ~200
-    # batches of 100, so a few minutes on a 2-core CPU give many epochs. 500 val images
-    # (2,500 references) keep BLEU stable while evaluating in seconds.
-    "default": SyntheticSize(4000, 500, "training on a laptop CPU in minutes with meaningful val BLEU"),
+    # every kept word hundreds of times, enough for an LSTM to learn them; an epoch is ~160
+    # batches of 128, so a CPU run gives many epochs (times: benchmarks/README.md). 500 val
+    # images (2,500 references) keep BLEU stable while evaluating quickly.
+    "default": SyntheticSize(4000, 500, "training on a laptop CPU with meaningful val BLEU"),
     "tiny": SyntheticSize(120, 40, "unit tests; generated in well under a second"),
     "coco": SyntheticSize(82_783, 40_504, "COCO-2014 sizes (~414k train captions) for throughput tests"),
 }

@@ -19,7 +19,7 @@ CAPTIONS_PER_IMAGE = 5
 
 
 def _pick(rng: np.random.Generator, options: Sequence[Any]) -> Any:
-    # One float per draw: about 4x faster than rng.integers, which matters at COCO size.
+    # One float per draw: cheaper than rng.integers, which matters at COCO size (benchmarks/micro.py --groups rng).
     return options[int(rng.random() * len(options))]
 
 

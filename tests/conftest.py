@@ -62,7 +62,8 @@ def coco_folder(tmp_path: Path) -> Path:
 
 @pytest.fixture(autouse=True, scope="session")
 def _one_thread():
-    """Tests use tiny tensors: one thread avoids oversubscribing a busy 2-core machine (100x slower there)."""
+    """Tests use tiny tensors: one thread avoids oversubscribing a busy machine, where every parallel region
+    can stall waiting for a core."""
     import torch
 
     threads = torch.get_num_threads()

@@ -1,7 +1,6 @@
 """The notebook's experiment and the default run, end to end on the embedded dataset.
 
-The overfit runs take ~20 s each and check the notebook's bounds; the full default run takes
-~2 minutes and is marked slow (`pytest -m slow`).
+The overfit runs check the notebook's bounds; the full default run is marked slow (`pytest -m slow`).
 """
 
 import re

@@ -111,10 +111,10 @@ def _apply_autocast(function, *args, low_precision: bool):
 # Matrix products
 # --------------------------------------------------------------------------- #
 # On CPUs, float32 products go through oneDNN (the library behind nn.LSTM's CPU
-# kernels) when this torch build has it: torch.mm goes to the BLAS, which was
-# measured 2-2.5x slower on the AMD EPYC this project is benchmarked on, for every
-# product shape the model uses (benchmarks/README.md). Other dtypes and devices use
-# torch.mm. Set CAPTION_TORCH_ONEDNN=0 to use ATen only (torch.mm, and torch.tanh in _tanh).
+# kernels) when this torch build has it, instead of the BLAS behind torch.mm; which of
+# the two is faster depends on the CPU (benchmarks/README.md; benchmarks/micro.py --groups mm
+# measures it). Other dtypes and devices use torch.mm. Set CAPTION_TORCH_ONEDNN=0 to use
+# ATen only (torch.mm, and torch.tanh in _tanh).
 
 
 def _probe_onednn() -> bool:
@@ -159,11 +159,11 @@ def _addmm(bias: Tensor, a: Tensor, b: Tensor) -> Tensor:
     return torch.addmm(bias, a, b)
 
 
-# ATen's float32 tanh costs ~10x its sigmoid per element on the CPU this project is
-# benchmarked on (a (1000, 512) block: 550 us against 56 us); oneDNN's tanh, the one under
-# nn.LSTM's CPU kernels, costs about what sigmoid does. Two layout copies make the detour
-# pay from ~32k elements (measured crossover: 64 rows of 512): generation and large
-# batches. The per-step blocks of a batch of 25 (12.8k elements) stay with ATen.
+# On some CPUs ATen's float32 tanh costs several times its sigmoid; oneDNN's tanh, the one
+# under nn.LSTM's CPU kernels, costs about what sigmoid does. Its two layout copies make the
+# detour pay only for large blocks: from the crossover below (64 rows of 512, measured with
+# benchmarks/micro.py --groups tanh), i.e. generation and large batches. The per-step blocks
+# of a batch of 25 (12.8k elements) stay with ATen.
 _ONEDNN_TANH_MIN_ELEMENTS = 32768
 
 

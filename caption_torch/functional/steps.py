@@ -110,7 +110,7 @@ def _lstm_backward_coefficients(gates: Tensor, prev_c: Tensor, tanh_next_c: Tens
         gates: (N, 4H) activations [i, f, o, g].
         prev_c: (N, H) cell state before the step.
         tanh_next_c: (N, H) tanh of the cell state after it (saved by the forward pass,
-            which computes it anyway: recomputing tanh costs ~10x a multiply on CPU).
+            which computes it anyway, so backward does not compute it again).
 
     Returns:
         ``(coefficients (N, 4H), c_from_h (N, H))`` where c_from_h = o (1 - tanh(c')^2).
