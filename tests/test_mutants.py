@@ -68,14 +68,14 @@ def test_checkpoint_file_mode_follows_the_umask(tmp_path, umask):
     finally:
         os.umask(previous)
     assert (tmp_path / "last.ckpt").stat().st_mode & 0o777 == 0o666 & ~umask
-    assert torch.load(tmp_path / "last.ckpt", weights_only=True) == {"step": 1}
+    assert torch.load(tmp_path / "last.ckpt", weights_only=True)["step"] == 1
 
 
 class _CountingTrainer:
-    """What LastCheckpoint uses of a Trainer: the step counter and save_checkpoint."""
+    """What LastCheckpoint uses of a Trainer: the step counter, the fast-dev-run flag and save_checkpoint."""
 
     def __init__(self):
-        self.global_step, self.saved_at = 0, []
+        self.global_step, self.saved_at, self.fast_dev_run = 0, [], False
 
     def save_checkpoint(self, path, weights_only):
         self.saved_at.append(self.global_step)
