@@ -1,16 +1,18 @@
-"""Caption decoders built only on the model's one-word-at-a-time API.
+"""Decoding strategies built only on the one-word-at-a-time API every model has (``captioner.py``).
 
-    state = model.initial_state(features)        features (N, D) -> state (h,) or (h, c), each (N, H)
-    scores, state = model.step(words, state)     words (N,)      -> scores (N, V)
+    state = model.initial_state(features)                features (N, D) -> tuple of (N, ...) tensors
+    context = model.generation_context(steps)            reused by every step of a run (or None)
+    scores, state = model.step(words, state, context)    words (N,)      -> scores (N, V)
 
-Every decoder returns what ``CaptioningRNN.sample`` returns: an (N, max_length)
+They work for the RNN, the LSTM and the Transformer alike. Every one returns what
+``Captioner.sample`` returns: an (N, max_length)
 LongTensor whose column 0 is the first generated word (not ``<START>``), with only
 ``<NULL>`` after a row's ``<END>``. A row that never emits ``<END>`` fills all
 ``max_length`` columns.
 
 Beam search keeps K hypotheses per image and runs all N * K of them as one batch::
 
-    state rows   [img0 beam0, img0 beam1, ..., img0 beamK-1, img1 beam0, ...]   (N * K, H)
+    state rows   [img0 beam0, img0 beam1, ..., img0 beamK-1, img1 beam0, ...]   (N * K, ...)
     scores       (N * K, V) ──view──► (N, K, V) ──flatten K and V──► (N, K * V)
                                       top K per image ──► parent beam = i // V, word = i % V
 
@@ -25,8 +27,8 @@ import numbers
 import torch
 from torch import Tensor
 
+from .captioner import Captioner, check_positive_integer
 from .functional._common import _check_token_ids
-from .model import CaptioningRNN, check_positive_integer
 
 __all__ = ["greedy_decode", "temperature_sample", "beam_search", "caption_log_probs", "decode", "DECODE_METHODS"]
 
@@ -39,7 +41,7 @@ DECODE_METHODS = ("greedy", "beam", "sample")
 
 
 @torch.no_grad()
-def greedy_decode(model: CaptioningRNN, features: Tensor, max_length: int = 30) -> Tensor:
+def greedy_decode(model: Captioner, features: Tensor, max_length: int = 30) -> Tensor:
     """The most likely word at every step; equals ``model.sample(features, max_length)``.
 
     Args:
@@ -53,7 +55,7 @@ def greedy_decode(model: CaptioningRNN, features: Tensor, max_length: int = 30) 
 
 @torch.no_grad()
 def temperature_sample(
-    model: CaptioningRNN,
+    model: Captioner,
     features: Tensor,
     temperature: float = 1.0,
     max_length: int = 30,
@@ -89,7 +91,7 @@ def temperature_sample(
 
 @torch.no_grad()
 def beam_search(
-    model: CaptioningRNN,
+    model: Captioner,
     features: Tensor,
     beam_size: int = 3,
     max_length: int = 30,
@@ -125,10 +127,10 @@ def beam_search(
     state = tuple(part.repeat_interleave(K, dim=0) for part in model.initial_state(features))  # (N*K, H) each
     beams = _Beams(N, K, max_length, model.null_id, length_normalization, device)
     words = torch.full((N * K,), model.start_id, dtype=torch.long, device=device)
-    # Each word's input projection, looked up instead of multiplied at every step (see model.step).
-    table = model.input_table() if N * K * max_length > V else None
+    context = model.generation_context(N * K * max_length)  # e.g. the RNN's per-word input table
+
     for t in range(max_length):
-        scores, state = model.step(words, state, table)
+        scores, state = model.step(words, state, context)
         log_probs = torch.log_softmax(scores.double(), dim=1).view(N, K, V)
         parent, word = beams.advance(t, log_probs, model.end_id)
         rows = (torch.arange(N, device=device)[:, None] * K + parent).view(N * K)  # the parents' state rows
@@ -236,7 +238,7 @@ class _Beams:
 
 @torch.no_grad()
 def caption_log_probs(
-    model: CaptioningRNN, features: Tensor, captions: Tensor, length_normalization: bool = False
+    model: Captioner, features: Tensor, captions: Tensor, length_normalization: bool = False
 ) -> Tensor:
     """Log-probability of given captions under the model (teacher forcing), in float64.
 
@@ -280,7 +282,7 @@ def caption_log_probs(
 
 
 def decode(
-    model: CaptioningRNN,
+    model: Captioner,
     features: Tensor,
     method: str = "greedy",
     *,

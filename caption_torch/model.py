@@ -12,27 +12,23 @@ whose target is ``<NULL>`` do not count.
 from __future__ import annotations
 
 import math
-import numbers
-from typing import Callable, Mapping
+from typing import Mapping
 
 import torch
 from torch import Tensor, nn
 
 from . import functional as F
+from .captioner import Captioner, check_positive_integer
 from .functional import CELLS, State
-from .vocabulary import END, NULL, START, index_words
+from .vocabulary import END, NULL, START
+
+__all__ = ["CaptioningRNN", "check_positive_integer", "NULL", "START", "END"]
 
 CELL_TYPES = tuple(CELLS)
 PARAM_NAMES = ("W_embed", "W_proj", "b_proj", "Wx", "Wh", "b", "W_vocab", "b_vocab")
 
 
-def check_positive_integer(name: str, value: int) -> None:
-    """``value`` must be an integer >= 1 (numpy's too, bool not): e.g. max_length, as captions have a word."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
-        raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
-
-
-class CaptioningRNN(nn.Module):
+class CaptioningRNN(Captioner):
     """Image-captioning RNN or LSTM over pre-extracted image features.
 
     Args:
@@ -63,24 +59,16 @@ class CaptioningRNN(nn.Module):
         super().__init__()
         if cell_type not in CELL_TYPES:
             raise ValueError(f"cell_type must be one of {CELL_TYPES}, got {cell_type!r}")
-        if NULL not in word_to_idx:
-            raise ValueError(f"word_to_idx must contain the padding token {NULL!r}")
-        idx_to_word = index_words(word_to_idx)  # ids need not be 0..V-1, but each is one word's
+        self._set_vocabulary(word_to_idx)
         for name, value in (("input_dim", input_dim), ("wordvec_dim", wordvec_dim), ("hidden_dim", hidden_dim)):
             if not isinstance(value, int) or value <= 0:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
         if not dtype.is_floating_point:
             raise ValueError(f"dtype must be a floating-point dtype, got {dtype}")
 
-        self.word_to_idx = dict(word_to_idx)
-        self.idx_to_word = idx_to_word
         self.cell_type = cell_type
         self.cell = CELLS[cell_type]
         self.input_dim, self.wordvec_dim, self.hidden_dim = input_dim, wordvec_dim, hidden_dim
-        self.vocab_size = len(self.word_to_idx)
-        self.null_id = self.word_to_idx[NULL]
-        self.start_id = self.word_to_idx.get(START)
-        self.end_id = self.word_to_idx.get(END)
 
         V, D, W, H = self.vocab_size, input_dim, wordvec_dim, hidden_dim
         gates = self.cell.gates
@@ -226,82 +214,19 @@ class CaptioningRNN(nn.Module):
         scores = F.temporal_affine(state[0][:, None], self.W_vocab, self.b_vocab)[:, 0]  # (N, V)
         return scores, state
 
-    @torch.no_grad()
-    def generate(self, features: Tensor, max_length: int, choose_next: Callable[[Tensor], Tensor]) -> Tensor:
-        """Generate captions word by word, feeding each chosen word back in.
+    def generation_context(self, steps: int) -> Tensor | None:
+        """The (V, gH) :meth:`input_table` when ``steps`` row-steps would multiply more rows than it has.
 
-        Args:
-            features: (N, D) image features.
-            max_length: number of words to generate per image (>= 1).
-            choose_next: maps scores (N, V) of the next word to chosen word ids (N,).
-
-        Returns:
-            (N, max_length) LongTensor. Column 0 is the first generated word (not
-            ``<START>``); after a row emits ``<END>`` the rest of it is ``<NULL>``.
+        One (V, W) @ (W, gH) product then replaces ``steps`` rows of (N, W) @ (W, gH) products.
         """
-        self.check_can_generate()
-        check_positive_integer("max_length", max_length)
-        state = self.initial_state(features)
-        N, device = features.shape[0], features.device
-        # One (V, W) @ (W, gH) product replaces max_length products of (N, W) @ (W, gH) when N > V / max_length.
-        table = self.input_table() if N * max_length > self.vocab_size else None
-        captions = torch.full((N, max_length), self.null_id, dtype=torch.long, device=device)
-        words = torch.full((N,), self.start_id, dtype=torch.long, device=device)
-        running = torch.arange(N, device=device)  # rows of captions still being generated
-        for t in range(max_length):
-            scores, state = self.step(words, state, table)  # (n, V) for the n running rows
-            words = choose_next(scores)
-            captions[running, t] = words
-            ended = words == self.end_id
-            # A caption that ended leaves the batch: later steps cost only what is still running
-            # (one host sync per word decides it).
-            if bool(ended.any()):
-                keep = ~ended
-                running, words = running[keep], words[keep]
-                state = tuple(part[keep] for part in state)
-                if running.numel() == 0:
-                    break
-        return captions
-
-    def sample(self, features: Tensor, max_length: int = 30) -> Tensor:
-        """Greedy captions: the most likely word at every step (cs231n's ``sample``).
-
-        Args:
-            features: (N, D) image features.
-            max_length: number of words to generate per image.
-
-        Returns:
-            (N, max_length) LongTensor, as :meth:`generate`.
-        """
-        return self.generate(features, max_length, lambda scores: scores.argmax(dim=1))
+        return self.input_table() if steps > self.vocab_size else None
 
     # ------------------------------------------------------------------ #
     # Helpers
     # ------------------------------------------------------------------ #
 
-    def check_can_generate(self) -> None:
-        """Generation starts from ``<START>`` and stops at ``<END>``: both must be in the vocabulary."""
-        missing = [token for token, idx in ((START, self.start_id), (END, self.end_id)) if idx is None]
-        if missing:
-            raise ValueError(f"word_to_idx lacks {', '.join(missing)}, needed to generate captions")
-
     def _initial_hidden(self, features: Tensor) -> Tensor:
         return F.temporal_affine(features[:, None], self.W_proj, self.b_proj)[:, 0]  # (N, H)
-
-    def _check_features(self, features: Tensor) -> None:
-        if not isinstance(features, Tensor) or features.dim() != 2:
-            shape = tuple(features.shape) if isinstance(features, Tensor) else type(features).__name__
-            raise ValueError(f"features must be an (N, D) tensor, got {shape}")
-        if features.shape[1] != self.input_dim:
-            raise ValueError(
-                f"features have width {features.shape[1]} but the model expects input_dim={self.input_dim}"
-            )
-        dtype = self.W_proj.dtype
-        if features.dtype != dtype:
-            raise ValueError(
-                f"features have dtype {features.dtype} but the model's parameters are {dtype}; "
-                f"convert them with features.to({dtype})"
-            )
 
     def extra_repr(self) -> str:
         return (

@@ -20,13 +20,13 @@ run unchanged. The dropouts draw their masks torch's way, or the Intel-MKL way i
 
 from __future__ import annotations
 
-from typing import Callable, Mapping
+from typing import Mapping
 
 import torch
 from torch import Tensor, nn
 
 from . import functional as F
-from .model import END, NULL, START, check_positive_integer
+from .captioner import Captioner, check_positive_integer
 from .transformer_layers import (
     Embedding,
     LayerNorm,
@@ -50,7 +50,7 @@ __all__ = [
 # --------------------------------------------------------------------------- #
 
 
-class CaptioningTransformer(nn.Module):
+class CaptioningTransformer(Captioner):
     """cs231n's Transformer image captioner over pre-extracted image features.
 
     Args:
@@ -79,21 +79,9 @@ class CaptioningTransformer(nn.Module):
         max_length: int = 50,
     ) -> None:
         super().__init__()
-        if NULL not in word_to_idx:
-            raise ValueError(f"word_to_idx must contain the padding token {NULL!r}")
-        idx_to_word: dict[int, str] = {}
-        for word, idx in word_to_idx.items():
-            if idx in idx_to_word:
-                raise ValueError(f"word_to_idx gives id {idx} to both {idx_to_word[idx]!r} and {word!r}")
-            idx_to_word[idx] = word
+        self._set_vocabulary(word_to_idx)
         for name, value in (("input_dim", input_dim), ("wordvec_dim", wordvec_dim), ("max_length", max_length)):
             check_positive_integer(name, value)
-        self.word_to_idx = dict(word_to_idx)
-        self.idx_to_word = idx_to_word
-        self.vocab_size = len(word_to_idx)
-        self.null_id = self.word_to_idx[NULL]
-        self.start_id = self.word_to_idx.get(START)
-        self.end_id = self.word_to_idx.get(END)
         self.input_dim, self.wordvec_dim, self.max_length = input_dim, wordvec_dim, max_length
 
         self.visual_projection = Linear(input_dim, wordvec_dim)
@@ -197,13 +185,14 @@ class CaptioningTransformer(nn.Module):
         return positions, keys, torch.zeros_like(keys), memory_keys, memory_values  # fmt: skip
 
     @torch.no_grad()
-    def step(self, words: Tensor, state: tuple[Tensor, ...]) -> tuple[Tensor, tuple[Tensor, ...]]:
+    def step(self, words: Tensor, state: tuple[Tensor, ...], context: None = None) -> tuple[Tensor, tuple[Tensor, ...]]:
         """Feed one word per sequence, every dropout off.
 
         Args:
             words: (N,) token ids of the current words (``<START>`` first).
             state: from :meth:`initial_state` or the previous step. Its caches are written in
                 place at the new position, which no earlier state reads.
+            context: unused (the Transformer reuses nothing across a generation run but its state).
 
         Returns:
             ``(scores, state)``: (N, V) scores of the next word, and the state after this word.
@@ -232,56 +221,13 @@ class CaptioningTransformer(nn.Module):
         return scores, (positions + 1, keys, values, memory_keys, memory_values)
 
     @torch.no_grad()
-    def generate(self, features: Tensor, max_length: int, choose_next: Callable[[Tensor], Tensor]) -> Tensor:
-        """Generate captions word by word with cached keys and values, feeding each chosen word back in.
-
-        Args:
-            features: (N, D) image features.
-            max_length: words to generate per image, at most the model's max_length.
-            choose_next: maps scores (n, V) of the next word to chosen ids (n,).
-
-        Returns:
-            (N, max_length) LongTensor; column 0 is the first generated word. After a row
-            emits ``<END>`` the rest of it is ``<NULL>``.
-        """
-        self._check_generation(max_length)
-        state = self.initial_state(features)
-        N, device = features.shape[0], features.device
-        captions = torch.full((N, max_length), self.null_id, dtype=torch.long, device=device)
-        words = torch.full((N,), self.start_id, dtype=torch.long, device=device)
-        running = torch.arange(N, device=device)  # rows of captions still being generated
-        for t in range(max_length):
-            scores, state = self.step(words, state)
-            words = choose_next(scores)
-            captions[running, t] = words
-            ended = words == self.end_id
-            if bool(ended.any()):  # a caption that ended leaves the batch (and its caches)
-                keep = ~ended
-                running, words = running[keep], words[keep]
-                state = tuple(part[keep] for part in state)
-                if running.numel() == 0:
-                    break
-        return captions
-
-    def sample(self, features: Tensor, max_length: int = 30) -> Tensor:
-        """Greedy captions, every dropout off: the most likely word at each step (cached keys and values).
-
-        Args:
-            features: (N, D) image features.
-            max_length: words to generate per image, at most the model's max_length.
-
-        Returns:
-            (N, max_length) LongTensor, as :meth:`generate`.
-        """
-        return self.generate(features, max_length, lambda scores: scores.argmax(dim=1))
-
-    @torch.no_grad()
     def sample_without_cache(self, features: Tensor, max_length: int = 30) -> Tensor:
         """:meth:`sample` the way cs231n's notebook samples: every step re-runs the model on all words so far.
 
         Same captions as :meth:`sample` (up to rounding); kept as the reference it is measured against.
         """
-        self._check_generation(max_length)
+        self.check_can_generate()
+        self._check_max_length(max_length)
         self._check_features(features)
         N, device = features.shape[0], features.device
         captions = torch.full((N, max_length), self.null_id, dtype=torch.long, device=device)
@@ -305,32 +251,10 @@ class CaptioningTransformer(nn.Module):
     # Helpers
     # ------------------------------------------------------------------ #
 
-    def _check_generation(self, max_length: int) -> None:
-        self.check_can_generate()
+    def _check_max_length(self, max_length: int) -> None:
         check_positive_integer("max_length", max_length)
         if max_length > self.max_length:
             raise ValueError(f"max_length={max_length} exceeds the model's max_length={self.max_length}")
-
-    def check_can_generate(self) -> None:
-        """Generation starts from ``<START>`` and stops at ``<END>``: both must be in the vocabulary."""
-        missing = [token for token, idx in ((START, self.start_id), (END, self.end_id)) if idx is None]
-        if missing:
-            raise ValueError(f"word_to_idx lacks {', '.join(missing)}, needed to generate captions")
-
-    def _check_features(self, features: Tensor) -> None:
-        if not isinstance(features, Tensor) or features.dim() != 2:
-            shape = tuple(features.shape) if isinstance(features, Tensor) else type(features).__name__
-            raise ValueError(f"features must be an (N, D) tensor, got {shape}")
-        if features.shape[1] != self.input_dim:
-            raise ValueError(
-                f"features have width {features.shape[1]} but the model expects input_dim={self.input_dim}"
-            )
-        dtype = self.visual_projection.weight.dtype
-        if features.dtype != dtype:
-            raise ValueError(
-                f"features have dtype {features.dtype} but the model's parameters are {dtype}; "
-                f"convert them with features.to({dtype})"
-            )
 
     def extra_repr(self) -> str:
         return (

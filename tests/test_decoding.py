@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from caption_torch import CaptioningRNN
+from caption_torch.captioner import Captioner
 from caption_torch.decoding import (
     beam_search,
     caption_log_probs,
@@ -14,10 +15,12 @@ from caption_torch.decoding import (
     greedy_decode,
     temperature_sample,
 )
+from caption_torch.transformer import CaptioningTransformer
 
 VOCAB = {"<NULL>": 0, "<START>": 1, "<END>": 2, "<UNK>": 3, "a": 4, "cat": 5, "dog": 6, "on": 7, "mat": 8}
 NULL, END = 0, 2
 CELL_TYPES = ["rnn", "lstm"]
+DECODERS = [*CELL_TYPES, "transformer"]  # the strategies only use the one-word-at-a-time API
 
 
 def make_model(cell_type, seed=0, vocab=VOCAB, dtype=torch.float32):
@@ -28,6 +31,12 @@ def make_model(cell_type, seed=0, vocab=VOCAB, dtype=torch.float32):
     weights make decoders disagree and make some captions end early.
     """
     torch.manual_seed(seed)
+    if cell_type == "transformer":
+        model = CaptioningTransformer(vocab, input_dim=8, wordvec_dim=16, num_heads=2, num_layers=1, max_length=30)
+        with torch.no_grad():
+            model.embedding.weight.normal_()
+            model.output.weight.mul_(8.0)
+        return model.to(dtype).eval()
     model = CaptioningRNN(vocab, input_dim=8, wordvec_dim=6, hidden_dim=16, cell_type=cell_type, dtype=dtype)
     with torch.no_grad():
         model.W_embed.normal_()
@@ -87,7 +96,7 @@ def test_greedy_equals_a_plain_greedy_loop(cell_type, images):
     assert torch.equal(greedy_decode(model, feats, max_length=12), expected)
 
 
-@pytest.mark.parametrize("cell_type", CELL_TYPES)
+@pytest.mark.parametrize("cell_type", DECODERS)
 @pytest.mark.parametrize("length_normalization", [True, False])
 def test_beam_size_one_equals_greedy(cell_type, length_normalization):
     model, feats = make_model(cell_type), features(32)
@@ -96,7 +105,7 @@ def test_beam_size_one_equals_greedy(cell_type, length_normalization):
     assert torch.equal(beam, greedy)
 
 
-@pytest.mark.parametrize("cell_type", CELL_TYPES)
+@pytest.mark.parametrize("cell_type", DECODERS)
 def test_tiny_temperature_equals_greedy(cell_type):
     model, feats = make_model(cell_type), features(32)
     generator = torch.Generator().manual_seed(0)
@@ -109,7 +118,7 @@ def test_tiny_temperature_equals_greedy(cell_type):
 # --------------------------------------------------------------------------- #
 
 
-@pytest.mark.parametrize("cell_type", CELL_TYPES)
+@pytest.mark.parametrize("cell_type", DECODERS)
 @pytest.mark.parametrize("beam_size", [2, 4])
 def test_batched_beam_equals_one_image_at_a_time(cell_type, beam_size):
     model, feats = make_model(cell_type, seed=3), features(6)
@@ -118,7 +127,7 @@ def test_batched_beam_equals_one_image_at_a_time(cell_type, beam_size):
     assert torch.equal(batched, one_by_one)
 
 
-@pytest.mark.parametrize("cell_type", CELL_TYPES)
+@pytest.mark.parametrize("cell_type", DECODERS)
 def test_exhaustive_beam_finds_the_best_caption(cell_type):
     """With K >= V^L nothing is ever pruned, so beam search must return the caption of
     highest mean log-probability among all V^L, which is at least greedy's.
@@ -142,7 +151,7 @@ def test_exhaustive_beam_finds_the_best_caption(cell_type):
     assert_null_after_end(beam)
 
 
-@pytest.mark.parametrize("cell_type", CELL_TYPES)
+@pytest.mark.parametrize("cell_type", CELL_TYPES)  # the small random Transformer gives every image one caption
 def test_small_beam_beats_greedy_on_average(cell_type):
     model, feats = make_model(cell_type, seed=7), features(64)
     greedy = mean_log_prob(model, feats, greedy_decode(model, feats, max_length=12))
@@ -164,7 +173,7 @@ def test_length_normalization_changes_the_ranking(cell_type):
 
 
 class ScriptedModel:
-    """Stands in for CaptioningRNN with hand-written next-word probabilities.
+    """Stands in for a decoder with hand-written next-word probabilities.
 
     The "hidden state" is the caption so far, (N, t) word ids, so that beam search
     reorders it like any state; ``step`` looks the caption up in ``table`` (tuple of
@@ -173,8 +182,8 @@ class ScriptedModel:
 
     words = {"<NULL>": 0, "<START>": 1, "<END>": 2, "a": 3, "b": 4}
     vocab_size, null_id, start_id, end_id = 5, 0, 1, 2
-    # The generation loop itself is the real model's; only step() is scripted.
-    generate, sample = CaptioningRNN.generate, CaptioningRNN.sample
+    # The generation loop itself is every real model's; only step() is scripted.
+    generate, sample, _check_max_length = Captioner.generate, Captioner.sample, Captioner._check_max_length
 
     def __init__(self, table):
         self.table = {tuple(self.words[w] for w in key.split()): probs for key, probs in table.items()}
@@ -185,10 +194,10 @@ class ScriptedModel:
     def initial_state(self, features):
         return (torch.zeros(features.shape[0], 0, dtype=torch.long),)
 
-    def input_table(self):
+    def generation_context(self, steps):
         return None  # no weights: step() looks captions up in the table instead
 
-    def step(self, words, state, input_table=None):
+    def step(self, words, state, context=None):
         prefix = torch.cat([state[0], words[:, None]], dim=1)  # (N, t + 1), <START> first
         uniform = {"<END>": 1 / 3, "a": 1 / 3, "b": 1 / 3}
         scores = torch.full((len(words), self.vocab_size), math.log(1e-9), dtype=torch.float64)
@@ -273,7 +282,7 @@ def test_sampling_is_reproducible_with_a_generator_and_differs_from_greedy():
 # --------------------------------------------------------------------------- #
 
 
-@pytest.mark.parametrize("cell_type", CELL_TYPES)
+@pytest.mark.parametrize("cell_type", DECODERS)
 @pytest.mark.parametrize("method", ["greedy", "beam", "sample"])
 def test_output_format(cell_type, method):
     model, feats = make_model(cell_type, seed=5), features(40)  # a seed where every method ends some captions
