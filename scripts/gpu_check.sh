@@ -10,7 +10,7 @@
 #   tests       pytest -m "not slow" (the CUDA parametrisations run wherever CUDA is available)
 #   cuda_ran    from tests.xml: lists the CUDA cases that passed; fails if none did or any failed
 #   bench       benchmarks/bench.py --device cuda --json $OUT/bench.json --plot $OUT/speed.png
-#   train_bf16  train.py, 1 epoch on the embedded data, one GPU, --precision bf16-mixed
+#   train_bf16  train.py, 1 epoch on the embedded data per decoder of the table, one GPU, --precision bf16-mixed
 # Exit status: 0 if every section passed, else 1. Timeouts (seconds) can be overridden through the
 # environment: TESTS_TIMEOUT, BENCH_TIMEOUT, TRAIN_TIMEOUT; BENCH_ARGS adds flags to bench.py (e.g. --quick).
 set -euo pipefail
@@ -90,11 +90,15 @@ run_bench() {
 }
 
 run_train_bf16() {
-    timeout "${TRAIN_TIMEOUT:-300}" "$PYTHON" train.py --accelerator gpu --devices 1 --precision bf16-mixed \
-        --epochs 1 --log-dir "$SCRATCH/train"
-    grep -q "final training loss" "$OUT/train_bf16.log"
-    # The plot comes back; the checkpoints (tens of MB) stay on the machine.
-    cp "$SCRATCH"/train/lightning_logs/version_0/loss.png "$OUT/train_bf16_loss.png"
+    local decoders
+    decoders=$("$PYTHON" -c "from caption_torch.decoders import DECODERS; print(*DECODERS)")
+    for decoder in $decoders; do
+        timeout "${TRAIN_TIMEOUT:-300}" "$PYTHON" train.py --accelerator gpu --devices 1 --precision bf16-mixed \
+            --model "$decoder" --epochs 1 --log-dir "$SCRATCH/train_$decoder"
+        # The plot comes back; the checkpoints (tens of MB) stay on the machine.
+        cp "$SCRATCH/train_$decoder/lightning_logs/version_0/loss.png" "$OUT/train_bf16_${decoder}_loss.png"
+    done
+    [ "$(grep -c "final training loss" "$OUT/train_bf16.log")" -eq "$(echo $decoders | wc -w)" ]
 }
 
 if [ -d "$REPO/.whl" ]; then
