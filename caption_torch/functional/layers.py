@@ -12,7 +12,7 @@ import torch
 from torch import Tensor
 from torch.autograd.function import FunctionCtx, once_differentiable
 
-from ._common import _addmm, _apply_autocast, _check_dim, _check_float, _check_same_dtype, _mm
+from ._common import _addmm, _apply_autocast, _check_dim, _check_float, _check_same_dtype, _mm, _on_onednn
 from .dropout import Dropout, check_probability, dropout_noise, drops
 from .words import _check_targets, _softmax_loss_grad
 
@@ -147,6 +147,13 @@ def layer_norm(x: Tensor, weight: Tensor, bias: Tensor, eps: float = 1e-5) -> Te
 # --------------------------------------------------------------------------- #
 
 
+def _addmm_relu(bias: Tensor, a: Tensor, b: Tensor) -> Tensor:
+    """``relu(bias + a @ b)``; oneDNN applies the ReLU as it writes the product (no second pass)."""
+    if _on_onednn(a, b):
+        return torch.ops.mkldnn._linear_pointwise(a, b.T, bias, "relu", [], "")
+    return torch.addmm(bias, a, b).relu_()
+
+
 class FeedForward(torch.autograd.Function):
     """``Linear2(Dropout(ReLU(Linear1(x))))`` with the dropout's noise given (see ``dropout_noise``).
 
@@ -156,7 +163,7 @@ class FeedForward(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, weight1, bias1, weight2, bias2, noise):
-        hidden = _addmm(bias1, _rows(x), weight1.T).relu_()  # (M, F)
+        hidden = _addmm_relu(bias1, _rows(x), weight1.T)  # (M, F)
         dropped = hidden.mul_(noise.view(hidden.shape)) if noise.dim() else hidden.mul_(noise)
         ctx.save_for_backward(x, weight1, weight2, dropped, noise)
         return _addmm(bias2, dropped, weight2.T).view(*x.shape[:-1], weight2.shape[0])
