@@ -20,7 +20,7 @@ import torch
 from torch import Tensor, nn
 
 from benchmarks.rows import coco_like_captions, coco_vocab
-from benchmarks.timing import Timing, format_table, time_interleaved
+from benchmarks.timing import Timing, format_table, peak_memory_bytes, time_interleaved
 from caption_torch import CaptioningTransformer
 from caption_torch.functional import sinusoidal_positions
 
@@ -173,6 +173,19 @@ def bench_sampling(images: int, words: int, shapes: TransformerShapes, rounds: i
                 "cached", "re-run")  # fmt: skip
 
 
+def bench_memory(batch: int, shapes: TransformerShapes) -> dict:
+    """Peak bytes allocated during one training step (after a first step made Adam's state), project and native."""
+    project, native = make_pair(shapes)
+    features, captions = make_batch(batch, shapes)
+    peaks = {}
+    for name, model in (("project", project), ("native", native)):
+        step = training_step(model, features, captions)
+        step()
+        peaks[name] = peak_memory_bytes(step, torch.device("cpu"))
+    return dict(batch=batch, project_mib=peaks["project"] / 2**20, native_mib=peaks["native"] / 2**20,
+                ratio=peaks["native"] / peaks["project"])  # fmt: skip
+
+
 COLUMNS = [
     ("row", "row", ""),
     ("ours", "contender", ""),
@@ -182,6 +195,13 @@ COLUMNS = [
     ("theirs_ms", "ms", ".1f"),
     ("theirs_range", "range", ""),
     ("ratio", "speed-up", ".2f"),
+]
+
+MEMORY_COLUMNS = [
+    ("batch", "batch", "d"),
+    ("project_mib", "project MiB", ".1f"),
+    ("native_mib", "native MiB", ".1f"),
+    ("ratio", "native / project", ".2f"),
 ]
 
 
@@ -194,6 +214,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--warmup", type=int, default=1, help="unmeasured rounds first (default: 1)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's own choice)")
     parser.add_argument("--sampling", action="store_true", help="add the 500 x 30 greedy-sampling row")
+    parser.add_argument("--memory", action="store_true", help="add the peak memory of a step at each batch size")
     return parser.parse_args(argv)
 
 
@@ -207,6 +228,10 @@ def main(argv: Sequence[str] | None = None) -> list[dict]:
     if args.sampling:
         results.append(bench_sampling(500, 30, shapes, args.rounds, args.warmup))
     print(format_table(results, COLUMNS))
+    if args.memory:
+        memory = [bench_memory(batch, shapes) for batch in args.batches]
+        print(format_table(memory, MEMORY_COLUMNS))
+        results += memory
     return results
 
 

@@ -25,3 +25,8 @@ def test_rows_run_and_report_positive_times():
     for row in rows:
         for key in ("ours_ms", "theirs_ms", "ratio"):
             assert math.isfinite(row[key]) and row[key] > 0, (key, row)
+
+
+def test_memory_row_reports_both_peaks():
+    row = bench.bench_memory(3, TINY)
+    assert row["project_mib"] > 0 and row["native_mib"] > 0
