@@ -11,7 +11,9 @@ S query positions and T key/value positions::
     out     = context @ W_proj.T + b_proj                                    (N, S, E)
 
 Weights are (out, in), ``nn.Linear``'s layout. Backward runs the same chain in reverse by
-hand; the softmax's gradient is ``weights * (g - sum(g * weights))`` per row.
+hand; the softmax's gradient is ``weights * (g - sum(g * weights))`` per row. Attention to a
+single key without a mask (the captioner's attention to its image) has weights of 1 whatever
+the query, so :class:`SingleKeyAttention` computes it without queries or scores.
 """
 
 from __future__ import annotations
