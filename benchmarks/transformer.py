@@ -240,7 +240,11 @@ MEMORY_COLUMNS = [
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument(
-        "--batches", type=int, nargs="+", default=[25, 512], help="training batch sizes (default: 25 512)"
+        "--batches",
+        type=int,
+        nargs="*",
+        default=[25, 512],
+        help="training batch sizes; none: no training rows (default: 25 512)",
     )
     parser.add_argument("--rounds", type=int, default=5, help="measured rounds per row (default: 5)")
     parser.add_argument("--warmup", type=int, default=1, help="unmeasured rounds first (default: 1)")
