@@ -5,7 +5,8 @@
 
 Rows: one training step (loss, backward, fused Adam; dropout on in both models) per batch
 size, and optionally greedy sampling of 500 images x 30 words with cached keys and values
-against cs231n's way (the whole model re-run for every word). Each row gives the median
+against cs231n's way (the whole model re-run for every word) and against the native modules
+fed one word at a time. Each row gives the median
 and the [min, max] range over the rounds; the contenders alternate within every round.
 """
 
@@ -20,7 +21,7 @@ import torch
 from torch import Tensor, nn
 
 from benchmarks.rows import coco_like_captions, coco_vocab
-from benchmarks.timing import Timing, format_table, time_interleaved
+from benchmarks.timing import Timing, format_table, peak_memory_bytes, time_interleaved
 from caption_torch import CaptioningTransformer
 from caption_torch.functional import sinusoidal_positions
 
@@ -78,6 +79,31 @@ class NativeCaptioningTransformer(nn.Module):
         memory = self.visual_projection(features)[:, None]
         causal = nn.Transformer.generate_square_subsequent_mask(T, device=captions.device)
         return self.output(self.transformer(words, memory, tgt_mask=causal, tgt_is_causal=True))
+
+    @torch.no_grad()
+    def sample(self, features: Tensor, max_length: int, start_id: int) -> Tensor:
+        """Greedy words (N, max_length), no early stop, fed one at a time with each layer's inputs cached.
+
+        ``nn.MultiheadAttention`` takes keys and values unprojected, so each step re-projects the
+        cached inputs of every earlier position; this is as close as the native modules come to
+        caching keys and values.
+        """
+        self.eval()
+        N = features.shape[0]
+        memory = self.visual_projection(features)[:, None]  # (N, 1, W)
+        words = torch.full((N,), start_id, dtype=torch.long, device=features.device)
+        caches: list[Tensor | None] = [None] * len(self.transformer.layers)
+        chosen = []
+        for t in range(max_length):
+            x = self.embedding(words[:, None]) + self.positions[t]  # (N, 1, W)
+            for i, layer in enumerate(self.transformer.layers):
+                caches[i] = x if caches[i] is None else torch.cat([caches[i], x], dim=1)  # (N, t + 1, W)
+                x = layer.norm1(x + layer.self_attn(x, caches[i], caches[i], need_weights=False)[0])
+                x = layer.norm2(x + layer.multihead_attn(x, memory, memory, need_weights=False)[0])
+                x = layer.norm3(x + layer.linear2(layer.activation(layer.linear1(x))))
+            words = self.output(x)[:, 0].argmax(dim=1)
+            chosen.append(words)
+        return torch.stack(chosen, dim=1)
 
     def loss(self, features: Tensor, captions: Tensor) -> Tensor:
         """cs231n's Transformer loss: cross-entropy of non-<NULL> targets, divided by N * T."""
@@ -161,16 +187,35 @@ def bench_training_step(batch: int, shapes: TransformerShapes, rounds: int, warm
                 "project", "native")  # fmt: skip
 
 
-def bench_sampling(images: int, words: int, shapes: TransformerShapes, rounds: int, warmup: int) -> dict:
-    """Greedy sampling with cached keys and values against re-running the model for every word."""
-    project, _ = make_pair(shapes)
+def bench_sampling(images: int, words: int, shapes: TransformerShapes, rounds: int, warmup: int) -> list[dict]:
+    """Greedy sampling with cached keys and values against re-running the model for every word, and against
+    the native modules fed one word at a time (:meth:`NativeCaptioningTransformer.sample`)."""
+    project, native = make_pair(shapes)
     features, _ = make_batch(images, shapes)
-    with torch.no_grad():  # no <END> while timing: every caption runs all its words in both contenders
+    with torch.no_grad():  # no <END> while timing: every caption runs all its words in every contender
         project.output.bias[project.end_id] = -math.inf
-    contenders = {"cached": lambda: project.sample(features, words),
-                  "re-run": lambda: project.sample_without_cache(features, words)}  # fmt: skip
-    return _row(f"greedy {images} x {words} words", time_interleaved(contenders, rounds, warmup, torch.device("cpu")),
-                "cached", "re-run")  # fmt: skip
+        native.output.bias[project.end_id] = -math.inf
+    contenders = {
+        "cached": lambda: project.sample(features, words),
+        "re-run": lambda: project.sample_without_cache(features, words),
+        "native cached": lambda: native.sample(features, words, project.start_id),
+    }
+    timings = time_interleaved(contenders, rounds, warmup, torch.device("cpu"))
+    name = f"greedy {images} x {words} words"
+    return [_row(name, timings, "cached", "re-run"), _row(name, timings, "cached", "native cached")]
+
+
+def bench_memory(batch: int, shapes: TransformerShapes) -> dict:
+    """Peak bytes allocated during one training step (after a first step made Adam's state), project and native."""
+    project, native = make_pair(shapes)
+    features, captions = make_batch(batch, shapes)
+    peaks = {}
+    for name, model in (("project", project), ("native", native)):
+        step = training_step(model, features, captions)
+        step()
+        peaks[name] = peak_memory_bytes(step, torch.device("cpu"))
+    return dict(batch=batch, project_mib=peaks["project"] / 2**20, native_mib=peaks["native"] / 2**20,
+                ratio=peaks["native"] / peaks["project"])  # fmt: skip
 
 
 COLUMNS = [
@@ -184,16 +229,28 @@ COLUMNS = [
     ("ratio", "speed-up", ".2f"),
 ]
 
+MEMORY_COLUMNS = [
+    ("batch", "batch", "d"),
+    ("project_mib", "project MiB", ".1f"),
+    ("native_mib", "native MiB", ".1f"),
+    ("ratio", "native / project", ".2f"),
+]
+
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument(
-        "--batches", type=int, nargs="+", default=[25, 512], help="training batch sizes (default: 25 512)"
+        "--batches",
+        type=int,
+        nargs="*",
+        default=[25, 512],
+        help="training batch sizes; none: no training rows (default: 25 512)",
     )
     parser.add_argument("--rounds", type=int, default=5, help="measured rounds per row (default: 5)")
     parser.add_argument("--warmup", type=int, default=1, help="unmeasured rounds first (default: 1)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's own choice)")
     parser.add_argument("--sampling", action="store_true", help="add the 500 x 30 greedy-sampling row")
+    parser.add_argument("--memory", action="store_true", help="add the peak memory of a step at each batch size")
     return parser.parse_args(argv)
 
 
@@ -205,8 +262,12 @@ def main(argv: Sequence[str] | None = None) -> list[dict]:
     print(f"eval loss |project - native| = {eval_loss_difference(shapes):.2e}  (threads: {torch.get_num_threads()})")
     results = [bench_training_step(batch, shapes, args.rounds, args.warmup) for batch in args.batches]
     if args.sampling:
-        results.append(bench_sampling(500, 30, shapes, args.rounds, args.warmup))
+        results += bench_sampling(500, 30, shapes, args.rounds, args.warmup)
     print(format_table(results, COLUMNS))
+    if args.memory:
+        memory = [bench_memory(batch, shapes) for batch in args.batches]
+        print(format_table(memory, MEMORY_COLUMNS))
+        results += memory
     return results
 
 

@@ -83,6 +83,7 @@ class CaptioningTransformer(Captioner):
         for name, value in (("input_dim", input_dim), ("wordvec_dim", wordvec_dim), ("max_length", max_length)):
             check_positive_integer(name, value)
         self.input_dim, self.wordvec_dim, self.max_length = input_dim, wordvec_dim, max_length
+        self.num_heads, self.num_layers = num_heads, num_layers
 
         self.visual_projection = Linear(input_dim, wordvec_dim)
         self.embedding = Embedding(self.vocab_size, wordvec_dim, padding_idx=self.null_id)
@@ -174,7 +175,7 @@ class CaptioningTransformer(Captioner):
         self._check_features(features)
         N, W = features.shape[0], self.wordvec_dim
         layers = self.transformer.layers
-        heads = layers[0].self_attn.num_heads
+        heads = self.num_heads
         memory = self.visual_projection(features)[:, None]  # (N, 1, W)
         cross = [layer.multihead_attn for layer in layers]
         memory_keys = torch.stack([F.attention_heads(memory, a.key.weight, a.key.bias, heads) for a in cross], 1)
@@ -182,7 +183,7 @@ class CaptioningTransformer(Captioner):
         cache_shape = (N, len(layers), heads, self.max_length, W // heads)
         keys = memory.new_zeros(cache_shape)
         positions = torch.zeros(N, dtype=torch.long, device=features.device)
-        return positions, keys, torch.zeros_like(keys), memory_keys, memory_values  # fmt: skip
+        return positions, keys, torch.zeros_like(keys), memory_keys, memory_values
 
     @torch.no_grad()
     def step(self, words: Tensor, state: tuple[Tensor, ...], context: None = None) -> tuple[Tensor, tuple[Tensor, ...]]:
@@ -259,5 +260,5 @@ class CaptioningTransformer(Captioner):
     def extra_repr(self) -> str:
         return (
             f"vocab_size={self.vocab_size}, input_dim={self.input_dim}, wordvec_dim={self.wordvec_dim}, "
-            f"max_length={self.max_length}"
+            f"num_heads={self.num_heads}, num_layers={self.num_layers}, max_length={self.max_length}"
         )

@@ -187,10 +187,13 @@ def make_transformer_case(name, N, T, E, F_width, V, dtype):
         ours = reseeded(lambda *args: F.feed_forward(*args, dropout_p=p), seed)
         return ours, (lambda x, w1, b1, w2, b2: (torch.relu(x @ w1.T + b1) * noise) @ w2.T + b2), inputs, []
     if name.startswith("attention"):
-        variant = name.split("_")[1]  # causal self-attention, cross-attention to T + 1 keys, to one key
-        keys = {"causal": T, "cross": T + 1, "memory": 1}[variant]
+        # causal self-attention, cross-attention to T + 1 keys, to one key (with dropout and without)
+        variant = name.split("_")[1]
+        keys = {"causal": T, "cross": T + 1, "memory": 1, "image": 1}[variant]
         attn_mask = torch.tril(torch.ones(T, T, dtype=dtype)) if variant == "causal" else None
-        noise = seeded_noise((N, heads, T, keys), p, dtype, seed)
+        if variant == "image":
+            p = 0.0
+        noise = seeded_noise((N, heads, T, keys), p, dtype, seed) if p else 1.0
         ours = reseeded(lambda *args: F.multi_head_attention(*args, heads, attn_mask, p), seed)
         return (
             ours,
@@ -210,7 +213,7 @@ def make_transformer_case(name, N, T, E, F_width, V, dtype):
 
 TRANSFORMER_FUNCTIONS = [
     "linear", "layer_norm", "dropout", "add_positions", "feed_forward",
-    "attention_causal", "attention_cross", "attention_memory", "transformer_softmax_loss",
+    "attention_causal", "attention_cross", "attention_memory", "attention_image", "transformer_softmax_loss",
 ]  # fmt: skip
 
 

@@ -11,7 +11,9 @@ S query positions and T key/value positions::
     out     = context @ W_proj.T + b_proj                                    (N, S, E)
 
 Weights are (out, in), ``nn.Linear``'s layout. Backward runs the same chain in reverse by
-hand; the softmax's gradient is ``weights * (g - sum(g * weights))`` per row.
+hand; the softmax's gradient is ``weights * (g - sum(g * weights))`` per row. Attention to a
+single key without a mask (the captioner's attention to its image) has weights of 1 whatever
+the query, so :class:`SingleKeyAttention` computes it without queries or scores.
 """
 
 from __future__ import annotations
@@ -104,6 +106,60 @@ class MultiHeadAttention(torch.autograd.Function):
                 grad_W_proj, grad_b_proj, None, None, None)  # fmt: skip
 
 
+class SingleKeyAttention(torch.autograd.Function):
+    """:class:`MultiHeadAttention` with one key and no mask: the captioner's attention to its image.
+
+    The softmax over one key is 1 whatever the query, so the weights are the dropout noise
+    alone and ``context[n, h, s] = noise[n, h, s] * V[n, h]``: no query or key projection, no
+    scores. Their gradients are exactly zero, as autograd gives through the softmax.
+    """
+
+    @staticmethod
+    def forward(ctx, query, key, value, W_query, b_query, W_key, b_key, W_value, b_value, W_proj, b_proj, noise,
+                heads):  # fmt: skip
+        N, S, E = query.shape
+        V = _split_heads(_project(value, W_value, b_value), heads)  # (N, H, 1, d)
+        if noise.dim() == 0:  # every weight noise * 1: one output row per image, the same at every position
+            context = _merge_heads(V * noise)  # (N, E)
+            out = _addmm(b_proj, context, W_proj.T)[:, None].expand(N, S, E).contiguous()
+        else:
+            context = _merge_heads(noise * V)  # (N * S, E)
+            out = _addmm(b_proj, context, W_proj.T).view(N, S, E)
+        ctx.save_for_backward(query, key, value, W_query, W_key, W_value, W_proj, V, noise, context)
+        return out
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_out):
+        query, key, value, W_query, W_key, W_value, W_proj, V, noise, context = ctx.saved_tensors
+        needs = ctx.needs_input_grad
+        N, S, E = query.shape
+        heads = V.shape[1]
+        if noise.dim() == 0:
+            grad_rows = grad_out.sum(1)  # (N, E): the row each image's positions share
+        else:
+            grad_rows = grad_out.reshape(N * S, E)
+        grad_W_proj = _mm(grad_rows.T, context) if needs[9] else None
+        grad_b_proj = grad_rows.sum(0) if needs[10] else None
+        grad_value = grad_W_value = grad_b_value = None
+        if needs[2] or needs[7] or needs[8]:
+            grad_context = _mm(grad_rows, W_proj)  # (N or N * S, E)
+            if noise.dim() == 0:
+                grad_V = grad_context.mul_(noise)  # (N, E)
+            else:  # sum over the positions of noise * gradient, per head
+                grad_V = _merge_heads((_split_heads(grad_context.view(N, S, E), heads) * noise).sum(2, keepdim=True))
+            grad_value = _mm(grad_V, W_value).view(value.shape) if needs[2] else None
+            grad_W_value = _mm(grad_V.T, value.reshape(N, E)) if needs[7] else None
+            grad_b_value = grad_V.sum(0) if needs[8] else None
+
+        def zeros(tensor, need):
+            return torch.zeros_like(tensor) if need else None
+
+        return (zeros(query, needs[0]), zeros(key, needs[1]), grad_value, zeros(W_query, needs[3]),
+                zeros(W_query[0], needs[4]), zeros(W_key, needs[5]), zeros(W_key[0], needs[6]), grad_W_value,
+                grad_b_value, grad_W_proj, grad_b_proj, None, None)  # fmt: skip
+
+
 def multi_head_attention(
     query: Tensor,
     key: Tensor,
@@ -174,6 +230,9 @@ def multi_head_attention(
         noise = dropout_noise(scores_like, dropout_p)
     else:  # a scalar: 1 keeps every weight, 0 drops them all (p = 1)
         noise = torch.tensor(0.0 if training and dropout_p == 1 else 1.0, dtype=query.dtype, device=query.device)
+    if T == 1 and attn_mask is None:
+        return _apply_autocast(SingleKeyAttention, query, key, value, *named.values(), noise, num_heads,
+                               low_precision=True)  # fmt: skip
     return _apply_autocast(MultiHeadAttention, query, key, value, *named.values(), allowed, noise, num_heads,
                            low_precision=True)  # fmt: skip
 

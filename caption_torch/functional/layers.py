@@ -12,7 +12,7 @@ import torch
 from torch import Tensor
 from torch.autograd.function import FunctionCtx, once_differentiable
 
-from ._common import _addmm, _apply_autocast, _check_dim, _check_float, _check_same_dtype, _mm
+from ._common import _addmm, _apply_autocast, _check_dim, _check_float, _check_same_dtype, _mm, _on_onednn
 from .dropout import Dropout, check_probability, dropout_noise, drops
 from .words import _check_targets, _softmax_loss_grad
 
@@ -89,22 +89,25 @@ def linear(x: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
 
 
 class LayerNorm(torch.autograd.Function):
-    """Normalise each row over the last dimension, then scale and shift: ``x_hat * weight + bias``."""
+    """Normalise each row over the last dimension, then scale and shift: ``x_hat * weight + bias``.
+
+    Saves x and each row's mean and 1 / std; backward recomputes x_hat from them.
+    """
 
     @staticmethod
     def forward(ctx, x, weight, bias, eps):
-        mean = x.mean(-1, keepdim=True)
-        centred = x - mean
-        inverse_std = torch.rsqrt(centred.square().mean(-1, keepdim=True).add_(eps))  # biased variance, as torch
-        normalized = centred.mul_(inverse_std)  # x_hat (..., D)
-        ctx.save_for_backward(normalized, inverse_std, weight)
-        return torch.addcmul(bias, normalized, weight)
+        # ATen's kernel: one pass per row for the statistics and the output (the same math as
+        # (x - mean) / sqrt(var + eps) * weight + bias with the biased variance, written out in backward).
+        out, mean, inverse_std = torch.native_layer_norm(x, (x.shape[-1],), weight, bias, eps)
+        ctx.save_for_backward(x, mean, inverse_std, weight)
+        return out
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_out):
-        normalized, inverse_std, weight = ctx.saved_tensors
+        x, mean, inverse_std, weight = ctx.saved_tensors
         need_x, need_weight, need_bias = ctx.needs_input_grad[:3]
+        normalized = (x - mean).mul_(inverse_std)  # x_hat (..., D), recomputed rather than kept
         grad_x = None
         if need_x:
             # With x_hat = (x - mean) / std and g = grad_out * weight:
@@ -147,6 +150,17 @@ def layer_norm(x: Tensor, weight: Tensor, bias: Tensor, eps: float = 1e-5) -> Te
 # --------------------------------------------------------------------------- #
 
 
+# ATen's fused ReLU derivative: threshold_backward(g, y, 0) = g where y > 0, else 0 (one pass).
+_threshold_backward = torch.ops.aten.threshold_backward
+
+
+def _addmm_relu(bias: Tensor, a: Tensor, b: Tensor) -> Tensor:
+    """``relu(bias + a @ b)``; oneDNN applies the ReLU as it writes the product (no second pass)."""
+    if _on_onednn(a, b):
+        return torch.ops.mkldnn._linear_pointwise(a, b.T, bias, "relu", [], "")
+    return torch.addmm(bias, a, b).relu_()
+
+
 class FeedForward(torch.autograd.Function):
     """``Linear2(Dropout(ReLU(Linear1(x))))`` with the dropout's noise given (see ``dropout_noise``).
 
@@ -156,7 +170,7 @@ class FeedForward(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, weight1, bias1, weight2, bias2, noise):
-        hidden = _addmm(bias1, _rows(x), weight1.T).relu_()  # (M, F)
+        hidden = _addmm_relu(bias1, _rows(x), weight1.T)  # (M, F)
         dropped = hidden.mul_(noise.view(hidden.shape)) if noise.dim() else hidden.mul_(noise)
         ctx.save_for_backward(x, weight1, weight2, dropped, noise)
         return _addmm(bias2, dropped, weight2.T).view(*x.shape[:-1], weight2.shape[0])
@@ -171,10 +185,12 @@ class FeedForward(torch.autograd.Function):
         grad_bias2 = grad_rows.sum(0) if need_b2 else None
         grad_x = grad_weight1 = grad_bias1 = None
         if need_x or need_w1 or need_b1:
-            grad_hidden = _mm(grad_rows, weight2)  # (M, F): into the dropped hidden layer
-            grad_hidden.mul_(noise.view(grad_hidden.shape) if noise.dim() else noise).mul_(dropped > 0)
+            grad_dropped = _mm(grad_rows, weight2)  # (M, F): into the dropped hidden layer
+            grad_dropped.mul_(noise.view(grad_dropped.shape) if noise.dim() else noise)
+            grad_hidden = _threshold_backward(grad_dropped, dropped, 0)  # 0 where the ReLU or the dropout blocked
             grad_x = _mm(grad_hidden, weight1).view(x.shape) if need_x else None
-            grad_weight1 = _mm(grad_hidden.T, _rows(x)) if need_w1 else None
+            # (x^T grad_hidden)^T: the wide (M, F) operand untransposed is the faster product for oneDNN.
+            grad_weight1 = _mm(_rows(x).T, grad_hidden).T if need_w1 else None
             grad_bias1 = grad_hidden.sum(0) if need_b1 else None
         return grad_x, grad_weight1, grad_bias1, grad_weight2, grad_bias2, None
 
