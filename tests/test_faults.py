@@ -6,6 +6,7 @@ train.py reports them: exit code 2 and one ``error: ...`` line, no traceback.
 """
 
 import errno
+import json
 import os
 import shutil
 import signal
@@ -562,3 +563,14 @@ def test_some_captions_without_end_is_a_warning(coco_folder, capsys):
     coco.check_trainable(coco_folder, splits, word_to_idx)
     expected = f"warning: {coco_folder / coco.CAPTIONS_FILE}: 1 of 18 val captions have no <END>\n"
     assert capsys.readouterr().err == expected
+
+
+def test_embedded_cache_without_checksums_is_regenerated(tmp_path, capsys):
+    folder = ensure_synthetic_dataset("tiny", cache_dir=tmp_path)
+    info = json.loads((folder / "synthetic_info.json").read_text())
+    del info["sha256"]  # as an older version wrote it
+    (folder / "synthetic_info.json").write_text(json.dumps(info))
+    capsys.readouterr()
+    ensure_synthetic_dataset("tiny", cache_dir=tmp_path)
+    assert "carries no checksums (written by an older version)" in capsys.readouterr().err
+    assert "sha256" in json.loads((folder / "synthetic_info.json").read_text())
