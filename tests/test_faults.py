@@ -13,6 +13,7 @@ import signal
 import struct
 import subprocess
 import sys
+import tempfile
 import textwrap
 import time
 import zipfile
@@ -516,13 +517,6 @@ def test_log_dir_that_is_a_file(tmp_path, capsys):
     assert_one_line_error(code, err, f"--log-dir {tmp_path / 'taken'} is a file, not a folder")
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root writes anywhere")
-def test_read_only_log_dir(tmp_path, capsys):
-    (tmp_path / "ro").mkdir(mode=0o555)
-    code, err = run_train(capsys, "--log-dir", tmp_path / "ro")
-    assert_one_line_error(code, err, f"--log-dir {tmp_path / 'ro'} is not writable")
-
-
 def test_full_disk_during_a_checkpoint_write(coco_folder, tmp_path, capsys, monkeypatch):
     def disk_full(fd):
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
@@ -574,3 +568,36 @@ def test_embedded_cache_without_checksums_is_regenerated(tmp_path, capsys):
     ensure_synthetic_dataset("tiny", cache_dir=tmp_path)
     assert "carries no checksums (written by an older version)" in capsys.readouterr().err
     assert "sha256" in json.loads((folder / "synthetic_info.json").read_text())
+
+
+def _permission_denied_for(monkeypatch, owner, method: str, name: str) -> None:
+    """Make ``owner.method`` refuse files called ``name``, as a non-root user meets them (tests may run as root)."""
+    original = getattr(owner, method)
+
+    def refuse(*args, **kwargs):
+        path = Path(kwargs.get("dir") or args[0])
+        if path.name == name:
+            raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(path))
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(owner, method, refuse)
+
+
+def test_unreadable_vocabulary(coco_folder, tmp_path, capsys, monkeypatch):
+    _permission_denied_for(monkeypatch, Path, "read_text", "coco2014_vocab.json")
+    code, err = run_train(capsys, "--data-dir", coco_folder, *SMALL, "--log-dir", tmp_path)
+    assert_one_line_error(code, err, "coco2014_vocab.json: expected a readable file, found Permission denied")
+
+
+def test_log_dir_without_write_permission(tmp_path, capsys, monkeypatch):
+    (tmp_path / "ro").mkdir()
+    _permission_denied_for(monkeypatch, tempfile, "TemporaryFile", "ro")
+    code, err = run_train(capsys, "--log-dir", tmp_path / "ro")
+    assert_one_line_error(code, err, f"--log-dir {tmp_path / 'ro'} is not writable: Permission denied")
+
+
+def test_evaluate_output_without_write_permission(trained_checkpoint, coco_folder, tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(os, "access", lambda path, mode: Path(path) != tmp_path)
+    code = evaluate.main(["--ckpt", str(trained_checkpoint), "--data-dir", str(coco_folder),
+                          "--jsonl", str(tmp_path / "c.jsonl")])  # fmt: skip
+    assert_one_line_error(code, capsys.readouterr().err, f"cannot write {tmp_path / 'c.jsonl'}: permission denied")
