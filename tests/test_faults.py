@@ -601,3 +601,27 @@ def test_evaluate_output_without_write_permission(trained_checkpoint, coco_folde
     code = evaluate.main(["--ckpt", str(trained_checkpoint), "--data-dir", str(coco_folder),
                           "--jsonl", str(tmp_path / "c.jsonl")])  # fmt: skip
     assert_one_line_error(code, capsys.readouterr().err, f"cannot write {tmp_path / 'c.jsonl'}: permission denied")
+
+
+def test_signal_during_validation_keeps_the_newest_checkpoint_and_resumes(coco_folder, tmp_path, capsys, monkeypatch):
+    validation_step = CaptioningSystem.validation_step
+
+    def signal_in_second_validation(self, batch, batch_idx):
+        if self.current_epoch == 1 and batch_idx == 0:
+            os.kill(os.getpid(), signal.SIGTERM)  # handled between bytecodes: the flag is set when this returns
+        return validation_step(self, batch, batch_idx)
+
+    monkeypatch.setattr(CaptioningSystem, "validation_step", signal_in_second_validation)
+    args = ["--data-dir", coco_folder, "--batch-size", "8", "--epochs", "3", *SMALL, "--log-dir", tmp_path]
+    code = train.main([str(a) for a in args])  # 36 captions, batches of 8: 5 steps per epoch
+    saved = checkpoint_of(tmp_path, 0)
+    assert code == 128 + signal.SIGTERM
+    assert capsys.readouterr().err.splitlines()[-1] == (
+        f"stopped by SIGTERM at step 10; the newest save is step 5 in {saved}; "
+        f"to continue, run the same command with --resume {saved}"
+    )
+    assert torch.load(saved, weights_only=True)["global_step"] == 5
+    monkeypatch.undo()
+    code, err = run_train(capsys, *args, "--resume", saved)
+    assert code == 0, err
+    assert torch.load(checkpoint_of(tmp_path, 1), weights_only=True)["global_step"] == 15
