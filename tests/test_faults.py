@@ -625,3 +625,14 @@ def test_signal_during_validation_keeps_the_newest_checkpoint_and_resumes(coco_f
     code, err = run_train(capsys, *args, "--resume", saved)
     assert code == 0, err
     assert torch.load(checkpoint_of(tmp_path, 1), weights_only=True)["global_step"] == 15
+
+
+def test_resume_with_more_epochs_only_says_so_and_keeps_the_schedule(coco_folder, tmp_path, capsys, trained_checkpoint):
+    args = ["--data-dir", coco_folder, "--overfit", "10", "--batch-size", "10", *SMALL, "--log-dir", tmp_path / "more"]
+    code, err = run_train(capsys, *args, "--epochs", "3", "--resume", trained_checkpoint)
+    assert code == 0 and "resuming with --epochs 3 (was 1)\n" in err, err
+    final = torch.load(checkpoint_of(tmp_path / "more", 0), weights_only=True)
+    lr = 5e-3
+    for _ in range(3):
+        lr *= 0.95  # as ExponentialLR multiplies, epoch by epoch
+    assert final["optimizer_states"][0]["param_groups"][0]["lr"] == lr
