@@ -3,6 +3,7 @@
     python train.py --overfit 50          # the seed notebook's experiment: overfit 50 captions
     python train.py                       # a few minutes on the embedded dataset, reports val BLEU
     python train.py --data-dir coco_captioning --cell lstm --accelerator gpu --devices 2
+    python train.py --fast-dev-run --cell rnn     # one training and one val batch: checks the setup
 
 Without --data-dir the embedded synthetic dataset (cs231n's layout, generated on
 first use) is used. Logs and checkpoints go to lightning_logs/version_N/.

@@ -28,7 +28,7 @@ import torch
 import train
 from caption_torch import coco, evaluate
 from caption_torch.callbacks import LossHistory
-from caption_torch.checkpointing import AtomicCheckpointIO, CheckpointError, load_model
+from caption_torch.checkpointing import AtomicCheckpointIO, CheckpointError, load_model, tensor_checksum
 from caption_torch.synthetic import ensure_synthetic_dataset
 from caption_torch.system import CaptioningSystem
 
@@ -636,3 +636,21 @@ def test_resume_with_more_epochs_only_says_so_and_keeps_the_schedule(coco_folder
     for _ in range(3):
         lr *= 0.95  # as ExponentialLR multiplies, epoch by epoch
     assert final["optimizer_states"][0]["param_groups"][0]["lr"] == lr
+
+
+def test_checkpoint_with_non_finite_weights_is_refused_on_load(trained_checkpoint, tmp_path):
+    checkpoint = torch.load(trained_checkpoint, weights_only=True)
+    checkpoint["state_dict"]["model.b_vocab"][0] = float("nan")  # as train.py wrote them before saves were checked
+    checkpoint["tensor_sha256"] = tensor_checksum(checkpoint)
+    torch.save(checkpoint, tmp_path / "nan.ckpt")
+    with pytest.raises(CheckpointError, match=r"nan.ckpt holds non-finite weights \(model.b_vocab has NaN or inf\)"):
+        load_model(tmp_path / "nan.ckpt")
+
+
+def test_checkpoint_without_checksum_is_read_with_one_warning(trained_checkpoint, tmp_path, capsys):
+    checkpoint = torch.load(trained_checkpoint, weights_only=True)
+    del checkpoint["tensor_sha256"]
+    torch.save(checkpoint, tmp_path / "old.ckpt")
+    for _ in range(2):
+        load_model(tmp_path / "old.ckpt")
+    assert capsys.readouterr().err.count("old.ckpt carries no checksum; its tensors cannot be verified") == 1
