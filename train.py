@@ -3,6 +3,7 @@
     python train.py --overfit 50          # cs231n's RNN_Captioning notebook: overfit 50 captions
     python train.py                       # a few minutes on the embedded dataset, reports val BLEU
     python train.py --data-dir coco_captioning --cell lstm --accelerator gpu --devices 2
+    python train.py --fast-dev-run --cell rnn     # one training and one val batch: checks the setup
 
 Without --data-dir the embedded synthetic dataset (cs231n's layout, generated on
 first use) is used. Logs and checkpoints go to lightning_logs/version_N/.
@@ -284,15 +285,28 @@ def main(argv: list[str] | None = None) -> int:
     except (MemoryError, torch.OutOfMemoryError) as error:
         return error_line(f"out of memory ({' '.join(str(error).split())[:200] or 'host RAM'}); "
                           "lower --batch-size, or keep features on disk with --feature-storage hdf5")  # fmt: skip
-    except Exception:
-        if stop.received is None:
-            raise  # a bug: the traceback is what helps
-        # A signal also sent to DataLoader workers ends them, and the loader raises: still a stop, not a crash.
-        return stopped_line(stop.stopped())
+    except Exception as error:
+        if stop.received is not None:
+            # A signal also sent to DataLoader workers ends them, and the loader raises: still a stop, not a crash.
+            return stopped_line(stop.stopped())
+        if lost_peer(error):  # the peer's own output says why it ended (an error line, a kill)
+            last = stop.last
+            saved = f"; --resume {last.path} continues from step {last.saved_step}" if last.saved_step else ""
+            return error_line(f"process {rank_zero_only.rank} lost contact with the run's other processes "
+                              f"(one ended or was killed){saved}")  # fmt: skip
+        raise  # a bug: the traceback is what helps
     finally:
         stop.uninstall()
         if torch.distributed.is_initialized():  # stopped or failed during training: leave the group before exit
             torch.distributed.destroy_process_group()
+
+
+def lost_peer(error: BaseException) -> bool:
+    """Whether a collective failed because another process of the run is gone (gloo and NCCL words for it)."""
+    message = str(error)
+    return isinstance(error, torch.distributed.DistBackendError) or (
+        isinstance(error, RuntimeError) and any(words in message for words in ("closed by peer", "reset by peer"))
+    )
 
 
 def error_line(message: str) -> int:

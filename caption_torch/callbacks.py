@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 import signal
 import sys
+import threading
 from pathlib import Path
 
 import lightning as L
@@ -155,6 +156,8 @@ class StopOnSignal(L.Callback):
 
     def install(self) -> None:
         """Handle SIGTERM and SIGINT from now on (call before training; undone by :meth:`uninstall`)."""
+        if threading.current_thread() is not threading.main_thread():
+            return  # Python delivers signals to the main thread only
         for signum in STOP_SIGNALS:
             self._previous_handlers.setdefault(signum, signal.getsignal(signum))
             signal.signal(signum, self._handle)
@@ -242,7 +245,9 @@ class ResumableSettings(L.Callback):
                    if value is not None and value != getattr(self, name)}  # fmt: skip
         if not changed:
             return
-        for config in trainer.lr_scheduler_configs:
+        rate = ""
+        # Only a new lr or decay rewrites the schedule: recomputing an unchanged one could differ in the last bit.
+        for config in trainer.lr_scheduler_configs if {"lr", "lr_decay"} & changed.keys() else []:
             scheduler = config.scheduler
             if not isinstance(scheduler, torch.optim.lr_scheduler.ExponentialLR):
                 raise TypeError(f"ResumableSettings rewrites an ExponentialLR schedule, not {type(scheduler).__name__}")
@@ -253,7 +258,7 @@ class ResumableSettings(L.Callback):
             for group in scheduler.optimizer.param_groups:
                 group["initial_lr"], group["lr"] = self.lr, lr_now
             scheduler._last_lr = [lr_now] * len(scheduler.base_lrs)
+            rate = f"; learning rate now {lr_now:.3g} after {epochs_done} epochs"
         if trainer.is_global_zero:
             flags = ", ".join(f"--{name.replace('_', '-')} {new} (was {old})" for name, (old, new) in changed.items())
-            rate = f"learning rate now {lr_now:.3g} after {epochs_done} epochs" if trainer.lr_scheduler_configs else ""
-            print(f"resuming with {flags}; {rate}".removesuffix("; "), file=sys.stderr)
+            print(f"resuming with {flags}{rate}", file=sys.stderr)

@@ -37,6 +37,7 @@ from .system import CaptioningSystem
 
 LAST_CHECKPOINT = "last.ckpt"
 CHECKSUM_KEY = "tensor_sha256"  # hex SHA-256 of every tensor in the checkpoint, in key order
+_UNVERIFIED: set[str] = set()  # checkpoints without a checksum already warned about
 
 
 class CheckpointError(ValueError):
@@ -78,7 +79,9 @@ def verify_checksum(checkpoint: Mapping[str, Any], path: Path | str) -> None:
     """Refuse a checkpoint whose tensors no longer match the checksum written with them."""
     stored = checkpoint.get(CHECKSUM_KEY)
     if stored is None:  # written before checkpoints carried one: readable, but unverified
-        print(f"warning: checkpoint {path} carries no checksum; its tensors cannot be verified", file=sys.stderr)
+        if str(path) not in _UNVERIFIED:  # once per file, however often it is read
+            _UNVERIFIED.add(str(path))
+            print(f"warning: checkpoint {path} carries no checksum; its tensors cannot be verified", file=sys.stderr)
         return
     if stored != tensor_checksum(checkpoint):
         raise CheckpointError(

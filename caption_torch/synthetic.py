@@ -394,19 +394,19 @@ def file_digests(folder: Path) -> dict[str, str]:
 
 
 def damage(folder: Path) -> str | None:
-    """What is wrong with a generated folder, in a few words; None when every file matches its checksum."""
+    """What is wrong with a generated folder, as a predicate ("is damaged (...)"); None when all files match."""
     try:
         expected = json.loads((folder / INFO_FILE).read_text(encoding="utf-8")).get("sha256")
     except (OSError, ValueError, AttributeError):
-        return f"{INFO_FILE} is unreadable"
+        return f"is damaged ({INFO_FILE} is unreadable)"
     if not isinstance(expected, dict):
-        return "it carries no checksums, so it cannot be verified"
+        return "carries no checksums (written by an older version), so it cannot be verified"
     found = file_digests(folder)
     for name, digest in expected.items():
         if name not in found:
-            return f"{name} is missing"
+            return f"is damaged ({name} is missing)"
         if found[name] != digest:
-            return f"{name} does not match its checksum"
+            return f"is damaged ({name} does not match its checksum)"
     return None
 
 
@@ -423,7 +423,7 @@ def ensure_synthetic_dataset(size: str = "default", seed: int = 0, cache_dir: st
         problem = damage(folder)
         if problem is None:
             return folder
-        print(f"The cached embedded dataset in {folder} is damaged ({problem}); regenerating it",
+        print(f"The cached embedded dataset in {folder} {problem}; regenerating it",
               file=sys.stderr, flush=True)  # fmt: skip
         stale = folder.parent / f".{folder.name}.damaged-{uuid.uuid4().hex[:8]}"
         try:

@@ -218,3 +218,25 @@ def test_sigterm_ends_every_rank_saves_and_resumes(coco_folder, tmp_path, target
     assert "checkpoint: " in resumed
     (path,) = tmp_path.glob("lightning_logs/version_1/checkpoints/last.ckpt")
     assert torch.load(path, weights_only=True)["global_step"] == 200  # 4 captions per rank, batch 2, 100 epochs
+
+
+@pytest.mark.slow
+def test_a_killed_rank_ends_the_other_with_one_line(coco_folder, tmp_path):
+    import signal
+
+    args = ["--data-dir", coco_folder, "--overfit", "8", "--batch-size", "2", "--epochs", "100", *SMALL,
+            "--devices", "2", "--strategy", "ddp", "--log-dir", tmp_path]  # fmt: skip
+    process = launch_train(*args, MASTER_PORT=str(free_port()), PYTHONUNBUFFERED="1")
+    try:
+        for line in process.stdout:
+            if line.startswith("(Iteration 11 /"):
+                break
+        (rank1,) = subprocess.run(["pgrep", "-P", str(process.pid), "-f", "train.py"], capture_output=True,
+                                  text=True).stdout.split()  # fmt: skip
+        os.kill(int(rank1), signal.SIGKILL)
+        out, err = process.communicate(timeout=60)
+    finally:
+        process.kill()
+    assert process.returncode == 2 and "Traceback" not in err, err[-3000:]
+    (line,) = [line for line in err.splitlines() if line.startswith("error: ")]
+    assert line.startswith("error: process 0 lost contact with the run's other processes (one ended or was killed)")

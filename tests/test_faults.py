@@ -6,12 +6,14 @@ train.py reports them: exit code 2 and one ``error: ...`` line, no traceback.
 """
 
 import errno
+import json
 import os
 import shutil
 import signal
 import struct
 import subprocess
 import sys
+import tempfile
 import textwrap
 import time
 import zipfile
@@ -26,7 +28,7 @@ import torch
 import train
 from caption_torch import coco, evaluate
 from caption_torch.callbacks import LossHistory
-from caption_torch.checkpointing import AtomicCheckpointIO, CheckpointError, load_model
+from caption_torch.checkpointing import AtomicCheckpointIO, CheckpointError, load_model, tensor_checksum
 from caption_torch.synthetic import ensure_synthetic_dataset
 from caption_torch.system import CaptioningSystem
 
@@ -516,13 +518,6 @@ def test_log_dir_that_is_a_file(tmp_path, capsys):
     assert_one_line_error(code, err, f"--log-dir {tmp_path / 'taken'} is a file, not a folder")
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root writes anywhere")
-def test_read_only_log_dir(tmp_path, capsys):
-    (tmp_path / "ro").mkdir(mode=0o555)
-    code, err = run_train(capsys, "--log-dir", tmp_path / "ro")
-    assert_one_line_error(code, err, f"--log-dir {tmp_path / 'ro'} is not writable")
-
-
 def test_full_disk_during_a_checkpoint_write(coco_folder, tmp_path, capsys, monkeypatch):
     def disk_full(fd):
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
@@ -563,3 +558,100 @@ def test_some_captions_without_end_is_a_warning(coco_folder, capsys):
     coco.check_trainable(coco_folder, splits, word_to_idx)
     expected = f"warning: {coco_folder / coco.CAPTIONS_FILE}: 1 of 18 val captions have no <END>\n"
     assert capsys.readouterr().err == expected
+
+
+def test_embedded_cache_without_checksums_is_regenerated(tmp_path, capsys):
+    folder = ensure_synthetic_dataset("tiny", cache_dir=tmp_path)
+    info = json.loads((folder / "synthetic_info.json").read_text())
+    del info["sha256"]  # as an older version wrote it
+    (folder / "synthetic_info.json").write_text(json.dumps(info))
+    capsys.readouterr()
+    ensure_synthetic_dataset("tiny", cache_dir=tmp_path)
+    assert "carries no checksums (written by an older version)" in capsys.readouterr().err
+    assert "sha256" in json.loads((folder / "synthetic_info.json").read_text())
+
+
+def _permission_denied_for(monkeypatch, owner, method: str, name: str) -> None:
+    """Make ``owner.method`` refuse files called ``name``, as a non-root user meets them (tests may run as root)."""
+    original = getattr(owner, method)
+
+    def refuse(*args, **kwargs):
+        path = Path(kwargs.get("dir") or args[0])
+        if path.name == name:
+            raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(path))
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(owner, method, refuse)
+
+
+def test_unreadable_vocabulary(coco_folder, tmp_path, capsys, monkeypatch):
+    _permission_denied_for(monkeypatch, Path, "read_text", "coco2014_vocab.json")
+    code, err = run_train(capsys, "--data-dir", coco_folder, *SMALL, "--log-dir", tmp_path)
+    assert_one_line_error(code, err, "coco2014_vocab.json: expected a readable file, found Permission denied")
+
+
+def test_log_dir_without_write_permission(tmp_path, capsys, monkeypatch):
+    (tmp_path / "ro").mkdir()
+    _permission_denied_for(monkeypatch, tempfile, "TemporaryFile", "ro")
+    code, err = run_train(capsys, "--log-dir", tmp_path / "ro")
+    assert_one_line_error(code, err, f"--log-dir {tmp_path / 'ro'} is not writable: Permission denied")
+
+
+def test_evaluate_output_without_write_permission(trained_checkpoint, coco_folder, tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(os, "access", lambda path, mode: Path(path) != tmp_path)
+    code = evaluate.main(["--ckpt", str(trained_checkpoint), "--data-dir", str(coco_folder),
+                          "--jsonl", str(tmp_path / "c.jsonl")])  # fmt: skip
+    assert_one_line_error(code, capsys.readouterr().err, f"cannot write {tmp_path / 'c.jsonl'}: permission denied")
+
+
+def test_signal_during_validation_keeps_the_newest_checkpoint_and_resumes(coco_folder, tmp_path, capsys, monkeypatch):
+    validation_step = CaptioningSystem.validation_step
+
+    def signal_in_second_validation(self, batch, batch_idx):
+        if self.current_epoch == 1 and batch_idx == 0:
+            os.kill(os.getpid(), signal.SIGTERM)  # handled between bytecodes: the flag is set when this returns
+        return validation_step(self, batch, batch_idx)
+
+    monkeypatch.setattr(CaptioningSystem, "validation_step", signal_in_second_validation)
+    args = ["--data-dir", coco_folder, "--batch-size", "8", "--epochs", "3", *SMALL, "--log-dir", tmp_path]
+    code = train.main([str(a) for a in args])  # 36 captions, batches of 8: 5 steps per epoch
+    saved = checkpoint_of(tmp_path, 0)
+    assert code == 128 + signal.SIGTERM
+    assert capsys.readouterr().err.splitlines()[-1] == (
+        f"stopped by SIGTERM at step 10; the newest save is step 5 in {saved}; "
+        f"to continue, run the same command with --resume {saved}"
+    )
+    assert torch.load(saved, weights_only=True)["global_step"] == 5
+    monkeypatch.undo()
+    code, err = run_train(capsys, *args, "--resume", saved)
+    assert code == 0, err
+    assert torch.load(checkpoint_of(tmp_path, 1), weights_only=True)["global_step"] == 15
+
+
+def test_resume_with_more_epochs_only_says_so_and_keeps_the_schedule(coco_folder, tmp_path, capsys, trained_checkpoint):
+    args = ["--data-dir", coco_folder, "--overfit", "10", "--batch-size", "10", *SMALL, "--log-dir", tmp_path / "more"]
+    code, err = run_train(capsys, *args, "--epochs", "3", "--resume", trained_checkpoint)
+    assert code == 0 and "resuming with --epochs 3 (was 1)\n" in err, err
+    final = torch.load(checkpoint_of(tmp_path / "more", 0), weights_only=True)
+    lr = 5e-3
+    for _ in range(3):
+        lr *= 0.95  # as ExponentialLR multiplies, epoch by epoch
+    assert final["optimizer_states"][0]["param_groups"][0]["lr"] == lr
+
+
+def test_checkpoint_with_non_finite_weights_is_refused_on_load(trained_checkpoint, tmp_path):
+    checkpoint = torch.load(trained_checkpoint, weights_only=True)
+    checkpoint["state_dict"]["model.b_vocab"][0] = float("nan")  # as train.py wrote them before saves were checked
+    checkpoint["tensor_sha256"] = tensor_checksum(checkpoint)
+    torch.save(checkpoint, tmp_path / "nan.ckpt")
+    with pytest.raises(CheckpointError, match=r"nan.ckpt holds non-finite weights \(model.b_vocab has NaN or inf\)"):
+        load_model(tmp_path / "nan.ckpt")
+
+
+def test_checkpoint_without_checksum_is_read_with_one_warning(trained_checkpoint, tmp_path, capsys):
+    checkpoint = torch.load(trained_checkpoint, weights_only=True)
+    del checkpoint["tensor_sha256"]
+    torch.save(checkpoint, tmp_path / "old.ckpt")
+    for _ in range(2):
+        load_model(tmp_path / "old.ckpt")
+    assert capsys.readouterr().err.count("old.ckpt carries no checksum; its tensors cannot be verified") == 1
