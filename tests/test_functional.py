@@ -480,7 +480,7 @@ class _AtomicHalfAdds(TorchDispatchMode):
 def test_lookup_bf16_gradient_of_a_much_read_row_with_atomic_adds(cell):
     """Row 0 is read by 1,792 steps (as <START> is by every caption), row 1 by 256: in bf16 with
     GPU-style rounded additions, their gradients stay within a few bf16 steps of a float64 run.
-    Summed in bf16 they would stall once the total dwarfs each addend (~70 % low here)."""
+    Summed in bf16, row 0's would stall once the total dwarfs each addend (60-70 % low here)."""
     N, T, H = 256, 8, 4
     gates = 4 if cell == "lstm" else 1
     fn = F.lstm_lookup if cell == "lstm" else F.rnn_lookup

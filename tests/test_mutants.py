@@ -41,6 +41,17 @@ def test_references_keep_the_files_order():
         np.testing.assert_array_equal(images.references(index), captions[image_idxs == row])
 
 
+def test_an_image_with_fewer_references_is_padded_with_rows_of_minus_one(tmp_path):
+    """-1 marks a missing reference (ImageDataset's padding); 0 would read as a caption of <NULL>s."""
+    captions = np.arange(5 * 4).reshape(5, 4)
+    no_features = FeatureRows(tmp_path / "never-read.h5", storage="device")  # batches carry image rows only
+    images = ImageDataset(SplitCaptions(captions, np.array([0, 1, 0, 0, 1])), no_features)
+    batch = images.__getitems__([0, 1])
+    assert batch.features is None and batch.references.shape == (2, 3, 4)
+    np.testing.assert_array_equal(batch.references[0].numpy(), captions[[0, 2, 3]])
+    np.testing.assert_array_equal(batch.references[1].numpy(), np.concatenate([captions[[1, 4]], np.full((1, 4), -1)]))
+
+
 def test_training_batches_are_shuffled(coco_folder):
     """Every caption once per epoch, in an order that is not the file's (train_dataloader's shuffle=True)."""
     datamodule = CaptionDataModule(coco_folder, batch_size=36)  # the whole split in one batch
@@ -92,3 +103,10 @@ def test_last_checkpoint_saves_every_n_optimizer_steps(tmp_path, every_n_steps, 
     assert trainer.saved_at == expected
     callback.on_train_epoch_end(trainer, None)
     assert trainer.saved_at == expected + [10]  # and always at the end of an epoch
+
+
+@pytest.mark.parametrize("every_n_steps", [0, -2])
+def test_last_checkpoint_refuses_a_step_interval_below_one(every_n_steps):
+    """0 would silently mean "never" (LastCheckpoint's check)."""
+    with pytest.raises(ValueError, match=f"every_n_steps must be positive, got {every_n_steps}"):
+        LastCheckpoint(every_n_steps)
