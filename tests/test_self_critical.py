@@ -154,3 +154,23 @@ def test_self_critical_needs_a_starting_checkpoint(capsys):
 
     assert train.main(["--self-critical", "mean"]) == 2
     assert "give its checkpoint with --init-from" in capsys.readouterr().err
+
+
+def test_the_step_under_bf16_autocast_is_close_to_float32():
+    """bf16-mixed: the products in bf16, the loss in float32; the update direction is float32's."""
+    corpus = references_of(["a cat sat"], ["a dog"], ["dog sat"])
+    reward = corpus_reward(corpus)
+    model = make_model(seed=2).float()
+    features = torch.randn(3, 3)
+
+    def gradient(autocast):
+        torch.manual_seed(0)  # the same samples both times
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+            step = self_critical_step(model, reward, features, corpus, "mean", samples_per_image=4, max_length=6)
+        (grad,) = torch.autograd.grad(step.loss, [model.W_vocab])
+        return grad
+
+    full, mixed = gradient(False), gradient(True)
+    assert mixed.dtype == torch.float32 and torch.isfinite(mixed).all()
+    cosine = torch.nn.functional.cosine_similarity(full.flatten(), mixed.flatten(), dim=0)
+    assert cosine > 0.99
