@@ -96,9 +96,10 @@ def test_two_processes_with_half_batches_equal_one_process(one_process, tmp_path
             torch.testing.assert_close(ours["state"][index][moment], moments[moment], rtol=1e-4, atol=1e-7)
 
 
-def test_ddp_run_prints_and_writes_once(coco_folder, tmp_path):
+@pytest.mark.parametrize("decoder", ["lstm", pytest.param("transformer", marks=pytest.mark.slow)])
+def test_ddp_run_prints_and_writes_once(coco_folder, tmp_path, decoder):
     out = finish(launch_train("--data-dir", coco_folder, "--batch-size", "4", "--epochs", "1", *SMALL,
-                              "--devices", "2", "--strategy", "ddp", "--log-dir", tmp_path,
+                              "--model", decoder, "--devices", "2", "--strategy", "ddp", "--log-dir", tmp_path,
                               MASTER_PORT=str(free_port())))  # fmt: skip
     # 36 captions over 2 ranks: 18 each, batches of 4, 5 steps; printed by rank 0 alone.
     assert out.count("(Iteration 1 / 5) loss:") == 1 and out.count("(Iteration 5 / 5) loss:") == 1
@@ -107,6 +108,7 @@ def test_ddp_run_prints_and_writes_once(coco_folder, tmp_path):
     for n in (1, 2, 3, 4):
         line = next(line for line in out.splitlines() if line.strip().startswith(f"BLEU-{n}:"))
         assert 0.0 <= float(line.split()[-1]) <= 1.0
+    assert out.count("CIDEr-D:") == 1
     assert [p.name for p in (tmp_path / "lightning_logs").iterdir()] == ["version_0"]  # no second version dir
     version = tmp_path / "lightning_logs" / "version_0"
     assert (version / "loss.png").stat().st_size > 10_000
