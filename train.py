@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import re
 import sys
 import warnings
 from dataclasses import replace
@@ -49,6 +50,8 @@ FULL, OVERFIT = preset(overfit=False), preset(overfit=True)
 # The flags that set a CaptionConfig field (argparse stores each under the field's name).
 CONFIG_FLAGS = ("decoder", "hidden_dim", "wordvec_dim", "num_heads", "num_layers", "batch_size", "epochs", "lr",
                 "lr_decay", "samples_per_image")  # fmt: skip
+# The flag of each config field, for messages (argparse stores each flag under the field's name).
+FLAG_NAMES = {name: "--model" if name == "decoder" else "--" + name.replace("_", "-") for name in CONFIG_FLAGS}
 SELF_CRITICAL_TEXT = ", ".join(f"--{name.replace('_', '-')} {value:g}" for name, value in SELF_CRITICAL.items())
 # These train in child processes and hand back only the weights and metrics, not the loss history or
 # checkpoint paths this script reports; --strategy ddp re-runs the script on every rank instead.
@@ -186,27 +189,38 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def resolve_defaults(args: argparse.Namespace) -> argparse.Namespace:
-    """Set ``args.config``: the overfit or full-run preset, with the flags given replacing its fields.
+    """Set ``args.config`` (and ``args.resume`` to a path): the run's settings, with the flags given replacing fields.
 
-    A run that starts from a checkpoint (``--init-from``, ``--resume``) takes its model (decoder
-    and sizes) from it, and a resumed run also its way of training; a self-critical run takes
-    the self-critical settings over the full run's. Flags given still win (and a resume refuses
-    model flags that differ from its checkpoint's).
+    A new run starts from the overfit or full preset of its decoder. ``--init-from`` takes the
+    model (decoder and sizes) from its checkpoint, and ``--self-critical`` the self-critical
+    settings over the full run's. ``--resume`` continues the checkpoint's own run: every
+    setting is its, unless a flag says otherwise (and model flags must then agree with it).
     """
+    if args.init_from is not None and args.resume is not None:
+        raise ValueError("--init-from starts a new run from a checkpoint's weights and --resume continues one; "
+                         "give one of them")  # fmt: skip
     if args.self_critical is not None and args.init_from is None and args.resume is None:
         raise ValueError("--self-critical fine-tunes a trained model: give its checkpoint with --init-from")
-    resumed = find_last_checkpoint(args.log_dir) if args.resume == "last" else args.resume
-    source = args.init_from if args.init_from is not None else resumed
-    stored = load_system(source).config if source is not None else None
-    config = preset(args.overfit is not None, args.decoder or (stored.decoder if stored else None))
-    if stored is not None:
-        config = config.updated(**{name: getattr(stored, name) for name in shape_fields(stored.decoder)})
-    self_critical = args.self_critical or (stored.self_critical if resumed is not None else None)
-    if self_critical is not None:
-        config = replace(config.updated(**SELF_CRITICAL), self_critical=self_critical)
-        if resumed is not None:
-            config = config.updated(samples_per_image=stored.samples_per_image)
-    args.config = config.updated(**{name: getattr(args, name) for name in CONFIG_FLAGS})
+    if args.resume == "last":
+        args.resume = find_last_checkpoint(args.log_dir)
+    if args.resume is not None:
+        config = load_system(args.resume).config
+        if args.self_critical is not None and args.self_critical != config.self_critical:
+            raise ValueError(f"--resume {args.resume} continues a {config.self_critical or 'cross-entropy'} run; "
+                             f"to fine-tune it with --self-critical {args.self_critical}, use --init-from")  # fmt: skip
+    else:
+        initial = load_system(args.init_from).config if args.init_from is not None else None
+        config = preset(args.overfit is not None, args.decoder or (initial.decoder if initial else None))
+        if initial is not None:
+            config = config.updated(**{name: getattr(initial, name) for name in shape_fields(initial.decoder)})
+        if args.self_critical is not None:
+            config = replace(config.updated(**SELF_CRITICAL), self_critical=args.self_critical)
+    try:
+        args.config = config.updated(**{name: getattr(args, name) for name in CONFIG_FLAGS})
+    except ValueError as error:  # the config names its fields; the user typed flags
+        raise ValueError(re.sub(r"\b(" + "|".join(CONFIG_FLAGS) + r")\b", lambda m: FLAG_NAMES[m[1]], str(error)))
+    if args.init_from is not None:
+        refuse_another_model(args.init_from, initial, args.config)
     if args.num_workers < 0:
         raise ValueError(f"--num-workers must be >= 0, got {args.num_workers}")
     if args.strategy.startswith(SPAWNING_STRATEGIES):
@@ -227,12 +241,17 @@ def check_resumable(path: Path | str, system: CaptioningSystem) -> None:
     """The checkpoint must exist and hold this run's model: vocabulary, feature width, decoder and sizes."""
     stored = load_system(path)  # weights_only; CheckpointError if missing or unreadable
     check_model_fits_data(stored.model, system.model.word_to_idx, system.model.input_dim)
-    for name in shape_fields(stored.config.decoder):
-        theirs, ours = getattr(stored.config, name), getattr(system.config, name)
+    refuse_another_model(path, stored.config, system.config)
+
+
+def refuse_another_model(path: Path | str, stored: CaptionConfig, config: CaptionConfig) -> None:
+    """A CheckpointError naming the first flag whose value would build another model than the checkpoint's."""
+    for name in shape_fields(stored.decoder):
+        theirs, ours = getattr(stored, name), getattr(config, name)
         if theirs != ours:
-            flag = {"decoder": "--model", "max_length": "max_length"}.get(name, "--" + name.replace("_", "-"))
+            flag = FLAG_NAMES.get(name, name)
             raise CheckpointError(f"checkpoint {path} was trained with {flag} {theirs} but this run has {ours}; "
-                                  "resume with the flags it was trained with")  # fmt: skip
+                                  "leave the flag out (the checkpoint's is used) or match it")  # fmt: skip
 
 
 def describe_image(source) -> str:
@@ -324,7 +343,7 @@ def run(args: argparse.Namespace, stop: StopOnSignal) -> int:
     """Train as the flags say; rank 0 then prints the samples, metrics and paths."""
     quiet_lightning()
     check_writable_folder(args.log_dir, "--log-dir")  # before the data is read, not after training
-    ckpt_path = find_last_checkpoint(args.log_dir) if args.resume == "last" else args.resume
+    ckpt_path = args.resume  # a path: resolve_defaults found the newest for a bare --resume
     if ckpt_path is not None:
         read_checkpoint(ckpt_path)  # missing, empty or damaged: refused before the data is read
     parts = build(args, stop, ckpt_path)

@@ -129,6 +129,9 @@ def load_system(path: Path | str) -> CaptioningSystem:
     checkpoint = read_checkpoint(path)
     if not {"hyper_parameters", "state_dict"} <= checkpoint.keys():
         raise CheckpointError(f"checkpoint {path} lacks hyper_parameters/state_dict: was it written by train.py?")
+    hparams = checkpoint["hyper_parameters"]
+    if "cell_type" in hparams and "decoder" not in hparams:  # written before the Transformer: rnn or lstm
+        hparams["decoder"] = hparams.pop("cell_type")
     required = [name for name, parameter in inspect.signature(CaptioningSystem.__init__).parameters.items()
                 if name != "self" and parameter.default is inspect.Parameter.empty]  # fmt: skip
     missing = [name for name in required if name not in checkpoint["hyper_parameters"]]

@@ -41,8 +41,10 @@ class CaptioningSystem(L.LightningModule):
     Args:
         word_to_idx: the vocabulary (saved in the checkpoint, so a checkpoint is self-contained).
         input_dim: D, the width of the data's image features.
-        decoder, wordvec_dim, hidden_dim, num_heads, num_layers, lr, lr_decay, max_length, self_critical,
-            samples_per_image: as :class:`CaptionConfig`.
+        decoder, wordvec_dim, hidden_dim, num_heads, num_layers, lr, lr_decay, batch_size, epochs, max_length,
+            self_critical, samples_per_image: as :class:`CaptionConfig` (the whole run's config is kept with
+            the checkpoint, so a resumed run continues it; the batch size and epochs are the DataModule's
+            and the Trainer's).
     """
 
     def __init__(
@@ -56,6 +58,8 @@ class CaptioningSystem(L.LightningModule):
         num_layers: int = DEFAULTS.num_layers,
         lr: float = DEFAULTS.lr,
         lr_decay: float = DEFAULTS.lr_decay,
+        batch_size: int = DEFAULTS.batch_size,
+        epochs: int = DEFAULTS.epochs,
         max_length: int = DEFAULTS.max_length,
         self_critical: str | None = DEFAULTS.self_critical,
         samples_per_image: int = DEFAULTS.samples_per_image,
@@ -63,7 +67,8 @@ class CaptioningSystem(L.LightningModule):
         super().__init__()
         self.config = DEFAULTS.updated(decoder=decoder, wordvec_dim=wordvec_dim, hidden_dim=hidden_dim,
                                        num_heads=num_heads, num_layers=num_layers, lr=lr, lr_decay=lr_decay,
-                                       max_length=max_length, samples_per_image=samples_per_image)  # fmt: skip
+                                       batch_size=batch_size, epochs=epochs, max_length=max_length,
+                                       samples_per_image=samples_per_image)  # fmt: skip
         self.config = replace(self.config, self_critical=self_critical)  # None is a value here, not "unset"
         self.save_hyperparameters()
         self.model = build_decoder(dict(word_to_idx), input_dim, self.config)
@@ -76,9 +81,8 @@ class CaptioningSystem(L.LightningModule):
 
     @classmethod
     def from_config(cls, word_to_idx: Mapping[str, int], input_dim: int, config: CaptionConfig) -> CaptioningSystem:
-        """The system of a run configured by ``config`` (its batch size and epochs are the trainer's)."""
-        trainer_fields = ("batch_size", "epochs")  # the DataModule's and the Trainer's, not the system's
-        return cls(word_to_idx, input_dim, **{k: v for k, v in config.as_dict().items() if k not in trainer_fields})
+        """The system of a run configured by ``config``."""
+        return cls(word_to_idx, input_dim, **config.as_dict())
 
     def setup(self, stage: str) -> None:
         if stage == "fit" and self.config.self_critical and self.reward is None:

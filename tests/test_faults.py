@@ -284,7 +284,7 @@ def test_inconsistent_flags_are_one_error_line_and_exit_2(capsys, tmp_path, args
 
 def test_lr_decay_above_one(coco_folder, tmp_path, capsys):
     code, err = run_train(capsys, "--data-dir", coco_folder, "--lr-decay", "1.5", *SMALL, "--log-dir", tmp_path)
-    assert_one_line_error(code, err, "lr_decay must be in (0, 1], got 1.5")
+    assert_one_line_error(code, err, "--lr-decay must be in (0, 1], got 1.5")
 
 
 @pytest.mark.parametrize("flags, message", [
@@ -655,3 +655,37 @@ def test_checkpoint_without_checksum_is_read_with_one_warning(trained_checkpoint
     for _ in range(2):
         load_model(tmp_path / "old.ckpt")
     assert capsys.readouterr().err.count("old.ckpt carries no checksum; its tensors cannot be verified") == 1
+
+
+def test_a_bare_resume_continues_the_checkpoints_own_settings(coco_folder, tmp_path, capsys):
+    """--resume alone keeps the run's --lr and --batch-size, not the preset's; --init-from beside it is refused."""
+    first = ["--data-dir", coco_folder, "--batch-size", "8", "--lr", "0.001", *SMALL, "--log-dir", tmp_path]
+    code, err = run_train(capsys, *first, "--epochs", "1")
+    assert code == 0, err
+    last = checkpoint_of(tmp_path, 0)
+    code, err = run_train(capsys, "--data-dir", coco_folder, "--resume", "--epochs", "2", "--accelerator", "cpu",
+                          "--devices", "1", "--log-dir", tmp_path)  # fmt: skip
+    assert code == 0, err
+    assert "--lr " not in err  # nothing to announce: the learning rate is the run's own
+    resumed = torch.load(checkpoint_of(tmp_path, 1), weights_only=True)
+    assert resumed["hyper_parameters"]["lr"] == 0.001 and resumed["hyper_parameters"]["batch_size"] == 8
+    code, err = run_train(capsys, "--data-dir", coco_folder, "--resume", last, "--init-from", last, *SMALL)
+    assert_one_line_error(code, err, "--init-from starts a new run", "give one of them")
+
+
+def test_init_from_refuses_flags_that_build_another_model(coco_folder, tmp_path, capsys, trained_checkpoint):
+    code, err = run_train(capsys, "--data-dir", coco_folder, "--init-from", trained_checkpoint, "--hidden-dim", "48",
+                          "--accelerator", "cpu", "--devices", "1", "--log-dir", tmp_path / "next")  # fmt: skip
+    assert_one_line_error(code, err, "was trained with --hidden-dim 32 but this run has 48")
+
+
+def test_a_checkpoint_from_before_the_decoder_table_loads(coco_folder, tmp_path, capsys, trained_checkpoint):
+    """Checkpoints that name their cell `cell_type` (no `decoder`) rebuild the same model."""
+    from caption_torch.checkpointing import load_system, tensor_checksum
+
+    checkpoint = torch.load(trained_checkpoint, weights_only=True)
+    checkpoint["hyper_parameters"]["cell_type"] = checkpoint["hyper_parameters"].pop("decoder")
+    checkpoint["tensor_sha256"] = tensor_checksum(checkpoint)
+    old = tmp_path / "old.ckpt"
+    torch.save(checkpoint, old)
+    assert load_system(old).config.decoder == "rnn"

@@ -7,9 +7,9 @@ import pytest
 import torch
 
 from caption_torch.model import CaptioningRNN
-from caption_torch.transformer import CaptioningTransformer
 from caption_torch.rewards import CiderD, Sentences
 from caption_torch.self_critical import self_critical_step
+from caption_torch.transformer import CaptioningTransformer
 
 VOCAB = {"<NULL>": 0, "<START>": 1, "<END>": 2, "<UNK>": 3, "a": 4, "cat": 5, "dog": 6, "sat": 7}
 
