@@ -445,7 +445,8 @@ def report(parts: Run, args: argparse.Namespace, log_dir: Path) -> int:
         plot = plot_loss_history(history.rewards, log_dir / "loss.png", "Self-critical training: mean reward",
                                  steps_per_epoch, ylabel="CIDEr-D of the sampled captions")  # fmt: skip
     else:
-        plot = plot_loss_history(history.losses, log_dir / "loss.png", steps_per_epoch=steps_per_epoch)
+        plot = plot_loss_history(history.losses, log_dir / "loss.png", steps_per_epoch=steps_per_epoch,
+                                 ylabel=DECODERS[args.config.decoder].loss_label)  # fmt: skip
     print_samples(parts.system, parts.dm, args.seed)
     if parts.best is not None:
         metrics = trainer.callback_metrics

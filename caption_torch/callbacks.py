@@ -93,10 +93,11 @@ class LossHistory(L.Callback):
 
     def state_dict(self) -> dict:
         # A checkpoint taken between flushes (--checkpoint-every) must not drop the pending losses.
-        return {"losses": self.losses + self._pending_values()}
+        return {"losses": self.losses + self._pending_values(), "rewards": self.rewards}
 
     def load_state_dict(self, state_dict: dict) -> None:
         self.losses = list(state_dict.get("losses", []))
+        self.rewards = list(state_dict.get("rewards", []))
 
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)

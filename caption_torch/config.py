@@ -50,6 +50,10 @@ class CaptionConfig:
             raise ValueError("the mean baseline compares each sample with the others: samples_per_image must be >= 2")
         if self.decoder == "transformer" and self.wordvec_dim % self.num_heads:
             raise ValueError(f"num_heads ({self.num_heads}) must divide wordvec_dim ({self.wordvec_dim})")
+        if self.decoder == "transformer" and self.wordvec_dim % 2:
+            raise ValueError(
+                f"wordvec_dim ({self.wordvec_dim}) must be even: the positional encoding pairs sines and cosines"
+            )
 
     def updated(self, **changes: Any) -> CaptionConfig:
         """This config with the given fields replaced; ``None`` values leave a field as it is."""

@@ -27,10 +27,12 @@ class Decoder:
         build: ``(word_to_idx, input_dim, config) -> nn.Module`` with ``loss``, ``sample``,
             ``initial_state``/``step`` (the decoders in ``decoding.py``) and ``policy_loss``.
         shape_fields: the config fields its weights' shapes depend on: a checkpoint fixes them.
+        loss_label: what its training loss is (the loss plot's axis).
     """
 
     build: Callable[[Mapping[str, int], int, "CaptionConfig"], nn.Module]
     shape_fields: tuple[str, ...]
+    loss_label: str = "Loss (summed over words, per caption)"
 
 
 def _recurrent(cell_type: str) -> Decoder:
@@ -49,7 +51,11 @@ DECODERS: dict[str, Decoder] = {
     "rnn": _recurrent("rnn"),
     "lstm": _recurrent("lstm"),
     # max_length sizes the positional-encoding table the model attends over.
-    "transformer": Decoder(_transformer, ("wordvec_dim", "num_heads", "num_layers", "max_length")),
+    "transformer": Decoder(
+        _transformer,
+        ("wordvec_dim", "num_heads", "num_layers", "max_length"),
+        loss_label="Loss (per word: summed over words, divided by N * T)",
+    ),
 }
 
 

@@ -183,6 +183,10 @@ def main(argv: list[str] | None = None) -> int:
         dm.setup("validate")
         for model in models.values():
             check_model_fits_data(model, dm.word_to_idx, dm.feature_dim)
+            try:
+                model.check_max_length(args.max_length)  # the Transformer generates at most its positions
+            except ValueError as error:
+                raise ValueError(f"--max-length {args.max_length}: {error}") from None
     except ValueError as error:  # CheckpointError and CocoDataError included
         print(f"error: {error}", file=sys.stderr)
         return 2

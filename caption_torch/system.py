@@ -132,7 +132,9 @@ class CaptioningSystem(L.LightningModule):
             bleu.update(candidates, targets)
             self.log(f"val_bleu{n}", bleu, on_step=False, on_epoch=True, batch_size=len(candidates))
         self.val_cider.update(samples, references)
-        self.log("val_cider", self.val_cider, on_step=False, on_epoch=True, batch_size=len(candidates))
+        # A self-critical run optimises CIDEr-D: its progress bar shows it every epoch.
+        self.log("val_cider", self.val_cider, prog_bar=self.config.self_critical is not None, on_step=False,
+                 on_epoch=True, batch_size=len(candidates))  # fmt: skip
 
     def configure_optimizers(self):
         # fused: one kernel for all parameters instead of a loop of per-tensor ops (benchmarks/README.md).

@@ -60,6 +60,7 @@ def test_every_decoder_has_a_full_and_an_overfit_preset(decoder):
         (dict(lr=0.0), "lr must be positive"),
         (dict(lr_decay=1.5), r"lr_decay must be in \(0, 1\]"),
         (dict(decoder="transformer", num_heads=3), r"num_heads \(3\) must divide wordvec_dim \(256\)"),
+        (dict(decoder="transformer", wordvec_dim=7, num_heads=7), r"wordvec_dim \(7\) must be even"),
     ],
 )
 def test_bad_fields_are_refused(change, message):

@@ -241,3 +241,18 @@ def test_pictures_are_written(tmp_path):
     assert grid.stat().st_size > 10_000
     plot = plot_loss_history(list(range(100, 0, -1)), tmp_path / "loss.png", steps_per_epoch=10)
     assert plot.stat().st_size > 10_000
+
+
+def test_a_transformer_checkpoint_with_beam_search_and_too_long_captions(trained, tmp_path, capsys):
+    """Every decoder evaluates; asking a Transformer for more words than its positions is one error line."""
+    folder, _ = trained
+    flags = ["--data-dir", folder, "--overfit", "10", "--batch-size", "5", "--epochs", "1", "--model", "transformer",
+             "--wordvec-dim", "16", "--accelerator", "cpu", "--log-dir", tmp_path]  # fmt: skip
+    assert train.main([str(flag) for flag in flags]) == 0
+    ckpt = next(tmp_path.glob("lightning_logs/version_*/checkpoints/last.ckpt"))
+    capsys.readouterr()
+    assert run_evaluate(ckpt, folder, tmp_path, "--beam-size", "2", "--max-length", "12") == 0
+    assert "CIDEr-D" in capsys.readouterr().out
+    assert run_evaluate(ckpt, folder, tmp_path, "--max-length", "31") == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: --max-length 31:") and "max_length=30" in err and len(err.splitlines()) == 1
