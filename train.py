@@ -1,9 +1,10 @@
-"""Train a captioning RNN/LSTM with Lightning.
+"""Train a captioning decoder (vanilla RNN, LSTM or Transformer) with Lightning.
 
     python train.py --overfit 50          # cs231n's RNN_Captioning notebook: overfit 50 captions
-    python train.py                       # a few minutes on the embedded dataset, reports val BLEU
-    python train.py --data-dir coco_captioning --cell lstm --accelerator gpu --devices 2
-    python train.py --fast-dev-run --cell rnn     # one training and one val batch: checks the setup
+    python train.py                       # the LSTM on the embedded dataset, reports val BLEU and CIDEr-D
+    python train.py --model transformer --data-dir coco_captioning --accelerator gpu --devices 2
+    python train.py --self-critical mean --init-from CKPT     # fine-tune a trained model on CIDEr-D
+    python train.py --fast-dev-run --model rnn     # one training and one val batch: checks the setup
 
 Without --data-dir the embedded synthetic dataset (cs231n's layout, generated on
 first use) is used. Logs and checkpoints go to lightning_logs/version_N/.

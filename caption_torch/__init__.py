@@ -1,4 +1,4 @@
-"""caption-torch: cs231n's image-captioning RNN/LSTM with hand-written autograd Functions."""
+"""caption-torch: cs231n's image captioners (RNN, LSTM, Transformer) with hand-written autograd Functions."""
 
 from .model import CaptioningRNN
 from .transformer import CaptioningTransformer

@@ -119,7 +119,7 @@ def require_folder(base_dir: Path | str) -> Path:
     return base_dir
 
 
-def read_vocab(base_dir: Path | str) -> tuple[dict[str, int], list[str]]:
+def read_vocab(base_dir: Path | str) -> tuple[dict[str, int], vocabulary.IdToWord]:
     """Read ``coco2014_vocab.json``: ``(word_to_idx, idx_to_word)``."""
     path = require_file(require_folder(base_dir) / VOCAB_FILE, "a JSON vocabulary with idx_to_word and word_to_idx")
     try:

@@ -32,7 +32,8 @@ class CaptioningRNN(Captioner):
     """Image-captioning RNN or LSTM over pre-extracted image features.
 
     Args:
-        word_to_idx: vocabulary, a mapping from word to id with ids in [0, V); must
+        word_to_idx: vocabulary, a mapping from word to id (V words; an id without a score row
+            cannot be generated, and a row without a word decodes as <UNK>); must
             contain ``<NULL>``; sampling also needs ``<START>`` and ``<END>``.
         input_dim: D, the width of an image feature vector (512 for fc7-PCA).
         wordvec_dim: W, the width of a word vector.
@@ -154,7 +155,7 @@ class CaptioningRNN(Captioner):
         return self.cell.sequence(rows, table, h0, self.Wh, lengths)
 
     # ------------------------------------------------------------------ #
-    # Generation: one step at a time, shared by every decoder
+    # Generation: the one-word-at-a-time API of captioner.Captioner
     # ------------------------------------------------------------------ #
 
     def initial_state(self, features: Tensor) -> State:

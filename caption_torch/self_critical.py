@@ -24,8 +24,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from .captioner import Captioner
 from .decoding import temperature_sample
-from .model import CaptioningRNN
 from .rewards import CiderD, Sentences
 
 BASELINES = ("mean", "greedy")
@@ -40,7 +40,7 @@ class SelfCriticalStep(NamedTuple):
     advantages: np.ndarray  # (B*K,) reward - baseline of each sample
 
 
-def reference_sentences(references: Tensor, model: CaptioningRNN) -> tuple[Sentences, np.ndarray]:
+def reference_sentences(references: Tensor, model: Captioner) -> tuple[Sentences, np.ndarray]:
     """An ImageBatch's references (B, R, T) (rows of -1 where an image has fewer) as Sentences and their images."""
     present = references[:, :, 0] >= 0  # (B, R)
     sentences = Sentences.from_ids(references[present], model.end_id, (model.start_id, model.null_id))
@@ -49,7 +49,7 @@ def reference_sentences(references: Tensor, model: CaptioningRNN) -> tuple[Sente
 
 
 def self_critical_step(
-    model: CaptioningRNN,
+    model: Captioner,
     reward: CiderD,
     features: Tensor,
     references: Tensor,

@@ -1,6 +1,6 @@
 """CaptioningSystem: the LightningModule that trains and validates any decoder of ``decoders.DECODERS``.
 
-The ``nn.Module`` (``model.py``) owns parameters, loss and sampling; this system
+The decoder (an ``nn.Module`` built by ``decoders.py``) owns parameters, loss and sampling; this system
 owns optimisation (Adam with cs231n's per-epoch learning-rate decay), logging and
 metrics (val loss over every reference caption, val BLEU-1..4 and CIDEr-D of greedy
 samples against all references of each image). With ``self_critical`` set it trains on

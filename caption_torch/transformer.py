@@ -54,7 +54,7 @@ class CaptioningTransformer(Captioner):
     """cs231n's Transformer image captioner over pre-extracted image features.
 
     Args:
-        word_to_idx: vocabulary, word -> id in [0, V); must contain ``<NULL>``; sampling also
+        word_to_idx: vocabulary, word -> id (as ``CaptioningRNN``'s); must contain ``<NULL>``; sampling also
             needs ``<START>`` and ``<END>``.
         input_dim: D, the width of an image feature vector.
         wordvec_dim: W, the width of word vectors and of every layer.

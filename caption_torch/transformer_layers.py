@@ -15,8 +15,8 @@ import torch
 from torch import Tensor, nn
 
 from . import functional as F
+from .captioner import check_positive_integer
 from .functional.dropout import check_probability
-from .model import check_positive_integer
 
 # --------------------------------------------------------------------------- #
 # Parameter holders: cs231n's nn.Linear / nn.Embedding / nn.LayerNorm, computed by functional

@@ -2,7 +2,8 @@
 
 Adding a cell means writing its step and sequence Functions (``steps.py``,
 ``sequences.py``) and one :class:`RecurrentCell` entry in :data:`CELLS`; the model,
-generation, the CLI's choices and the benchmarks read everything else from here.
+generation and the benchmarks read everything else from here (the CLI's ``--model`` choices
+come from ``decoders.DECODERS``, which names a cell per recurrent decoder).
 """
 
 from __future__ import annotations
