@@ -240,4 +240,4 @@ class CorpusCiderD(Metric):
         scores = CiderD(references, image, self.vocab_size).scores(
             candidates, np.arange(len(counts)), references, image
         )
-        return torch.tensor(float(scores.mean()))
+        return torch.tensor(float(scores.mean()), dtype=torch.float64)

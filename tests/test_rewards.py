@@ -86,3 +86,24 @@ def test_refusals():
         CiderD(refs, ref_image[:1], V)
     with pytest.raises(ValueError, match="has no reference"):
         CiderD(refs, ref_image, V).scores(Sentences.from_lists([[4]]), np.array([2]), refs, ref_image)
+
+
+def test_corpus_cider_d_metric_equals_pycocoevalcap_and_merges_shards():
+    """Val CIDEr-D: pycocoevalcap's corpus score on the same captions, and two shards' states equal one run's."""
+    from caption_torch.rewards import CorpusCiderD
+
+    references, candidates = random_corpus(images=12, samples=1, seed=4)
+    R = max(len(refs) for refs in references)
+    refs = torch.full((12, R, 11), -1, dtype=torch.long)  # <START> words <END> <NULL>..., -1 rows for none
+    for i, image_refs in enumerate(references):
+        for r, words in enumerate(image_refs):
+            refs[i, r] = torch.tensor([1, *words, 2] + [0] * (9 - len(words)))
+    generated = torch.tensor([c + [2] + [0] * (9 - len(c)) for c in candidates])  # (12, 10): words <END> <NULL>...
+    whole, first, second = (CorpusCiderD(V, end_id=2, skipped_ids=(1, 0)) for _ in range(3))
+    whole.update(generated, refs)
+    first.update(generated[:5], refs[:5])
+    second.update(generated[5:], refs[5:])
+    first.merge_state(second)
+    expected = pycocoevalcap_scores(references, candidates).mean()
+    assert whole.compute().item() == pytest.approx(expected, abs=1e-9)
+    assert first.compute().item() == pytest.approx(whole.compute().item(), abs=1e-12)
