@@ -15,10 +15,8 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import re
 import sys
 import warnings
-from dataclasses import replace
 from pathlib import Path
 from typing import NamedTuple
 
@@ -29,34 +27,23 @@ from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.fabric.utilities.rank_zero import rank_zero_only
 from lightning.pytorch.callbacks import ModelCheckpoint
 
-from caption_torch import coco
+from caption_torch import coco, flags
 from caption_torch.callbacks import LossHistory, ResumableSettings, StopOnSignal, TrainingStopped
 from caption_torch.checkpointing import (
     AtomicCheckpointIO,
-    CheckpointError,
     LastCheckpoint,
     RefuseNonFiniteWeights,
     check_model_fits_data,
     load_system,
     read_checkpoint,
 )
-from caption_torch.cli import check_writable_folder, device_count, positive_float, positive_int
-from caption_torch.config import SELF_CRITICAL, CaptionConfig, preset, shape_fields
+from caption_torch.cli import check_writable_folder
+from caption_torch.config import CaptionConfig
 from caption_torch.data import CaptionDataModule, FeatureRows
 from caption_torch.decoders import DECODERS
+from caption_torch.flags import check_resumable, find_last_checkpoint, resolve_defaults  # noqa: F401 (the tests' entry points)
 from caption_torch.plots import plot_loss_history
 from caption_torch.system import CaptioningSystem
-
-FULL, OVERFIT = preset(overfit=False), preset(overfit=True)
-# The flags that set a CaptionConfig field (argparse stores each under the field's name).
-CONFIG_FLAGS = ("decoder", "hidden_dim", "wordvec_dim", "num_heads", "num_layers", "batch_size", "epochs", "lr",
-                "lr_decay", "samples_per_image")  # fmt: skip
-# The flag of each config field, for messages (argparse stores each flag under the field's name).
-FLAG_NAMES = {name: "--model" if name == "decoder" else "--" + name.replace("_", "-") for name in CONFIG_FLAGS}
-SELF_CRITICAL_TEXT = ", ".join(f"--{name.replace('_', '-')} {value:g}" for name, value in SELF_CRITICAL.items())
-# These train in child processes and hand back only the weights and metrics, not the loss history or
-# checkpoint paths this script reports; --strategy ddp re-runs the script on every rank instead.
-SPAWNING_STRATEGIES = ("ddp_spawn", "ddp_fork", "ddp_notebook")
 
 
 def quiet_lightning() -> None:
@@ -68,191 +55,7 @@ def quiet_lightning() -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    data = parser.add_argument_group("data")
-    data.add_argument(
-        "--data-dir",
-        type=Path,
-        default=None,
-        help="cs231n coco_captioning folder (default: the embedded synthetic dataset)",
-    )
-    data.add_argument(
-        "--synthetic-size",
-        default="default",
-        choices=["tiny", "default", "coco"],
-        help="size of the embedded dataset when --data-dir is not given (default: default)",
-    )
-    data.add_argument(
-        "--full-features",
-        action="store_true",
-        help="use the 4096-d fc7 features instead of the 512-d fc7-PCA ones (needs --data-dir)",
-    )
-    data.add_argument(
-        "--overfit",
-        type=positive_int,
-        metavar="N",
-        default=None,
-        help="train on N random captions only, with the settings of cs231n's RNN_Captioning notebook "
-        f"(batch {OVERFIT.batch_size}, {OVERFIT.epochs} epochs, Adam {OVERFIT.lr:g}, lr_decay {OVERFIT.lr_decay}, "
-        f"H={OVERFIT.hidden_dim}, W={OVERFIT.wordvec_dim})",
-    )
-    data.add_argument(
-        "--max-val-images",
-        type=positive_int,
-        default=None,
-        help="validate on this many random val images (default: all)",
-    )
-    data.add_argument("--num-workers", type=int, default=0, help="DataLoader worker processes (default: 0)")
-    data.add_argument(
-        "--feature-storage",
-        default="hdf5",
-        choices=["hdf5", "memory", "device"],
-        help="stream features from HDF5, hold them in RAM, or on the accelerator (default: hdf5)",
-    )
-
-    model = parser.add_argument_group("model and optimisation (defaults: the full run; --overfit's in brackets)")
-    model.add_argument(
-        "--model",
-        "--cell",
-        dest="decoder",
-        choices=list(DECODERS),
-        default=None,
-        help=f"decoder (default: {FULL.decoder} [{OVERFIT.decoder}, as the notebook]); --cell is the same flag",
-    )
-    for flag, name, kind, meaning in (
-        ("--hidden-dim", "hidden_dim", positive_int, "hidden state width H of the RNN/LSTM"),
-        ("--wordvec-dim", "wordvec_dim", positive_int, "word vector width W (the Transformer's every layer)"),
-        ("--num-heads", "num_heads", positive_int, "Transformer attention heads"),
-        ("--num-layers", "num_layers", positive_int, "Transformer decoder layers"),
-        ("--batch-size", "batch_size", positive_int, "captions per batch"),
-        ("--epochs", "epochs", positive_int, "training epochs"),
-        ("--lr", "lr", positive_float, "Adam learning rate"),
-        ("--lr-decay", "lr_decay", positive_float, "learning rate multiplier after each epoch (cs231n's lr_decay)"),
-    ):
-        default = f"{getattr(FULL, name):g} [{getattr(OVERFIT, name):g}]"
-        model.add_argument(flag, dest=name, type=kind, default=None, help=f"{meaning} (default: {default})")
-    model.add_argument("--seed", type=int, default=231, help="random seed (default: 231, the notebook's)")
-
-    hardware = parser.add_argument_group("hardware and runs")
-    hardware.add_argument("--accelerator", default="auto", help="cpu, gpu, auto, ... (default: auto)")
-    hardware.add_argument(
-        "--devices", type=device_count, default="auto", help="a count, -1 (all), indices like 0,1, or 'auto' (default)"
-    )
-    hardware.add_argument("--num-nodes", type=positive_int, default=1, help="machines for multi-node DDP")
-    hardware.add_argument("--strategy", default="auto", help="Lightning strategy, e.g. ddp (default: auto)")
-    hardware.add_argument(
-        "--precision", default="32-true", help="32-true, bf16-mixed, 16-mixed (CUDA), ... (default: 32-true)"
-    )
-    model.add_argument(
-        "--self-critical",
-        choices=["mean", "greedy"],
-        default=None,
-        help="fine-tune with self-critical training, rewards CIDEr-D, this baseline (needs --init-from; "
-        f"defaults then: {SELF_CRITICAL_TEXT})",
-    )
-    model.add_argument(
-        "--samples-per-image",
-        type=positive_int,
-        default=None,
-        help=f"captions sampled per image by --self-critical (default: {FULL.samples_per_image})",
-    )
-    model.add_argument(
-        "--init-from",
-        type=Path,
-        default=None,
-        metavar="CKPT",
-        help="start from this checkpoint's weights (the optimizer starts fresh); its model's sizes are used",
-    )
-    hardware.add_argument(
-        "--resume",
-        nargs="?",
-        const="last",
-        default=None,
-        metavar="CKPT",
-        help="continue from a checkpoint; without a path, the newest lightning_logs/version_*/checkpoints/last.ckpt",
-    )
-    hardware.add_argument(
-        "--checkpoint-every",
-        type=positive_int,
-        default=None,
-        metavar="STEPS",
-        help="also refresh last.ckpt every STEPS training steps (default: every epoch end)",
-    )
-    hardware.add_argument(
-        "--log-dir", type=Path, default=Path("."), help="folder that receives lightning_logs/ (default: .)"
-    )
-    hardware.add_argument(
-        "--fast-dev-run",
-        action="store_true",
-        help="run one training and one validation batch, write nothing, and stop (a smoke test of the setup)",
-    )
-    return parser
-
-
-def resolve_defaults(args: argparse.Namespace) -> argparse.Namespace:
-    """Set ``args.config`` (and ``args.resume`` to a path): the run's settings, with the flags given replacing fields.
-
-    A new run starts from the overfit or full preset of its decoder. ``--init-from`` takes the
-    model (decoder and sizes) from its checkpoint, and ``--self-critical`` the self-critical
-    settings over the full run's. ``--resume`` continues the checkpoint's own run: every
-    setting is its, unless a flag says otherwise (and model flags must then agree with it).
-    """
-    if args.init_from is not None and args.resume is not None:
-        raise ValueError("--init-from starts a new run from a checkpoint's weights and --resume continues one; "
-                         "give one of them")  # fmt: skip
-    if args.self_critical is not None and args.init_from is None and args.resume is None:
-        raise ValueError("--self-critical fine-tunes a trained model: give its checkpoint with --init-from")
-    if args.resume == "last":
-        args.resume = find_last_checkpoint(args.log_dir)
-    if args.resume is not None:
-        config = load_system(args.resume).config
-        if args.self_critical is not None and args.self_critical != config.self_critical:
-            raise ValueError(f"--resume {args.resume} continues a {config.self_critical or 'cross-entropy'} run; "
-                             f"to fine-tune it with --self-critical {args.self_critical}, use --init-from")  # fmt: skip
-    else:
-        initial = load_system(args.init_from).config if args.init_from is not None else None
-        config = preset(args.overfit is not None, args.decoder or (initial.decoder if initial else None))
-        if initial is not None:
-            config = config.updated(**{name: getattr(initial, name) for name in shape_fields(initial.decoder)})
-        if args.self_critical is not None:
-            config = replace(config.updated(**SELF_CRITICAL), self_critical=args.self_critical)
-    try:
-        args.config = config.updated(**{name: getattr(args, name) for name in CONFIG_FLAGS})
-    except ValueError as error:  # the config names its fields; the user typed flags
-        raise ValueError(re.sub(r"\b(" + "|".join(CONFIG_FLAGS) + r")\b", lambda m: FLAG_NAMES[m[1]], str(error)))
-    if args.init_from is not None:
-        refuse_another_model(args.init_from, initial, args.config)
-    if args.num_workers < 0:
-        raise ValueError(f"--num-workers must be >= 0, got {args.num_workers}")
-    if args.strategy.startswith(SPAWNING_STRATEGIES):
-        raise ValueError(f"--strategy {args.strategy} trains in child processes whose loss history "
-                         "train.py cannot report; use --strategy ddp")  # fmt: skip
-    return args
-
-
-def find_last_checkpoint(log_dir: Path) -> Path:
-    candidates = sorted((log_dir / "lightning_logs").glob("version_*/checkpoints/last.ckpt"),
-                        key=lambda p: p.stat().st_mtime)  # fmt: skip
-    if not candidates:
-        raise ValueError(f"--resume found no {log_dir}/lightning_logs/version_*/checkpoints/last.ckpt")
-    return candidates[-1]
-
-
-def check_resumable(path: Path | str, system: CaptioningSystem) -> None:
-    """The checkpoint must exist and hold this run's model: vocabulary, feature width, decoder and sizes."""
-    stored = load_system(path)  # weights_only; CheckpointError if missing or unreadable
-    check_model_fits_data(stored.model, system.model.word_to_idx, system.model.input_dim)
-    refuse_another_model(path, stored.config, system.config)
-
-
-def refuse_another_model(path: Path | str, stored: CaptionConfig, config: CaptionConfig) -> None:
-    """A CheckpointError naming the first flag whose value would build another model than the checkpoint's."""
-    for name in shape_fields(stored.decoder):
-        theirs, ours = getattr(stored, name), getattr(config, name)
-        if theirs != ours:
-            flag = FLAG_NAMES.get(name, name)
-            raise CheckpointError(f"checkpoint {path} was trained with {flag} {theirs} but this run has {ours}; "
-                                  "leave the flag out (the checkpoint's is used) or match it")  # fmt: skip
+    return flags.build_parser(__doc__)
 
 
 def describe_image(source) -> str:

@@ -93,7 +93,7 @@ def test_checkpoint_between_loss_flushes_keeps_every_loss(capsys):
                                   progress_bar_callback=None, strategy=strategy)  # fmt: skip
         history.on_train_batch_end(trainer, None, {"loss": torch.tensor(loss)}, None, step - 1)
     assert capsys.readouterr().out == "(Iteration 1 / 100) loss: 5.000000\n"
-    assert history.state_dict() == {"losses": [5.0, 4.0, 3.0]}
+    assert history.state_dict() == {"losses": [5.0, 4.0, 3.0], "rewards": []}
     resumed = LossHistory()
     resumed.load_state_dict(history.state_dict())
     assert resumed.losses == [5.0, 4.0, 3.0]
