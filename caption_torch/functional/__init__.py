@@ -68,6 +68,14 @@ __all__ = [
 #   packing.py    the decoder on packed captions: only the positions before each caption's last scored word
 from .attention import attention_heads, cached_attention, multi_head_attention  # noqa: E402
 from .dropout import dropout, mkl_dropout  # noqa: E402
+from .layers import (  # noqa: E402
+    add_positions,
+    feed_forward,
+    layer_norm,
+    linear,
+    sinusoidal_positions,
+    transformer_softmax_loss,
+)
 from .packing import (  # noqa: E402
     CausalPacking,
     causal_packing,
@@ -76,14 +84,6 @@ from .packing import (  # noqa: E402
     packed_feed_forward,
     packed_memory_attention,
     packed_self_attention,
-)
-from .layers import (  # noqa: E402
-    add_positions,
-    feed_forward,
-    layer_norm,
-    linear,
-    sinusoidal_positions,
-    transformer_softmax_loss,
 )
 
 __all__ += [

@@ -31,7 +31,7 @@ from torch import Tensor
 from torch.autograd.function import FunctionCtx, once_differentiable
 
 from ._common import _addmm, _apply_autocast, _check_dim, _check_float, _check_same_dtype, _mm
-from .attention import _merge_heads, _split_heads
+from .attention import _split_heads
 from .dropout import Dropout, check_probability, dropout_noise, drops, uses_mkl_masks
 from .layers import FeedForward, _check_input
 
