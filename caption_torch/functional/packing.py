@@ -30,7 +30,7 @@ import torch
 from torch import Tensor
 from torch.autograd.function import FunctionCtx, once_differentiable
 
-from ._common import _addmm, _apply_autocast, _check_dim, _check_float, _check_same_dtype, _mm
+from ._common import _addmm, _apply_autocast, _check_dim, _check_float, _check_same_dtype, _mm, _mm_at
 from .attention import _split_heads
 from .dropout import Dropout, check_probability, dropout_noise, drops, uses_mkl_masks
 from .layers import FeedForward, _check_input
@@ -235,7 +235,7 @@ class PackedSelfAttention(torch.autograd.Function):
         N, L = computed.shape
         E = x.shape[1]
         heads = dropped.shape[1]
-        grad_W_proj = _mm(grad_out.T, context) if need_Wp else None
+        grad_W_proj = _mm_at(grad_out, context) if need_Wp else None
         grad_b_proj = grad_out.sum(0) if need_bp else None
         if not any(ctx.needs_input_grad[:7]):
             return (None,) * 7 + (grad_W_proj, grad_b_proj, None, None, None)
@@ -251,7 +251,7 @@ class PackedSelfAttention(torch.autograd.Function):
         grad_projected = torch.cat([grad.transpose(1, 2).reshape(N, L, E) for grad in (grad_Q, grad_K, grad_V)], 2)
         grad_rows = grad_projected[computed]  # (P, 3E): query, key, value side by side as in W_qkv
         grad_x = _mm(grad_rows, W_qkv) if need_x else None
-        grad_W = _mm(grad_rows.T, x).split(E) if need_Wq or need_Wk or need_Wv else (None,) * 3
+        grad_W = _mm_at(grad_rows, x).split(E) if need_Wq or need_Wk or need_Wv else (None,) * 3
         grad_b = grad_rows.sum(0).split(E) if need_bq or need_bk or need_bv else (None,) * 3
         return (grad_x, grad_W[0], grad_b[0], grad_W[1], grad_b[1], grad_W[2], grad_b[2], grad_W_proj, grad_b_proj,
                 None, None, None)  # fmt: skip
@@ -292,7 +292,7 @@ class PackedMemoryAttention(torch.autograd.Function):
         grad_b_proj = grad_out.sum(0) if needs[9] else None
         if noise.dim() == 0:
             grad_image = grad_out.new_zeros(N, E).index_add_(0, images, grad_out)  # (N, E): summed over its rows
-            grad_W_proj = _mm(grad_image.T, V * noise) if needs[8] else None
+            grad_W_proj = _mm_at(grad_image, V * noise) if needs[8] else None
             grad_V = _mm(grad_image, W_proj).mul_(noise)
         else:
             d = E // heads
@@ -305,7 +305,7 @@ class PackedMemoryAttention(torch.autograd.Function):
                 grad_W_proj = torch.bmm(grad_heads.transpose(1, 2), V_heads).transpose(0, 1).reshape(E, E)
             grad_V = torch.bmm(grad_heads, W_proj.view(E, heads, d).transpose(0, 1)).transpose(0, 1).reshape(N, E)
         grad_memory = _mm(grad_V, W_value).view(memory.shape) if needs[1] else None
-        grad_W_value = _mm(grad_V.T, memory.view(N, E)) if needs[6] else None
+        grad_W_value = _mm_at(grad_V, memory.view(N, E)) if needs[6] else None
         grad_b_value = grad_V.sum(0) if needs[7] else None
 
         def zeros(tensor, need):
