@@ -201,6 +201,8 @@ def make_transformer_case(name, N, T, E, F_width, V, dtype):
             [randn(N, T, E), randn(N, keys, E), randn(N, keys, E), *weights],
             [],
         )
+    if name.startswith("packed") or name == "pack_rows":
+        return make_packed_case(name, N, T, E, F_width, dtype, randn, weights, p, heads, seed)
     if name == "transformer_softmax_loss":
 
         def ref_loss(scores, y, keep):
@@ -211,9 +213,57 @@ def make_transformer_case(name, N, T, E, F_width, V, dtype):
     raise KeyError(name)
 
 
+def make_packed_case(name, N, T, E, F_width, dtype, randn, weights, p, heads, seed):
+    """A packed Function against the unpacked math on the padded captions, its computed rows kept.
+
+    Caption n computes its first T - n * (T - 1) // (N - 1) positions: the first all T, the last one.
+    """
+    lengths = torch.linspace(T, 1, N).long()
+    packing = F.causal_packing(lengths, T)
+    computed, P = packing.computed, int(lengths.sum())
+
+    def unpack(rows):  # (P, E) -> (N, T, E), zeros past each prefix
+        return torch.zeros(N, T, rows.shape[1], dtype=rows.dtype).index_put((computed,), rows)
+
+    if name == "pack_rows":
+        return (lambda x: F.pack_rows(x, packing)), (lambda x: x[computed]), [randn(N, T, E)], []
+    if name == "packed_dropout":
+        noise = seeded_noise((P, E), p, dtype, seed)  # torch's masks: drawn for the computed rows only
+        return reseeded(lambda x: F.packed_dropout(x, packing, p), seed), (lambda x: x * noise), [randn(P, E)], []
+    if name == "packed_feed_forward":
+        noise = seeded_noise((P, F_width), p, dtype, seed)
+        inputs = [randn(P, E), randn(F_width, E, scale=E**-0.5), randn(F_width, scale=0.1),
+                  randn(E, F_width, scale=F_width**-0.5), randn(E, scale=0.1)]  # fmt: skip
+        ours = reseeded(lambda *args: F.packed_feed_forward(*args, packing, p), seed)
+        return ours, (lambda x, w1, b1, w2, b2: (torch.relu(x @ w1.T + b1) * noise) @ w2.T + b2), inputs, []
+    if name == "packed_self_attention":
+        noise = seeded_noise((N, heads, T, T), p, dtype, seed)
+        causal = torch.tril(torch.ones(T, T, dtype=dtype))
+
+        def ref(x, *params):
+            padded = unpack(x)
+            return ref_attention(padded, padded, padded, *params, heads, causal, noise)[computed]
+
+        ours = reseeded(lambda *args: F.packed_self_attention(*args, heads, packing, p), seed)
+        return ours, ref, [randn(P, E), *weights], []
+    if name.startswith("packed_memory"):  # with dropout of the attention weights, and without
+        p = p if name == "packed_memory_attention" else 0.0
+        noise = seeded_noise((P, heads), p, dtype, seed) if p else torch.ones(P, heads, dtype=dtype)
+
+        def ref(x, memory, *params):
+            padded_noise = unpack(noise).transpose(1, 2)[..., None]  # (N, H, T, 1)
+            return ref_attention(unpack(x), memory, memory, *params, heads, None, padded_noise)[computed]
+
+        ours = reseeded(lambda *args: F.packed_memory_attention(*args, heads, packing, p), seed)
+        return ours, ref, [randn(P, E), randn(N, 1, E), *weights], []
+    raise KeyError(name)
+
+
 TRANSFORMER_FUNCTIONS = [
     "linear", "layer_norm", "dropout", "add_positions", "feed_forward",
     "attention_causal", "attention_cross", "attention_memory", "attention_image", "transformer_softmax_loss",
+    "pack_rows", "packed_dropout", "packed_feed_forward", "packed_self_attention", "packed_memory_attention",
+    "packed_memory_image",
 ]  # fmt: skip
 
 
