@@ -187,11 +187,11 @@ class FeedForward(torch.autograd.Function):
         grad_bias2 = grad_rows.sum(0) if need_b2 else None
         grad_x = grad_weight1 = grad_bias1 = None
         if need_x or need_w1 or need_b1:
-            grad_dropped = _mm(grad_rows, weight2)  # (M, F): into the dropped hidden layer
-            # 0 where the ReLU or the dropout blocked (in place), then the kept units' noise.
-            grad_hidden = _threshold_backward_into(grad_dropped, dropped, 0, grad_input=grad_dropped)
-            if ctx.kept_scale != 1:
-                grad_hidden.mul_(ctx.kept_scale)
+            # (M, F): into the hidden layer through the kept units' noise (a scale of the small weight2),
+            # then 0 where the ReLU or the dropout blocked, in place.
+            scaled_weight2 = weight2 * ctx.kept_scale if ctx.kept_scale != 1 else weight2
+            grad_hidden = _mm(grad_rows, scaled_weight2)
+            _threshold_backward_into(grad_hidden, dropped, 0, grad_input=grad_hidden)
             grad_x = _mm(grad_hidden, weight1).view(x.shape) if need_x else None
             # (x^T grad_hidden)^T: the wide (M, F) operand untransposed is the faster product.
             grad_weight1 = _mm_at(_rows(x), grad_hidden).T if need_w1 else None

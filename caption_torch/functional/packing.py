@@ -31,7 +31,6 @@ from torch import Tensor
 from torch.autograd.function import FunctionCtx, once_differentiable
 
 from ._common import _addmm, _apply_autocast, _check_dim, _check_float, _check_same_dtype, _mm, _mm_at
-from .attention import _split_heads
 from .dropout import Dropout, check_probability, dropout_noise, drops, uses_mkl_masks
 from .layers import FeedForward, _check_input
 
@@ -203,9 +202,10 @@ class PackedSelfAttention(torch.autograd.Function):
     """Causal multi-head self-attention of packed rows (``multi_head_attention`` with the causal mask).
 
     ``computed`` (N, L) bool, prefixes; ``noise`` (N, H, L, L) or a scalar. The query, key and
-    value maps run as one (P, W) @ (W, 3W) product; their rows are scattered into an (N, L, 3W)
-    block (zeros past each prefix: the causal mask keeps them from every computed query) for
-    the scores, and the context rows of the computed positions are gathered back.
+    value maps run as one (P, W) @ (W, 3W) product; their rows are scattered, head by head,
+    into a (3, N, H, L, W/H) block (zeros past each prefix: the causal mask keeps them from every
+    computed query) for the scores, and the context rows of the computed positions are
+    gathered back.
     """
 
     @staticmethod
@@ -213,43 +213,43 @@ class PackedSelfAttention(torch.autograd.Function):
         P, E = x.shape
         N, L = computed.shape
         W_qkv = torch.cat([W_query, W_key, W_value])  # (3E, E)
-        projected = x.new_zeros(N, L, 3 * E)
-        projected[computed] = _addmm(torch.cat([b_query, b_key, b_value]), x, W_qkv.T)  # (P, 3E) into place
-        Q, K, V = (_split_heads(part, heads) for part in projected.split(E, dim=2))  # (N, H, L, d) each
+        rows = _addmm(torch.cat([b_query, b_key, b_value]), x, W_qkv.T)  # (P, 3E)
+        qkv = x.new_zeros(3, N, heads, L, E // heads)  # one copy into the layout the batched products read
+        qkv.permute(1, 3, 0, 2, 4)[computed] = rows.view(P, 3, heads, E // heads)
+        Q, K, V = qkv  # (N, H, L, d) each
         scale = 1 / math.sqrt(E / heads)
         scores = torch.matmul(Q, K.transpose(2, 3)).mul_(scale)  # (N, H, L, L)
         causal = torch.ones(L, L, dtype=torch.bool, device=x.device).tril_()
         scores.masked_fill_(~causal, float("-inf"))
         weights = torch.softmax(scores, dim=-1)
         dropped = weights * noise
-        context = torch.matmul(dropped, V).transpose(1, 2).reshape(N, L, E)[computed]  # (P, E)
-        ctx.save_for_backward(x, W_qkv, W_proj, projected, weights, dropped, noise, context, computed)
+        context = torch.matmul(dropped, V).transpose(1, 2)[computed].view(P, E)  # (P, H, d) -> (P, E)
+        ctx.save_for_backward(x, W_qkv, W_proj, qkv, weights, dropped, noise, context, computed)
         ctx.scale = scale
         return _addmm(b_proj, context, W_proj.T)
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_out):
-        x, W_qkv, W_proj, projected, weights, dropped, noise, context, computed = ctx.saved_tensors
+        x, W_qkv, W_proj, qkv, weights, dropped, noise, context, computed = ctx.saved_tensors
         need_x, need_Wq, need_bq, need_Wk, need_bk, need_Wv, need_bv, need_Wp, need_bp = ctx.needs_input_grad[:9]
-        N, L = computed.shape
-        E = x.shape[1]
-        heads = dropped.shape[1]
+        P, E = x.shape
+        _, N, heads, L, d = qkv.shape
         grad_W_proj = _mm_at(grad_out, context) if need_Wp else None
         grad_b_proj = grad_out.sum(0) if need_bp else None
         if not any(ctx.needs_input_grad[:7]):
             return (None,) * 7 + (grad_W_proj, grad_b_proj, None, None, None)
-        grad_context = x.new_zeros(N, L, E)
-        grad_context[computed] = _mm(grad_out, W_proj)
-        grad_context = _split_heads(grad_context, heads)  # (N, H, L, d)
-        Q, K, V = (_split_heads(part, heads) for part in projected.split(E, dim=2))
-        grad_V = torch.matmul(dropped.transpose(2, 3), grad_context)  # (N, H, L, d)
+        grad_context = x.new_zeros(N, heads, L, d)
+        grad_context.transpose(1, 2)[computed] = _mm(grad_out, W_proj).view(P, heads, d)
+        Q, K, V = qkv
+        grad_qkv = torch.empty_like(qkv)  # (3, N, H, L, d)
+        torch.matmul(dropped.transpose(2, 3), grad_context, out=grad_qkv[2])  # grad_V
         grad_weights = torch.matmul(grad_context, V.transpose(2, 3)).mul_(noise)  # (N, H, L, L)
         grad_scores = grad_weights.sub_((grad_weights * weights).sum(-1, keepdim=True)).mul_(weights).mul_(ctx.scale)
-        grad_Q = torch.matmul(grad_scores, K)
-        grad_K = torch.matmul(grad_scores.transpose(2, 3), Q)
-        grad_projected = torch.cat([grad.transpose(1, 2).reshape(N, L, E) for grad in (grad_Q, grad_K, grad_V)], 2)
-        grad_rows = grad_projected[computed]  # (P, 3E): query, key, value side by side as in W_qkv
+        torch.matmul(grad_scores, K, out=grad_qkv[0])  # grad_Q
+        torch.matmul(grad_scores.transpose(2, 3), Q, out=grad_qkv[1])  # grad_K
+        # (P, 3, H, d) -> (P, 3E): query, key, value side by side, as the rows of W_qkv
+        grad_rows = grad_qkv.permute(1, 3, 0, 2, 4)[computed].view(P, 3 * E)
         grad_x = _mm(grad_rows, W_qkv) if need_x else None
         grad_W = _mm_at(grad_rows, x).split(E) if need_Wq or need_Wk or need_Wv else (None,) * 3
         grad_b = grad_rows.sum(0).split(E) if need_bq or need_bk or need_bv else (None,) * 3
