@@ -421,3 +421,59 @@ def test_transformer_loss_divides_by_every_position():
     keep[0, 0] = True  # one counted position out of 12
     loss = F.transformer_softmax_loss(scores, torch.zeros(4, 3, dtype=torch.long), keep)
     torch.testing.assert_close(loss, torch.log(torch.tensor(5.0, dtype=torch.float64)) / 12)
+
+
+@pytest.mark.parametrize("name", ["dropout", "feed_forward", "self_attention", "memory_attention"])
+def test_packed_mkl_masks_give_the_rows_of_the_unpacked_layer(name):
+    """Inside mkl_dropout the packed layers draw the unpacked (N, T, ...) masks: cs231n's values, row for row."""
+    N, T, E, heads, p = 3, 5, 8, 2, 0.3
+    packing = F.causal_packing(torch.tensor([4, 2, 3]), T)  # L = 4 < T: masks cut to L
+    gen = torch.Generator().manual_seed(0)
+    x, memory = torch.randn(N, T, E, generator=gen), torch.randn(N, 1, E, generator=gen)
+    weights = [torch.randn(E, E, generator=gen) * E**-0.5 if i % 2 == 0 else torch.randn(E, generator=gen) * 0.1
+               for i in range(8)]  # fmt: skip
+    ffn = [torch.randn(12, E, generator=gen) * E**-0.5, torch.randn(12, generator=gen),
+           torch.randn(E, 12, generator=gen) * 12**-0.5, torch.randn(E, generator=gen)]  # fmt: skip
+    rows, causal = x[packing.computed], torch.tril(torch.ones(T, T))
+    unpacked, packed = {
+        "dropout": (lambda: F.dropout(x, p), lambda: F.packed_dropout(rows, packing, p)),
+        "feed_forward": (lambda: F.feed_forward(x, *ffn, p), lambda: F.packed_feed_forward(rows, *ffn, packing, p)),
+        "self_attention": (lambda: F.multi_head_attention(x, x, x, *weights, heads, causal, p),
+                           lambda: F.packed_self_attention(rows, *weights, heads, packing, p)),
+        "memory_attention": (lambda: F.multi_head_attention(x, memory, memory, *weights, heads, None, p),
+                             lambda: F.packed_memory_attention(rows, memory, *weights, heads, packing, p)),
+    }[name]  # fmt: skip
+    with F.mkl_dropout():
+        torch.manual_seed(7)
+        expected = unpacked()[packing.computed]
+        torch.manual_seed(7)
+        got = packed()
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)
+
+
+def _packing():
+    return F.causal_packing(torch.tensor([3, 1]), 3)  # P = 4 rows
+
+
+@pytest.mark.parametrize(
+    "call, message",
+    [
+        (lambda: F.causal_packing(torch.tensor([4, 1]), 3), "lengths must lie in \\[0, T = 3\\]"),
+        (lambda: F.causal_packing(torch.tensor([0, 0]), 3), "at least one positive"),
+        (lambda: F.causal_packing(torch.tensor([1.0]), 3), "lengths must be an \\(N,\\) integer tensor"),
+        (lambda: F.pack_rows(torch.randn(2, 4, 5), _packing()), "x has \\(N, T\\) = \\(2, 4\\)"),
+        (lambda: F.packed_dropout(torch.randn(5, 8), _packing(), 0.1), "x has 5 rows but the packing has P = 4"),
+        (lambda: F.packed_dropout(torch.randn(4, 8), _packing(), 1.5), "p must be a probability"),
+        (lambda: F.packed_feed_forward(torch.randn(4, 8), torch.randn(6, 7), torch.randn(6), torch.randn(8, 6),
+                                       torch.randn(8), _packing()), "weight1 has size 7 in dimension 1"),
+        (lambda: F.packed_self_attention(torch.randn(4, 8), *_attention_args(E=8)[3:], 3, _packing()),
+         "num_heads=3 must divide the width 8 of x"),
+        (lambda: F.packed_self_attention(torch.randn(4, 4), *_attention_args(E=8)[3:], 2, _packing()),
+         "W_query must have shape \\(4, 4\\)"),
+        (lambda: F.packed_memory_attention(torch.randn(4, 8), torch.randn(2, 2, 8), *_attention_args(E=8)[3:], 2,
+                                           _packing()), "memory must have shape \\(N, 1, E\\) = \\(2, 1, 8\\)"),
+    ],
+)  # fmt: skip
+def test_packed_bad_inputs(call, message):
+    with pytest.raises(ValueError, match=message):
+        call()
