@@ -155,6 +155,7 @@ class CaptioningTransformer(Captioner):
             shape = tuple(captions.shape) if isinstance(captions, Tensor) else type(captions).__name__
             raise ValueError(f"captions must be an (N, T+1) tensor with T+1 >= 2, got {shape}")
         captions_in, captions_out = captions[:, :-1], captions[:, 1:]
+        self._check_captions(features, captions_in)
         N, T = captions_out.shape
         mask = captions_out != self.null_id
         # Attention is causal: positions after a caption's last scored word affect no score, so only
@@ -164,7 +165,6 @@ class CaptioningTransformer(Captioner):
             hidden = self._decode(features, captions_in)
             return F.vocab_softmax_loss(hidden, self.output.weight.T, self.output.bias, captions_out, mask) / T
         packing = F.causal_packing(lengths, T)
-        self._check_captions(features, captions_in)
         rows = F.pack_rows(self.positional_encoding(self.embedding(captions_in)), packing)  # (P, W)
         memory = self.visual_projection(features)[:, None]  # (N, 1, W)
         for layer in self.transformer.layers:

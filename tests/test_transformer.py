@@ -183,6 +183,21 @@ def test_training_scores_loss_and_gradients_match_the_reference(masks):
         torch.testing.assert_close(grad, ref_grad, rtol=1e-4, atol=1e-6, msg=lambda m: f"{name}: {m}")
 
 
+def test_loss_of_captions_cut_short_or_with_nothing_scored():
+    """Packing computes each caption up to its last scored word; a batch with none scored has loss 0."""
+    ours, ref = both_models()
+    ours.eval(), ref.eval()
+    features, captions = batch()
+    captions[1, 3] = WORDS["<NULL>"]  # a <NULL> inside a caption: the positions after it still count
+    torch.testing.assert_close(
+        ours.loss(features, captions), ref_loss(ref(features, captions[:, :-1]), captions[:, 1:])
+    )
+    captions[:, 1:] = WORDS["<NULL>"]
+    loss = ours.loss(features, captions)
+    assert loss.item() == 0
+    assert all(grad.abs().max() == 0 for grad in torch.autograd.grad(loss, list(ours.parameters())))
+
+
 def test_eval_scores_match_the_reference_in_float64():
     ours, ref = both_models()
     ours.double().eval(), ref.double().eval()

@@ -173,14 +173,13 @@ class FeedForward(torch.autograd.Function):
     def forward(ctx, x, weight1, bias1, weight2, bias2, noise):
         hidden = _addmm_relu(bias1, _rows(x), weight1.T)  # (M, F)
         dropped = hidden.mul_(noise.view(hidden.shape)) if noise.dim() else hidden.mul_(noise)
-        ctx.save_for_backward(x, weight1, weight2, dropped)
-        ctx.kept_scale = noise.max().item() if noise.numel() else 1.0  # every kept unit's noise
+        ctx.save_for_backward(x, weight1, weight2, dropped, noise.amax())  # every kept unit's noise (0-dim)
         return _addmm(bias2, dropped, weight2.T).view(*x.shape[:-1], weight2.shape[0])
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_out):
-        x, weight1, weight2, dropped = ctx.saved_tensors
+        x, weight1, weight2, dropped, kept_scale = ctx.saved_tensors
         need_x, need_w1, need_b1, need_w2, need_b2 = ctx.needs_input_grad[:5]
         grad_rows = _rows(grad_out)  # (M, D)
         grad_weight2 = _mm_at(grad_rows, dropped) if need_w2 else None
@@ -189,8 +188,7 @@ class FeedForward(torch.autograd.Function):
         if need_x or need_w1 or need_b1:
             # (M, F): into the hidden layer through the kept units' noise (a scale of the small weight2),
             # then 0 where the ReLU or the dropout blocked, in place.
-            scaled_weight2 = weight2 * ctx.kept_scale if ctx.kept_scale != 1 else weight2
-            grad_hidden = _mm(grad_rows, scaled_weight2)
+            grad_hidden = _mm(grad_rows, weight2 * kept_scale)
             _threshold_backward_into(grad_hidden, dropped, 0, grad_input=grad_hidden)
             grad_x = _mm(grad_hidden, weight1).view(x.shape) if need_x else None
             # (x^T grad_hidden)^T: the wide (M, F) operand untransposed is the faster product.
