@@ -122,6 +122,15 @@ class CaptioningTransformer(Captioner):
 
     def _decode(self, features: Tensor, captions: Tensor) -> Tensor:
         """The last decoder layer's output (N, T, W) for features (N, D) and input words (N, T)."""
+        self._check_captions(features, captions)
+        T = captions.shape[1]
+        words = self.positional_encoding(self.embedding(captions))  # (N, T, W)
+        memory = self.visual_projection(features)[:, None]  # (N, 1, W)
+        causal = torch.tril(torch.ones(T, T, dtype=torch.bool, device=captions.device))  # 1: may attend
+        return self.transformer(words, memory, causal)  # (N, T, W)
+
+    def _check_captions(self, features: Tensor, captions: Tensor) -> None:
+        """features (N, D) and input words (N, T) with 1 <= T <= max_length."""
         self._check_features(features)
         if not isinstance(captions, Tensor) or captions.dim() != 2 or captions.shape[0] != features.shape[0]:
             shape = tuple(captions.shape) if isinstance(captions, Tensor) else type(captions).__name__
@@ -129,10 +138,6 @@ class CaptioningTransformer(Captioner):
         T = captions.shape[1]
         if not 1 <= T <= self.max_length:
             raise ValueError(f"captions have T = {T} words; the model takes 1 to max_length = {self.max_length}")
-        words = self.positional_encoding(self.embedding(captions))  # (N, T, W)
-        memory = self.visual_projection(features)[:, None]  # (N, 1, W)
-        causal = torch.tril(torch.ones(T, T, dtype=torch.bool, device=captions.device))  # 1: may attend
-        return self.transformer(words, memory, causal)  # (N, T, W)
 
     def loss(self, features: Tensor, captions: Tensor) -> Tensor:
         """Training loss of a minibatch, as cs231n's Transformer solver computes it.
@@ -150,11 +155,25 @@ class CaptioningTransformer(Captioner):
             shape = tuple(captions.shape) if isinstance(captions, Tensor) else type(captions).__name__
             raise ValueError(f"captions must be an (N, T+1) tensor with T+1 >= 2, got {shape}")
         captions_in, captions_out = captions[:, :-1], captions[:, 1:]
-        hidden = self._decode(features, captions_in)  # (N, T, W)
-        # = transformer_softmax_loss(self.output(hidden), ...): the fused loss scores only the positions
-        # that count (no (N, T, V) scores for padding) and divides by N; the mean is over N * T.
+        self._check_captions(features, captions_in)
+        N, T = captions_out.shape
         mask = captions_out != self.null_id
-        return F.vocab_softmax_loss(hidden, self.output.weight.T, self.output.bias, captions_out, mask) / mask.shape[1]
+        # Attention is causal: positions after a caption's last scored word affect no score, so only
+        # each caption's prefix up to it is computed, as packed rows (functional/packing.py).
+        lengths = (mask * torch.arange(1, T + 1, device=mask.device)).amax(1)  # (N,) last scored position + 1
+        if not bool(lengths.any()):  # nothing is scored: the loss is 0, with zero gradients
+            hidden = self._decode(features, captions_in)
+            return F.vocab_softmax_loss(hidden, self.output.weight.T, self.output.bias, captions_out, mask) / T
+        packing = F.causal_packing(lengths, T)
+        rows = F.pack_rows(self.positional_encoding(self.embedding(captions_in)), packing)  # (P, W)
+        memory = self.visual_projection(features)[:, None]  # (N, 1, W)
+        for layer in self.transformer.layers:
+            rows = layer.forward_packed(rows, memory, packing)
+        # = transformer_softmax_loss(self.output(hidden), ...): the fused loss scores only the positions
+        # that count and divides by its N, here 1; the mean is over N * T.
+        targets, scored = captions_out[packing.computed][None], mask[packing.computed][None]  # (1, P)
+        loss = F.vocab_softmax_loss(rows[None], self.output.weight.T, self.output.bias, targets, scored)
+        return loss / (N * T)
 
     def _policy_loss(self, features: Tensor, captions: Tensor, mask: Tensor, weights: Tensor) -> Tensor:
         """Self-critical loss (see ``Captioner.policy_loss``): the decoder's output over the sampled words,

@@ -187,6 +187,30 @@ class TransformerDecoderLayer(nn.Module):
         )
         return self.norm3(tgt + F.dropout(transformed, p, training))
 
+    def forward_packed(self, rows: Tensor, memory: Tensor, packing: F.CausalPacking) -> Tensor:
+        """:meth:`forward` with the causal mask on packed rows (P, W) of the computed positions -> (P, W).
+
+        The same values as the computed rows of :meth:`forward`, dropout masks included.
+        """
+        p, training = self.dropout, self.training
+        attention = self.self_attn
+        attended = F.packed_self_attention(
+            rows, attention.query.weight, attention.query.bias, attention.key.weight, attention.key.bias,
+            attention.value.weight, attention.value.bias, attention.proj.weight, attention.proj.bias,
+            attention.num_heads, packing, attention.dropout, training,
+        )  # fmt: skip
+        rows = self.norm1(rows + F.packed_dropout(attended, packing, p, training))
+        attention = self.multihead_attn
+        attended = F.packed_memory_attention(
+            rows, memory, attention.query.weight, attention.query.bias, attention.key.weight, attention.key.bias,
+            attention.value.weight, attention.value.bias, attention.proj.weight, attention.proj.bias,
+            attention.num_heads, packing, attention.dropout, training,
+        )  # fmt: skip
+        rows = self.norm2(rows + F.packed_dropout(attended, packing, p, training))
+        transformed = F.packed_feed_forward(rows, self.linear1.weight, self.linear1.bias, self.linear2.weight,
+                                            self.linear2.bias, packing, p, training)  # fmt: skip
+        return self.norm3(rows + F.packed_dropout(transformed, packing, p, training))
+
 
 class TransformerDecoder(nn.Module):
     """``num_layers`` copies of one decoder layer, applied in turn (each copy starts from the same values)."""

@@ -201,6 +201,8 @@ def make_transformer_case(name, N, T, E, F_width, V, dtype):
             [randn(N, T, E), randn(N, keys, E), randn(N, keys, E), *weights],
             [],
         )
+    if name.startswith("packed") or name == "pack_rows":
+        return make_packed_case(name, N, T, E, F_width, dtype, randn, weights, p, heads, seed)
     if name == "transformer_softmax_loss":
 
         def ref_loss(scores, y, keep):
@@ -211,9 +213,57 @@ def make_transformer_case(name, N, T, E, F_width, V, dtype):
     raise KeyError(name)
 
 
+def make_packed_case(name, N, T, E, F_width, dtype, randn, weights, p, heads, seed):
+    """A packed Function against the unpacked math on the padded captions, its computed rows kept.
+
+    Caption n computes its first T - n * (T - 1) // (N - 1) positions: the first all T, the last one.
+    """
+    lengths = torch.linspace(T, 1, N).long()
+    packing = F.causal_packing(lengths, T)
+    computed, P = packing.computed, int(lengths.sum())
+
+    def unpack(rows):  # (P, E) -> (N, T, E), zeros past each prefix
+        return torch.zeros(N, T, rows.shape[1], dtype=rows.dtype).index_put((computed,), rows)
+
+    if name == "pack_rows":
+        return (lambda x: F.pack_rows(x, packing)), (lambda x: x[computed]), [randn(N, T, E)], []
+    if name == "packed_dropout":
+        noise = seeded_noise((P, E), p, dtype, seed)  # torch's masks: drawn for the computed rows only
+        return reseeded(lambda x: F.packed_dropout(x, packing, p), seed), (lambda x: x * noise), [randn(P, E)], []
+    if name == "packed_feed_forward":
+        noise = seeded_noise((P, F_width), p, dtype, seed)
+        inputs = [randn(P, E), randn(F_width, E, scale=E**-0.5), randn(F_width, scale=0.1),
+                  randn(E, F_width, scale=F_width**-0.5), randn(E, scale=0.1)]  # fmt: skip
+        ours = reseeded(lambda *args: F.packed_feed_forward(*args, packing, p), seed)
+        return ours, (lambda x, w1, b1, w2, b2: (torch.relu(x @ w1.T + b1) * noise) @ w2.T + b2), inputs, []
+    if name == "packed_self_attention":
+        noise = seeded_noise((N, heads, T, T), p, dtype, seed)
+        causal = torch.tril(torch.ones(T, T, dtype=dtype))
+
+        def ref(x, *params):
+            padded = unpack(x)
+            return ref_attention(padded, padded, padded, *params, heads, causal, noise)[computed]
+
+        ours = reseeded(lambda *args: F.packed_self_attention(*args, heads, packing, p), seed)
+        return ours, ref, [randn(P, E), *weights], []
+    if name.startswith("packed_memory"):  # with dropout of the attention weights, and without
+        p = p if name == "packed_memory_attention" else 0.0
+        noise = seeded_noise((P, heads), p, dtype, seed) if p else torch.ones(P, heads, dtype=dtype)
+
+        def ref(x, memory, *params):
+            padded_noise = unpack(noise).transpose(1, 2)[..., None]  # (N, H, T, 1)
+            return ref_attention(unpack(x), memory, memory, *params, heads, None, padded_noise)[computed]
+
+        ours = reseeded(lambda *args: F.packed_memory_attention(*args, heads, packing, p), seed)
+        return ours, ref, [randn(P, E), randn(N, 1, E), *weights], []
+    raise KeyError(name)
+
+
 TRANSFORMER_FUNCTIONS = [
     "linear", "layer_norm", "dropout", "add_positions", "feed_forward",
     "attention_causal", "attention_cross", "attention_memory", "attention_image", "transformer_softmax_loss",
+    "pack_rows", "packed_dropout", "packed_feed_forward", "packed_self_attention", "packed_memory_attention",
+    "packed_memory_image",
 ]  # fmt: skip
 
 
@@ -371,3 +421,59 @@ def test_transformer_loss_divides_by_every_position():
     keep[0, 0] = True  # one counted position out of 12
     loss = F.transformer_softmax_loss(scores, torch.zeros(4, 3, dtype=torch.long), keep)
     torch.testing.assert_close(loss, torch.log(torch.tensor(5.0, dtype=torch.float64)) / 12)
+
+
+@pytest.mark.parametrize("name", ["dropout", "feed_forward", "self_attention", "memory_attention"])
+def test_packed_mkl_masks_give_the_rows_of_the_unpacked_layer(name):
+    """Inside mkl_dropout the packed layers draw the unpacked (N, T, ...) masks: cs231n's values, row for row."""
+    N, T, E, heads, p = 3, 5, 8, 2, 0.3
+    packing = F.causal_packing(torch.tensor([4, 2, 3]), T)  # L = 4 < T: masks cut to L
+    gen = torch.Generator().manual_seed(0)
+    x, memory = torch.randn(N, T, E, generator=gen), torch.randn(N, 1, E, generator=gen)
+    weights = [torch.randn(E, E, generator=gen) * E**-0.5 if i % 2 == 0 else torch.randn(E, generator=gen) * 0.1
+               for i in range(8)]  # fmt: skip
+    ffn = [torch.randn(12, E, generator=gen) * E**-0.5, torch.randn(12, generator=gen),
+           torch.randn(E, 12, generator=gen) * 12**-0.5, torch.randn(E, generator=gen)]  # fmt: skip
+    rows, causal = x[packing.computed], torch.tril(torch.ones(T, T))
+    unpacked, packed = {
+        "dropout": (lambda: F.dropout(x, p), lambda: F.packed_dropout(rows, packing, p)),
+        "feed_forward": (lambda: F.feed_forward(x, *ffn, p), lambda: F.packed_feed_forward(rows, *ffn, packing, p)),
+        "self_attention": (lambda: F.multi_head_attention(x, x, x, *weights, heads, causal, p),
+                           lambda: F.packed_self_attention(rows, *weights, heads, packing, p)),
+        "memory_attention": (lambda: F.multi_head_attention(x, memory, memory, *weights, heads, None, p),
+                             lambda: F.packed_memory_attention(rows, memory, *weights, heads, packing, p)),
+    }[name]  # fmt: skip
+    with F.mkl_dropout():
+        torch.manual_seed(7)
+        expected = unpacked()[packing.computed]
+        torch.manual_seed(7)
+        got = packed()
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)
+
+
+def _packing():
+    return F.causal_packing(torch.tensor([3, 1]), 3)  # P = 4 rows
+
+
+@pytest.mark.parametrize(
+    "call, message",
+    [
+        (lambda: F.causal_packing(torch.tensor([4, 1]), 3), "lengths must lie in \\[0, T = 3\\]"),
+        (lambda: F.causal_packing(torch.tensor([0, 0]), 3), "at least one positive"),
+        (lambda: F.causal_packing(torch.tensor([1.0]), 3), "lengths must be an \\(N,\\) integer tensor"),
+        (lambda: F.pack_rows(torch.randn(2, 4, 5), _packing()), "x has \\(N, T\\) = \\(2, 4\\)"),
+        (lambda: F.packed_dropout(torch.randn(5, 8), _packing(), 0.1), "x has 5 rows but the packing has P = 4"),
+        (lambda: F.packed_dropout(torch.randn(4, 8), _packing(), 1.5), "p must be a probability"),
+        (lambda: F.packed_feed_forward(torch.randn(4, 8), torch.randn(6, 7), torch.randn(6), torch.randn(8, 6),
+                                       torch.randn(8), _packing()), "weight1 has size 7 in dimension 1"),
+        (lambda: F.packed_self_attention(torch.randn(4, 8), *_attention_args(E=8)[3:], 3, _packing()),
+         "num_heads=3 must divide the width 8 of x"),
+        (lambda: F.packed_self_attention(torch.randn(4, 4), *_attention_args(E=8)[3:], 2, _packing()),
+         "W_query must have shape \\(4, 4\\)"),
+        (lambda: F.packed_memory_attention(torch.randn(4, 8), torch.randn(2, 2, 8), *_attention_args(E=8)[3:], 2,
+                                           _packing()), "memory must have shape \\(N, 1, E\\) = \\(2, 1, 8\\)"),
+    ],
+)  # fmt: skip
+def test_packed_bad_inputs(call, message):
+    with pytest.raises(ValueError, match=message):
+        call()

@@ -151,15 +151,22 @@ def test_construction_draws_parameters_in_cs231n_order():
     assert set(ours.state_dict()) == set(ref.state_dict())
 
 
-@pytest.mark.parametrize("masks", ["torch", "mkl"])
+@pytest.mark.parametrize("masks", ["none", "mkl"])
 def test_training_scores_loss_and_gradients_match_the_reference(masks):
-    """Train mode, dropout on everywhere: with the same seed both draw the same masks in the same order."""
+    """Train mode, the loss computed on packed captions. Dropout on everywhere with MKL masks: with the same
+    seed both draw the same masks in the same order (the packed model at the unpacked shapes). Or every
+    dropout probability 0 (torch's masks are drawn for the computed positions only, so they differ)."""
     ours, ref = both_models()
     features, captions = batch()
-    if masks == "mkl":  # the reference's nn.Dropout draws torch's masks: give it ours, drawn the MKL way
-        for module in ref.modules():
-            if isinstance(module, nn.Dropout):
-                module.forward = lambda x, p=module.p: F.dropout(x, p, True)
+    for module in ref.modules():
+        if isinstance(module, nn.Dropout) and masks == "none":
+            module.p = 0.0
+        elif isinstance(module, nn.Dropout):  # the reference's nn.Dropout draws torch's masks: give it ours
+            module.forward = lambda x, p=module.p: F.dropout(x, p, True)
+    if masks == "none":
+        for module in ours.modules():
+            if isinstance(getattr(module, "dropout", None), float):
+                module.dropout = 0.0
     with F.mkl_dropout() if masks == "mkl" else torch.autograd.set_grad_enabled(True):
         torch.manual_seed(5)
         loss = ours.loss(features, captions)
@@ -174,6 +181,21 @@ def test_training_scores_loss_and_gradients_match_the_reference(masks):
             ref_grad[0] = grad[0]
             assert grad[0].abs().max() == 0
         torch.testing.assert_close(grad, ref_grad, rtol=1e-4, atol=1e-6, msg=lambda m: f"{name}: {m}")
+
+
+def test_loss_of_captions_cut_short_or_with_nothing_scored():
+    """Packing computes each caption up to its last scored word; a batch with none scored has loss 0."""
+    ours, ref = both_models()
+    ours.eval(), ref.eval()
+    features, captions = batch()
+    captions[1, 3] = WORDS["<NULL>"]  # a <NULL> inside a caption: the positions after it still count
+    torch.testing.assert_close(
+        ours.loss(features, captions), ref_loss(ref(features, captions[:, :-1]), captions[:, 1:])
+    )
+    captions[:, 1:] = WORDS["<NULL>"]
+    loss = ours.loss(features, captions)
+    assert loss.item() == 0
+    assert all(grad.abs().max() == 0 for grad in torch.autograd.grad(loss, list(ours.parameters())))
 
 
 def test_eval_scores_match_the_reference_in_float64():

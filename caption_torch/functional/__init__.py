@@ -65,6 +65,7 @@ __all__ = [
 #   layers.py     linear, layer_norm, feed_forward, sinusoidal_positions/add_positions, transformer_softmax_loss
 #   attention.py  multi_head_attention: projections, masked softmax, dropout, weighted sum, output map in one;
 #                 attention_heads and cached_attention for generation with cached keys and values
+#   packing.py    the decoder on packed captions: only the positions before each caption's last scored word
 from .attention import attention_heads, cached_attention, multi_head_attention  # noqa: E402
 from .dropout import dropout, mkl_dropout  # noqa: E402
 from .layers import (  # noqa: E402
@@ -74,6 +75,15 @@ from .layers import (  # noqa: E402
     linear,
     sinusoidal_positions,
     transformer_softmax_loss,
+)
+from .packing import (  # noqa: E402
+    CausalPacking,
+    causal_packing,
+    pack_rows,
+    packed_dropout,
+    packed_feed_forward,
+    packed_memory_attention,
+    packed_self_attention,
 )
 
 __all__ += [
@@ -88,4 +98,11 @@ __all__ += [
     "sinusoidal_positions",
     "add_positions",
     "transformer_softmax_loss",
+    "CausalPacking",
+    "causal_packing",
+    "pack_rows",
+    "packed_dropout",
+    "packed_feed_forward",
+    "packed_self_attention",
+    "packed_memory_attention",
 ]

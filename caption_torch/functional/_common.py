@@ -144,6 +144,14 @@ def _mm(a: Tensor, b: Tensor) -> Tensor:
     return torch.mm(a, b)
 
 
+def _mm_at(a: Tensor, b: Tensor) -> Tensor:
+    """``a.T @ b`` for row matrices (M, K) and (M, P): a weight gradient, summed over M positions.
+
+    BLAS reads the transposed left operand in place; oneDNN's linear would copy it first.
+    """
+    return torch.mm(a.T, b)
+
+
 def _times(b: Tensor) -> Callable[[Tensor], Tensor]:
     """``a -> a @ b`` (a with at least one row) with :func:`_mm`'s routing decided once: the time loops' products."""
     if _on_onednn(b):

@@ -12,7 +12,7 @@ import torch
 from torch import Tensor
 from torch.autograd.function import FunctionCtx, once_differentiable
 
-from ._common import _addmm, _apply_autocast, _check_dim, _check_float, _check_same_dtype, _mm, _on_onednn
+from ._common import _addmm, _apply_autocast, _check_dim, _check_float, _check_same_dtype, _mm, _mm_at, _on_onednn
 from .dropout import Dropout, check_probability, dropout_noise, drops
 from .words import _check_targets, _softmax_loss_grad
 
@@ -45,7 +45,7 @@ class Linear(torch.autograd.Function):
         need_x, need_weight, need_bias = ctx.needs_input_grad
         grad_rows = _rows(grad_out)  # (M, out)
         grad_x = _mm(grad_rows, weight).view(x.shape) if need_x else None
-        grad_weight = _mm(grad_rows.T, _rows(x)) if need_weight else None  # (out, in)
+        grad_weight = _mm_at(grad_rows, _rows(x)) if need_weight else None  # (out, in)
         grad_bias = grad_rows.sum(0) if need_bias else None
         return grad_x, grad_weight, grad_bias
 
@@ -150,8 +150,8 @@ def layer_norm(x: Tensor, weight: Tensor, bias: Tensor, eps: float = 1e-5) -> Te
 # --------------------------------------------------------------------------- #
 
 
-# ATen's fused ReLU derivative: threshold_backward(g, y, 0) = g where y > 0, else 0 (one pass).
-_threshold_backward = torch.ops.aten.threshold_backward
+# ATen's fused ReLU derivative: threshold_backward(g, y, 0) = g where y > 0, else 0 (one pass), written into grad_input.
+_threshold_backward_into = torch.ops.aten.threshold_backward.grad_input  # the same, written into grad_input
 
 
 def _addmm_relu(bias: Tensor, a: Tensor, b: Tensor) -> Tensor:
@@ -165,32 +165,34 @@ class FeedForward(torch.autograd.Function):
     """``Linear2(Dropout(ReLU(Linear1(x))))`` with the dropout's noise given (see ``dropout_noise``).
 
     Saves the dropped hidden layer only: where it is positive the ReLU let the unit through
-    and the dropout kept it, and everywhere else the hidden gradient is zero.
+    and the dropout kept it (its noise there is the one kept scale, 1 / (1 - p)), and
+    everywhere else the hidden gradient is zero. So the noise is not kept for backward.
     """
 
     @staticmethod
     def forward(ctx, x, weight1, bias1, weight2, bias2, noise):
         hidden = _addmm_relu(bias1, _rows(x), weight1.T)  # (M, F)
         dropped = hidden.mul_(noise.view(hidden.shape)) if noise.dim() else hidden.mul_(noise)
-        ctx.save_for_backward(x, weight1, weight2, dropped, noise)
+        ctx.save_for_backward(x, weight1, weight2, dropped, noise.amax())  # every kept unit's noise (0-dim)
         return _addmm(bias2, dropped, weight2.T).view(*x.shape[:-1], weight2.shape[0])
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_out):
-        x, weight1, weight2, dropped, noise = ctx.saved_tensors
+        x, weight1, weight2, dropped, kept_scale = ctx.saved_tensors
         need_x, need_w1, need_b1, need_w2, need_b2 = ctx.needs_input_grad[:5]
         grad_rows = _rows(grad_out)  # (M, D)
-        grad_weight2 = _mm(grad_rows.T, dropped) if need_w2 else None
+        grad_weight2 = _mm_at(grad_rows, dropped) if need_w2 else None
         grad_bias2 = grad_rows.sum(0) if need_b2 else None
         grad_x = grad_weight1 = grad_bias1 = None
         if need_x or need_w1 or need_b1:
-            grad_dropped = _mm(grad_rows, weight2)  # (M, F): into the dropped hidden layer
-            grad_dropped.mul_(noise.view(grad_dropped.shape) if noise.dim() else noise)
-            grad_hidden = _threshold_backward(grad_dropped, dropped, 0)  # 0 where the ReLU or the dropout blocked
+            # (M, F): into the hidden layer through the kept units' noise (a scale of the small weight2),
+            # then 0 where the ReLU or the dropout blocked, in place.
+            grad_hidden = _mm(grad_rows, weight2 * kept_scale)
+            _threshold_backward_into(grad_hidden, dropped, 0, grad_input=grad_hidden)
             grad_x = _mm(grad_hidden, weight1).view(x.shape) if need_x else None
-            # (x^T grad_hidden)^T: the wide (M, F) operand untransposed is the faster product for oneDNN.
-            grad_weight1 = _mm(_rows(x).T, grad_hidden).T if need_w1 else None
+            # (x^T grad_hidden)^T: the wide (M, F) operand untransposed is the faster product.
+            grad_weight1 = _mm_at(_rows(x), grad_hidden).T if need_w1 else None
             grad_bias1 = grad_hidden.sum(0) if need_b1 else None
         return grad_x, grad_weight1, grad_bias1, grad_weight2, grad_bias2, None
 

@@ -1,0 +1,421 @@
+"""The Transformer decoder on packed captions: only the positions that can affect the loss are computed.
+
+Attention is causal, so a caption's position t depends on positions 0..t only, and the
+positions after its last scored word change no score. Packing keeps, per caption, the
+prefix of positions up to its last scored word, row by row (``P`` rows in all)::
+
+    captions (N, T)      computed (N, T)        packed rows (P, W)
+    S a b c E . .        1 1 1 1 1 0 0          S a b c E            caption 0, positions 0..4
+    S d E . . . .        1 1 1 0 0 0 0    ->    S d E                caption 1, positions 0..2
+    S e f g h i E        1 1 1 1 1 1 1          S e f g h i E        caption 2, positions 0..6
+
+The position-wise layers (linear maps, layer norm, the feed-forward block, the output map)
+run on the (P, W) rows as they are. Self-attention scatters its projected rows into an
+(N, L, 3W) block (L: the longest computed prefix) for the causal scores of each caption;
+attention to the one-key memory needs one output row per image and head.
+
+Dropout masks: inside :func:`mkl_dropout` they are drawn at the full (N, T, ...) shape the
+unpacked model draws and the rows of the computed positions are kept, so the masks are
+cs231n's and the values those of the unpacked model. Otherwise (torch's own masks) only the
+computed rows are drawn: the same distribution, without paying for the padding's masks.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+from torch.autograd.function import FunctionCtx, once_differentiable
+
+from ._common import _addmm, _apply_autocast, _check_dim, _check_float, _check_same_dtype, _mm, _mm_at
+from .dropout import Dropout, check_probability, dropout_noise, drops, uses_mkl_masks
+from .layers import FeedForward, _check_input
+
+
+@dataclass(frozen=True)
+class CausalPacking:
+    """Which positions of (N, T) captions are computed (see the module docstring).
+
+    Attributes:
+        computed: (N, T) bool, a prefix of every row: True where the position is computed.
+        longest: L, the longest prefix (at least 1).
+        images: (P,) the caption (row of the batch) of each packed row.
+    """
+
+    computed: Tensor
+    longest: int
+    images: Tensor
+
+    @property
+    def rows(self) -> int:
+        """P, the number of packed rows."""
+        return self.images.shape[0]
+
+
+def causal_packing(lengths: Tensor, T: int) -> CausalPacking:
+    """The packing of captions whose first ``lengths[n]`` positions (of T) are computed.
+
+    Args:
+        lengths: (N,) integers in [0, T], at least one of them positive.
+        T: the positions each caption has.
+    """
+    if not isinstance(lengths, Tensor) or lengths.dim() != 1 or lengths.is_floating_point():
+        raise ValueError(f"lengths must be an (N,) integer tensor, got {lengths!r:.80}")
+    low, high = (int(v) for v in torch.stack(torch.aminmax(lengths)).tolist()) if lengths.numel() else (0, 0)
+    if low < 0 or high > T or high < 1:
+        raise ValueError(f"lengths must lie in [0, T = {T}] with at least one positive, got range [{low}, {high}]")
+    computed = torch.arange(T, device=lengths.device) < lengths[:, None]  # (N, T)
+    images = torch.arange(lengths.shape[0], device=lengths.device).repeat_interleave(lengths)  # (P,)
+    return CausalPacking(computed, high, images)
+
+
+def _draw(shape: tuple[int, ...], p: float, training: bool, dtype: torch.dtype, device: torch.device) -> Tensor:
+    """The noise a dropout of a ``shape`` tensor multiplies by, or a scalar (1: keeps all, 0: drops all)."""
+    like = torch.empty(shape, dtype=dtype, device=device)  # never written: only its shape is read
+    if drops(p, training, like):
+        return dropout_noise(like, p)
+    return torch.tensor(0.0 if training and p == 1 else 1.0, dtype=dtype, device=device)
+
+
+def _row_noise(packing: CausalPacking, width: int, p: float, training: bool, x: Tensor) -> Tensor:
+    """(P, width) noise, or a scalar: drawn at (N, T, width) and the computed rows kept inside
+    :func:`mkl_dropout`, drawn at (P, width) otherwise."""
+    if not uses_mkl_masks():
+        return _draw((packing.rows, width), p, training, x.dtype, x.device)
+    noise = _draw((*packing.computed.shape, width), p, training, x.dtype, x.device)
+    return noise[packing.computed] if noise.dim() else noise
+
+
+# --------------------------------------------------------------------------- #
+# Packing and the position-wise layers
+# --------------------------------------------------------------------------- #
+
+
+class PackRows(torch.autograd.Function):
+    """``x[computed]``: the (P, ...) rows of the computed positions of an (N, T, ...) tensor, in row order."""
+
+    @staticmethod
+    def forward(x: Tensor, computed: Tensor) -> Tensor:
+        return x[computed]
+
+    @staticmethod
+    def setup_context(ctx: FunctionCtx, inputs: tuple, output: Tensor) -> None:
+        x, computed = inputs
+        ctx.save_for_backward(computed)
+        ctx.shape = x.shape
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx: FunctionCtx, grad_out: Tensor):
+        (computed,) = ctx.saved_tensors
+        if not ctx.needs_input_grad[0]:
+            return None, None
+        grad_x = grad_out.new_zeros(ctx.shape)
+        grad_x[computed] = grad_out  # positions that are not computed affect nothing
+        return grad_x, None
+
+
+def pack_rows(x: Tensor, packing: CausalPacking) -> Tensor:
+    """The computed positions of x as packed rows.
+
+    Args:
+        x: (N, T, ...) one entry per caption position.
+        packing: from :func:`causal_packing` for these N captions of T positions.
+
+    Returns:
+        (P, ...) the rows of the computed positions, caption by caption.
+    """
+    _check_input("x", x, 2)
+    if tuple(x.shape[:2]) != tuple(packing.computed.shape):
+        raise ValueError(f"x has (N, T) = {tuple(x.shape[:2])} but the packing is of {tuple(packing.computed.shape)}")
+    return PackRows.apply(x, packing.computed)
+
+
+def _check_rows(x: Tensor, packing: CausalPacking) -> None:
+    _check_float("x", x, 2)
+    if x.shape[0] != packing.rows:
+        raise ValueError(f"x has {x.shape[0]} rows but the packing has P = {packing.rows}")
+
+
+def packed_dropout(x: Tensor, packing: CausalPacking, p: float, training: bool = True) -> Tensor:
+    """:func:`dropout` of packed rows, with the mask the unpacked (N, T, W) tensor would get.
+
+    Args:
+        x: (P, W) packed rows.
+        packing: their packing.
+        p: dropout probability; training: False returns x.
+
+    Returns:
+        (P, W).
+    """
+    _check_rows(x, packing)
+    check_probability("p", p)
+    noise = _row_noise(packing, x.shape[1], p, training, x)
+    if noise.dim() == 0 and noise.item() == 1:
+        return x
+    return _apply_autocast(Dropout, x, noise, low_precision=True)
+
+
+def packed_feed_forward(
+    x: Tensor,
+    weight1: Tensor,
+    bias1: Tensor,
+    weight2: Tensor,
+    bias2: Tensor,
+    packing: CausalPacking,
+    dropout_p: float = 0.0,
+    training: bool = True,
+) -> Tensor:
+    """:func:`feed_forward` of packed rows, its hidden dropout masked as the unpacked (N, T, F) layer would be.
+
+    Args:
+        x: (P, W) packed rows; weight1 (F, W), bias1 (F,), weight2 (W, F), bias2 (W,).
+        packing: their packing.
+        dropout_p, training: as :func:`feed_forward`.
+
+    Returns:
+        (P, W).
+    """
+    _check_rows(x, packing)
+    for name, tensor, ndim in (("weight1", weight1, 2), ("bias1", bias1, 1), ("weight2", weight2, 2),
+                               ("bias2", bias2, 1)):  # fmt: skip
+        _check_float(name, tensor, ndim)
+    _check_same_dtype(x=x, weight1=weight1, bias1=bias1, weight2=weight2, bias2=bias2)
+    _check_dim("weight1", weight1, 1, x.shape[1], "the width of x")
+    _check_dim("bias1", bias1, 0, weight1.shape[0], "the output width of weight1")
+    _check_dim("weight2", weight2, 1, weight1.shape[0], "the output width of weight1")
+    _check_dim("bias2", bias2, 0, weight2.shape[0], "the output width of weight2")
+    check_probability("dropout_p", dropout_p)
+    noise = _row_noise(packing, weight1.shape[0], dropout_p, training, x)
+    return _apply_autocast(FeedForward, x, weight1, bias1, weight2, bias2, noise, low_precision=True)
+
+
+# --------------------------------------------------------------------------- #
+# Attention
+# --------------------------------------------------------------------------- #
+
+
+class PackedSelfAttention(torch.autograd.Function):
+    """Causal multi-head self-attention of packed rows (``multi_head_attention`` with the causal mask).
+
+    ``computed`` (N, L) bool, prefixes; ``noise`` (N, H, L, L) or a scalar. The query, key and
+    value maps run as one (P, W) @ (W, 3W) product; their rows are scattered, head by head,
+    into a (3, N, H, L, W/H) block (zeros past each prefix: the causal mask keeps them from every
+    computed query) for the scores, and the context rows of the computed positions are
+    gathered back.
+    """
+
+    @staticmethod
+    def forward(ctx, x, W_query, b_query, W_key, b_key, W_value, b_value, W_proj, b_proj, computed, noise, heads):
+        P, E = x.shape
+        N, L = computed.shape
+        W_qkv = torch.cat([W_query, W_key, W_value])  # (3E, E)
+        rows = _addmm(torch.cat([b_query, b_key, b_value]), x, W_qkv.T)  # (P, 3E)
+        qkv = x.new_zeros(3, N, heads, L, E // heads)  # one copy into the layout the batched products read
+        qkv.permute(1, 3, 0, 2, 4)[computed] = rows.view(P, 3, heads, E // heads)
+        Q, K, V = qkv  # (N, H, L, d) each
+        scale = 1 / math.sqrt(E / heads)
+        scores = torch.matmul(Q, K.transpose(2, 3)).mul_(scale)  # (N, H, L, L)
+        causal = torch.ones(L, L, dtype=torch.bool, device=x.device).tril_()
+        scores.masked_fill_(~causal, float("-inf"))
+        weights = torch.softmax(scores, dim=-1)
+        dropped = weights * noise
+        context = torch.matmul(dropped, V).transpose(1, 2)[computed].view(P, E)  # (P, H, d) -> (P, E)
+        ctx.save_for_backward(x, W_qkv, W_proj, qkv, weights, dropped, noise, context, computed)
+        ctx.scale = scale
+        return _addmm(b_proj, context, W_proj.T)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_out):
+        x, W_qkv, W_proj, qkv, weights, dropped, noise, context, computed = ctx.saved_tensors
+        need_x, need_Wq, need_bq, need_Wk, need_bk, need_Wv, need_bv, need_Wp, need_bp = ctx.needs_input_grad[:9]
+        P, E = x.shape
+        _, N, heads, L, d = qkv.shape
+        grad_W_proj = _mm_at(grad_out, context) if need_Wp else None
+        grad_b_proj = grad_out.sum(0) if need_bp else None
+        if not any(ctx.needs_input_grad[:7]):
+            return (None,) * 7 + (grad_W_proj, grad_b_proj, None, None, None)
+        grad_context = x.new_zeros(N, heads, L, d)
+        grad_context.transpose(1, 2)[computed] = _mm(grad_out, W_proj).view(P, heads, d)
+        Q, K, V = qkv
+        grad_qkv = torch.empty_like(qkv)  # (3, N, H, L, d)
+        torch.matmul(dropped.transpose(2, 3), grad_context, out=grad_qkv[2])  # grad_V
+        grad_weights = torch.matmul(grad_context, V.transpose(2, 3)).mul_(noise)  # (N, H, L, L)
+        grad_scores = grad_weights.sub_((grad_weights * weights).sum(-1, keepdim=True)).mul_(weights).mul_(ctx.scale)
+        torch.matmul(grad_scores, K, out=grad_qkv[0])  # grad_Q
+        torch.matmul(grad_scores.transpose(2, 3), Q, out=grad_qkv[1])  # grad_K
+        # (P, 3, H, d) -> (P, 3E): query, key, value side by side, as the rows of W_qkv
+        grad_rows = grad_qkv.permute(1, 3, 0, 2, 4)[computed].view(P, 3 * E)
+        grad_x = _mm(grad_rows, W_qkv) if need_x else None
+        grad_W = _mm_at(grad_rows, x).split(E) if need_Wq or need_Wk or need_Wv else (None,) * 3
+        grad_b = grad_rows.sum(0).split(E) if need_bq or need_bk or need_bv else (None,) * 3
+        return (grad_x, grad_W[0], grad_b[0], grad_W[1], grad_b[1], grad_W[2], grad_b[2], grad_W_proj, grad_b_proj,
+                None, None, None)  # fmt: skip
+
+
+class PackedMemoryAttention(torch.autograd.Function):
+    """Attention of packed rows to a one-key memory per caption (``SingleKeyAttention`` on packed rows).
+
+    The weight of the one key is 1, so only the dropout noise and the image's value matter:
+    ``out[p] = b_proj + sum_h noise[p, h] * (V[n, h] @ W_proj[:, h].T)`` for p's caption n.
+    The (N, H, W) per-head products are computed once per image, not once per row.
+    ``images`` (P,), ``noise`` (P, H) or a scalar. Queries and keys get zero gradients.
+    """
+
+    @staticmethod
+    def forward(ctx, x, memory, W_query, b_query, W_key, b_key, W_value, b_value, W_proj, b_proj, images, noise,
+                heads):  # fmt: skip
+        N, _, E = memory.shape
+        V = _addmm(b_value, memory.view(N, E), W_value.T)  # (N, E)
+        if noise.dim() == 0:
+            per_image = _addmm(b_proj, V * noise, W_proj.T)  # (N, E)
+            out = per_image.index_select(0, images)
+        else:
+            d = E // heads
+            per_head = torch.bmm(V.view(N, heads, d).transpose(0, 1), W_proj.view(E, heads, d).permute(1, 2, 0))
+            out = torch.baddbmm(b_proj, noise[:, None, :], per_head.index_select(1, images).transpose(0, 1))[:, 0]
+        ctx.save_for_backward(x, memory, W_query, W_key, W_value, W_proj, V, images, noise)
+        ctx.heads = heads
+        return out  # (P, E)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_out):
+        x, memory, W_query, W_key, W_value, W_proj, V, images, noise = ctx.saved_tensors
+        needs = ctx.needs_input_grad
+        N, _, E = memory.shape
+        heads = ctx.heads
+        grad_b_proj = grad_out.sum(0) if needs[9] else None
+        if noise.dim() == 0:
+            grad_image = grad_out.new_zeros(N, E).index_add_(0, images, grad_out)  # (N, E): summed over its rows
+            grad_W_proj = _mm_at(grad_image, V * noise) if needs[8] else None
+            grad_V = _mm(grad_image, W_proj).mul_(noise)
+        else:
+            d = E // heads
+            # grad_heads[h, n] = sum over n's rows of noise[p, h] * grad_out[p]  (H, N, E)
+            weighted = noise.T[:, :, None] * grad_out  # (H, P, E)
+            grad_heads = grad_out.new_zeros(heads, N, E).index_add_(1, images, weighted)
+            V_heads = V.view(N, heads, d).transpose(0, 1)  # (H, N, d)
+            grad_W_proj = None
+            if needs[8]:  # (H, E, d) blocks, head h's in columns h*d..(h+1)*d of W_proj
+                grad_W_proj = torch.bmm(grad_heads.transpose(1, 2), V_heads).transpose(0, 1).reshape(E, E)
+            grad_V = torch.bmm(grad_heads, W_proj.view(E, heads, d).transpose(0, 1)).transpose(0, 1).reshape(N, E)
+        grad_memory = _mm(grad_V, W_value).view(memory.shape) if needs[1] else None
+        grad_W_value = _mm_at(grad_V, memory.view(N, E)) if needs[6] else None
+        grad_b_value = grad_V.sum(0) if needs[7] else None
+
+        def zeros(tensor, need):
+            return torch.zeros_like(tensor) if need else None
+
+        return (zeros(x, needs[0]), grad_memory, zeros(W_query, needs[2]), zeros(W_query[0], needs[3]),
+                zeros(W_key, needs[4]), zeros(W_key[0], needs[5]), grad_W_value, grad_b_value, grad_W_proj,
+                grad_b_proj, None, None, None)  # fmt: skip
+
+
+def _check_attention_weights(x: Tensor, num_heads: int, weights: dict[str, Tensor]) -> None:
+    E = x.shape[1]
+    if isinstance(num_heads, bool) or not isinstance(num_heads, numbers.Integral) or num_heads < 1:
+        raise ValueError(f"num_heads must be an integer >= 1, got {num_heads!r}")
+    if E % num_heads:
+        raise ValueError(f"num_heads={num_heads} must divide the width {E} of x")
+    for name, tensor in weights.items():
+        expected = (E, E) if name.startswith("W") else (E,)
+        _check_float(name, tensor, len(expected))
+        if tuple(tensor.shape) != expected:
+            raise ValueError(f"{name} must have shape {expected} for the width of x, got {tuple(tensor.shape)}")
+
+
+def packed_self_attention(
+    x: Tensor,
+    W_query: Tensor,
+    b_query: Tensor,
+    W_key: Tensor,
+    b_key: Tensor,
+    W_value: Tensor,
+    b_value: Tensor,
+    W_proj: Tensor,
+    b_proj: Tensor,
+    num_heads: int,
+    packing: CausalPacking,
+    dropout_p: float = 0.0,
+    training: bool = True,
+) -> Tensor:
+    """Causal self-attention of packed rows: the computed rows of :func:`multi_head_attention` of the
+    unpacked captions with the causal mask, attention weights dropped as there ((N, H, T, T) masks).
+
+    Args:
+        x: (P, E) packed rows; W_* (E, E) and b_* (E,) as :func:`multi_head_attention`.
+        num_heads: H, dividing E.
+        packing: the rows' packing.
+        dropout_p, training: dropout of the attention weights.
+
+    Returns:
+        (P, E).
+    """
+    _check_rows(x, packing)
+    named = {"W_query": W_query, "b_query": b_query, "W_key": W_key, "b_key": b_key, "W_value": W_value,
+             "b_value": b_value, "W_proj": W_proj, "b_proj": b_proj}  # fmt: skip
+    _check_attention_weights(x, num_heads, named)
+    _check_same_dtype(x=x, **named)
+    check_probability("dropout_p", dropout_p)
+    N, T = packing.computed.shape
+    L = packing.longest
+    if uses_mkl_masks():
+        noise = _draw((N, num_heads, T, T), dropout_p, training, x.dtype, x.device)
+        noise = noise[:, :, :L, :L] if noise.dim() else noise
+    else:
+        noise = _draw((N, num_heads, L, L), dropout_p, training, x.dtype, x.device)
+    return _apply_autocast(PackedSelfAttention, x, *named.values(), packing.computed[:, :L], noise, num_heads,
+                           low_precision=True)  # fmt: skip
+
+
+def packed_memory_attention(
+    x: Tensor,
+    memory: Tensor,
+    W_query: Tensor,
+    b_query: Tensor,
+    W_key: Tensor,
+    b_key: Tensor,
+    W_value: Tensor,
+    b_value: Tensor,
+    W_proj: Tensor,
+    b_proj: Tensor,
+    num_heads: int,
+    packing: CausalPacking,
+    dropout_p: float = 0.0,
+    training: bool = True,
+) -> Tensor:
+    """Attention of packed rows to each caption's one-key memory: the computed rows of
+    :func:`multi_head_attention` (query = the captions, key = value = memory), weights dropped as there.
+
+    Args:
+        x: (P, E) packed rows (the queries).
+        memory: (N, 1, E) one key and value per caption.
+        W_* (E, E), b_* (E,), num_heads: as :func:`multi_head_attention`.
+        packing: the rows' packing.
+        dropout_p, training: dropout of the attention weights ((N, H, T, 1) masks).
+
+    Returns:
+        (P, E).
+    """
+    _check_rows(x, packing)
+    _check_float("memory", memory, 3)
+    N, T = packing.computed.shape
+    if tuple(memory.shape) != (N, 1, x.shape[1]):
+        raise ValueError(f"memory must have shape (N, 1, E) = {(N, 1, x.shape[1])}, got {tuple(memory.shape)}")
+    named = {"W_query": W_query, "b_query": b_query, "W_key": W_key, "b_key": b_key, "W_value": W_value,
+             "b_value": b_value, "W_proj": W_proj, "b_proj": b_proj}  # fmt: skip
+    _check_attention_weights(x, num_heads, named)
+    _check_same_dtype(x=x, memory=memory, **named)
+    check_probability("dropout_p", dropout_p)
+    if uses_mkl_masks():
+        noise = _draw((N, num_heads, T, 1), dropout_p, training, x.dtype, x.device)
+        noise = noise[..., 0].transpose(1, 2)[packing.computed] if noise.dim() else noise  # (P, H)
+    else:
+        noise = _draw((packing.rows, num_heads), dropout_p, training, x.dtype, x.device)
+    return _apply_autocast(PackedMemoryAttention, x, memory, *named.values(), packing.images, noise, num_heads,
+                           low_precision=True)  # fmt: skip
