@@ -34,8 +34,6 @@ from caption_torch.checkpointing import (
     LastCheckpoint,
     RefuseNonFiniteWeights,
     check_model_fits_data,
-    load_system,
-    read_checkpoint,
 )
 from caption_torch.cli import check_writable_folder
 from caption_torch.config import CaptionConfig
@@ -147,9 +145,8 @@ def run(args: argparse.Namespace, stop: StopOnSignal) -> int:
     """Train as the flags say; rank 0 then prints the samples, metrics and paths."""
     quiet_lightning()
     check_writable_folder(args.log_dir, "--log-dir")  # before the data is read, not after training
-    ckpt_path = args.resume  # a path: resolve_defaults found the newest for a bare --resume
-    if ckpt_path is not None:
-        read_checkpoint(ckpt_path)  # missing, empty or damaged: refused before the data is read
+    # A path (resolve_defaults found the newest for a bare --resume, and read and verified it).
+    ckpt_path = args.resume
     parts = build(args, stop, ckpt_path)
     log_dir = fit(parts)
     if not parts.trainer.is_global_zero:
@@ -181,11 +178,11 @@ def build(args: argparse.Namespace, stop: StopOnSignal, ckpt_path: Path | str | 
     dm.setup("fit")  # the model needs the vocabulary and the feature width
     system = CaptioningSystem.from_config(dm.word_to_idx, dm.feature_dim, config)
     if ckpt_path is not None:
-        check_resumable(ckpt_path, system)
+        check_resumable(ckpt_path, args.start, system)
     elif args.init_from is not None:
-        initial = load_system(args.init_from)
-        check_model_fits_data(initial.model, dm.word_to_idx, dm.feature_dim)
-        system.model.load_state_dict(initial.model.state_dict())
+        check_model_fits_data(args.start.model, dm.word_to_idx, dm.feature_dim)
+        system.model.load_state_dict(args.start.model.state_dict())
+    args.start = None  # its weights are in the system (or Lightning restores them): free the copy
     history = LossHistory(print_every=10)
     validate = args.overfit is None or args.fast_dev_run  # the notebook's overfit run has no validation
     # LastCheckpoint before StopOnSignal: at an epoch end the save comes first, then the stop.

@@ -154,7 +154,11 @@ def build_parser(description: str) -> argparse.ArgumentParser:
 
 
 def resolve_defaults(args: argparse.Namespace) -> argparse.Namespace:
-    """Set ``args.config`` (and ``args.resume`` to a path): the run's settings, with the flags given replacing fields.
+    """Set ``args.config``: the run's settings, with the flags given replacing fields.
+
+    Also sets ``args.resume`` to a path (the newest ``last.ckpt`` for a bare ``--resume``) and
+    ``args.start`` to the system stored in the ``--resume`` or ``--init-from`` checkpoint (or None),
+    read and verified once here, before any data is read.
 
     A new run starts from the overfit or full preset of its decoder. ``--init-from`` takes the
     model (decoder and sizes) from its checkpoint, and ``--self-critical`` the self-critical
@@ -168,13 +172,15 @@ def resolve_defaults(args: argparse.Namespace) -> argparse.Namespace:
         raise ValueError("--self-critical fine-tunes a trained model: give its checkpoint with --init-from")
     if args.resume == "last":
         args.resume = find_last_checkpoint(args.log_dir)
+    start = args.resume if args.resume is not None else args.init_from
+    args.start = load_system(start) if start is not None else None
     if args.resume is not None:
-        config = load_system(args.resume).config
+        config = args.start.config
         if args.self_critical is not None and args.self_critical != config.self_critical:
             raise ValueError(f"--resume {args.resume} continues a {config.self_critical or 'cross-entropy'} run; "
                              f"to fine-tune it with --self-critical {args.self_critical}, use --init-from")  # fmt: skip
     else:
-        initial = load_system(args.init_from).config if args.init_from is not None else None
+        initial = args.start.config if args.start is not None else None
         config = preset(args.overfit is not None, args.decoder or (initial.decoder if initial else None))
         if initial is not None:
             config = config.updated(**{name: getattr(initial, name) for name in shape_fields(initial.decoder)})
@@ -202,9 +208,8 @@ def find_last_checkpoint(log_dir: Path) -> Path:
     return candidates[-1]
 
 
-def check_resumable(path: Path | str, system: CaptioningSystem) -> None:
-    """The checkpoint must exist and hold this run's model: vocabulary, feature width, decoder and sizes."""
-    stored = load_system(path)  # weights_only; CheckpointError if missing or unreadable
+def check_resumable(path: Path | str, stored: CaptioningSystem, system: CaptioningSystem) -> None:
+    """The checkpoint's system ``stored`` must hold this run's model: vocabulary, feature width, decoder and sizes."""
     check_model_fits_data(stored.model, system.model.word_to_idx, system.model.input_dim)
     refuse_another_model(path, stored.config, system.config)
 
