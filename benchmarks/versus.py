@@ -2,6 +2,7 @@
 
     python benchmarks/versus.py --against HEAD~3            # every row, 7 rounds
     python benchmarks/versus.py --against main --rounds 9 --rows step
+    python benchmarks/versus.py --against HEAD~1 --decoders transformer --rows step
 
 A change that should not move the speed (a refactor) is checked this way: the other
 revision's ``caption_torch`` is extracted with ``git archive`` into a temporary folder
@@ -27,8 +28,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a scri
 
 from benchmarks.rows import Rounds, Shapes, coco_vocab, make_batch, training_step  # noqa: E402
 from benchmarks.timing import format_table, time_interleaved  # noqa: E402
+from benchmarks.transformer import TransformerShapes  # noqa: E402
+from caption_torch import CaptioningRNN, CaptioningTransformer  # noqa: E402
 from caption_torch.functional import CELLS  # noqa: E402
-from caption_torch.model import CaptioningRNN  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 OTHER_PACKAGE = "caption_torch_other"
@@ -44,16 +46,29 @@ def import_revision(revision: str, folder: Path):
         tar.extractall(folder, filter="data")
     (folder / "caption_torch").rename(folder / OTHER_PACKAGE)
     sys.path.insert(0, str(folder))
-    return importlib.import_module(f"{OTHER_PACKAGE}.model")
+    return importlib.import_module(OTHER_PACKAGE)
 
 
-def make_models(other_model_module, cell_type: str, shapes: Shapes):
-    """This checkout's CaptioningRNN and the other revision's, with the same weights."""
+def make_models(other_package, decoder: str, shapes: Shapes):
+    """This checkout's model of one decoder and the other revision's, with the same weights.
+
+    The recurrent decoders take ``shapes``; the Transformer takes cs231n's COCO setup of
+    ``benchmarks/transformer.py`` (W = 256, 2 heads, 2 layers, 30 positions).
+    """
     torch.manual_seed(0)
-    ours = CaptioningRNN(coco_vocab(shapes.vocab_size), shapes.input_dim, shapes.wordvec_dim, shapes.hidden_dim,
-                         cell_type=cell_type)  # fmt: skip
-    theirs = other_model_module.CaptioningRNN(ours.word_to_idx, shapes.input_dim, shapes.wordvec_dim,
-                                              shapes.hidden_dim, cell_type=cell_type)  # fmt: skip
+    if decoder == "transformer":
+        sizes = TransformerShapes()
+        ours = CaptioningTransformer(coco_vocab(sizes.vocab_size), sizes.input_dim, sizes.wordvec_dim,
+                                     num_heads=sizes.num_heads, num_layers=sizes.num_layers,
+                                     max_length=sizes.max_length)  # fmt: skip
+        theirs = other_package.CaptioningTransformer(ours.word_to_idx, sizes.input_dim, sizes.wordvec_dim,
+                                                     num_heads=sizes.num_heads, num_layers=sizes.num_layers,
+                                                     max_length=sizes.max_length)  # fmt: skip
+    else:
+        ours = CaptioningRNN(coco_vocab(shapes.vocab_size), shapes.input_dim, shapes.wordvec_dim, shapes.hidden_dim,
+                             cell_type=decoder)  # fmt: skip
+        theirs = other_package.CaptioningRNN(ours.word_to_idx, shapes.input_dim, shapes.wordvec_dim,
+                                             shapes.hidden_dim, cell_type=decoder)  # fmt: skip
     theirs.load_state_dict(ours.state_dict())
     return ours, theirs
 
@@ -63,12 +78,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--against", required=True, help="git revision to compare with (e.g. HEAD~1, main)")
     parser.add_argument("--rounds", type=int, default=7, help="measured rounds per row (default: 7)")
     parser.add_argument("--rows", choices=["all", "step", "sample"], default="all", help="which rows (default: all)")
+    parser.add_argument("--decoders", nargs="+", choices=[*CELLS, "transformer"], default=[*CELLS, "transformer"],
+                        help="which decoders (default: all)")
     args = parser.parse_args(argv)
     shapes, rounds, device = Shapes(), Rounds(rounds=args.rounds), torch.device("cpu")
     rows = []
     with tempfile.TemporaryDirectory() as folder:
         other = import_revision(args.against, Path(folder))
-        for cell in CELLS:
+        for cell in args.decoders:
             ours, theirs = make_models(other, cell, shapes)
             if args.rows in ("all", "step"):
                 for batch in (25, 512):

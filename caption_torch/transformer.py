@@ -14,7 +14,8 @@ Each decoder layer is post-norm, as cs231n's ``TransformerDecoderLayer``::
 The layers live in ``transformer_layers.py``. Modules, parameter names, shapes ((out, in)
 for every linear map) and the order in which construction draws from torch's default
 generator are cs231n's, so a state dict of its model loads here and its notebook's checks
-run unchanged. The dropouts draw their masks torch's way, or the Intel-MKL way inside
+run unchanged. The dropouts draw their masks from torch's generator (see
+functional/dropout.py), or the Intel-MKL way inside
 :func:`caption_torch.functional.mkl_dropout`.
 """
 

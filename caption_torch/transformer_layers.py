@@ -2,7 +2,7 @@
 
 Modules, parameter names, shapes ((out, in) for every linear map) and the order in which
 construction draws from torch's default generator are cs231n's, so a state dict of its
-layers loads here. The dropouts draw their masks torch's way, or the Intel-MKL way inside
+layers loads here. The dropouts draw their masks from torch's generator, or the Intel-MKL way inside
 :func:`caption_torch.functional.mkl_dropout`.
 """
 

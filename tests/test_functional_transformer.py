@@ -4,6 +4,7 @@ import pytest
 import torch
 
 import caption_torch.functional as F
+from caption_torch.functional.dropout import dropout_noise
 
 # --------------------------------------------------------------------------- #
 # Dropout masks
@@ -66,14 +67,33 @@ def test_mkl_masks_across_the_generators_refill():
         assert mask.tolist() == mkl_keep_reference(output, 64, 0.5)
 
 
-def test_default_masks_are_torchs_own_dropout():
-    x = torch.randn(6, 50)
-    torch.manual_seed(3)
-    expected = torch.nn.functional.dropout(x, 0.25)
-    after_expected = torch.rand(())
-    torch.manual_seed(3)
-    ours = F.dropout(x, 0.25)
-    assert torch.equal(ours, expected) and torch.equal(torch.rand(()), after_expected)
+def default_keep_reference(seed: int, count: int, keep: float) -> list[bool]:
+    """Element k reads one 32-bit generator output as a signed number (outputs 2i and 2i + 1 make one 64-bit
+    draw, low half first) and is kept below ``keep * 2^32 - 2^31``."""
+    outputs = mt19937_outputs(seed, count + count % 2)
+    signed = [u - 2**32 if u >= 2**31 else u for u in outputs]
+    return [signed[k ^ 1] < round(keep * 2**32) - 2**31 for k in range(count)]
+
+
+@pytest.mark.parametrize("seed, shape, p", [(3, (6, 50), 0.25), (231, (3, 5, 7), 0.1), (0, (999,), 0.5)])
+def test_default_masks_compare_one_generator_output_per_element(seed, shape, p):
+    x = torch.randn(shape)
+    torch.manual_seed(seed)
+    out = F.dropout(x, p)
+    count = x.numel()
+    kept = torch.tensor(default_keep_reference(seed, count, 1 - p)).view(shape)
+    scale = torch.tensor(1.0).div_(1 - p)  # torch's own kept value: the mask divided by 1 - p in x's dtype
+    assert torch.equal(out, torch.where(kept, x * scale, 0.0))
+    # ceil(count / 2) 64-bit draws were consumed: the next float32 uniform is the output after them.
+    assert torch.rand(()).item() == (mt19937_outputs(seed, count + count % 2 + 1)[-1] & 0xFFFFFF) / 2**24
+
+
+def test_default_masks_keep_one_minus_p_at_even_and_odd_elements():
+    """Both 32-bit halves of every draw are uniform: a 31-bit half would keep too few (or too many)."""
+    torch.manual_seed(0)
+    kept = F.dropout(torch.ones(2_000_000), 0.3) > 0
+    for share in (kept.double().mean(), kept[0::2].double().mean(), kept[1::2].double().mean()):
+        assert abs(share.item() - 0.7) < 5 * (0.7 * 0.3 / 1e6) ** 0.5
 
 
 def test_mkl_dropout_nests_and_restores():
@@ -123,9 +143,9 @@ def test_dropout_bad_probability(p):
 
 
 def seeded_noise(shape, p, dtype, seed):
-    """The noise the wrappers draw after torch.manual_seed(seed) (torch's own masks)."""
+    """The noise the wrappers draw after torch.manual_seed(seed) (the default masks)."""
     torch.manual_seed(seed)
-    return torch.empty(shape, dtype=dtype).bernoulli_(1 - p).div_(1 - p)
+    return dropout_noise(torch.empty(shape, dtype=dtype), p)
 
 
 def reseeded(fn, seed):
@@ -228,7 +248,7 @@ def make_packed_case(name, N, T, E, F_width, dtype, randn, weights, p, heads, se
     if name == "pack_rows":
         return (lambda x: F.pack_rows(x, packing)), (lambda x: x[computed]), [randn(N, T, E)], []
     if name == "packed_dropout":
-        noise = seeded_noise((P, E), p, dtype, seed)  # torch's masks: drawn for the computed rows only
+        noise = seeded_noise((P, E), p, dtype, seed)  # the default masks: drawn for the computed rows only
         return reseeded(lambda x: F.packed_dropout(x, packing, p), seed), (lambda x: x * noise), [randn(P, E)], []
     if name == "packed_feed_forward":
         noise = seeded_noise((P, F_width), p, dtype, seed)

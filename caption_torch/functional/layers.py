@@ -182,17 +182,19 @@ class FeedForward(torch.autograd.Function):
         x, weight1, weight2, dropped, kept_scale = ctx.saved_tensors
         need_x, need_w1, need_b1, need_w2, need_b2 = ctx.needs_input_grad[:5]
         grad_rows = _rows(grad_out)  # (M, D)
-        grad_weight2 = _mm_at(grad_rows, dropped) if need_w2 else None
+        # (D', F) from the wide (M, F) operand: oneDNN reads the transposed views in place and
+        # beats BLAS on this shape (benchmarks/micro.py --groups weight_grad).
+        grad_weight2 = _mm(grad_rows.T, dropped) if need_w2 else None
         grad_bias2 = grad_rows.sum(0) if need_b2 else None
         grad_x = grad_weight1 = grad_bias1 = None
         if need_x or need_w1 or need_b1:
-            # (M, F): into the hidden layer through the kept units' noise (a scale of the small weight2),
-            # then 0 where the ReLU or the dropout blocked, in place.
-            grad_hidden = _mm(grad_rows, weight2 * kept_scale)
+            # (M, F): into the hidden layer through the kept units' noise (a scale of the narrow (M, D)
+            # gradient), then 0 where the ReLU or the dropout blocked, in place.
+            grad_hidden = _mm(grad_rows * kept_scale, weight2)
             _threshold_backward_into(grad_hidden, dropped, 0, grad_input=grad_hidden)
             grad_x = _mm(grad_hidden, weight1).view(x.shape) if need_x else None
-            # (x^T grad_hidden)^T: the wide (M, F) operand untransposed is the faster product.
-            grad_weight1 = _mm_at(_rows(x), grad_hidden).T if need_w1 else None
+            # (F, D) in the weight's own layout: a transposed result would be copied by autograd.
+            grad_weight1 = _mm_at(grad_hidden, _rows(x)) if need_w1 else None
             grad_bias1 = grad_hidden.sum(0) if need_b1 else None
         return grad_x, grad_weight1, grad_bias1, grad_weight2, grad_bias2, None
 

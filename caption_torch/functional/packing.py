@@ -16,7 +16,7 @@ attention to the one-key memory needs one output row per image and head.
 
 Dropout masks: inside :func:`mkl_dropout` they are drawn at the full (N, T, ...) shape the
 unpacked model draws and the rows of the computed positions are kept, so the masks are
-cs231n's and the values those of the unpacked model. Otherwise (torch's own masks) only the
+cs231n's and the values those of the unpacked model. Otherwise (the default masks) only the
 computed rows are drawn: the same distribution, without paying for the padding's masks.
 """
 
