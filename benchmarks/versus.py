@@ -78,8 +78,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--against", required=True, help="git revision to compare with (e.g. HEAD~1, main)")
     parser.add_argument("--rounds", type=int, default=7, help="measured rounds per row (default: 7)")
     parser.add_argument("--rows", choices=["all", "step", "sample"], default="all", help="which rows (default: all)")
-    parser.add_argument("--decoders", nargs="+", choices=[*CELLS, "transformer"], default=[*CELLS, "transformer"],
-                        help="which decoders (default: all)")
+    parser.add_argument(
+        "--decoders",
+        nargs="+",
+        choices=[*CELLS, "transformer"],
+        default=[*CELLS, "transformer"],
+        help="which decoders (default: all)",
+    )
     args = parser.parse_args(argv)
     shapes, rounds, device = Shapes(), Rounds(rounds=args.rounds), torch.device("cpu")
     rows = []
