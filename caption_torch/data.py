@@ -17,6 +17,7 @@ transfer, in ``on_after_batch_transfer``).
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 from typing import NamedTuple
 
@@ -28,7 +29,9 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
 from . import coco, synthetic, vocabulary
-from .rewards import CiderD, Sentences
+from .rewards import CiderD, Sentences, corpus_fingerprint
+
+CIDER_CACHE_FILE = "train_cider_df.npz"  # the training references' n-gram document frequencies, beside the data
 
 FEATURE_STORAGES = ("hdf5", "memory", "device")
 
@@ -268,15 +271,29 @@ class CaptionDataModule(L.LightningDataModule):
         return self._loader(dataset, self.hparams.batch_size, shuffle=True)
 
     def cider_reward(self) -> CiderD:
-        """CIDEr-D rewards whose document frequencies are the training references' (counted once, then kept)."""
+        """CIDEr-D rewards whose document frequencies are the training references'.
+
+        They are counted once per dataset and cached beside it (:data:`CIDER_CACHE_FILE`, tagged
+        with a fingerprint of the training captions, so a changed dataset counts them again);
+        where the dataset folder is read-only they are counted once per run.
+        """
         if self._cider_reward is None:
             train = self.train_images.split_captions
             end, skipped = (
                 self.word_to_idx[vocabulary.END],
                 (self.word_to_idx[vocabulary.START], self.word_to_idx[vocabulary.NULL]),
             )
-            corpus = Sentences.from_ids(train.captions, end, skipped)
-            self._cider_reward = CiderD(corpus, train.image_idxs, len(self.word_to_idx))
+            vocab_size = len(self.word_to_idx)
+            fingerprint = corpus_fingerprint(train.captions, train.image_idxs, vocab_size, end, skipped)
+            cache = self.data_dir / CIDER_CACHE_FILE
+            self._cider_reward = CiderD.load(cache, fingerprint)
+            if self._cider_reward is None:
+                corpus = Sentences.from_ids(train.captions, end, skipped)
+                self._cider_reward = CiderD(corpus, train.image_idxs, vocab_size)
+                try:
+                    self._cider_reward.save(cache, fingerprint)
+                except OSError as error:
+                    warnings.warn(f"could not cache the CIDEr-D document frequencies in {cache}: {error}", stacklevel=2)
         return self._cider_reward
 
     def val_dataloader(self) -> DataLoader:

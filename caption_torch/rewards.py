@@ -18,7 +18,10 @@ r_1..r_m of that image (the formula of pycocoevalcap's ``Cider``):
 
 from __future__ import annotations
 
+import hashlib
+import os
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Sequence
 
 import numpy as np
@@ -114,6 +117,39 @@ class CiderD:
             keys, df = np.unique(image_and_key[1], return_counts=True)
             self.document_frequency.append((keys, df))
 
+    def save(self, path: str | os.PathLike, fingerprint: str) -> None:
+        """Write the document frequencies to ``path`` (.npz), tagged with the corpus's ``fingerprint``.
+
+        The file appears whole or not at all (written beside it, then renamed), so processes
+        that read it while another writes it see either nothing or all of it.
+        """
+        path = Path(path)
+        arrays = {f"keys{order}": keys for order, (keys, _) in enumerate(self.document_frequency, start=1)}
+        arrays.update({f"df{order}": df for order, (_, df) in enumerate(self.document_frequency, start=1)})
+        settings = np.array([self.vocab_size, self.max_order], dtype=np.int64)
+        partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
+        with open(partial, "wb") as file:
+            np.savez(file, fingerprint=np.array(fingerprint), settings=settings,
+                     floats=np.array([self.sigma, self.log_images]), **arrays)  # fmt: skip
+        os.replace(partial, path)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, fingerprint: str) -> CiderD | None:
+        """The rewards saved at ``path`` for a corpus of this ``fingerprint``; None if absent, stale or unreadable."""
+        try:
+            with np.load(path, allow_pickle=False) as saved:
+                if str(saved["fingerprint"]) != fingerprint:
+                    return None
+                reward = cls.__new__(cls)
+                reward.vocab_size, reward.max_order = (int(v) for v in saved["settings"])
+                reward.sigma, reward.log_images = (float(v) for v in saved["floats"])
+                reward.document_frequency = [
+                    (saved[f"keys{order}"], saved[f"df{order}"]) for order in range(1, reward.max_order + 1)
+                ]
+                return reward
+        except (OSError, ValueError, KeyError):
+            return None
+
     def idf(self, order: int, keys: np.ndarray) -> np.ndarray:
         """log(images) - log(max(1, df)) of each n-gram key of the given order (1-based)."""
         known, df = self.document_frequency[order - 1]
@@ -181,6 +217,16 @@ class CiderD:
         per_pair = similarity / self.max_order * np.exp(-(delta**2) / (2 * self.sigma**2))
         total = np.bincount(pair_candidate, per_pair, minlength=len(candidates))
         return 10.0 * total / refs_per_image[candidate_image]
+
+
+def corpus_fingerprint(captions: np.ndarray, corpus_image: np.ndarray, *settings: object) -> str:
+    """SHA-256 of a reference corpus (its caption ids and image numbers) and the settings its rewards depend on."""
+    digest = hashlib.sha256(repr(settings).encode())
+    for array in (captions, corpus_image):
+        array = np.ascontiguousarray(array)
+        digest.update(f"{array.dtype.str}{array.shape}".encode())
+        digest.update(array.tobytes())
+    return digest.hexdigest()
 
 
 def _ranks_within(repeats: np.ndarray) -> np.ndarray:

@@ -107,3 +107,78 @@ def test_corpus_cider_d_metric_equals_pycocoevalcap_and_merges_shards():
     expected = pycocoevalcap_scores(references, candidates).mean()
     assert whole.compute().item() == pytest.approx(expected, abs=1e-9)
     assert first.compute().item() == pytest.approx(whole.compute().item(), abs=1e-12)
+
+
+# --------------------------------------------------------------------------- #
+# Document frequencies cached beside the dataset
+# --------------------------------------------------------------------------- #
+
+
+def saved_and_loaded(tmp_path, fingerprint="abc"):
+    references, _ = random_corpus(images=20, samples=1, seed=4)
+    reward = CiderD(*flat(references), V)
+    reward.save(tmp_path / "df.npz", fingerprint)
+    return reward, CiderD.load(tmp_path / "df.npz", fingerprint)
+
+
+def test_saved_document_frequencies_score_the_same(tmp_path):
+    reward, loaded = saved_and_loaded(tmp_path)
+    references, candidates = random_corpus(images=20, samples=2, seed=5)
+    args = (Sentences.from_lists(candidates), np.repeat(np.arange(20), 2), *flat(references))
+    np.testing.assert_array_equal(loaded.scores(*args), reward.scores(*args))
+    assert [p.name for p in tmp_path.iterdir()] == ["df.npz"]  # no partial file is left
+
+
+def test_a_cache_of_another_corpus_or_a_broken_file_is_not_used(tmp_path):
+    saved_and_loaded(tmp_path, fingerprint="abc")
+    assert CiderD.load(tmp_path / "df.npz", "another corpus") is None
+    assert CiderD.load(tmp_path / "missing.npz", "abc") is None
+    (tmp_path / "df.npz").write_bytes(b"not an npz file")
+    assert CiderD.load(tmp_path / "df.npz", "abc") is None
+
+
+def test_the_datamodule_counts_document_frequencies_once_per_dataset(coco_folder, monkeypatch):
+    from caption_torch import rewards
+    from caption_torch.data import CIDER_CACHE_FILE, CaptionDataModule
+
+    def datamodule():
+        dm = CaptionDataModule(coco_folder, batch_size=4)
+        dm.setup("fit")
+        return dm
+
+    first = datamodule().cider_reward()
+    assert (coco_folder / CIDER_CACHE_FILE).is_file()
+    counted = []
+    monkeypatch.setattr(rewards.CiderD, "__init__", lambda *args: counted.append(args))
+    second = datamodule().cider_reward()
+    assert not counted and second.log_images == first.log_images
+    for (keys, df), (first_keys, first_df) in zip(second.document_frequency, first.document_frequency):
+        np.testing.assert_array_equal(keys, first_keys)
+        np.testing.assert_array_equal(df, first_df)
+
+
+def test_a_changed_dataset_counts_again_and_a_read_only_one_warns(coco_folder, monkeypatch):
+    from conftest import write_coco_folder
+
+    from caption_torch.data import CIDER_CACHE_FILE, CaptionDataModule
+
+    dm = CaptionDataModule(coco_folder, batch_size=4)
+    dm.setup("fit")
+    before = dm.cider_reward()
+    write_coco_folder(coco_folder, seed=1)  # other training captions in the same folder
+    dm = CaptionDataModule(coco_folder, batch_size=4)
+    dm.setup("fit")
+    after = dm.cider_reward()
+    assert after.log_images == before.log_images  # same number of images, other n-grams
+    assert any(not (np.array_equal(a[0], b[0]) and np.array_equal(a[1], b[1]))
+               for a, b in zip(after.document_frequency, before.document_frequency))  # fmt: skip
+
+    def refuse(*args, **kwargs):
+        raise PermissionError("read-only file system")
+
+    monkeypatch.setattr(CiderD, "save", refuse)
+    (coco_folder / CIDER_CACHE_FILE).unlink()
+    dm = CaptionDataModule(coco_folder, batch_size=4)
+    dm.setup("fit")
+    with pytest.warns(UserWarning, match="could not cache the CIDEr-D document frequencies"):
+        assert dm.cider_reward().log_images == before.log_images
