@@ -29,7 +29,12 @@ import torch
 from tqdm import tqdm
 
 from . import coco
-from .checkpointing import CheckpointError, check_model_fits_data, load_model  # noqa: F401 (CheckpointError: re-exported)
+from .checkpointing import (  # noqa: F401 (CheckpointError: re-exported)
+    CheckpointError,
+    check_model_fits_data,
+    load_model,
+    read_checkpoint,
+)
 from .cli import check_writable_file, check_writable_folder, positive_float, positive_int
 from .data import CaptionDataModule, ImageDataset
 from .decoding import DECODE_METHODS, decode
@@ -52,6 +57,13 @@ class Run:
 
     def describe(self) -> dict:
         return {"checkpoint": str(self.checkpoint), "method": self.method, "beam_size": self.beam_size}
+
+
+def describe_run(run: Run) -> str:
+    """How the run's checkpoint was trained and how it is decoded, e.g. "self-critical (mean), greedy"."""
+    hparams = read_checkpoint(run.checkpoint).get("hyper_parameters", {})
+    training = f"self-critical ({hparams['self_critical']})" if hparams.get("self_critical") else "cross-entropy"
+    return f"{hparams.get('decoder', 'model')} {training}, {run.decoding}"
 
 
 def runs_from_args(args: argparse.Namespace) -> list[Run]:
@@ -247,8 +259,13 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.show > 0:
         chosen = np.random.default_rng(args.seed).choice(len(images), min(args.show, len(images)), replace=False)
-        panels = [(sources[images.image_rows[i]], candidates[0][i], references[i][0]) for i in chosen]
-        title = f"{args.split} images, {runs[0].decoding} decoding"
+        if len(runs) == 1:
+            panels = [(sources[images.image_rows[i]], candidates[0][i], references[i][0]) for i in chosen]
+            title = f"{args.split} images, {runs[0].decoding} decoding"
+        else:  # both runs' captions of each image, labelled A and B as in the table
+            panels = [(sources[images.image_rows[i]], [("A", candidates[0][i]), ("B", candidates[1][i])],
+                       references[i][0]) for i in chosen]  # fmt: skip
+            title = f"{args.split} images. A: {describe_run(runs[0])}; B: {describe_run(runs[1])}"
         print(f"picture: {caption_grid(panels, args.out, title=title)}")
     return 0
 

@@ -92,7 +92,9 @@ def caption_grid(panels: Sequence[tuple], path: Path | str, title: str = "", col
 
     Args:
         panels: ``(source, generated, reference)`` per image; source is a scene dict (embedded
-            data, drawn offline) or an image URL (fetched if reachable, else shown as text).
+            data, drawn offline) or an image URL (fetched if reachable, else shown as text);
+            generated is one caption, or ``(label, caption)`` pairs to show several runs' captions
+            of the image one under another.
         path: PNG to write.
         title: figure title.
 
@@ -103,13 +105,16 @@ def caption_grid(panels: Sequence[tuple], path: Path | str, title: str = "", col
     path.parent.mkdir(parents=True, exist_ok=True)
     columns = min(columns, max(len(panels), 1))
     rows = max(1, -(-len(panels) // columns))
-    fig, axes = plt.subplots(rows, columns, figsize=(3.4 * columns, 4.7 * rows), dpi=100, squeeze=False)
+    lines = max((1 if isinstance(generated, str) else len(generated)) for _, generated, _ in panels) if panels else 1
+    fig, axes = plt.subplots(rows, columns, figsize=(3.4 * columns, (4.2 + 0.5 * lines) * rows), dpi=100,
+                             squeeze=False)  # fmt: skip
     for ax in axes.flat[len(panels) :]:
         ax.axis("off")
     for ax, (source, generated, reference) in zip(axes.flat, panels):
         _draw_source(ax, source)
-        wrapped = textwrap.fill(f"ours: {generated}", 36) + "\n" + textwrap.fill(f"ref: {reference}", 36)
-        ax.set_title(wrapped, fontsize=8.5, loc="left")
+        captions = [("ours", generated)] if isinstance(generated, str) else generated
+        wrapped = [textwrap.fill(f"{label}: {caption}", 36) for label, caption in [*captions, ("ref", reference)]]
+        ax.set_title("\n".join(wrapped), fontsize=8.5, loc="left")
     if title:
         fig.suptitle(title, fontsize=12)
     fig.tight_layout()

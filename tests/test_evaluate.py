@@ -100,6 +100,22 @@ def test_evaluate_prints_the_coco_table_and_writes_captions_and_json(trained, tm
     assert grid.stat().st_size > 10_000  # URLs are unreachable here: panels show the URL instead
 
 
+def test_two_runs_show_both_captions_of_the_same_images(trained, tmp_path, capsys, monkeypatch):
+    folder, ckpt = trained
+    drawn = {}
+    monkeypatch.setattr(evaluate, "caption_grid", lambda panels, path, title: drawn.update(panels=panels, title=title))
+    assert run_evaluate(ckpt, folder, tmp_path, "--compare-beam-size", "2", "--show", "3", "--seed", "1") == 0
+    capsys.readouterr()
+    records = [json.loads(line) for line in (tmp_path / "c.jsonl").read_text().splitlines()]
+    assert drawn["title"] == "val images. A: rnn cross-entropy, greedy; B: rnn cross-entropy, beam 2"
+    assert len(drawn["panels"]) == 3
+    for source, ((label_a, first), (label_b, second)), reference in drawn["panels"]:
+        assert (label_a, label_b) == ("A", "B")
+        record = next(r for r in records if r["url"] == source)  # the same image in both runs
+        assert (first, second, reference) == (record["generated"], record["compared"]["generated"],
+                                              record["references"][0])  # fmt: skip
+
+
 def test_scores_equal_pycocoevalcap_on_the_written_captions(trained, tmp_path, capsys):
     folder, ckpt = trained
     assert run_evaluate(ckpt, folder, tmp_path, "--beam-size", "2") == 0
@@ -239,6 +255,10 @@ def test_pictures_are_written(tmp_path):
         tmp_path / "g.png",
     )
     assert grid.stat().st_size > 10_000
+    two = caption_grid(
+        [(scene, [("A", "a dog"), ("B", "a red dog on a beach")], "a small red dog")], tmp_path / "2.png"
+    )
+    assert two.stat().st_size > 5_000
     plot = plot_loss_history(list(range(100, 0, -1)), tmp_path / "loss.png", steps_per_epoch=10)
     assert plot.stat().st_size > 10_000
 
