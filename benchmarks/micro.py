@@ -11,6 +11,9 @@ Groups (``--groups``; each names the choice it measures):
     tanh     ATen tanh against sigmoid and a multiply, and oneDNN's tanh with its layout copies,
              by block size: where the oneDNN route starts to pay (functional/_common.py, steps.py)
     mm       torch.mm (the BLAS) against oneDNN for the model's product shapes (functional/_common.py)
+    weight_grad  the Transformer's weight gradients g.T @ x in the weight's layout: BLAS, oneDNN, and BLAS's
+             transposed result copied as autograd copies it (functional/layers.py, packing.py)
+    masks    a dropout mask from 32 generator bits per element against bernoulli_ (functional/dropout.py)
     rng      one rng.random() per draw against rng.integers (wording.py)
     unique   np.unique against sort-and-compare on millions of int64s (metrics.py)
     bleu     bleu_scores over 40k images x 5 references (metrics.py)
@@ -40,7 +43,7 @@ from benchmarks.rows import Shapes, coco_vocab  # noqa: E402
 from benchmarks.timing import Timing, time_interleaved  # noqa: E402
 from caption_torch.model import CaptioningRNN  # noqa: E402
 
-GROUPS = ("adam", "softmax", "tanh", "mm", "rng", "unique", "bleu")
+GROUPS = ("adam", "softmax", "tanh", "mm", "weight_grad", "masks", "rng", "unique", "bleu")
 CPU = torch.device("cpu")
 
 
@@ -146,6 +149,50 @@ def mm_group(rounds: int) -> list[dict]:
         linear = torch.ops.mkldnn._linear_pointwise
         contenders = {"torch.mm": lambda: torch.mm(a, b), "oneDNN": lambda: linear(a, weight, None, "none", [], "")}
         rows.append(report(title, timed(contenders, rounds, 20), "oneDNN", "torch.mm"))
+    return rows
+
+
+def weight_grad_group(rounds: int) -> list[dict]:
+    """Weight gradients (out, in) = g.T @ x of the Transformer's linear maps, at 298 and 5,920 positions (the
+    scored words of batches 25 and 512): which route each map's backward takes."""
+    if not torch.backends.mkldnn.is_available():
+        print("  oneDNN: not in this torch build")
+        return []
+    linear = torch.ops.mkldnn._linear_pointwise
+    rows = []
+    for positions in (298, 5920):
+        for name, (fan_in, fan_out), chosen in (
+            ("feed-forward linear1", (256, 2048), "BLAS"),
+            ("feed-forward linear2", (2048, 256), "oneDNN"),
+            ("query, key, value", (256, 768), "BLAS"),
+            ("vocabulary scores", (256, 1004), "BLAS"),
+        ):
+            x, g = torch.randn(positions, fan_in), torch.randn(positions, fan_out)
+            contenders = {
+                "BLAS": lambda: torch.mm(g.T, x),
+                "oneDNN": lambda: linear(g.T, x.T, None, "none", [], ""),
+                "BLAS, transposed + copy": lambda: torch.mm(x.T, g).T.contiguous(),
+            }
+            title = f"{name} ({fan_out}, {fan_in}), {positions} positions"
+            alternative = "oneDNN" if chosen == "BLAS" else "BLAS"
+            rows.append(report(title, timed(contenders, rounds, 5), chosen, alternative))
+    return rows
+
+
+def masks_group(rounds: int) -> list[dict]:
+    """A dropout noise tensor (keep mask scaled by 1 / (1 - p)) for the feed-forward block's hidden layer of
+    batches 25 and 512: the project's 32 bits per element against bernoulli_, nn.Dropout's draw."""
+    from caption_torch.functional.dropout import dropout_noise
+
+    rows = []
+    for positions in (298, 5920):
+        like = torch.empty(positions, 2048)
+        contenders = {
+            "32 bits per element": lambda: dropout_noise(like, 0.1),
+            "bernoulli_": lambda: torch.empty_like(like).bernoulli_(0.9).div_(0.9),
+        }
+        rows.append(report(f"({positions}, 2048), p = 0.1", timed(contenders, rounds, 3), "32 bits per element",
+                           "bernoulli_"))  # fmt: skip
     return rows
 
 
