@@ -30,6 +30,17 @@ SELF_CRITICAL_TEXT = ", ".join(f"--{name.replace('_', '-')} {value:g}" for name,
 SPAWNING_STRATEGIES = ("ddp_spawn", "ddp_fork", "ddp_notebook")
 
 
+def _defaults(name: str) -> str:
+    """A field's full-run default and --overfit's in brackets, then each decoder's own where its presets differ."""
+    pair = (getattr(FULL, name), getattr(OVERFIT, name))
+    text = f"{pair[0]:g} [{pair[1]:g}]"
+    for decoder in DECODERS:
+        own = (getattr(preset(False, decoder), name), getattr(preset(True, decoder), name))
+        if own != pair:
+            text += f"; {decoder} {own[0]:g} [{own[1]:g}]"
+    return text
+
+
 def build_parser(description: str) -> argparse.ArgumentParser:
     """train.py's flags, grouped; ``description`` heads ``--help``."""
     parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -93,8 +104,7 @@ def build_parser(description: str) -> argparse.ArgumentParser:
         ("--lr", "lr", positive_float, "Adam learning rate"),
         ("--lr-decay", "lr_decay", positive_float, "learning rate multiplier after each epoch (cs231n's lr_decay)"),
     ):
-        default = f"{getattr(FULL, name):g} [{getattr(OVERFIT, name):g}]"
-        model.add_argument(flag, dest=name, type=kind, default=None, help=f"{meaning} (default: {default})")
+        model.add_argument(flag, dest=name, type=kind, default=None, help=f"{meaning} (default: {_defaults(name)})")
     model.add_argument("--seed", type=int, default=231, help="random seed (default: 231, the notebook's)")
 
     hardware = parser.add_argument_group("hardware and runs")

@@ -89,3 +89,12 @@ def test_a_checkpoint_reloads_with_weights_only(tmp_path):
     for name, value in system.state_dict().items():
         assert torch.equal(loaded.state_dict()[name], value)
     assert set(shape_fields("transformer")) | set(shape_fields("lstm")) <= set(loaded.hparams)
+
+
+def test_help_shows_every_decoders_own_defaults():
+    from caption_torch.flags import build_parser
+
+    text = " ".join(build_parser("").format_help().split())
+    assert "--lr LR Adam learning rate (default: 0.005 [0.005]; transformer 0.001 [0.001])" in text
+    assert "(default: 0.9 [0.95]; lstm 0.9 [0.995]; transformer 1 [1])" in text
+    assert "captions per batch (default: 128 [25])" in text  # the same for every decoder: one pair
