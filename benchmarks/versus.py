@@ -52,18 +52,15 @@ def import_revision(revision: str, folder: Path):
 def make_models(other_package, decoder: str, shapes: Shapes):
     """This checkout's model of one decoder and the other revision's, with the same weights.
 
-    The recurrent decoders take ``shapes``; the Transformer takes cs231n's COCO setup of
-    ``benchmarks/transformer.py`` (W = 256, 2 heads, 2 layers, 30 positions).
+    The Transformer takes ``shapes``' input, word vector and vocabulary sizes, and the heads,
+    layers and positions of ``benchmarks/transformer.py`` (cs231n's 2 heads, 2 layers, 30 positions).
     """
     torch.manual_seed(0)
     if decoder == "transformer":
         sizes = TransformerShapes()
-        ours = CaptioningTransformer(coco_vocab(sizes.vocab_size), sizes.input_dim, sizes.wordvec_dim,
-                                     num_heads=sizes.num_heads, num_layers=sizes.num_layers,
-                                     max_length=sizes.max_length)  # fmt: skip
-        theirs = other_package.CaptioningTransformer(ours.word_to_idx, sizes.input_dim, sizes.wordvec_dim,
-                                                     num_heads=sizes.num_heads, num_layers=sizes.num_layers,
-                                                     max_length=sizes.max_length)  # fmt: skip
+        sizes = dict(num_heads=sizes.num_heads, num_layers=sizes.num_layers, max_length=sizes.max_length)
+        ours = CaptioningTransformer(coco_vocab(shapes.vocab_size), shapes.input_dim, shapes.wordvec_dim, **sizes)
+        theirs = other_package.CaptioningTransformer(ours.word_to_idx, shapes.input_dim, shapes.wordvec_dim, **sizes)
     else:
         ours = CaptioningRNN(coco_vocab(shapes.vocab_size), shapes.input_dim, shapes.wordvec_dim, shapes.hidden_dim,
                              cell_type=decoder)  # fmt: skip

@@ -22,6 +22,8 @@ FULL, OVERFIT = preset(overfit=False), preset(overfit=True)
 # The flags that set a CaptionConfig field (argparse stores each under the field's name).
 CONFIG_FLAGS = ("decoder", "hidden_dim", "wordvec_dim", "num_heads", "num_layers", "batch_size", "epochs", "lr",
                 "lr_decay", "samples_per_image")  # fmt: skip
+# The flags that size one decoder's model and not another's.
+SIZE_FLAGS = ("hidden_dim", "num_heads", "num_layers")
 # The flag of each config field, for messages (argparse stores each flag under the field's name).
 FLAG_NAMES = {name: "--model" if name == "decoder" else "--" + name.replace("_", "-") for name in CONFIG_FLAGS}
 SELF_CRITICAL_TEXT = ", ".join(f"--{name.replace('_', '-')} {value:g}" for name, value in SELF_CRITICAL.items())
@@ -200,6 +202,13 @@ def resolve_defaults(args: argparse.Namespace) -> argparse.Namespace:
         args.config = config.updated(**{name: getattr(args, name) for name in CONFIG_FLAGS})
     except ValueError as error:  # the config names its fields; the user typed flags
         raise ValueError(re.sub(r"\b(" + "|".join(CONFIG_FLAGS) + r")\b", lambda m: FLAG_NAMES[m[1]], str(error)))
+    decoder_sizes = [name for name in shape_fields(args.config.decoder) if name in FLAG_NAMES and name != "decoder"]
+    unused = [FLAG_NAMES[name] for name in SIZE_FLAGS if getattr(args, name) is not None and name not in decoder_sizes]
+    another_decoder = args.start is not None and args.start.config.decoder != args.config.decoder
+    if unused and not another_decoder:  # resuming another decoder's checkpoint is refused for that, later
+        sizes = ", ".join(FLAG_NAMES[name] for name in decoder_sizes)
+        raise ValueError(f"{' and '.join(unused)} {'does' if len(unused) == 1 else 'do'} not apply to the "
+                         f"{args.config.decoder} decoder (its sizes: {sizes})")  # fmt: skip
     if args.init_from is not None:
         refuse_another_model(args.init_from, initial, args.config)
     if args.num_workers < 0:

@@ -689,3 +689,15 @@ def test_a_checkpoint_from_before_the_decoder_table_loads(coco_folder, tmp_path,
     old = tmp_path / "old.ckpt"
     torch.save(checkpoint, old)
     assert load_system(old).config.decoder == "rnn"
+
+
+@pytest.mark.parametrize("flags, phrase", [
+    (["--model", "transformer", "--hidden-dim", "32"],
+     "--hidden-dim does not apply to the transformer decoder (its sizes: --wordvec-dim, --num-heads, --num-layers)"),
+    (["--model", "rnn", "--num-heads", "4", "--num-layers", "3"],
+     "--num-heads and --num-layers do not apply to the rnn decoder (its sizes: --wordvec-dim, --hidden-dim)"),
+])  # fmt: skip
+def test_a_size_flag_of_another_decoder_is_refused(coco_folder, tmp_path, capsys, flags, phrase):
+    code, err = run_train(capsys, "--data-dir", coco_folder, *flags, "--log-dir", tmp_path)
+    assert_one_line_error(code, err, phrase)
+    assert not (tmp_path / "lightning_logs").exists()  # refused before anything was written
