@@ -243,3 +243,19 @@ def test_a_killed_rank_ends_the_other_with_one_line(coco_folder, tmp_path):
     assert process.returncode == 2 and "Traceback" not in err, err[-3000:]
     (line,) = [line for line in err.splitlines() if line.startswith("error: ")]
     assert line.startswith("error: process 0 lost contact with the run's other processes (one ended or was killed)")
+
+
+def test_self_critical_under_ddp_splits_the_images_between_ranks(coco_folder, tmp_path):
+    """12 training images, 3 per step: one process takes 4 steps an epoch, two ranks 2 each (their own images)."""
+    finish(launch_train("--data-dir", coco_folder, "--epochs", "1", "--batch-size", "12", *SMALL, "--devices", "1",
+                        "--log-dir", tmp_path / "xe"))  # fmt: skip
+    (start,) = (tmp_path / "xe").glob("lightning_logs/version_0/checkpoints/last.ckpt")
+    out = finish(launch_train("--data-dir", coco_folder, "--self-critical", "mean", "--init-from", start,
+                              "--samples-per-image", "3", "--batch-size", "3", "--epochs", "1", "--accelerator", "cpu",
+                              "--devices", "2", "--strategy", "ddp", "--log-dir", tmp_path / "sc",
+                              MASTER_PORT=str(free_port())))  # fmt: skip
+    assert out.count("(Iteration 2 / 2) loss:") == 1 and ", reward: " in out  # printed by rank 0 alone
+    assert out.count("CIDEr-D:") == 1
+    state = last_checkpoint(tmp_path / "sc")
+    assert state["global_step"] == 2 and len(state["callbacks"]["LossHistory"]["rewards"]) == 2
+    assert len(list((tmp_path / "sc").glob("lightning_logs/version_0/checkpoints/best-*val_cider=*.ckpt"))) == 1
