@@ -165,22 +165,48 @@ class CaptioningTransformer(Captioner):
         if not bool(lengths.any()):  # nothing is scored: the loss is 0, with zero gradients
             hidden = self._decode(features, captions_in)
             return F.vocab_softmax_loss(hidden, self.output.weight.T, self.output.bias, captions_out, mask) / T
-        packing = F.causal_packing(lengths, T)
-        rows = F.pack_rows(self.positional_encoding(self.embedding(captions_in)), packing)  # (P, W)
-        memory = self.visual_projection(features)[:, None]  # (N, 1, W)
-        for layer in self.transformer.layers:
-            rows = layer.forward_packed(rows, memory, packing)
+        rows, packing = self._decode_packed(features, captions_in, lengths)
         # = transformer_softmax_loss(self.output(hidden), ...): the fused loss scores only the positions
         # that count and divides by its N, here 1; the mean is over N * T.
         targets, scored = captions_out[packing.computed][None], mask[packing.computed][None]  # (1, P)
         loss = F.vocab_softmax_loss(rows[None], self.output.weight.T, self.output.bias, targets, scored)
         return loss / (N * T)
 
+    def _decode_packed(self, features: Tensor, captions: Tensor, lengths: Tensor) -> tuple[Tensor, F.CausalPacking]:
+        """The last decoder layer's output for each caption's first ``lengths[n]`` positions only.
+
+        Args:
+            features: (N, D); captions: (N, T) input words; lengths: (N,) positions to compute per caption.
+
+        Returns:
+            rows (P, W), P = lengths.sum(), in (caption, position) order, and the packing that placed them.
+        """
+        packing = F.causal_packing(lengths, captions.shape[1])
+        rows = F.pack_rows(self.positional_encoding(self.embedding(captions)), packing)  # (P, W)
+        memory = self.visual_projection(features)[:, None]  # (N, 1, W)
+        for layer in self.transformer.layers:
+            rows = layer.forward_packed(rows, memory, packing)
+        return rows, packing
+
     def _policy_loss(self, features: Tensor, captions: Tensor, mask: Tensor, weights: Tensor) -> Tensor:
         """Self-critical loss (see ``Captioner.policy_loss``): the decoder's output over the sampled words,
-        scored through the output map, weighted per caption and divided by N."""
-        hidden = self._decode(features, captions[:, :-1])  # (N, L, W)
-        return F.policy_gradient_loss(hidden, self.output.weight.T, self.output.bias, captions[:, 1:], mask, weights)
+        scored through the output map, weighted per caption and divided by N.
+
+        As in :meth:`loss`, each caption runs only up to its last counted word (packed rows), which
+        carry their caption's weight."""
+        captions_in, captions_out = captions[:, :-1], captions[:, 1:]
+        N, T = captions_out.shape
+        lengths = (mask * torch.arange(1, T + 1, device=mask.device)).amax(1)  # (N,) last counted position + 1
+        W_vocab, b_vocab = self.output.weight.T, self.output.bias
+        if not bool(lengths.any()):  # no word counts: the loss is 0, with zero gradients
+            return F.policy_gradient_loss(self._decode(features, captions_in), W_vocab, b_vocab, captions_out, mask,
+                                          weights)  # fmt: skip
+        rows, packing = self._decode_packed(features, captions_in, lengths)
+        computed = packing.computed
+        row_weights = weights[:, None].expand(N, T)[computed][None]  # (1, P): each word its caption's weight
+        loss = F.policy_gradient_loss(rows[None], W_vocab, b_vocab, captions_out[computed][None], mask[computed][None],
+                                      row_weights)  # fmt: skip
+        return loss / N  # the fused loss divided by its N, here 1
 
     # ------------------------------------------------------------------ #
     # Generation

@@ -25,6 +25,11 @@ def plain(hidden, W_vocab, b_vocab, y, mask, weights):
     return -(picked.sum(1) * weights).sum() / hidden.shape[0]
 
 
+def per_word(weights, T=5):
+    """(N,) caption weights as (N, T) word weights, each word a different multiple of its caption's."""
+    return weights[:, None] * torch.linspace(0.5, 2.0, T, dtype=weights.dtype)
+
+
 def test_gradcheck_float64():
     hidden, W_vocab, b_vocab, y, mask, weights = make_inputs()
     inputs = [t.requires_grad_() for t in (hidden, W_vocab, b_vocab)]
@@ -91,7 +96,9 @@ def test_inputs_are_not_modified():
     "change, message",
     [
         (lambda a: a.update(weights=a["weights"][:3]), "weights has 3 entries but there are 4 captions"),
-        (lambda a: a.update(weights=a["weights"][:, None]), "weights must have 1 dimensions"),
+        (lambda a: a.update(weights=a["weights"][:, None]), r"weights of every word must be \(N, T\) = \(4, 5\)"),
+        (lambda a: a.update(weights=a["weights"][:, None, None]), "weights must have 1 dimensions"),
+        (lambda a: a.update(weights=torch.full((4, 5), float("nan"), dtype=torch.float64)), "weights must be finite"),
         (lambda a: a["weights"].__setitem__(1, float("nan")), "weights must be finite"),
         (lambda a: a["weights"].__setitem__(0, float("inf")), "weights must be finite"),
         (lambda a: a.update(weights=torch.ones(4, dtype=torch.long)), "weights must be a floating-point tensor"),
@@ -104,3 +111,24 @@ def test_bad_inputs_are_refused(change, message):
     change(args)
     with pytest.raises(ValueError, match=message):
         F.policy_gradient_loss(**args)
+
+
+def test_per_word_weights_gradcheck_and_plain_autograd():
+    hidden, W_vocab, b_vocab, y, mask, weights = make_inputs(seed=2)
+    word_weights = per_word(weights)
+    inputs = [t.clone().requires_grad_() for t in (hidden, W_vocab, b_vocab)]
+    assert torch.autograd.gradcheck(lambda h, W, b: F.policy_gradient_loss(h, W, b, y, mask, word_weights), inputs)
+    theirs = [t.clone().requires_grad_() for t in (hidden, W_vocab, b_vocab)]
+    log_probs = torch.log_softmax(theirs[0] @ theirs[1] + theirs[2], dim=-1).gather(2, y[..., None])[..., 0]
+    expected = -(log_probs * mask * word_weights).sum() / hidden.shape[0]
+    loss = F.policy_gradient_loss(*inputs, y, mask, word_weights)
+    torch.testing.assert_close(loss, expected, rtol=1e-12, atol=1e-12)
+    for ours, grad in zip(torch.autograd.grad(loss, inputs), torch.autograd.grad(expected, theirs)):
+        torch.testing.assert_close(ours, grad, rtol=1e-12, atol=1e-12)
+
+
+def test_per_word_weights_equal_to_their_captions_give_the_per_caption_loss():
+    hidden, W_vocab, b_vocab, y, mask, weights = make_inputs(seed=3)
+    per_caption = F.policy_gradient_loss(hidden, W_vocab, b_vocab, y, mask, weights)
+    expanded = F.policy_gradient_loss(hidden, W_vocab, b_vocab, y, mask, weights[:, None].expand(4, 5))
+    torch.testing.assert_close(expanded, per_caption, rtol=0, atol=0)

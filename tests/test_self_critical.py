@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+import caption_torch.functional as F
 from caption_torch.model import CaptioningRNN
 from caption_torch.rewards import CiderD, Sentences
 from caption_torch.self_critical import self_critical_step
@@ -48,6 +49,23 @@ def test_the_transformers_policy_loss_with_unit_weights_is_its_loss_times_t():
     captions = torch.cat([torch.ones(3, 1, dtype=torch.long), generated], 1)
     policy = model.policy_loss(features, generated, torch.ones(3, dtype=torch.float64))
     torch.testing.assert_close(policy, model.loss(features, captions) * 5, rtol=1e-12, atol=0)
+
+
+def test_the_transformers_packed_policy_loss_equals_the_whole_model_run():
+    """Packed rows (each caption up to its last counted word) give the loss and gradients of every position run."""
+    model = make_model("transformer").eval()
+    generated = torch.tensor([[4, 5, 7, 2, 0], [6, 2, 0, 0, 0], [4, 4, 4, 4, 4], [2, 0, 0, 0, 0]])
+    features = torch.randn(4, 3, dtype=torch.float64)
+    weights = torch.tensor([0.7, -1.3, 0.2, 2.0], dtype=torch.float64)
+    packed = model.policy_loss(features, generated, weights)
+    captions = torch.cat([torch.ones(4, 1, dtype=torch.long), generated], 1)
+    mask = torch.tensor([[1, 1, 1, 1, 0], [1, 1, 0, 0, 0], [1, 1, 1, 1, 1], [1, 0, 0, 0, 0]], dtype=torch.bool)
+    whole = F.policy_gradient_loss(model._decode(features, captions[:, :-1]), model.output.weight.T,
+                                   model.output.bias, captions[:, 1:], mask, weights)  # fmt: skip
+    torch.testing.assert_close(packed, whole, rtol=1e-12, atol=1e-12)
+    params = list(model.parameters())
+    for ours, theirs in zip(torch.autograd.grad(packed, params), torch.autograd.grad(whole, params)):
+        torch.testing.assert_close(ours, theirs, rtol=1e-10, atol=1e-12)
 
 
 def test_policy_loss_with_unit_weights_is_the_loss_of_the_same_captions():

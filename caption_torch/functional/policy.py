@@ -11,11 +11,12 @@ from .words import _check_affine, _check_targets, _softmax_loss_grad
 
 
 class WeightedVocabSoftmaxLoss(torch.autograd.Function):
-    """``-sum_n weights[n] * sum_t mask[n, t] * log p(y[n, t] | hidden[n, t]) / N``, projection fused in.
+    """``-sum_n sum_t weights[n, t] * mask[n, t] * log p(y[n, t] | hidden[n, t]) / N``, projection fused in.
 
-    ``forward(hidden (N, T, H), W_vocab (H, V), b_vocab (V,), y (N, T), mask (N, T), weights (N,))``.
-    As ``VocabSoftmaxLoss``, only the K unmasked positions are projected; a weight may be
-    negative (a sample worse than its baseline is made less likely).
+    ``forward(hidden (N, T, H), W_vocab (H, V), b_vocab (V,), y (N, T), mask (N, T), weights (N,) or (N, T))``;
+    a weight per caption holds for each of its words. As ``VocabSoftmaxLoss``, only the K
+    unmasked positions are projected; a weight may be negative (a sample worse than its
+    baseline is made less likely).
     """
 
     @staticmethod
@@ -23,7 +24,7 @@ class WeightedVocabSoftmaxLoss(torch.autograd.Function):
         keep = mask.bool()  # (N, T)
         scored = hidden[keep]  # (K, H) in (n, t) order
         targets = y[keep]  # (K,)
-        row_weights = weights[:, None].expand_as(keep)[keep]  # (K,): each scored word's caption weight
+        row_weights = (weights[:, None].expand_as(keep) if weights.dim() == 1 else weights)[keep]  # (K,)
         scores = _addmm(b_vocab, scored, W_vocab)  # (K, V)
         log_probs = torch.log_softmax(scores, dim=1, dtype=torch.float32 if scores.dtype in _HALF_DTYPES else None)
         picked = log_probs.gather(1, targets[:, None])[:, 0]  # (K,)
@@ -59,15 +60,22 @@ def policy_gradient_loss(
         W_vocab: (H, V), b_vocab: (V,): the vocabulary projection.
         y: (N, T) the sampled words, each in [0, V).
         mask: (N, T) bool (or 0/1): the words that count (each caption's words up to and including <END>).
-        weights: (N,) one finite weight per caption, e.g. reward minus baseline; no gradient flows into it.
+        weights: (N,) one finite weight per caption, e.g. reward minus baseline, or (N, T) one per word
+            (captions packed into rows carry their caption's weight on each word); no gradient flows into it.
 
     Returns:
-        Scalar ``-sum_n weights[n] * sum_t mask log p(y) / N``. With all weights 1 this is
+        Scalar ``-sum_n sum_t weights mask log p(y) / N``. With all weights 1 this is
         ``vocab_softmax_loss``.
     """
     _check_affine(("hidden", hidden), ("W_vocab", W_vocab), ("b_vocab", b_vocab))
     _check_targets(y, mask, hidden.shape[:2], W_vocab.shape[1])
-    _check_float("weights", weights, 1)
+    if isinstance(weights, Tensor) and weights.dim() == 2:
+        _check_float("weights", weights, 2)
+        if weights.shape != hidden.shape[:2]:
+            raise ValueError(f"weights of every word must be (N, T) = {tuple(hidden.shape[:2])}, "
+                             f"got {tuple(weights.shape)}")  # fmt: skip
+    else:
+        _check_float("weights", weights, 1)
     if weights.shape[0] != hidden.shape[0]:
         raise ValueError(f"weights has {weights.shape[0]} entries but there are {hidden.shape[0]} captions (N)")
     if not bool(torch.isfinite(weights).all()):
