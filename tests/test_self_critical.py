@@ -68,6 +68,24 @@ def test_the_transformers_packed_policy_loss_equals_the_whole_model_run():
         torch.testing.assert_close(ours, theirs, rtol=1e-10, atol=1e-12)
 
 
+def test_the_step_scores_its_samples_with_the_dropouts_off_that_drew_them():
+    """The Transformer has dropout: its samples come from the dropout-free model, and so must their
+    log-probabilities. The loss then does not depend on torch's generator (which draws dropout masks)."""
+    model = make_model("transformer", seed=4).train()
+    corpus = references_of(["a cat sat"], ["a dog"], ["dog sat"])
+    reward, references = corpus_reward(corpus), corpus[:2]
+    features = torch.randn(2, 3, dtype=torch.float64)
+    losses = []
+    for global_seed in (0, 1):
+        torch.manual_seed(global_seed)
+        sampling = torch.Generator().manual_seed(5)  # the same samples each time
+        step = self_critical_step(model, reward, features, references, "mean", samples_per_image=4, max_length=6,
+                                  generator=sampling)  # fmt: skip
+        losses.append(step.loss)
+    assert model.training  # the mode it came in with
+    assert losses[0].item() != 0 and torch.equal(losses[0], losses[1])
+
+
 def test_policy_loss_with_unit_weights_is_the_loss_of_the_same_captions():
     model = make_model()
     generated = torch.tensor([[4, 5, 7, 2, 0], [6, 2, 0, 0, 0], [4, 4, 4, 4, 4]])  # the last never ends
