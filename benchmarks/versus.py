@@ -79,21 +79,27 @@ def main(argv: list[str] | None = None) -> int:
         "--decoders",
         nargs="+",
         choices=[*CELLS, "transformer"],
-        default=[*CELLS, "transformer"],
-        help="which decoders (default: all)",
+        default=None,
+        help="which decoders (default: every one the other revision has)",
     )
     args = parser.parse_args(argv)
     shapes, rounds, device = Shapes(), Rounds(rounds=args.rounds), torch.device("cpu")
     rows = []
     with tempfile.TemporaryDirectory() as folder:
         other = import_revision(args.against, Path(folder))
-        for cell in args.decoders:
+        has = [*CELLS, *(["transformer"] if hasattr(other, "CaptioningTransformer") else [])]
+        missing = sorted(set(args.decoders or []) - set(has))
+        if missing:
+            parser.error(f"--decoders: {args.against} has no {', '.join(missing)}")
+        for cell in args.decoders or has:
             ours, theirs = make_models(other, cell, shapes)
             if args.rows in ("all", "step"):
                 for batch in (25, 512):
                     features, captions = make_batch(batch, shapes, device)
-                    with torch.no_grad():
+                    with torch.no_grad():  # dropout off (the Transformer's): both revisions compute the same loss
+                        ours.eval(), theirs.eval()
                         difference = float((ours.loss(features, captions) - theirs.loss(features, captions)).abs())
+                    ours.train(), theirs.train()  # the steps are timed as training runs them, dropout on
                     contenders = {"this": training_step(ours, features, captions),
                                   "other": training_step(theirs, features, captions)}  # fmt: skip
                     timings = time_interleaved(contenders, rounds.rounds, rounds.warmup, device)

@@ -67,6 +67,10 @@ class Captioner(nn.Module):
             shape = tuple(generated.shape) if isinstance(generated, Tensor) else type(generated).__name__
             raise ValueError(f"generated must be an (N, L) tensor with N = {features.shape[0]}, got {shape}")
         self.check_max_length(generated.shape[1])
+        N = features.shape[0]
+        if not isinstance(weights, Tensor) or weights.dim() != 1 or weights.shape[0] != N:
+            shape = tuple(weights.shape) if isinstance(weights, Tensor) else type(weights).__name__
+            raise ValueError(f"weights must be an (N,) tensor, one per caption, with N = {N}; got {shape}")
         is_end = generated == self.end_id
         mask = (is_end.cumsum(dim=1) - is_end.long()) == 0  # (N, L): words up to and including the first <END>
         start = torch.full_like(generated[:, :1], self.start_id)

@@ -29,13 +29,14 @@ import torch
 from tqdm import tqdm
 
 from . import coco
-from .checkpointing import (  # noqa: F401 (CheckpointError: re-exported)
+from .checkpointing import (  # noqa: F401 (CheckpointError and load_model: re-exported)
     CheckpointError,
     check_model_fits_data,
     load_model,
-    read_checkpoint,
+    load_system,
 )
 from .cli import check_writable_file, check_writable_folder, positive_float, positive_int
+from .config import CaptionConfig
 from .data import CaptionDataModule, ImageDataset
 from .decoding import DECODE_METHODS, decode
 from .metrics import COCO_METRICS, caption_text, evaluate_captions, scores_per_image
@@ -59,11 +60,10 @@ class Run:
         return {"checkpoint": str(self.checkpoint), "method": self.method, "beam_size": self.beam_size}
 
 
-def describe_run(run: Run) -> str:
-    """How the run's checkpoint was trained and how it is decoded, e.g. "self-critical (mean), greedy"."""
-    hparams = read_checkpoint(run.checkpoint).get("hyper_parameters", {})
-    training = f"self-critical ({hparams['self_critical']})" if hparams.get("self_critical") else "cross-entropy"
-    return f"{hparams.get('decoder', 'model')} {training}, {run.decoding}"
+def describe_run(run: Run, config: CaptionConfig) -> str:
+    """How a run's checkpoint (of this config) was trained and is decoded: "lstm self-critical (mean), greedy"."""
+    training = f"self-critical ({config.self_critical})" if config.self_critical else "cross-entropy"
+    return f"{config.decoder} {training}, {run.decoding}"
 
 
 def runs_from_args(args: argparse.Namespace) -> list[Run]:
@@ -189,7 +189,8 @@ def main(argv: list[str] | None = None) -> int:
             check_writable_file(path, flag)
         if args.html is not None:
             check_writable_folder(args.html, "--html")
-        models = {run.checkpoint: load_model(run.checkpoint) for run in runs}
+        systems = {run.checkpoint: load_system(run.checkpoint) for run in runs}
+        models = {checkpoint: system.model.eval() for checkpoint, system in systems.items()}
         dm = CaptionDataModule(args.data_dir, pca_features=not args.full_features, synthetic_size=args.synthetic_size)
         dm.prepare_data()
         dm.setup("validate")
@@ -265,7 +266,8 @@ def main(argv: list[str] | None = None) -> int:
         else:  # both runs' captions of each image, labelled A and B as in the table
             panels = [(sources[images.image_rows[i]], [("A", candidates[0][i]), ("B", candidates[1][i])],
                        references[i][0]) for i in chosen]  # fmt: skip
-            title = f"{args.split} images. A: {describe_run(runs[0])}; B: {describe_run(runs[1])}"
+            described = [describe_run(run, systems[run.checkpoint].config) for run in runs]
+            title = f"{args.split} images. A: {described[0]}; B: {described[1]}"
         print(f"picture: {caption_grid(panels, args.out, title=title)}")
     return 0
 

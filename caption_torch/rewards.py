@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import hashlib
 import os
+import tempfile
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -27,6 +29,10 @@ from typing import Sequence
 import numpy as np
 import torch
 from torchmetrics import Metric
+
+SIGMA = 6.0  # CIDEr-D's length penalty width
+MAX_ORDER = 4  # n-grams of orders 1..4
+CACHE_FORMAT = 1  # of CiderD.save's files; a new n-gram key or file layout takes a new number
 
 
 @dataclass(frozen=True)
@@ -97,8 +103,9 @@ class CiderD:
     """
 
     def __init__(
-        self, corpus: Sentences, corpus_image: np.ndarray, vocab_size: int, sigma: float = 6.0, max_order: int = 4
-    ) -> None:
+        self, corpus: Sentences, corpus_image: np.ndarray, vocab_size: int, sigma: float = SIGMA,
+        max_order: int = MAX_ORDER,
+    ) -> None:  # fmt: skip
         if vocab_size < 1 or max_order < 1 or not sigma > 0:
             raise ValueError(
                 f"need vocab_size >= 1, max_order >= 1 and sigma > 0, got {vocab_size}, {max_order}, {sigma}"
@@ -120,34 +127,41 @@ class CiderD:
     def save(self, path: str | os.PathLike, fingerprint: str) -> None:
         """Write the document frequencies to ``path`` (.npz), tagged with the corpus's ``fingerprint``.
 
-        The file appears whole or not at all (written beside it, then renamed), so processes
-        that read it while another writes it see either nothing or all of it.
+        The file appears whole or not at all (written to a fresh file beside it, then renamed),
+        so processes that read it while others write it see either nothing or all of one.
         """
         path = Path(path)
         arrays = {f"keys{order}": keys for order, (keys, _) in enumerate(self.document_frequency, start=1)}
         arrays.update({f"df{order}": df for order, (_, df) in enumerate(self.document_frequency, start=1)})
         settings = np.array([self.vocab_size, self.max_order], dtype=np.int64)
-        partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
-        with open(partial, "wb") as file:
-            np.savez(file, fingerprint=np.array(fingerprint), settings=settings,
-                     floats=np.array([self.sigma, self.log_images]), **arrays)  # fmt: skip
-        os.replace(partial, path)
+        handle, partial = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".partial")
+        try:
+            with os.fdopen(handle, "wb") as file:
+                np.savez(file, fingerprint=np.array(fingerprint), settings=settings,
+                         floats=np.array([self.sigma, self.log_images]), **arrays)  # fmt: skip
+            os.replace(partial, path)
+        finally:
+            if os.path.exists(partial):  # the write or the rename failed
+                os.remove(partial)
 
     @classmethod
-    def load(cls, path: str | os.PathLike, fingerprint: str) -> CiderD | None:
-        """The rewards saved at ``path`` for a corpus of this ``fingerprint``; None if absent, stale or unreadable."""
+    def load(
+        cls, path: str | os.PathLike, fingerprint: str, sigma: float = SIGMA, max_order: int = MAX_ORDER
+    ) -> CiderD | None:
+        """The rewards saved at ``path`` for a corpus of this ``fingerprint`` and these settings; None if the
+        file is absent, of another corpus or settings, or unreadable (damaged, truncated)."""
         try:
             with np.load(path, allow_pickle=False) as saved:
-                if str(saved["fingerprint"]) != fingerprint:
-                    return None
                 reward = cls.__new__(cls)
                 reward.vocab_size, reward.max_order = (int(v) for v in saved["settings"])
                 reward.sigma, reward.log_images = (float(v) for v in saved["floats"])
+                if str(saved["fingerprint"]) != fingerprint or (reward.sigma, reward.max_order) != (sigma, max_order):
+                    return None
                 reward.document_frequency = [
                     (saved[f"keys{order}"], saved[f"df{order}"]) for order in range(1, reward.max_order + 1)
                 ]
                 return reward
-        except (OSError, ValueError, KeyError):
+        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
             return None
 
     def idf(self, order: int, keys: np.ndarray) -> np.ndarray:
@@ -220,8 +234,9 @@ class CiderD:
 
 
 def corpus_fingerprint(captions: np.ndarray, corpus_image: np.ndarray, *settings: object) -> str:
-    """SHA-256 of a reference corpus (its caption ids and image numbers) and the settings its rewards depend on."""
-    digest = hashlib.sha256(repr(settings).encode())
+    """SHA-256 of a reference corpus (its caption ids and image numbers), the settings its rewards depend on
+    and the format of :meth:`CiderD.save`'s files."""
+    digest = hashlib.sha256(repr((CACHE_FORMAT, *settings)).encode())
     for array in (captions, corpus_image):
         array = np.ascontiguousarray(array)
         digest.update(f"{array.dtype.str}{array.shape}".encode())

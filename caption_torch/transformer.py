@@ -51,6 +51,12 @@ __all__ = [
 # --------------------------------------------------------------------------- #
 
 
+def _counted_lengths(mask: Tensor) -> Tensor:
+    """(N,) one past the last True of each row of an (N, T) mask (0 for a row without one): the positions a
+    causal model must compute for that row's counted words."""
+    return (mask * torch.arange(1, mask.shape[1] + 1, device=mask.device)).amax(1)
+
+
 class CaptioningTransformer(Captioner):
     """cs231n's Transformer image captioner over pre-extracted image features.
 
@@ -161,7 +167,7 @@ class CaptioningTransformer(Captioner):
         mask = captions_out != self.null_id
         # Attention is causal: positions after a caption's last scored word affect no score, so only
         # each caption's prefix up to it is computed, as packed rows (functional/packing.py).
-        lengths = (mask * torch.arange(1, T + 1, device=mask.device)).amax(1)  # (N,) last scored position + 1
+        lengths = _counted_lengths(mask)
         if not bool(lengths.any()):  # nothing is scored: the loss is 0, with zero gradients
             hidden = self._decode(features, captions_in)
             return F.vocab_softmax_loss(hidden, self.output.weight.T, self.output.bias, captions_out, mask) / T
@@ -196,9 +202,9 @@ class CaptioningTransformer(Captioner):
         carry their caption's weight."""
         captions_in, captions_out = captions[:, :-1], captions[:, 1:]
         N, T = captions_out.shape
-        lengths = (mask * torch.arange(1, T + 1, device=mask.device)).amax(1)  # (N,) last counted position + 1
+        lengths = _counted_lengths(mask)
         W_vocab, b_vocab = self.output.weight.T, self.output.bias
-        if not bool(lengths.any()):  # no word counts: the loss is 0, with zero gradients
+        if not bool(lengths.any()):  # no caption (every caption counts its first word): nothing to pack
             return F.policy_gradient_loss(self._decode(features, captions_in), W_vocab, b_vocab, captions_out, mask,
                                           weights)  # fmt: skip
         rows, packing = self._decode_packed(features, captions_in, lengths)

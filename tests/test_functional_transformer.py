@@ -96,6 +96,13 @@ def test_default_masks_keep_one_minus_p_at_even_and_odd_elements():
         assert abs(share.item() - 0.7) < 5 * (0.7 * 0.3 / 1e6) ** 0.5
 
 
+@pytest.mark.parametrize("p, kept", [(1e-12, 1.0), (2.0**-33 * 0.9, 1.0), (1 - 1e-12, 0.0)])
+def test_default_masks_at_the_ends_of_the_probability_range(p, kept):
+    """1 - p rounds to 1 (or 0) at 32 bits: every element kept (or dropped), none wrapped into the other."""
+    out = F.dropout(torch.ones(1000, dtype=torch.float64), p)
+    assert torch.equal(out > 0, torch.full((1000,), kept > 0))
+
+
 def test_mkl_dropout_nests_and_restores():
     from caption_torch.functional.dropout import uses_mkl_masks
 

@@ -133,8 +133,21 @@ def test_a_cache_of_another_corpus_or_a_broken_file_is_not_used(tmp_path):
     saved_and_loaded(tmp_path, fingerprint="abc")
     assert CiderD.load(tmp_path / "df.npz", "another corpus") is None
     assert CiderD.load(tmp_path / "missing.npz", "abc") is None
+    assert CiderD.load(tmp_path / "df.npz", "abc", max_order=3) is None  # other settings
+    whole = (tmp_path / "df.npz").read_bytes()
+    (tmp_path / "df.npz").write_bytes(whole[: len(whole) // 2])  # truncated, as by a full disk
+    assert CiderD.load(tmp_path / "df.npz", "abc") is None
     (tmp_path / "df.npz").write_bytes(b"not an npz file")
     assert CiderD.load(tmp_path / "df.npz", "abc") is None
+
+
+def test_a_failed_save_leaves_no_partial_file(tmp_path):
+    references, _ = random_corpus(images=5, samples=1, seed=6)
+    reward = CiderD(*flat(references), V)
+    (tmp_path / "df.npz").mkdir()  # the rename onto it fails
+    with pytest.raises(OSError):
+        reward.save(tmp_path / "df.npz", "abc")
+    assert [p.name for p in tmp_path.iterdir()] == ["df.npz"]
 
 
 def test_the_datamodule_counts_document_frequencies_once_per_dataset(coco_folder, monkeypatch):

@@ -160,6 +160,16 @@ def test_training_raises_the_reward(baseline, decoder):
         assert after == pytest.approx(best)
 
 
+@pytest.mark.parametrize("decoder", ["rnn", "transformer"])
+@pytest.mark.parametrize("weights, shown", [(torch.ones(2), "(2,)"), (torch.ones(3, 5), "(3, 5)"), ([1.0] * 3, "list")])
+def test_policy_loss_refuses_weights_that_are_not_one_per_caption(decoder, weights, shown):
+    model = make_model(decoder)
+    generated = torch.tensor([[4, 5, 7, 2, 0], [6, 2, 0, 0, 0], [4, 4, 4, 4, 4]])
+    with pytest.raises(ValueError, match=re.escape(f"weights must be an (N,) tensor, one per caption, with N = 3; "
+                                                   f"got {shown}")):  # fmt: skip
+        model.policy_loss(torch.randn(3, 3, dtype=torch.float64), generated, weights)
+
+
 def test_bad_settings_are_refused():
     model, references = make_model(), references_of(["a cat"])
     reward, features = corpus_reward(references), torch.randn(1, 3, dtype=torch.float64)

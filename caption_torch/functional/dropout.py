@@ -1,4 +1,4 @@
-"""Dropout, with masks drawn either torch's way or the way torch's CPU dropout drew them on Intel CPUs.
+"""Dropout, with masks drawn from torch's generator, or the way torch's CPU dropout drew them on Intel CPUs.
 
 On Intel CPUs, PyTorch's CPU dropout draws its keep mask through Intel MKL: it takes one
 32-bit number ``s`` from torch's default generator (one output of its Mersenne Twister)
@@ -135,8 +135,10 @@ def _keep_mask_from_bits(shape: torch.Size, keep_probability: float) -> Tensor:
     """
     count = shape.numel()
     words = torch.empty((count + 1) // 2, dtype=torch.int64).random_(-(2**63), None)
-    threshold = round(keep_probability * 2**32) - 2**31  # the int32 halves are uniform on [-2^31, 2^31)
-    return (words.view(torch.int32)[:count] < threshold).view(shape)
+    bound = round(keep_probability * 2**32)  # keep the 32-bit numbers below it
+    if bound >= 2**32:  # 1 - p is 1 at 32 bits (p < 2^-33): every element is kept
+        return torch.ones(shape, dtype=torch.bool)
+    return (words.view(torch.int32)[:count] < bound - 2**31).view(shape)  # the halves are uniform on [-2^31, 2^31)
 
 
 def _mkl_keep_mask(shape: torch.Size, keep_probability: float) -> Tensor:
@@ -167,7 +169,7 @@ def dropout_noise(like: Tensor, p: float) -> Tensor:
         noise = _keep_mask_from_bits(like.shape, 1 - p).to(like.dtype)
     else:
         noise = torch.empty_like(like, memory_format=torch.contiguous_format).bernoulli_(1 - p)
-    return noise.div_(1 - p)  # the same two steps as torch's own dropout, so the values match it exactly
+    return noise.div_(1 - p)  # the kept value is torch's own dropout's: the mask divided by 1 - p in like's dtype
 
 
 class Dropout(torch.autograd.Function):
