@@ -148,7 +148,7 @@ def test_training_raises_the_reward(baseline, decoder):
     before = greedy_reward()
     optimizer = torch.optim.Adam(model.parameters(), lr=0.1 if decoder == "rnn" else 0.005)
     torch.manual_seed(0)
-    for _ in range(100 if decoder == "rnn" else 200):  # the Transformer's smaller step needs more of them
+    for _ in range(100 if decoder == "rnn" else 200):  # the Transformer's step is 20x smaller
         step = self_critical_step(model, reward, features, references, baseline, samples_per_image=8, max_length=6)
         optimizer.zero_grad()
         step.loss.backward()

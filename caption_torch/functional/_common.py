@@ -147,7 +147,8 @@ def _mm(a: Tensor, b: Tensor) -> Tensor:
 def _mm_at(a: Tensor, b: Tensor) -> Tensor:
     """``a.T @ b`` for row matrices (M, K) and (M, P): a weight gradient, summed over M positions.
 
-    BLAS reads the transposed left operand in place; oneDNN's linear would copy it first.
+    BLAS reads the transposed left operand in place; oneDNN's linear copies it first, which pays
+    only where the input side is the wide one (the feed-forward block's second map, ``layers.py``).
     """
     return torch.mm(a.T, b)
 

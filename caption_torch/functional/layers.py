@@ -182,8 +182,8 @@ class FeedForward(torch.autograd.Function):
         x, weight1, weight2, dropped, kept_scale = ctx.saved_tensors
         need_x, need_w1, need_b1, need_w2, need_b2 = ctx.needs_input_grad[:5]
         grad_rows = _rows(grad_out)  # (M, D)
-        # (D', F) from the wide (M, F) operand: oneDNN reads the transposed views in place and
-        # beats BLAS on this shape (benchmarks/micro.py --groups weight_grad).
+        # (D', F) with the wide (M, F) input: oneDNN, its operands' copies included, beats BLAS on
+        # this shape (benchmarks/micro.py --groups weight_grad).
         grad_weight2 = _mm(grad_rows.T, dropped) if need_w2 else None
         grad_bias2 = grad_rows.sum(0) if need_b2 else None
         grad_x = grad_weight1 = grad_bias1 = None
