@@ -504,3 +504,14 @@ def _packing():
 def test_packed_bad_inputs(call, message):
     with pytest.raises(ValueError, match=message):
         call()
+
+
+def test_feed_forward_weight_gradients_come_in_the_weights_own_layout():
+    """A gradient strided unlike its parameter is copied by autograd before the optimizer sees it."""
+    x = torch.randn(2, 7, 16)
+    weights = [torch.randn(64, 16), torch.randn(64), torch.randn(16, 64), torch.randn(16)]
+    for weight in weights:
+        weight.requires_grad_()
+    out = F.feed_forward(x, *weights, dropout_p=0.1)
+    for weight, grad in zip(weights, torch.autograd.grad(out.square().sum(), weights)):
+        assert grad.shape == weight.shape and grad.stride() == weight.stride()
