@@ -66,9 +66,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
         times.append(time.perf_counter())
         per_image = rewards.reshape(args.images, K)
         advantages = (per_image - (per_image.sum(1, keepdims=True) - per_image) / (K - 1)).reshape(-1)
-        model.eval()  # as self_critical_step: the samples' log-probabilities with the dropouts off that drew them
         loss = model.policy_loss(repeated, samples, torch.as_tensor(advantages, dtype=repeated.dtype))
-        model.train()
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()

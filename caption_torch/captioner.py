@@ -59,7 +59,9 @@ class Captioner(nn.Module):
             weights: (N,) e.g. reward minus baseline.
 
         Returns:
-            Scalar ``-sum_n weights[n] * log p(caption n) / N`` (see ``functional.policy_gradient_loss``).
+            Scalar ``-sum_n weights[n] * log p(caption n) / N`` (see ``functional.policy_gradient_loss``),
+            the log-likelihoods taken with every dropout off, as :meth:`generate` draws the captions:
+            with the dropouts on the gradient would be another policy's (a dropped-out network's).
         """
         self._check_features(features)
         self.check_can_generate()
@@ -74,7 +76,12 @@ class Captioner(nn.Module):
         is_end = generated == self.end_id
         mask = (is_end.cumsum(dim=1) - is_end.long()) == 0  # (N, L): words up to and including the first <END>
         start = torch.full_like(generated[:, :1], self.start_id)
-        return self._policy_loss(features, torch.cat([start, generated], dim=1), mask, weights)
+        training = self.training
+        self.eval()
+        try:
+            return self._policy_loss(features, torch.cat([start, generated], dim=1), mask, weights)
+        finally:
+            self.train(training)
 
     def _policy_loss(self, features: Tensor, captions: Tensor, mask: Tensor, weights: Tensor) -> Tensor:
         """The weighted loss of captions (N, L + 1) fed ``[:, :-1]``, scored on ``[:, 1:]`` where mask (N, L)."""

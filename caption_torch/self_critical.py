@@ -92,12 +92,5 @@ def self_critical_step(
         baselines = ((per_image.sum(axis=1, keepdims=True) - per_image) / (K - 1)).reshape(-1)
     advantages = rewards - baselines
     weights = torch.as_tensor(advantages, dtype=features.dtype, device=features.device)
-    # The samples were drawn with every dropout off (generation runs so): their log-probabilities are taken
-    # the same way, or the gradient would be another policy's (a dropped-out network's) and biased.
-    training = model.training
-    model.eval()
-    try:
-        loss = model.policy_loss(repeated, samples, weights)
-    finally:
-        model.train(training)
+    loss = model.policy_loss(repeated, samples, weights)  # with the dropouts off that drew the samples
     return SelfCriticalStep(loss, float(rewards.mean()), float(baselines.mean()), advantages)

@@ -136,7 +136,7 @@ def _keep_mask_from_bits(shape: torch.Size, keep_probability: float) -> Tensor:
     count = shape.numel()
     words = torch.empty((count + 1) // 2, dtype=torch.int64).random_(-(2**63), None)
     bound = round(keep_probability * 2**32)  # keep the 32-bit numbers below it
-    if bound >= 2**32:  # 1 - p is 1 at 32 bits (p < 2^-33): every element is kept
+    if bound >= 2**32:  # 1 - p is 1 at 32 bits (p < 2^-33): every element is kept (the generator advanced as ever)
         return torch.ones(shape, dtype=torch.bool)
     return (words.view(torch.int32)[:count] < bound - 2**31).view(shape)  # the halves are uniform on [-2^31, 2^31)
 
