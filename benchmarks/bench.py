@@ -179,8 +179,8 @@ def print_rows(kind: str, rows: list[dict]) -> None:
 
 def run_data_rows(args: argparse.Namespace, train_captions_per_s: float) -> list[dict]:
     try:
-        import caption_torch.data  # noqa: F401
-        import caption_torch.synthetic  # noqa: F401
+        import caption_torch.data.datamodule  # noqa: F401
+        import caption_torch.data.synthetic.generate  # noqa: F401
     except ImportError as error:
         return [{"row": "data", "skipped": f"data module not available ({type(error).__name__}: {error})"}]
     batches = 10 if args.quick else 50

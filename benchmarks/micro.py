@@ -41,7 +41,7 @@ if __package__ in (None, ""):  # run as a script: make `benchmarks` and `caption
 from benchmarks.bench import machine_info  # noqa: E402
 from benchmarks.rows import Shapes, coco_vocab  # noqa: E402
 from benchmarks.timing import Timing, time_interleaved  # noqa: E402
-from caption_torch.model import CaptioningRNN  # noqa: E402
+from caption_torch.models.recurrent import CaptioningRNN  # noqa: E402
 
 GROUPS = ("adam", "softmax", "tanh", "mm", "weight_grad", "masks", "rng", "unique", "bleu")
 CPU = torch.device("cpu")
@@ -209,7 +209,7 @@ def rng_group(rounds: int) -> list[dict]:
 
 def unique_group(rounds: int) -> list[dict]:
     """Distinct values of 2M int64 n-gram ids: np.unique against metrics._distinct (sort, compare neighbours)."""
-    from caption_torch.metrics import _distinct
+    from caption_torch.metrics.coco import _distinct
 
     values = np.random.default_rng(0).integers(0, 1_000_000_000, 2_000_000)
     assert np.array_equal(_distinct(values), np.unique(values))
@@ -220,7 +220,7 @@ def unique_group(rounds: int) -> list[dict]:
 
 def bleu_group(rounds: int) -> list[dict]:
     """bleu_scores on a COCO-val-sized corpus: 40,504 images, 5 references each, 8 to 15 words."""
-    from caption_torch.metrics import bleu_scores
+    from caption_torch.metrics.coco import bleu_scores
 
     rng = np.random.default_rng(0)
     words = np.array([f"w{i}" for i in range(1000)])

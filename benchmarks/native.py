@@ -4,7 +4,7 @@
     captions_in (N, T) ──nn.Embedding──► words (N, T, W) ──nn.RNN / nn.LSTM(h0)──► hidden (N, T, H)
     hidden ──nn.Linear──► scores (N, T, V) ──F.cross_entropy(ignore_index=NULL, sum) / N──► loss
 
-The math is the project's (``caption_torch.model``), but every layer is a native
+The math is the project's (``caption_torch.models.recurrent``), but every layer is a native
 kernel: on CPU, float32 ``nn.RNN``/``nn.LSTM`` run oneDNN's fused RNN; on CUDA, cuDNN.
 With ``packed=True`` the captions go through ``pack_padded_sequence``, PyTorch's own way to
 skip padding: the recurrence stops at each caption's last word and the vocabulary
@@ -31,7 +31,7 @@ from torch import Tensor, nn
 from torch.nn.utils.rnn import pack_padded_sequence
 
 from caption_torch.functional import CELLS
-from caption_torch.model import CaptioningRNN
+from caption_torch.models.recurrent import CaptioningRNN
 
 
 def _gates_to_native(weight: Tensor, cell_type: str, inverse: bool = False) -> Tensor:

@@ -20,7 +20,7 @@ from torch.profiler import ProfilerActivity, profile
 from benchmarks.native import NativeCaptioningRNN, max_loss_difference
 from benchmarks.timing import peak_memory_bytes, time_interleaved
 from caption_torch.functional import CELLS
-from caption_torch.model import CaptioningRNN
+from caption_torch.models.recurrent import CaptioningRNN
 
 NULL_ID, START_ID, END_ID, FIRST_WORD_ID = 0, 1, 2, 4  # cs231n's COCO vocabulary: <NULL> <START> <END> <UNK> ...
 
@@ -333,7 +333,7 @@ def delivery_rate(loader: Iterable, batches: int) -> tuple[float, float]:
 
 def bench_data_module(data_dir: Path, num_workers: int, batch: int, batches: int, train_captions_per_s: float) -> dict:
     """Captions/s delivered by CaptionDataModule's training loader; ratio = delivered / trained."""
-    from caption_torch.data import CaptionDataModule
+    from caption_torch.data.datamodule import CaptionDataModule
 
     datamodule = CaptionDataModule(data_dir, batch_size=batch, num_workers=num_workers, pin_memory=False)
     datamodule.setup("fit")
@@ -352,7 +352,7 @@ def bench_data_module(data_dir: Path, num_workers: int, batch: int, batches: int
 def coco_sized_data_dir(data_dir: str | None) -> Path:
     """``data_dir`` (a COCO-sized synthetic dataset is written there if it is missing or empty),
     or else the cached COCO-sized synthetic dataset (generated on first use)."""
-    from caption_torch.synthetic import ensure_synthetic_dataset, write_synthetic_dataset
+    from caption_torch.data.synthetic.generate import ensure_synthetic_dataset, write_synthetic_dataset
 
     if data_dir is None:
         return ensure_synthetic_dataset("coco", seed=0)

@@ -20,12 +20,12 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from caption_torch.checkpointing import load_model
-from caption_torch.data import CaptionDataModule
-from caption_torch.decoding import temperature_sample
-from caption_torch.model import CaptioningRNN
-from caption_torch.rewards import Sentences
-from caption_torch.self_critical import reference_sentences
+from caption_torch.data.datamodule import CaptionDataModule
+from caption_torch.metrics.cider import Sentences
+from caption_torch.models.decoding import temperature_sample
+from caption_torch.models.recurrent import CaptioningRNN
+from caption_torch.training.checkpointing import load_model
+from caption_torch.training.self_critical import reference_sentences
 
 
 def main(argv: Sequence[str] | None = None) -> dict:

@@ -21,8 +21,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from . import functional as F
-from .model import CaptioningRNN
+from caption_torch import functional as F
+from caption_torch.models.recurrent import CaptioningRNN
 
 
 @dataclass(frozen=True)
@@ -316,7 +316,7 @@ def check_lstm_model_loss() -> Iterator[CheckLine]:
 
 
 def check_transformer_attention() -> Iterator[CheckLine]:
-    from .transformer import MultiHeadAttention
+    from caption_torch.models.transformer import MultiHeadAttention
 
     with F.mkl_dropout():
         torch.manual_seed(231)
@@ -349,7 +349,7 @@ def check_transformer_attention() -> Iterator[CheckLine]:
 
 
 def check_positional_encoding() -> Iterator[CheckLine]:
-    from .transformer import PositionalEncoding
+    from caption_torch.models.transformer import PositionalEncoding
 
     with F.mkl_dropout():
         torch.manual_seed(231)

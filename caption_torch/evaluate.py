@@ -28,20 +28,20 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from . import coco
-from .checkpointing import (  # noqa: F401 (CheckpointError and load_model: re-exported)
+from caption_torch.cli.argtypes import check_writable_file, check_writable_folder, positive_float, positive_int
+from caption_torch.data import cs231n as coco
+from caption_torch.data.datamodule import CaptionDataModule, ImageDataset
+from caption_torch.evaluation.plots import caption_grid
+from caption_torch.evaluation.report import write_html_report
+from caption_torch.metrics.coco import COCO_METRICS, caption_text, evaluate_captions, scores_per_image
+from caption_torch.models.config import CaptionConfig
+from caption_torch.models.decoding import DECODE_METHODS, decode
+from caption_torch.training.checkpointing import (  # noqa: F401 (CheckpointError and load_model: re-exported)
     CheckpointError,
     check_model_fits_data,
     load_model,
     load_system,
 )
-from .cli import check_writable_file, check_writable_folder, positive_float, positive_int
-from .config import CaptionConfig
-from .data import CaptionDataModule, ImageDataset
-from .decoding import DECODE_METHODS, decode
-from .metrics import COCO_METRICS, caption_text, evaluate_captions, scores_per_image
-from .plots import caption_grid
-from .report import write_html_report
 
 
 @dataclass(frozen=True)

@@ -91,7 +91,7 @@ run_bench() {
 
 run_train_bf16() {
     local decoders
-    decoders=$("$PYTHON" -c "from caption_torch.decoders import DECODERS; print(*DECODERS)")
+    decoders=$("$PYTHON" -c "from caption_torch.models.registry import DECODERS; print(*DECODERS)")
     for decoder in $decoders; do
         timeout "${TRAIN_TIMEOUT:-300}" "$PYTHON" train.py --accelerator gpu --devices 1 --precision bf16-mixed \
             --model "$decoder" --epochs 1 --log-dir "$SCRATCH/train_$decoder"

@@ -1,6 +1,6 @@
 """Shared fixtures: a small folder in cs231n's coco_captioning layout, written by hand.
 
-It is independent of caption_torch.synthetic, so the reader is tested against the
+It is independent of caption_torch.data.synthetic.generate, so the reader is tested against the
 layout itself (both spellings of the image-index key, PCA and full features).
 """
 

@@ -227,8 +227,8 @@ def test_ratio_chart_has_a_bar_per_ratio_row_and_refuses_none(tmp_path):
 
 
 def test_data_row_on_a_tiny_synthetic_folder(tmp_path):
-    synthetic = pytest.importorskip("caption_torch.synthetic")
-    pytest.importorskip("caption_torch.data")
+    synthetic = pytest.importorskip("caption_torch.data.synthetic.generate")
+    pytest.importorskip("caption_torch.data.datamodule")
     data_dir = synthetic.write_synthetic_dataset(tmp_path / "tiny", size="tiny", seed=0)
     row = rows.bench_data_module(data_dir, num_workers=0, batch=16, batches=3, train_captions_per_s=100.0)
     _assert_positive_finite(row, ["captions_per_s", "startup_s", "train_captions_per_s", "ratio"])
@@ -236,6 +236,6 @@ def test_data_row_on_a_tiny_synthetic_folder(tmp_path):
 
 
 def test_data_row_is_skipped_when_the_data_module_is_missing(monkeypatch):
-    monkeypatch.setitem(sys.modules, "caption_torch.data", None)  # makes the import raise ImportError
+    monkeypatch.setitem(sys.modules, "caption_torch.data.datamodule", None)  # makes the import raise ImportError
     data_rows = bench.run_data_rows(bench.parse_args(["--quick"]), train_captions_per_s=100.0)
     assert len(data_rows) == 1 and data_rows[0]["skipped"].startswith("data module not available")

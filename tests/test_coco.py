@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from conftest import write_coco_folder
 
-from caption_torch import coco
+from caption_torch.data import cs231n as coco
 
 
 @pytest.mark.parametrize("idx_key", ["image_idxs", "image_idxes"])

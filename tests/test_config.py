@@ -5,9 +5,9 @@ import pytest
 import torch
 
 import train
-from caption_torch.config import PRESETS, CaptionConfig, preset, shape_fields
-from caption_torch.decoders import DECODERS
-from caption_torch.system import CaptioningSystem
+from caption_torch.models.config import PRESETS, CaptionConfig, preset, shape_fields
+from caption_torch.models.registry import DECODERS
+from caption_torch.training.system import CaptioningSystem
 
 VOCAB = {"<NULL>": 0, "<START>": 1, "<END>": 2, "a": 3, "cat": 4}
 
@@ -92,7 +92,7 @@ def test_a_checkpoint_reloads_with_weights_only(tmp_path):
 
 
 def test_help_shows_every_decoders_own_defaults():
-    from caption_torch.flags import build_parser
+    from caption_torch.cli.flags import build_parser
 
     text = " ".join(build_parser("").format_help().split())
     assert "--lr LR Adam learning rate (default: 0.005 [0.005]; transformer 0.001 [0.001])" in text

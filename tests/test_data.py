@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from caption_torch import coco
-from caption_torch.data import CaptionBatch, CaptionDataModule, FeatureRows, ImageBatch
+from caption_torch.data import cs231n as coco
+from caption_torch.data.datamodule import CaptionBatch, CaptionDataModule, FeatureRows, ImageBatch
 
 
 def _datamodule(folder, **kwargs):

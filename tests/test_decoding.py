@@ -7,15 +7,15 @@ import pytest
 import torch
 
 from caption_torch import CaptioningRNN
-from caption_torch.captioner import Captioner
-from caption_torch.decoding import (
+from caption_torch.models.captioner import Captioner
+from caption_torch.models.decoding import (
     beam_search,
     caption_log_probs,
     decode,
     greedy_decode,
     temperature_sample,
 )
-from caption_torch.transformer import CaptioningTransformer
+from caption_torch.models.transformer import CaptioningTransformer
 
 VOCAB = {"<NULL>": 0, "<START>": 1, "<END>": 2, "<UNK>": 3, "a": 4, "cat": 5, "dog": 6, "on": 7, "mat": 8}
 NULL, END = 0, 2

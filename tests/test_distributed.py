@@ -20,8 +20,8 @@ import torch
 from conftest import write_coco_folder
 
 import train
-from caption_torch.data import CaptionDataModule
-from caption_torch.system import CaptioningSystem
+from caption_torch.data.datamodule import CaptionDataModule
+from caption_torch.training.system import CaptioningSystem
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -10,8 +10,8 @@ from conftest import write_coco_folder
 
 import train
 from caption_torch import evaluate
-from caption_torch.checkpointing import tensor_checksum
-from caption_torch.plots import caption_grid, plot_loss_history
+from caption_torch.evaluation.plots import caption_grid, plot_loss_history
+from caption_torch.training.checkpointing import tensor_checksum
 
 
 @pytest.fixture(scope="module")

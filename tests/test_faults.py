@@ -26,11 +26,12 @@ import pytest
 import torch
 
 import train
-from caption_torch import coco, evaluate
-from caption_torch.callbacks import LossHistory
-from caption_torch.checkpointing import AtomicCheckpointIO, CheckpointError, load_model, tensor_checksum
-from caption_torch.synthetic import ensure_synthetic_dataset
-from caption_torch.system import CaptioningSystem
+from caption_torch import evaluate
+from caption_torch.data import cs231n as coco
+from caption_torch.data.synthetic.generate import ensure_synthetic_dataset
+from caption_torch.training.callbacks import LossHistory
+from caption_torch.training.checkpointing import AtomicCheckpointIO, CheckpointError, load_model, tensor_checksum
+from caption_torch.training.system import CaptioningSystem
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -126,7 +127,7 @@ def test_process_killed_mid_write_leaves_the_old_checkpoint(tmp_path):
     # A child saves once, then is SIGKILLed inside its second save, after the bytes hit the temporary file.
     script = textwrap.dedent(f"""
         import os, signal, torch
-        from caption_torch.checkpointing import AtomicCheckpointIO
+        from caption_torch.training.checkpointing import AtomicCheckpointIO
         io = AtomicCheckpointIO()
         io.save_checkpoint({{"step": torch.tensor(1)}}, {str(target)!r})
         os.fsync = lambda fd: os.kill(os.getpid(), signal.SIGKILL)
@@ -681,7 +682,7 @@ def test_init_from_refuses_flags_that_build_another_model(coco_folder, tmp_path,
 
 def test_a_checkpoint_from_before_the_decoder_table_loads(coco_folder, tmp_path, capsys, trained_checkpoint):
     """Checkpoints that name their cell `cell_type` (no `decoder`) rebuild the same model."""
-    from caption_torch.checkpointing import load_system, tensor_checksum
+    from caption_torch.training.checkpointing import load_system, tensor_checksum
 
     checkpoint = torch.load(trained_checkpoint, weights_only=True)
     checkpoint["hyper_parameters"]["cell_type"] = checkpoint["hyper_parameters"].pop("decoder")

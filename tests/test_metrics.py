@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from caption_torch.bleu import CocoBLEUScore, bleu_counts
-from caption_torch.metrics import (
+from caption_torch.metrics.bleu import CocoBLEUScore, bleu_counts
+from caption_torch.metrics.coco import (
     COCO_METRICS,
     bleu_scores,
     bleu_scores_per_image,

@@ -8,7 +8,7 @@ import torch
 from torch.autograd import gradcheck
 
 from caption_torch import CaptioningRNN
-from caption_torch.model import PARAM_NAMES
+from caption_torch.models.recurrent import PARAM_NAMES
 
 TINY_VOCAB = {"<NULL>": 0, "cat": 2, "dog": 3}
 VOCAB = {"<NULL>": 0, "<START>": 1, "<END>": 2, "<UNK>": 3, "a": 4, "cat": 5, "dog": 6}

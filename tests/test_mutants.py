@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 import torch
 
-from caption_torch.checkpointing import AtomicCheckpointIO, LastCheckpoint
-from caption_torch.coco import SplitCaptions
-from caption_torch.data import CaptionDataModule, FeatureRows, ImageDataset
-from caption_torch.metrics import cider_d_scores
+from caption_torch.data.cs231n import SplitCaptions
+from caption_torch.data.datamodule import CaptionDataModule, FeatureRows, ImageDataset
+from caption_torch.metrics.coco import cider_d_scores
+from caption_torch.training.checkpointing import AtomicCheckpointIO, LastCheckpoint
 
 
 def test_feature_rows_reopen_the_file_in_a_forked_child(coco_folder):

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 from browser import Chromium, find_chromium
 
-from caption_torch import scenes as scene_module
-from caption_torch.metrics import scores_per_image
-from caption_torch.report import write_html_report
+from caption_torch.data.synthetic import scenes as scene_module
+from caption_torch.evaluation.report import write_html_report
+from caption_torch.metrics.coco import scores_per_image
 
 NUM_IMAGES = 120
 FILTER_WORD = "zebra"  # in the references of exactly the images below

@@ -5,8 +5,8 @@ import pytest
 import torch
 from pycocoevalcap.cider.cider import Cider
 
-from caption_torch.metrics import caption_text
-from caption_torch.rewards import CiderD, Sentences
+from caption_torch.metrics.cider import CiderD, Sentences
+from caption_torch.metrics.coco import caption_text
 
 V = 30  # ids 0-3 are <NULL> <START> <END> <UNK>; words 4..29
 
@@ -90,7 +90,7 @@ def test_refusals():
 
 def test_corpus_cider_d_metric_equals_pycocoevalcap_and_merges_shards():
     """Val CIDEr-D: pycocoevalcap's corpus score on the same captions, and two shards' states equal one run's."""
-    from caption_torch.rewards import CorpusCiderD
+    from caption_torch.metrics.cider import CorpusCiderD
 
     references, candidates = random_corpus(images=12, samples=1, seed=4)
     R = max(len(refs) for refs in references)
@@ -151,8 +151,8 @@ def test_a_failed_save_leaves_no_partial_file(tmp_path):
 
 
 def test_the_datamodule_counts_document_frequencies_once_per_dataset(coco_folder, monkeypatch):
-    from caption_torch import rewards
-    from caption_torch.data import CIDER_CACHE_FILE, CaptionDataModule
+    from caption_torch.data.datamodule import CIDER_CACHE_FILE, CaptionDataModule
+    from caption_torch.metrics import cider as rewards
 
     def datamodule():
         dm = CaptionDataModule(coco_folder, batch_size=4)
@@ -173,7 +173,7 @@ def test_the_datamodule_counts_document_frequencies_once_per_dataset(coco_folder
 def test_a_changed_dataset_counts_again_and_a_read_only_one_warns(coco_folder, monkeypatch):
     from conftest import write_coco_folder
 
-    from caption_torch.data import CIDER_CACHE_FILE, CaptionDataModule
+    from caption_torch.data.datamodule import CIDER_CACHE_FILE, CaptionDataModule
 
     dm = CaptionDataModule(coco_folder, batch_size=4)
     dm.setup("fit")

@@ -7,10 +7,10 @@ import pytest
 import torch
 
 import caption_torch.functional as F
-from caption_torch.model import CaptioningRNN
-from caption_torch.rewards import CiderD, Sentences
-from caption_torch.self_critical import self_critical_step
-from caption_torch.transformer import CaptioningTransformer
+from caption_torch.metrics.cider import CiderD, Sentences
+from caption_torch.models.recurrent import CaptioningRNN
+from caption_torch.models.transformer import CaptioningTransformer
+from caption_torch.training.self_critical import self_critical_step
 
 VOCAB = {"<NULL>": 0, "<START>": 1, "<END>": 2, "<UNK>": 3, "a": 4, "cat": 5, "dog": 6, "sat": 7}
 
@@ -110,7 +110,7 @@ def test_rewards_and_baselines(baseline):
     torch.manual_seed(1)
     step = self_critical_step(model, reward, features, references, baseline, samples_per_image=4, max_length=6)
     torch.manual_seed(1)  # the same samples again, rewarded by hand
-    from caption_torch.decoding import temperature_sample
+    from caption_torch.models.decoding import temperature_sample
 
     samples = temperature_sample(model, features.repeat_interleave(4, 0), 1.0, 6)
     refs = Sentences.from_ids(references[references[:, :, 0] >= 0], 2, (1, 0))
@@ -200,7 +200,7 @@ def test_self_critical_run_from_a_checkpoint_and_its_resume(coco_folder, tmp_pat
     assert re.search(r"\(Iteration 1 / \d+\) loss: -?[\d.]+, reward: [\d.]+, baseline: [\d.]+", out), out
     assert re.search(r"CIDEr-D: [\d.]+", out) and "best-epoch=0-val_cider=" in out
     sc_last = tmp_path / "sc" / "lightning_logs" / "version_0" / "checkpoints" / "last.ckpt"
-    from caption_torch.checkpointing import load_system
+    from caption_torch.training.checkpointing import load_system
 
     stored = load_system(sc_last)
     assert stored.config.self_critical == "greedy" and stored.config.hidden_dim == 32  # the size came from --init-from

@@ -10,8 +10,9 @@ import pytest
 from matplotlib.backends.backend_agg import FigureCanvasAgg  # Agg: headless, no pyplot
 from matplotlib.figure import Figure
 
-from caption_torch import scenes, synthetic, wording
-from caption_torch.synthetic import SIZES, ensure_synthetic_dataset, write_synthetic_dataset
+from caption_torch.data.synthetic import generate as synthetic
+from caption_torch.data.synthetic import scenes, wording
+from caption_torch.data.synthetic.generate import SIZES, ensure_synthetic_dataset, write_synthetic_dataset
 
 TINY = SIZES["tiny"]
 N_TRAIN_CAPTIONS = TINY.train_images * 5

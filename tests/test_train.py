@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import train
-from caption_torch.decoders import DECODERS
+from caption_torch.models.registry import DECODERS
 
 SMALL = ["--hidden-dim", "32", "--wordvec-dim", "16", "--accelerator", "cpu", "--devices", "1"]
 

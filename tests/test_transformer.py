@@ -9,7 +9,7 @@ from torch import nn
 
 import caption_torch.functional as F
 from caption_torch import CaptioningTransformer
-from caption_torch.transformer import MultiHeadAttention, PositionalEncoding
+from caption_torch.models.transformer import MultiHeadAttention, PositionalEncoding
 
 WORDS = {"<NULL>": 0, "<START>": 1, "<END>": 2, "a": 3, "cat": 4, "dog": 5, "on": 6, "mat": 7}
 
@@ -374,7 +374,7 @@ def test_a_few_adam_steps_fit_a_small_batch():
 
 
 def test_embedding_and_linear_draw_as_torch_nn():
-    from caption_torch.transformer_layers import Embedding, Linear
+    from caption_torch.models.transformer_layers import Embedding, Linear
 
     torch.manual_seed(8)
     ours = [Embedding(5, 3, padding_idx=2), Linear(4, 6)]

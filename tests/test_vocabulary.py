@@ -8,9 +8,9 @@ through the LightningModule, the decoders and the scores.
 import pytest
 import torch
 
-from caption_torch.decoding import decode
-from caption_torch.metrics import caption_text, evaluate_captions
-from caption_torch.system import CaptioningSystem
+from caption_torch.metrics.coco import caption_text, evaluate_captions
+from caption_torch.models.decoding import decode
+from caption_torch.training.system import CaptioningSystem
 from caption_torch.vocabulary import UNK, index_words
 
 # V = 5 score rows (ids 0-4): row 3 names no word, and "dog" (id 6) has no row.

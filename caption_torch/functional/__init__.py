@@ -33,11 +33,11 @@ argument) and then calls ``Function.apply``. The modules, in dependency order:
     policy.py     policy_gradient_loss: the softmax loss weighted per caption (self-critical training)
 """
 
-from .cells import CELLS, RecurrentCell, State
-from .policy import policy_gradient_loss
-from .sequences import lstm, lstm_lookup, lstm_projected, rnn, rnn_lookup, rnn_projected
-from .steps import lstm_step, lstm_step_projected, rnn_step, rnn_step_projected
-from .words import temporal_affine, temporal_softmax_loss, vocab_softmax_loss, word_embedding
+from caption_torch.functional.cells import CELLS, RecurrentCell, State
+from caption_torch.functional.policy import policy_gradient_loss
+from caption_torch.functional.sequences import lstm, lstm_lookup, lstm_projected, rnn, rnn_lookup, rnn_projected
+from caption_torch.functional.steps import lstm_step, lstm_step_projected, rnn_step, rnn_step_projected
+from caption_torch.functional.words import temporal_affine, temporal_softmax_loss, vocab_softmax_loss, word_embedding
 
 __all__ = [
     "CELLS",
@@ -66,9 +66,9 @@ __all__ = [
 #   attention.py  multi_head_attention: projections, masked softmax, dropout, weighted sum, output map in one;
 #                 attention_heads and cached_attention for generation with cached keys and values
 #   packing.py    the decoder on packed captions: only the positions before each caption's last scored word
-from .attention import attention_heads, cached_attention, multi_head_attention  # noqa: E402
-from .dropout import dropout, mkl_dropout  # noqa: E402
-from .layers import (  # noqa: E402
+from caption_torch.functional.attention import attention_heads, cached_attention, multi_head_attention  # noqa: E402
+from caption_torch.functional.dropout import dropout, mkl_dropout  # noqa: E402
+from caption_torch.functional.layers import (  # noqa: E402
     add_positions,
     feed_forward,
     layer_norm,
@@ -76,7 +76,7 @@ from .layers import (  # noqa: E402
     sinusoidal_positions,
     transformer_softmax_loss,
 )
-from .packing import (  # noqa: E402
+from caption_torch.functional.packing import (  # noqa: E402
     CausalPacking,
     causal_packing,
     pack_rows,

@@ -25,8 +25,8 @@ import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-from ._common import _addmm, _apply_autocast, _check_dim, _check_float, _check_same_dtype, _mm
-from .dropout import check_probability, dropout_noise, drops
+from caption_torch.functional._common import _addmm, _apply_autocast, _check_dim, _check_float, _check_same_dtype, _mm
+from caption_torch.functional.dropout import check_probability, dropout_noise, drops
 
 
 def _split_heads(x: Tensor, heads: int) -> Tensor:
@@ -252,7 +252,9 @@ def attention_heads(x: Tensor, weight: Tensor, bias: Tensor, num_heads: int) -> 
         weight: (E, E) projection (``nn.Linear``'s layout), bias: (E,).
         num_heads: H, dividing E.
     """
-    from .layers import linear  # layers imports nothing from here; the import is local to keep the files apart
+    from caption_torch.functional.layers import (
+        linear,  # layers imports nothing from here; the import is local to keep the files apart
+    )
 
     _check_float("x", x, 3)
     if isinstance(num_heads, bool) or not isinstance(num_heads, numbers.Integral) or num_heads < 1:

@@ -13,8 +13,8 @@ from typing import Callable
 
 from torch import Tensor
 
-from .sequences import lstm_lookup, rnn_lookup
-from .steps import lstm_step_projected, rnn_step_projected
+from caption_torch.functional.sequences import lstm_lookup, rnn_lookup
+from caption_torch.functional.steps import lstm_step_projected, rnn_step_projected
 
 # A recurrent state: (h,) for the vanilla RNN, (h, c) for the LSTM; h first, each (N, H).
 State = tuple[Tensor, ...]

@@ -34,7 +34,7 @@ import torch
 from torch import Tensor
 from torch.autograd.function import FunctionCtx, once_differentiable
 
-from ._common import _check_float
+from caption_torch.functional._common import _check_float
 
 _MCG31_MODULUS = 2**31 - 1
 _MCG31_MULTIPLIER = 1132489760

@@ -12,9 +12,18 @@ import torch
 from torch import Tensor
 from torch.autograd.function import FunctionCtx, once_differentiable
 
-from ._common import _addmm, _apply_autocast, _check_dim, _check_float, _check_same_dtype, _mm, _mm_at, _on_onednn
-from .dropout import Dropout, check_probability, dropout_noise, drops
-from .words import _check_targets, _softmax_loss_grad
+from caption_torch.functional._common import (
+    _addmm,
+    _apply_autocast,
+    _check_dim,
+    _check_float,
+    _check_same_dtype,
+    _mm,
+    _mm_at,
+    _on_onednn,
+)
+from caption_torch.functional.dropout import Dropout, check_probability, dropout_noise, drops
+from caption_torch.functional.words import _check_targets, _softmax_loss_grad
 
 # --------------------------------------------------------------------------- #
 # Linear

@@ -30,9 +30,17 @@ import torch
 from torch import Tensor
 from torch.autograd.function import FunctionCtx, once_differentiable
 
-from ._common import _addmm, _apply_autocast, _check_dim, _check_float, _check_same_dtype, _mm, _mm_at
-from .dropout import Dropout, check_probability, dropout_noise, drops, uses_mkl_masks
-from .layers import FeedForward, _check_input
+from caption_torch.functional._common import (
+    _addmm,
+    _apply_autocast,
+    _check_dim,
+    _check_float,
+    _check_same_dtype,
+    _mm,
+    _mm_at,
+)
+from caption_torch.functional.dropout import Dropout, check_probability, dropout_noise, drops, uses_mkl_masks
+from caption_torch.functional.layers import FeedForward, _check_input
 
 
 @dataclass(frozen=True)

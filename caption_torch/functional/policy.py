@@ -6,8 +6,8 @@ import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-from ._common import _HALF_DTYPES, _addmm, _apply_autocast, _check_float, _mm
-from .words import _check_affine, _check_targets, _softmax_loss_grad
+from caption_torch.functional._common import _HALF_DTYPES, _addmm, _apply_autocast, _check_float, _mm
+from caption_torch.functional.words import _check_affine, _check_targets, _softmax_loss_grad
 
 
 class WeightedVocabSoftmaxLoss(torch.autograd.Function):

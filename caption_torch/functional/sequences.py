@@ -10,7 +10,7 @@ import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-from ._common import (
+from caption_torch.functional._common import (
     _HALF_DTYPES,
     _apply_autocast,
     _check_dim,
@@ -23,8 +23,8 @@ from ._common import (
     _tanh,
     _times,
 )
-from .steps import _gate_blocks, _lstm_backward_coefficients, _tanh_backward
-from .words import temporal_affine
+from caption_torch.functional.steps import _gate_blocks, _lstm_backward_coefficients, _tanh_backward
+from caption_torch.functional.words import temporal_affine
 
 # --------------------------------------------------------------------------- #
 # Sequences: one Function runs the whole time loop, forward and backward

@@ -6,7 +6,7 @@ import torch
 from torch import Tensor
 from torch.autograd.function import FunctionCtx, once_differentiable
 
-from ._common import (
+from caption_torch.functional._common import (
     _apply_autocast,
     _check_cell,
     _check_projected,
@@ -14,7 +14,7 @@ from ._common import (
     _mm,
     _tanh,
 )
-from .words import temporal_affine
+from caption_torch.functional.words import temporal_affine
 
 # --------------------------------------------------------------------------- #
 # Vanilla RNN

@@ -6,7 +6,7 @@ import torch
 from torch import Tensor
 from torch.autograd.function import FunctionCtx, once_differentiable
 
-from ._common import (
+from caption_torch.functional._common import (
     _HALF_DTYPES,
     _addmm,
     _apply_autocast,

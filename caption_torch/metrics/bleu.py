@@ -30,7 +30,7 @@ import numpy as np
 import torch
 from torchmetrics import Metric
 
-from .ngrams import check_corpus, ngram_counts, reference_layout
+from caption_torch.metrics.ngrams import check_corpus, ngram_counts, reference_layout
 
 __all__ = ["BleuCounts", "CocoBLEUScore", "bleu_counts", "bleu_scores", "bleu_scores_per_image"]
 

@@ -1,6 +1,6 @@
 """CIDEr-D of token-id captions with document frequencies fixed by a reference corpus: self-critical rewards.
 
-:func:`caption_torch.metrics.cider_d_scores` scores text and takes its document
+:func:`caption_torch.metrics.coco.cider_d_scores` scores text and takes its document
 frequencies from the corpus it scores. A reward is different: thousands of sampled
 captions per epoch, each scored against its image's references, with n-gram
 document frequencies from the whole training set, counted once. :class:`CiderD` does
@@ -46,7 +46,7 @@ class Sentences:
     def from_ids(cls, ids: torch.Tensor | np.ndarray, end_id: int, skipped_ids: Sequence[int]) -> Sentences:
         """The words of (S, L) id rows: up to the first ``end_id``, without ``skipped_ids`` (<START>, <NULL>).
 
-        This is :func:`caption_torch.metrics.caption_text` on ids: the same words, in the same order.
+        This is :func:`caption_torch.metrics.coco.caption_text` on ids: the same words, in the same order.
         """
         ids = torch.as_tensor(ids).cpu().numpy().astype(np.int64, copy=False)
         before_end = np.cumsum(ids == end_id, axis=1) == 0  # (S, L)

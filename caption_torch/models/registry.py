@@ -12,11 +12,11 @@ from typing import TYPE_CHECKING, Callable, Mapping
 import torch
 from torch import nn
 
-from .model import CaptioningRNN
-from .transformer import CaptioningTransformer
+from caption_torch.models.recurrent import CaptioningRNN
+from caption_torch.models.transformer import CaptioningTransformer
 
 if TYPE_CHECKING:
-    from .config import CaptionConfig
+    from caption_torch.models.config import CaptionConfig
 
 
 @dataclass(frozen=True)

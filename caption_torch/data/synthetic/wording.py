@@ -1,7 +1,7 @@
 """How the embedded dataset's captions word a scene: vocabulary, templates, synonyms and rare words.
 
 The scene itself (nouns, colours, sizes, settings, relations, positions) is
-``caption_torch.scenes``'; ``caption_torch.synthetic`` draws scenes and writes the
+``caption_torch.data.synthetic.scenes``'; ``caption_torch.data.synthetic.generate`` draws scenes and writes the
 files. :func:`describe` turns one scene into ``CAPTIONS_PER_IMAGE`` different captions.
 """
 
@@ -11,7 +11,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from .scenes import COLOURS, NOUN_SHAPES
+from caption_torch.data.synthetic.scenes import COLOURS, NOUN_SHAPES
 
 CAPTION_LENGTH = 17  # tokens per caption row incl. <START> and <END>, as cs231n
 MAX_WORDS = CAPTION_LENGTH - 2
@@ -29,7 +29,7 @@ def _usual_or_other(rng: np.random.Generator, words: Sequence[str], usual: float
 
 # --------------------------------------------------------------------------- #
 # How captions word a scene. The scene vocabulary itself (nouns, colours, sizes,
-# settings, relations) is caption_torch.scenes'.
+# settings, relations) is caption_torch.data.synthetic.scenes'.
 # --------------------------------------------------------------------------- #
 
 NOUN_WORDS = {  # the first word is the usual one

@@ -36,9 +36,9 @@ from collections.abc import Callable, Mapping, Sequence
 import numpy as np
 import torch
 
-from .bleu import bleu_scores, bleu_scores_per_image
-from .ngrams import check_corpus, distinct, ngram_counts, reference_layout
-from .vocabulary import END, NULL, START
+from caption_torch.metrics.bleu import bleu_scores, bleu_scores_per_image
+from caption_torch.metrics.ngrams import check_corpus, distinct, ngram_counts, reference_layout
+from caption_torch.vocabulary import END, NULL, START
 
 __all__ = [
     "strip_special",

@@ -47,7 +47,7 @@ def draw_scene_files(folder: Path, scenes: Sequence[Mapping]) -> list[str]:
     matplotlib.use("Agg")  # files only; never needs a display
     import matplotlib.pyplot as plt
 
-    from .scenes import draw_scene
+    from caption_torch.data.synthetic.scenes import draw_scene
 
     names = [_scene_name(scene) for scene in scenes]
     missing = {name: scene for name, scene in zip(names, scenes) if not (folder / name).is_file()}
@@ -130,7 +130,7 @@ def write_html_report(
         "images": images,
     }
     _write_atomically(folder / "data.js", "window.CAPTION_RESULTS = " + json.dumps(data) + ";\n")
-    page = resources.files("caption_torch").joinpath("report_page.html").read_text(encoding="utf-8")
+    page = resources.files("caption_torch.evaluation").joinpath("report_page.html").read_text(encoding="utf-8")
     _write_atomically(folder / "index.html", page)
     return folder / "index.html"
 

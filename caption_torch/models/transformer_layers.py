@@ -14,9 +14,9 @@ import math
 import torch
 from torch import Tensor, nn
 
-from . import functional as F
-from .captioner import check_positive_integer
-from .functional.dropout import check_probability
+from caption_torch import functional as F
+from caption_torch.functional.dropout import check_probability
+from caption_torch.models.captioner import check_positive_integer
 
 # --------------------------------------------------------------------------- #
 # Parameter holders: cs231n's nn.Linear / nn.Embedding / nn.LayerNorm, computed by functional

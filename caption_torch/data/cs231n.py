@@ -24,7 +24,7 @@ from typing import Sequence
 import h5py
 import numpy as np
 
-from . import vocabulary
+from caption_torch import vocabulary
 
 SPLITS = ("train", "val")
 CAPTIONS_FILE = "coco2014_captions.h5"

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, fields, replace
 from typing import Any, Mapping
 
-from .decoders import DECODERS
+from caption_torch.models.registry import DECODERS
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,7 @@
 """The embedded default dataset: compositional toy scenes written in cs231n's COCO layout.
 
 The real ``coco_captioning`` folder cannot be shipped, so this module generates one that
-the same loader reads. Each "image" is a scene (``caption_torch.scenes``): a setting and one
+the same loader reads. Each "image" is a scene (``caption_torch.data.synthetic.scenes``): a setting and one
 or two groups of objects, each a noun with a colour, size and count, related by "on",
 "left of"... Five captions per image word the scene differently (templates, synonyms, word
 order, omitted details), and its features are a fixed random projection of a one-hot scene
@@ -18,7 +18,7 @@ train scene has, so val BLEU measures generalisation, not memory. Files in a fol
     {train,val}2014_vgg16_fc7_pca.h5  features float32 (N, 512)
     {train,val}2014_vgg16_fc7.h5      features float32 (N, 4096), post-ReLU; only with full_features=True
     {train,val}2014_urls.txt          synthetic://train2014/000000123, one line per image
-    {train,val}2014_scenes.json       a list with one scene dict per image (format: caption_torch.scenes)
+    {train,val}2014_scenes.json       a list with one scene dict per image (format: caption_torch.data.synthetic.scenes)
     synthetic_info.json               size, seed, format version, the held-out pairs
 
 Image i's five captions are rows 5i..5i+4. Same seed, same arrays, byte for byte.
@@ -43,9 +43,17 @@ import h5py
 import numpy as np
 from tqdm import tqdm
 
-from . import coco
-from .scenes import COLOURS, COUNT_PROBABILITIES, NOUN_SHAPES, RELATIONS, SETTINGS, SIZE_RADIUS, make_scene
-from .wording import (
+from caption_torch.data import cs231n as coco
+from caption_torch.data.synthetic.scenes import (
+    COLOURS,
+    COUNT_PROBABILITIES,
+    NOUN_SHAPES,
+    RELATIONS,
+    SETTINGS,
+    SIZE_RADIUS,
+    make_scene,
+)
+from caption_torch.data.synthetic.wording import (
     CAPTION_LENGTH,
     CAPTIONS_PER_IMAGE,
     ONE_GROUP_PROBABILITY,
@@ -446,9 +454,9 @@ def ensure_synthetic_dataset(size: str = "default", seed: int = 0, cache_dir: st
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    """``python -m caption_torch.synthetic --out DIR [--size coco] [--seed 0] [--full-features]``."""
+    """``python -m caption_torch.data.synthetic.generate --out DIR [--size coco] [--seed 0] [--full-features]``."""
     parser = argparse.ArgumentParser(
-        prog="python -m caption_torch.synthetic",
+        prog="python -m caption_torch.data.synthetic.generate",
         description="Write the synthetic captioning dataset in cs231n's coco_captioning layout.",
     )
     parser.add_argument("--out", type=Path, required=True, help="folder to create (must not exist, or be empty)")

@@ -27,8 +27,8 @@ import numbers
 import torch
 from torch import Tensor
 
-from .captioner import Captioner, check_positive_integer
-from .functional._common import _check_token_ids
+from caption_torch.functional._common import _check_token_ids
+from caption_torch.models.captioner import Captioner, check_positive_integer
 
 __all__ = ["greedy_decode", "temperature_sample", "beam_search", "caption_log_probs", "decode", "DECODE_METHODS"]
 

@@ -1,6 +1,6 @@
 """Toy scenes: what one is, how one is laid out, and how to draw it as a picture.
 
-The embedded dataset (:mod:`caption_torch.synthetic`) has no photos, only the scene each
+The embedded dataset (:mod:`caption_torch.data.synthetic.generate`) has no photos, only the scene each
 feature vector was made from. ``make_scene`` lays a scene out (counts, sizes, relation,
 positions) and ``draw_scene`` turns one scene dict (one entry of ``{split}2014_scenes.json``)
 into a flat cartoon on a matplotlib Axes, to show next to its captions. This module needs

@@ -19,7 +19,7 @@ from typing import Callable, Mapping
 import torch
 from torch import Tensor, nn
 
-from .vocabulary import END, NULL, START, index_words
+from caption_torch.vocabulary import END, NULL, START, index_words
 
 
 def check_positive_integer(name: str, value: int) -> None:

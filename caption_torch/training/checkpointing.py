@@ -33,7 +33,7 @@ import lightning as L
 import torch
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
-from .system import CaptioningSystem
+from caption_torch.training.system import CaptioningSystem
 
 LAST_CHECKPOINT = "last.ckpt"
 CHECKSUM_KEY = "tensor_sha256"  # hex SHA-256 of every tensor in the checkpoint, in key order

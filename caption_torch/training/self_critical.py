@@ -24,9 +24,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .captioner import Captioner
-from .decoding import temperature_sample
-from .rewards import CiderD, Sentences
+from caption_torch.metrics.cider import CiderD, Sentences
+from caption_torch.models.captioner import Captioner
+from caption_torch.models.decoding import temperature_sample
 
 BASELINES = ("mean", "greedy")
 

@@ -12,11 +12,11 @@ import re
 from dataclasses import replace
 from pathlib import Path
 
-from .checkpointing import CheckpointError, check_model_fits_data, load_system
-from .cli import device_count, positive_float, positive_int
-from .config import SELF_CRITICAL, CaptionConfig, preset, shape_fields
-from .decoders import DECODERS
-from .system import CaptioningSystem
+from caption_torch.cli.argtypes import device_count, positive_float, positive_int
+from caption_torch.models.config import SELF_CRITICAL, CaptionConfig, preset, shape_fields
+from caption_torch.models.registry import DECODERS
+from caption_torch.training.checkpointing import CheckpointError, check_model_fits_data, load_system
+from caption_torch.training.system import CaptioningSystem
 
 FULL, OVERFIT = preset(overfit=False), preset(overfit=True)
 # The flags that set a CaptionConfig field (argparse stores each under the field's name).

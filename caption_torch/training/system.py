@@ -17,13 +17,13 @@ import torch
 from torch import Tensor
 from torchmetrics import MeanMetric
 
-from .bleu import CocoBLEUScore
-from .config import CaptionConfig
-from .data import CaptionBatch, ImageBatch
-from .decoders import build_decoder
-from .metrics import caption_text
-from .rewards import CiderD, CorpusCiderD
-from .self_critical import self_critical_step
+from caption_torch.data.datamodule import CaptionBatch, ImageBatch
+from caption_torch.metrics.bleu import CocoBLEUScore
+from caption_torch.metrics.cider import CiderD, CorpusCiderD
+from caption_torch.metrics.coco import caption_text
+from caption_torch.models.config import CaptionConfig
+from caption_torch.models.registry import build_decoder
+from caption_torch.training.self_critical import self_critical_step
 
 DEFAULTS = CaptionConfig()
 
@@ -35,7 +35,7 @@ class CaptioningSystem(L.LightningModule):
 
     The hyperparameters are flat (a checkpoint's ``hyper_parameters`` holds plain values, so
     ``load_from_checkpoint(..., weights_only=True)`` rebuilds the system); their defaults and
-    meaning are :class:`~caption_torch.config.CaptionConfig`'s, and :meth:`from_config` builds
+    meaning are :class:`~caption_torch.models.config.CaptionConfig`'s, and :meth:`from_config` builds
     a system from a config.
 
     Args:

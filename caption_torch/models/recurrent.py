@@ -17,10 +17,10 @@ from typing import Mapping
 import torch
 from torch import Tensor, nn
 
-from . import functional as F
-from .captioner import Captioner, check_positive_integer
-from .functional import CELLS, State
-from .vocabulary import END, NULL, START
+from caption_torch import functional as F
+from caption_torch.functional import CELLS, State
+from caption_torch.models.captioner import Captioner, check_positive_integer
+from caption_torch.vocabulary import END, NULL, START
 
 __all__ = ["CaptioningRNN", "check_positive_integer", "NULL", "START", "END"]
 

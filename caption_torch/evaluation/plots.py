@@ -71,7 +71,7 @@ def _load_url_image(url: str, timeout: float = 5.0) -> np.ndarray | None:
 
 def _draw_source(ax, source) -> None:
     """Draw an image panel: a synthetic scene, a fetched URL, or the URL as text."""
-    from .scenes import draw_scene
+    from caption_torch.data.synthetic.scenes import draw_scene
 
     if isinstance(source, dict):
         draw_scene(source, ax)

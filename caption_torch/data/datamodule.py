@@ -28,8 +28,10 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
-from . import coco, synthetic, vocabulary
-from .rewards import CiderD, Sentences, corpus_fingerprint
+from caption_torch import vocabulary
+from caption_torch.data import cs231n as coco
+from caption_torch.data.synthetic import generate as synthetic
+from caption_torch.metrics.cider import CiderD, Sentences, corpus_fingerprint
 
 CIDER_CACHE_FILE = "train_cider_df.npz"  # the training references' n-gram document frequencies, beside the data
 

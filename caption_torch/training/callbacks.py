@@ -13,7 +13,7 @@ import lightning as L
 import torch
 from torch import Tensor
 
-from .checkpointing import LastCheckpoint
+from caption_torch.training.checkpointing import LastCheckpoint
 
 
 class LossHistory(L.Callback):
