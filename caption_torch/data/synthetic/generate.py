@@ -58,7 +58,7 @@ from caption_torch.data.synthetic.wording import (
     CAPTIONS_PER_IMAGE,
     ONE_GROUP_PROBABILITY,
     RARE_SYNONYMS,
-    _pick,
+    pick_one,
     describe,
 )
 
@@ -151,19 +151,19 @@ class _SceneSampler:
 
     def sample(self, rng: np.random.Generator, novel: bool) -> dict:
         if not novel:
-            setting = _pick(rng, _SETTINGS)
-            noun = _pick(rng, self.train_nouns[setting])
-            colour = _pick(rng, self.train_colours[noun])
+            setting = pick_one(rng, _SETTINGS)
+            noun = pick_one(rng, self.train_nouns[setting])
+            colour = pick_one(rng, self.train_colours[noun])
         elif rng.random() < 0.5:
-            colour, noun = _pick(rng, self.held_out.colour_noun)
-            setting = _pick(rng, _SETTINGS)
+            colour, noun = pick_one(rng, self.held_out.colour_noun)
+            setting = pick_one(rng, _SETTINGS)
         else:
-            noun, setting = _pick(rng, self.held_out.noun_setting)
-            colour = _pick(rng, _COLOURS)
+            noun, setting = pick_one(rng, self.held_out.noun_setting)
+            colour = pick_one(rng, _COLOURS)
         groups = [(noun, colour)]
         if rng.random() >= ONE_GROUP_PROBABILITY:
-            other = _pick(rng, [n for n in (_NOUNS if novel else self.train_nouns[setting]) if n != noun])
-            groups.append((other, _pick(rng, _COLOURS if novel else self.train_colours[other])))
+            other = pick_one(rng, [n for n in (_NOUNS if novel else self.train_nouns[setting]) if n != noun])
+            groups.append((other, pick_one(rng, _COLOURS if novel else self.train_colours[other])))
             if novel and rng.random() < 0.5:
                 groups.reverse()  # the held-out pair may be either group
         return make_scene(rng, setting, groups)

@@ -18,13 +18,13 @@ MAX_WORDS = CAPTION_LENGTH - 2
 CAPTIONS_PER_IMAGE = 5
 
 
-def _pick(rng: np.random.Generator, options: Sequence[Any]) -> Any:
+def pick_one(rng: np.random.Generator, options: Sequence[Any]) -> Any:
     # One float per draw: cheaper than rng.integers, which matters at COCO size (benchmarks/micro.py --groups rng).
     return options[int(rng.random() * len(options))]
 
 
 def _usual_or_other(rng: np.random.Generator, words: Sequence[str], usual: float) -> str:
-    return words[0] if len(words) == 1 or rng.random() < usual else _pick(rng, words[1:])
+    return words[0] if len(words) == 1 or rng.random() < usual else pick_one(rng, words[1:])
 
 
 # --------------------------------------------------------------------------- #
@@ -174,7 +174,7 @@ _RARE_FORMS = dict(RARE_SYNONYMS) | {
 def _noun_phrase(rng: np.random.Generator, obj: dict, compact: bool) -> list[str]:
     words = _usual_or_other(rng, COUNT_WORDS[obj["count"]], 1.0 if compact else 0.85).split()
     if not compact and obj["size"] != "medium" and rng.random() < 0.5:
-        words.append(_pick(rng, SIZE_WORDS[obj["size"]]))
+        words.append(pick_one(rng, SIZE_WORDS[obj["size"]]))
     if rng.random() < 0.9:  # people do not always say the colour
         words.append(_usual_or_other(rng, COLOUR_WORDS[obj["colour"]], 0.7))
     noun = _usual_or_other(rng, NOUN_WORDS[obj["noun"]], 0.75)
@@ -187,15 +187,15 @@ def _fill(rng: np.random.Generator, template: str, scene: dict, compact: bool, w
         if slot in ("A", "B"):
             words += _noun_phrase(rng, objects[slot == "B"], compact)
         elif slot in ("rel", "inv"):
-            words += _pick(rng, RELATION_WORDS[scene["relation"]][slot == "inv"]).split()
+            words += pick_one(rng, RELATION_WORDS[scene["relation"]][slot == "inv"]).split()
         elif slot == "S":
-            words += _pick(rng, SETTING_WORDS[scene["setting"]]).split() if with_setting else []
+            words += pick_one(rng, SETTING_WORDS[scene["setting"]]).split() if with_setting else []
         elif slot in ("isA", "isB"):
             words.append("is" if objects[slot == "isB"]["count"] == 1 else "are")
         elif slot == "pose":
-            words.append(_pick(rng, POSES))
+            words.append(pick_one(rng, POSES))
         elif slot == "photo":
-            words += _pick(rng, PICTURE_PREFIXES).split()
+            words += pick_one(rng, PICTURE_PREFIXES).split()
         else:
             words.append(slot)
     return words
@@ -230,8 +230,8 @@ def describe(rng: np.random.Generator, scene: dict, rare_probability: float) -> 
         if rng.random() < rare_probability:
             replaceable = [i for i, word in enumerate(words) if word in _RARE_FORMS]
             if replaceable:
-                i = _pick(rng, replaceable)
-                words[i] = _pick(rng, _RARE_FORMS[words[i]])
+                i = pick_one(rng, replaceable)
+                words[i] = pick_one(rng, _RARE_FORMS[words[i]])
         for i in range(len(words) - 1):  # articles last, after any rare word: "an azure ball"
             if words[i] in ("a", "an"):
                 words[i] = "an" if words[i + 1][0] in "aeiou" else "a"
