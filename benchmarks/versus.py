@@ -6,7 +6,7 @@
 
 A change that should not move the speed (a refactor) is checked this way: the other
 revision's ``caption_torch`` is extracted with ``git archive`` into a temporary folder
-under another package name (the package imports itself relatively), both models get the
+under another package name (its imports of ``caption_torch`` renamed with it), both models get the
 same weights and inputs, and each row times them alternately (see ``timing.py``). Ratios
 are this checkout's speed over the other revision's: > 1 means this checkout is faster.
 """
@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import io
+import re
 import subprocess
 import sys
 import tarfile
@@ -45,6 +46,11 @@ def import_revision(revision: str, folder: Path):
     with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
         tar.extractall(folder, filter="data")
     (folder / "caption_torch").rename(folder / OTHER_PACKAGE)
+    # Absolute imports would load this checkout's modules into the other revision: point them at its own.
+    own_name = re.compile(r"^(\s*(?:from|import)\s+)caption_torch\b", re.M)
+    for path in (folder / OTHER_PACKAGE).rglob("*.py"):
+        text = path.read_text(encoding="utf-8")
+        path.write_text(own_name.sub(rf"\g<1>{OTHER_PACKAGE}", text), encoding="utf-8")
     sys.path.insert(0, str(folder))
     return importlib.import_module(OTHER_PACKAGE)
 
