@@ -21,7 +21,7 @@ def test_the_transformers_of_both_revisions_hold_the_same_weights(tmp_path):
     other = versus.import_revision("HEAD", tmp_path)
     shapes = Shapes(input_dim=6, wordvec_dim=4, hidden_dim=5, vocab_size=12, time_steps=5)
     ours, theirs = versus.make_models(other, "transformer", shapes)
-    assert type(theirs).__module__ == f"{versus.OTHER_PACKAGE}.transformer"
+    assert type(theirs).__module__.startswith(f"{versus.OTHER_PACKAGE}.")  # its own class, not this checkout's
     features, captions = make_batch(3, shapes, torch.device("cpu"))
     ours.eval(), theirs.eval()  # dropout off: the same weights give the same loss
     assert torch.equal(ours.loss(features, captions), theirs.loss(features, captions))

@@ -30,7 +30,14 @@ import numpy as np
 import torch
 from torchmetrics import Metric
 
-from caption_torch.metrics.ngrams import check_corpus, ngram_counts, reference_layout
+from caption_torch.metrics.ngrams import (
+    Sentences,
+    check_corpus,
+    ngram_counts,
+    pair_codes,
+    reference_layout,
+    runs_of,
+)
 
 __all__ = ["BleuCounts", "CocoBLEUScore", "bleu_counts", "bleu_scores", "bleu_scores_per_image"]
 
@@ -69,29 +76,29 @@ def bleu_counts(
     num_images = len(candidates)
     flat_references, image_of_reference, first_reference = reference_layout(references)
     # Sentences 0..N-1 are the candidates (sentence i is image i's); the references follow.
-    orders, lengths = ngram_counts(list(candidates) + flat_references, max_order)
+    sentences, vocab_size = Sentences.from_text([*candidates, *flat_references])
 
     matches = np.zeros((num_images, max_order), dtype=np.int64)
-    for order, grams in enumerate(orders):
+    for order, grams in enumerate(ngram_counts(sentences, max_order, vocab_size)):
         is_candidate = grams.sentence < num_images
-        # Largest count of each n-gram in any one reference of the image, keyed by (image, gram).
-        reference_keys = image_of_reference[grams.sentence[~is_candidate] - num_images] * grams.num_grams
-        reference_keys = reference_keys + grams.gram[~is_candidate]
-        by_key = np.argsort(reference_keys, kind="stable")
-        sorted_keys, sorted_counts = reference_keys[by_key], grams.count[~is_candidate][by_key]
-        if len(sorted_keys) == 0:  # every reference empty: nothing can match
+        # Largest count of each n-gram in any one reference of the image, per (image, key).
+        reference_image = image_of_reference[grams.sentence[~is_candidate] - num_images]
+        reference_key, reference_count = grams.key[~is_candidate], grams.count[~is_candidate]
+        if len(reference_key) == 0:  # every reference empty: nothing can match
             continue
-        group_starts = np.flatnonzero(np.r_[True, sorted_keys[1:] != sorted_keys[:-1]])
-        keys, most = sorted_keys[group_starts], np.maximum.reduceat(sorted_counts, group_starts)
-
-        candidate_keys = grams.sentence[is_candidate] * grams.num_grams + grams.gram[is_candidate]
-        where = np.searchsorted(keys, candidate_keys).clip(max=len(keys) - 1)
-        found = keys[where] == candidate_keys
+        # Candidate i is image i: its (image, key) codes join the references' (image, key) codes.
+        candidate_pairs, reference_pairs = pair_codes(
+            (grams.sentence[is_candidate], grams.key[is_candidate]), (reference_image, reference_key)
+        ).codes
+        by_pair, first = runs_of(reference_pairs)
+        reference_pairs, most = reference_pairs[by_pair[first]], np.maximum.reduceat(reference_count[by_pair], first)
+        where = np.searchsorted(reference_pairs, candidate_pairs).clip(max=len(reference_pairs) - 1)
+        found = reference_pairs[where] == candidate_pairs
         clipped = np.where(found, np.minimum(grams.count[is_candidate], most[where]), 0)
         matches[:, order] = np.bincount(grams.sentence[is_candidate], clipped, minlength=num_images).astype(np.int64)
 
-    candidate_length = lengths[:num_images]
-    reference_lengths = lengths[num_images:]
+    candidate_length = sentences.lengths[:num_images]
+    reference_lengths = sentences.lengths[num_images:]
     # "Closest" reference length, the shorter on a tie: the smallest (distance, length) pair,
     # packed into one integer so that one reduceat per image finds it.
     base = int(reference_lengths.max(initial=0)) + 1

@@ -1,19 +1,27 @@
-"""CIDEr-D of token-id captions with document frequencies fixed by a reference corpus: self-critical rewards.
+"""CIDEr-D, one implementation on word ids: self-critical rewards, validation, and plain text through an adapter.
 
-:func:`caption_torch.metrics.coco.cider_d_scores` scores text and takes its document
-frequencies from the corpus it scores. A reward is different: thousands of sampled
-captions per epoch, each scored against its image's references, with n-gram
-document frequencies from the whole training set, counted once. :class:`CiderD` does
-that on word ids, all captions of a batch at once: an n-gram is one int64 key
+:class:`CiderD` counts n-gram document frequencies once over a corpus of reference sets
+and then scores any captions against their images' references. Its three users differ
+only in that corpus:
 
-    key(w_1 .. w_n) = ((w_1 * V + w_2) * V + ...) * V + w_n         (V = vocabulary size)
+- self-critical rewards: thousands of sampled captions per epoch, document frequencies from
+  the whole training set, counted once (and cached beside the dataset);
+- :class:`CorpusCiderD` (validation) and :func:`cider_d_scores` (plain text, the COCO
+  evaluation): document frequencies from the references of the images scored, as
+  pycocoevalcap's ``Cider`` takes them. :func:`cider_d_scores` numbers the words of the
+  text (:meth:`Sentences.from_text`) and calls the same core.
 
-and every join (candidate n-gram with reference n-gram, n-gram with its document
-frequency) is a sort and a ``searchsorted``. Per candidate c of image i, with references
-r_1..r_m of that image (the formula of pycocoevalcap's ``Cider``):
+All captions of a batch are scored at once: n-grams are int64 keys (:mod:`.ngrams`) and every
+join (candidate n-gram with reference n-gram, n-gram with its document frequency) is a sort
+and a ``searchsorted``. Per candidate c of image i, with references r_1..r_m of that image
+(the formula of pycocoevalcap's ``Cider``):
 
     CIDEr-D(c) = 10 / m * sum_j mean_{n=1..4} [ sum_g min(c_g, r_g) r_g idf_g^2 / (|c|_n |r_j|_n) ]
                  * exp(-(len(c) - len(r_j))^2 / (2 sigma^2)),    idf_g = log(images) - log(max(1, df_g))
+
+with df_g the number of the corpus's images whose references contain g (candidates do not
+count), c_g and r_g the n-gram's counts, and |c|_n the norm of the count * idf vector of
+c's n-grams (n-grams absent from every reference count there with df = 1).
 """
 
 from __future__ import annotations
@@ -22,7 +30,6 @@ import hashlib
 import os
 import tempfile
 import zipfile
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
@@ -30,64 +37,22 @@ import numpy as np
 import torch
 from torchmetrics import Metric
 
+from caption_torch.metrics.ngrams import (
+    NgramCounts,
+    Sentences,
+    check_corpus,
+    check_key_range,
+    distinct,
+    ngram_counts,
+    pair_codes,
+    reference_layout,
+)
+
+__all__ = ["CiderD", "CorpusCiderD", "Sentences", "cider_d", "cider_d_scores", "corpus_fingerprint", "corpus_scores"]
+
 SIGMA = 6.0  # CIDEr-D's length penalty width
 MAX_ORDER = 4  # n-grams of orders 1..4
 CACHE_FORMAT = 1  # of CiderD.save's files; a new n-gram key or file layout takes a new number
-
-
-@dataclass(frozen=True)
-class Sentences:
-    """Captions as word ids, flattened: ``words`` (total,) concatenated, ``lengths`` (S,) words per caption."""
-
-    words: np.ndarray
-    lengths: np.ndarray
-
-    @classmethod
-    def from_ids(cls, ids: torch.Tensor | np.ndarray, end_id: int, skipped_ids: Sequence[int]) -> Sentences:
-        """The words of (S, L) id rows: up to the first ``end_id``, without ``skipped_ids`` (<START>, <NULL>).
-
-        This is :func:`caption_torch.metrics.coco.caption_text` on ids: the same words, in the same order.
-        """
-        ids = torch.as_tensor(ids).cpu().numpy().astype(np.int64, copy=False)
-        before_end = np.cumsum(ids == end_id, axis=1) == 0  # (S, L)
-        keep = before_end & ~np.isin(ids, np.asarray(skipped_ids, dtype=np.int64))
-        return cls(ids[keep], keep.sum(axis=1))
-
-    @classmethod
-    def from_lists(cls, captions: Sequence[Sequence[int]]) -> Sentences:
-        """Captions given as lists of word ids (already without special tokens)."""
-        lengths = np.fromiter(map(len, captions), dtype=np.int64, count=len(captions))
-        words = np.fromiter((w for caption in captions for w in caption), dtype=np.int64, count=int(lengths.sum()))
-        return cls(words, lengths)
-
-    def __len__(self) -> int:
-        return len(self.lengths)
-
-
-def _ngram_entries(sentences: Sentences, max_order: int, vocab_size: int) -> list[tuple[np.ndarray, ...]]:
-    """Per order n = 1..max_order: ``(sentence, key, count)`` arrays, one entry per distinct n-gram of a sentence.
-
-    Entries are sorted by (sentence, key).
-    """
-    words, lengths = sentences.words, sentences.lengths
-    sentence_of_word = np.repeat(np.arange(len(lengths)), lengths)
-    starts_of_sentence = np.cumsum(lengths) - lengths
-    remaining = lengths[sentence_of_word] - (np.arange(len(words)) - starts_of_sentence[sentence_of_word])
-    entries = []
-    starts, keys = np.arange(len(words)), words.copy()
-    for order in range(1, max_order + 1):
-        if order > 1:
-            extendable = remaining[starts] >= order
-            starts, keys = starts[extendable], keys[extendable] * vocab_size + words[starts[extendable] + order - 1]
-        sentence = sentence_of_word[starts]
-        by_sentence_then_key = np.lexsort((keys, sentence))
-        sentence, key = sentence[by_sentence_then_key], keys[by_sentence_then_key]
-        new = np.ones(len(key), dtype=bool)
-        new[1:] = (sentence[1:] != sentence[:-1]) | (key[1:] != key[:-1])
-        first = np.flatnonzero(new)
-        counts = np.diff(np.append(first, len(key)))
-        entries.append((sentence[first], key[first], counts))
-    return entries
 
 
 class CiderD:
@@ -100,18 +65,16 @@ class CiderD:
         vocab_size: V, one more than the largest word id.
         sigma: width of the gaussian length penalty (CIDEr-D's 6).
         max_order: n-grams of orders 1..max_order.
+        corpus_grams: ``ngram_counts(corpus, max_order, vocab_size)`` if the caller has them already.
     """
 
     def __init__(
         self, corpus: Sentences, corpus_image: np.ndarray, vocab_size: int, sigma: float = SIGMA,
-        max_order: int = MAX_ORDER,
+        max_order: int = MAX_ORDER, corpus_grams: list[NgramCounts] | None = None,
     ) -> None:  # fmt: skip
-        if vocab_size < 1 or max_order < 1 or not sigma > 0:
-            raise ValueError(
-                f"need vocab_size >= 1, max_order >= 1 and sigma > 0, got {vocab_size}, {max_order}, {sigma}"
-            )
-        if float(vocab_size) ** max_order >= 2**62:
-            raise ValueError(f"{max_order}-grams of a {vocab_size}-word vocabulary do not fit an int64 key")
+        if not sigma > 0:
+            raise ValueError(f"sigma must be positive, got {sigma}")
+        check_key_range(vocab_size, max_order)
         corpus_image = np.asarray(corpus_image, dtype=np.int64)
         if len(corpus_image) != len(corpus) or len(corpus) == 0:
             raise ValueError(f"the corpus has {len(corpus)} captions but {len(corpus_image)} image numbers")
@@ -119,10 +82,10 @@ class CiderD:
         self.log_images = float(np.log(len(np.unique(corpus_image))))
         # Document frequency: in how many images' reference sets each n-gram occurs.
         self.document_frequency = []  # per order: (sorted distinct keys, their df)
-        for sentence, key, _ in _ngram_entries(corpus, max_order, vocab_size):
-            image_and_key = np.unique(np.stack([corpus_image[sentence], key]), axis=1)
-            keys, df = np.unique(image_and_key[1], return_counts=True)
-            self.document_frequency.append((keys, df))
+        for grams in corpus_grams or ngram_counts(corpus, max_order, vocab_size):
+            coded = pair_codes((corpus_image[grams.sentence], grams.key))
+            image_and_key, _ = distinct(coded.codes[0])
+            self.document_frequency.append(distinct(coded.split(image_and_key)[1]))
 
     def save(self, path: str | os.PathLike, fingerprint: str) -> None:
         """Write the document frequencies to ``path`` (.npz), tagged with the corpus's ``fingerprint``.
@@ -171,14 +134,17 @@ class CiderD:
         found = known[where] == keys if len(known) else np.zeros(len(keys), dtype=bool)
         return self.log_images - np.log(np.where(found, df[where] if len(known) else 1, 1).astype(np.float64))
 
-    def scores(self, candidates: Sentences, candidate_image: np.ndarray, references: Sentences,
-               reference_image: np.ndarray) -> np.ndarray:  # fmt: skip
+    def scores(
+        self, candidates: Sentences, candidate_image: np.ndarray, references: Sentences, reference_image: np.ndarray,
+        reference_grams: list[NgramCounts] | None = None,
+    ) -> np.ndarray:  # fmt: skip
         """CIDEr-D of every candidate against all references of its image.
 
         Args:
             candidates: M captions; candidate m belongs to image ``candidate_image[m]``.
             references: R captions; reference r belongs to image ``reference_image[r]`` (numbers shared
                 with ``candidate_image``; every candidate's image needs at least one reference).
+            reference_grams: ``ngram_counts(references, ...)`` if the caller has them already.
 
         Returns:
             (M,) float64 scores.
@@ -204,11 +170,11 @@ class CiderD:
         pair_candidate = candidates_by_image[rank]
 
         similarity = np.zeros(len(pair_candidate))
-        candidate_entries = _ngram_entries(candidates, self.max_order, self.vocab_size)
-        reference_entries = _ngram_entries(references, self.max_order, self.vocab_size)
-        for order, ((c_sentence, c_key, c_count), (r_sentence, r_key, r_count)) in enumerate(
-            zip(candidate_entries, reference_entries), start=1
-        ):
+        candidate_grams = ngram_counts(candidates, self.max_order, self.vocab_size)
+        reference_grams = reference_grams or ngram_counts(references, self.max_order, self.vocab_size)
+        for order, (c, r) in enumerate(zip(candidate_grams, reference_grams), start=1):
+            c_sentence, c_key, c_count = c.sentence, c.key, c.count
+            r_sentence, r_key, r_count = r.sentence, r.key, r.count
             c_idf, r_idf = self.idf(order, c_key), self.idf(order, r_key)
             c_norm = np.sqrt(np.bincount(c_sentence, (c_count * c_idf) ** 2, minlength=len(candidates)))
             r_norm = np.sqrt(np.bincount(r_sentence, (r_count * r_idf) ** 2, minlength=len(references)))
@@ -216,10 +182,8 @@ class CiderD:
             repeats = pairs_per_reference[r_sentence]
             entry = np.repeat(np.arange(len(r_key)), repeats)
             pair = np.repeat(first_pair_of_reference[r_sentence], repeats) + _ranks_within(repeats)
-            distinct_keys, dense = np.unique(np.concatenate([c_key, r_key]), return_inverse=True)
-            c_dense, r_dense = dense[: len(c_key)], dense[len(c_key) :]
-            c_lookup = c_sentence * len(distinct_keys) + c_dense  # sorted: entries are by (sentence, key)
-            wanted = pair_candidate[pair] * len(distinct_keys) + r_dense[entry]
+            # (candidate, key) codes; the candidates' are sorted, as their entries are by (sentence, key).
+            c_lookup, wanted = pair_codes((c_sentence, c_key), (pair_candidate[pair], r_key[entry])).codes
             where = np.searchsorted(c_lookup, wanted).clip(max=max(len(c_lookup) - 1, 0))
             shared = c_lookup[where] == wanted if len(c_lookup) else np.zeros(len(wanted), dtype=bool)
             clipped = np.minimum(c_count[where[shared]], r_count[entry[shared]]) * r_count[entry[shared]]
@@ -242,6 +206,26 @@ def corpus_fingerprint(captions: np.ndarray, corpus_image: np.ndarray, *settings
         digest.update(f"{array.dtype.str}{array.shape}".encode())
         digest.update(array.tobytes())
     return digest.hexdigest()
+
+
+def corpus_scores(
+    candidates: Sentences, references: Sentences, reference_image: np.ndarray, vocab_size: int,
+    sigma: float = SIGMA, max_order: int = MAX_ORDER,
+) -> np.ndarray:  # fmt: skip
+    """CIDEr-D as pycocoevalcap computes it: candidate i is image i's, and the document frequencies are
+    those of the references scored against.
+
+    Args:
+        candidates: N captions, one per image.
+        references: R captions; reference r belongs to image ``reference_image[r]`` in [0, N), each image >= 1.
+        vocab_size: V, one more than the largest word id.
+
+    Returns:
+        (N,) float64 scores.
+    """
+    grams = ngram_counts(references, max_order, vocab_size)  # counted once, for both roles
+    scorer = CiderD(references, reference_image, vocab_size, sigma=sigma, max_order=max_order, corpus_grams=grams)
+    return scorer.scores(candidates, np.arange(len(candidates)), references, reference_image, reference_grams=grams)
 
 
 def _ranks_within(repeats: np.ndarray) -> np.ndarray:
@@ -298,7 +282,37 @@ class CorpusCiderD(Metric):
         image = np.repeat(np.arange(len(counts)), counts)
         references = Sentences(flat("reference_words"), flat("reference_lengths"))
         candidates = Sentences(flat("candidate_words"), flat("candidate_lengths"))
-        scores = CiderD(references, image, self.vocab_size).scores(
-            candidates, np.arange(len(counts)), references, image
-        )
+        scores = corpus_scores(candidates, references, image, self.vocab_size)
         return torch.tensor(float(scores.mean()), dtype=torch.float64)
+
+
+def cider_d_scores(
+    candidates: Sequence[str], references: Sequence[Sequence[str]], sigma: float = SIGMA, max_order: int = MAX_ORDER
+) -> np.ndarray:
+    """CIDEr-D of each image of a text corpus; document frequencies come from its references.
+
+    The words (as ``str.split()`` gives) are numbered and scored by :class:`CiderD`; the
+    vocabulary of the corpus must keep max_order-gram keys within int64 (about 55,000
+    distinct words at order 4).
+
+    Args:
+        candidates: N generated captions, one per image.
+        references: N lists of reference captions (at least one per image).
+        sigma: width of the gaussian length penalty.
+        max_order: n-grams of orders 1..max_order are compared.
+
+    Returns:
+        (N,) float64 scores (pycocoevalcap's ``Cider().compute_score`` second output).
+    """
+    check_corpus(candidates, references)
+    flat_references, image_of_reference, _ = reference_layout(references)
+    sentences, vocab_size = Sentences.from_text([*candidates, *flat_references])
+    generated, refs = sentences.split(len(candidates))
+    return corpus_scores(generated, refs, image_of_reference, vocab_size, sigma=sigma, max_order=max_order)
+
+
+def cider_d(
+    candidates: Sequence[str], references: Sequence[Sequence[str]], sigma: float = SIGMA, max_order: int = MAX_ORDER
+) -> float:
+    """Corpus CIDEr-D: the mean of :func:`cider_d_scores` (about 0 to 10; COCO models score ~1)."""
+    return float(cider_d_scores(candidates, references, sigma=sigma, max_order=max_order).mean())

@@ -1,9 +1,16 @@
-"""The corpus as flat NumPy arrays of n-gram ids, shared by BLEU (:mod:`.bleu`) and CIDEr-D (:mod:`.metrics`).
+"""Captions as flat arrays of word ids, and their n-grams as int64 keys: the one n-gram counting of BLEU
+(:mod:`.bleu`) and CIDEr-D (:mod:`.cider`).
 
 Instead of one dictionary of n-gram tuples per sentence (pycocoevalcap's way, minutes for
-COCO-sized corpora) every n-gram gets an integer id and the whole corpus becomes a few
-flat arrays; see :func:`ngram_counts`. Words are what ``str.split()`` gives, as in
-pycocoevalcap's BLEU and CIDEr.
+COCO-sized corpora) a corpus is a few flat arrays (:class:`Sentences`), and an n-gram of
+word ids w_1 .. w_n in a vocabulary of V words is one integer,
+
+    key(w_1 .. w_n) = ((w_1 * V + w_2) * V + ...) * V + w_n
+
+the same in every batch, so keys counted once over a corpus (CIDEr-D's document
+frequencies) can be looked up later. Every join is a sort and a ``searchsorted``.
+Text enters through :meth:`Sentences.from_text`: words are what ``str.split()`` gives,
+as in pycocoevalcap's BLEU and CIDEr.
 """
 
 from __future__ import annotations
@@ -13,8 +20,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
+import torch
 
-__all__ = ["NgramCounts", "check_corpus", "distinct", "ngram_counts", "reference_layout", "tokenize"]
+__all__ = ["NgramCounts", "PairCodes", "Sentences", "check_corpus", "check_key_range", "distinct", "ngram_counts",
+           "pair_codes", "reference_layout", "runs_of"]  # fmt: skip
 
 
 def check_corpus(candidates: Sequence[str], references: Sequence[Sequence[str]]) -> None:
@@ -44,80 +53,167 @@ def reference_layout(references: Sequence[Sequence[str]]) -> tuple[list[str], np
     return [ref for refs in references for ref in refs], image_of_reference, first_reference
 
 
+def check_key_range(vocab_size: int, max_order: int) -> None:
+    """Raise ``ValueError`` unless every n-gram key of orders up to ``max_order`` fits an int64."""
+    if vocab_size < 1 or max_order < 1:
+        raise ValueError(f"need vocab_size >= 1 and max_order >= 1, got {vocab_size} and {max_order}")
+    if float(vocab_size) ** max_order >= 2**62:
+        raise ValueError(f"{max_order}-grams of a {vocab_size}-word vocabulary do not fit an int64 key")
+
+
+@dataclass(frozen=True)
+class Sentences:
+    """Captions as word ids, flattened: ``words`` (total,) concatenated, ``lengths`` (S,) words per caption."""
+
+    words: np.ndarray
+    lengths: np.ndarray
+
+    @classmethod
+    def from_ids(cls, ids: torch.Tensor | np.ndarray, end_id: int, skipped_ids: Sequence[int]) -> Sentences:
+        """The words of (S, L) id rows: up to the first ``end_id``, without ``skipped_ids`` (<START>, <NULL>).
+
+        This is :func:`caption_torch.metrics.coco.caption_text` on ids: the same words, in the same order.
+        """
+        ids = torch.as_tensor(ids).cpu().numpy().astype(np.int64, copy=False)
+        before_end = np.cumsum(ids == end_id, axis=1) == 0  # (S, L)
+        keep = before_end & ~np.isin(ids, np.asarray(skipped_ids, dtype=np.int64))
+        return cls(ids[keep], keep.sum(axis=1))
+
+    @classmethod
+    def from_lists(cls, captions: Sequence[Sequence[int]]) -> Sentences:
+        """Captions given as lists of word ids (already without special tokens)."""
+        lengths = np.fromiter(map(len, captions), dtype=np.int64, count=len(captions))
+        words = np.fromiter((w for caption in captions for w in caption), dtype=np.int64, count=int(lengths.sum()))
+        return cls(words, lengths)
+
+    @classmethod
+    def from_text(cls, sentences: Sequence[str]) -> tuple[Sentences, int]:
+        """Plain captions (words as ``str.split()`` gives) numbered in order of first appearance.
+
+        Returns:
+            ``(sentences, V)``: the S captions as ids, and V, the number of distinct words (>= 1).
+        """
+        split = [sentence.split() for sentence in sentences]
+        lengths = np.fromiter(map(len, split), dtype=np.int64, count=len(split))
+        # dict.fromkeys keeps the order of first appearance; map(dict.__getitem__) runs without a Python frame.
+        vocabulary = {word: index for index, word in enumerate(dict.fromkeys(itertools.chain.from_iterable(split)))}
+        words = np.fromiter(map(vocabulary.__getitem__, itertools.chain.from_iterable(split)), dtype=np.int64,
+                            count=int(lengths.sum()))  # fmt: skip
+        return cls(words, lengths), max(len(vocabulary), 1)
+
+    def __len__(self) -> int:
+        return len(self.lengths)
+
+    def split(self, count: int) -> tuple[Sentences, Sentences]:
+        """The first ``count`` captions and the rest."""
+        boundary = int(self.lengths[:count].sum())
+        return (Sentences(self.words[:boundary], self.lengths[:count]),
+                Sentences(self.words[boundary:], self.lengths[count:]))  # fmt: skip
+
+
 @dataclass(frozen=True)
 class NgramCounts:
     """The n-grams of one order in every sentence, as parallel arrays of E entries.
 
-    Entries are sorted by (sentence, gram) and each (sentence, gram) pair appears once.
+    Entries are sorted by (sentence, key) and each (sentence, key) pair appears once.
     """
 
     sentence: np.ndarray  # (E,) index of the sentence
-    gram: np.ndarray  # (E,) id of the n-gram, in [0, num_grams)
+    key: np.ndarray  # (E,) int64 key of the n-gram (module docstring)
     count: np.ndarray  # (E,) how often the n-gram occurs in that sentence
-    num_grams: int
 
 
-def tokenize(sentences: list[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Flatten the corpus into one array of word ids.
+@dataclass(frozen=True)
+class PairCodes:
+    """(group, key) pairs of several arrays as one int64 each: ``group * base + k``, ordered as the pairs,
+    equal for equal pairs across the arrays. k is the key itself when that fits an int64, else the key's
+    rank among the distinct keys (``key_values[k]``)."""
+
+    codes: list[np.ndarray]
+    base: int
+    key_values: np.ndarray | None  # None: k is the key
+
+    def split(self, codes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """``(group, key)`` of codes."""
+        group, k = np.divmod(codes, self.base)
+        return group, k if self.key_values is None else self.key_values[k]
+
+
+def pair_codes(*pairs: tuple[np.ndarray, np.ndarray]) -> PairCodes:
+    """Code every (group, key) pair of the given ``(group (E_i,), key (E_i,))`` arrays, all non-negative int64.
+
+    Sorting or searching one int64 array is several times faster than ``np.lexsort`` on two;
+    the keys are renumbered (one ``np.unique``) only when group * key would overflow.
+    """
+    keys = [key for _, key in pairs]
+    base = max((int(key.max()) + 1 for key in keys if len(key)), default=1)
+    groups = max((int(group.max()) + 1 for group, _ in pairs if len(group)), default=1)
+    key_values = None
+    if float(groups) * base >= 2**62:
+        key_values, dense = np.unique(np.concatenate(keys), return_inverse=True)
+        base = max(len(key_values), 1)
+        keys = np.split(dense, np.cumsum([len(key) for key in keys])[:-1])
+    return PairCodes([group * base + key for (group, _), key in zip(pairs, keys)], base, key_values)
+
+
+def runs_of(codes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Sort codes and find their distinct values.
 
     Returns:
-        ``(word_ids, sentence_of_token, position_in_sentence)``, each (total_words,),
-        and ``lengths`` (S,), the number of words of each sentence.
+        ``(order, starts)``: the permutation that sorts ``codes``, and the positions in that
+        order where a new distinct value starts (K,), ready for ``reduceat``.
     """
-    split = [sentence.split() for sentence in sentences]
-    lengths = np.fromiter(map(len, split), dtype=np.int64, count=len(split))
-    vocabulary: dict[str, int] = {}
-    word_ids = np.fromiter(
-        (vocabulary.setdefault(word, len(vocabulary)) for word in itertools.chain.from_iterable(split)),
-        dtype=np.int64,
-        count=int(lengths.sum()),
-    )
-    sentence_of_token = np.repeat(np.arange(len(split)), lengths)
+    order = np.argsort(codes, kind="stable")
+    ordered = codes[order]
+    new = np.ones(len(ordered), dtype=bool)
+    new[1:] = ordered[1:] != ordered[:-1]
+    return order, np.flatnonzero(new)
+
+
+def ngram_counts(sentences: Sentences, max_order: int, vocab_size: int) -> list[NgramCounts]:
+    """Count the 1..max_order-grams of every sentence, keyed as in the module docstring.
+
+    An n-gram starting at word i extends the (n-1)-gram starting there by word i + n - 1,
+    so each order's keys come from the previous order's by one multiply-add::
+
+        words   a   cat  on  a   mat      (ids 0 1 2 0 3, V = 4)
+        1-gram  0   1    2   0   3
+        2-gram  0*4+1  1*4+2  2*4+0  0*4+3
+
+    Args:
+        sentences: S captions of ids in [0, vocab_size).
+        max_order: the longest n-grams counted.
+        vocab_size: V (see :func:`check_key_range`).
+
+    Returns:
+        One :class:`NgramCounts` per order (index 0 = unigrams).
+    """
+    check_key_range(vocab_size, max_order)
+    words, lengths = sentences.words, sentences.lengths
+    sentence_of_word = np.repeat(np.arange(len(lengths)), lengths)
     sentence_starts = np.cumsum(lengths) - lengths
-    position_in_sentence = np.arange(len(word_ids)) - sentence_starts[sentence_of_token]
-    return word_ids, sentence_of_token, position_in_sentence, lengths
+    remaining = lengths[sentence_of_word] - (np.arange(len(words)) - sentence_starts[sentence_of_word])
+    orders = []
+    starts, keys = np.arange(len(words)), words.astype(np.int64)  # words where an n-gram starts; its key
+    for order in range(1, max_order + 1):
+        if order > 1:  # keep the (order-1)-grams that can be extended inside their sentence
+            extendable = remaining[starts] >= order
+            starts, keys = starts[extendable], keys[extendable] * vocab_size + words[starts[extendable] + order - 1]
+        coded = pair_codes((sentence_of_word[starts], keys))
+        codes, counts = distinct(coded.codes[0])
+        orders.append(NgramCounts(*coded.split(codes), counts))
+    return orders
 
 
-def ngram_counts(sentences: list[str], max_order: int) -> tuple[list[NgramCounts], np.ndarray]:
-    """Count the 1..max_order-grams of every sentence with integer n-gram ids.
-
-    An n-gram starting at token i is identified by the pair (id of the (n-1)-gram
-    starting at i, word at i + n - 1); ``np.unique`` over those pairs numbers the
-    n-grams of order n without ever building a tuple of strings::
-
-        words      a   cat  on  a   mat
-        1-gram id  0   1    2   0   3
-        2-gram id  (0,1)=0  (1,2)=1  (2,0)=2  (0,3)=3
+def distinct(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Sorted distinct values and how often each occurs: ``np.unique(values, return_counts=True)``, which in
+    NumPy >= 2.3 is slower on arrays of millions of int64s (benchmarks/micro.py --groups unique).
 
     Returns:
-        One :class:`NgramCounts` per order (index 0 = unigrams), and the number of
-        words of each sentence (S,).
+        ``(values, counts)``, each (K,).
     """
-    word_ids, sentence_of_token, position, lengths = tokenize(sentences)
-    vocabulary_size = int(word_ids.max()) + 1 if len(word_ids) else 1
-    remaining = lengths[sentence_of_token] - position  # words from token i to its sentence's end
-
-    orders = []
-    starts = np.arange(len(word_ids))  # tokens where an n-gram of the current order starts
-    gram_ids = word_ids  # (len(starts),) id of the n-gram starting at each of them
-    num_grams = vocabulary_size
-    for order in range(1, max_order + 1):
-        if order > 1:
-            # Keep the (order-1)-grams that can be extended inside their sentence.
-            extendable = remaining[starts] >= order
-            starts, previous = starts[extendable], gram_ids[extendable]
-            pair = previous * vocabulary_size + word_ids[starts + order - 1]
-            unique_pairs, gram_ids = np.unique(pair, return_inverse=True)
-            num_grams = max(len(unique_pairs), 1)
-        sentence_and_gram, counts = np.unique(sentence_of_token[starts] * num_grams + gram_ids, return_counts=True)
-        orders.append(NgramCounts(sentence_and_gram // num_grams, sentence_and_gram % num_grams, counts, num_grams))
-    return orders, lengths
-
-
-def distinct(values: np.ndarray) -> np.ndarray:
-    """Sorted distinct values; like ``np.unique(values)``, which in NumPy >= 2.3 hashes
-    instead of sorting and is slower on arrays of millions of int64s (benchmarks/micro.py --groups unique)."""
     values = np.sort(values)
-    keep = np.ones(len(values), dtype=bool)
-    keep[1:] = values[1:] != values[:-1]
-    return values[keep]
+    new = np.ones(len(values), dtype=bool)
+    new[1:] = values[1:] != values[:-1]
+    first = np.flatnonzero(new)
+    return values[first], np.diff(np.append(first, len(values)))
