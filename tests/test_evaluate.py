@@ -10,6 +10,7 @@ from conftest import write_coco_folder
 
 import train
 from caption_torch import evaluate
+from caption_torch.evaluation import run as evaluation_run
 from caption_torch.evaluation.plots import caption_grid, plot_loss_history
 from caption_torch.training.checkpointing import tensor_checksum
 
@@ -103,7 +104,8 @@ def test_evaluate_prints_the_coco_table_and_writes_captions_and_json(trained, tm
 def test_two_runs_show_both_captions_of_the_same_images(trained, tmp_path, capsys, monkeypatch):
     folder, ckpt = trained
     drawn = {}
-    monkeypatch.setattr(evaluate, "caption_grid", lambda panels, path, title: drawn.update(panels=panels, title=title))
+    monkeypatch.setattr(evaluation_run, "caption_grid",
+                        lambda panels, path, title: drawn.update(panels=panels, title=title))  # fmt: skip
     assert run_evaluate(ckpt, folder, tmp_path, "--compare-beam-size", "2", "--show", "3", "--seed", "1") == 0
     capsys.readouterr()
     records = [json.loads(line) for line in (tmp_path / "c.jsonl").read_text().splitlines()]

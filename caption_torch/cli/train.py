@@ -33,6 +33,7 @@ from caption_torch.cli.flags import check_resumable, find_last_checkpoint, resol
 from caption_torch.data import cs231n as coco
 from caption_torch.data.datamodule import CaptionDataModule, FeatureRows
 from caption_torch.evaluation.plots import plot_loss_history
+from caption_torch.metrics.registry import VALIDATION_METRICS
 from caption_torch.models.config import CaptionConfig
 from caption_torch.models.registry import DECODERS
 from caption_torch.training.callbacks import LossHistory, ResumableSettings, StopOnSignal, TrainingStopped
@@ -254,9 +255,8 @@ def report(parts: Run, args: argparse.Namespace, log_dir: Path) -> int:
         metrics = trainer.callback_metrics
         print("\nvalidation (greedy, all references):")
         print(f"  val loss: {metrics['val_loss'].item():.4f}")
-        for n in (1, 2, 3, 4):
-            print(f"  BLEU-{n}: {metrics[f'val_bleu{n}'].item():.4f}")
-        print(f"  CIDEr-D: {metrics['val_cider'].item():.4f}")
+        for metric in VALIDATION_METRICS:
+            print(f"  {metric.name}: {metrics[metric.log_name].item():.4f}")
     print(f"\nfinal training loss: {history.losses[-1]:.6f}")
     print(f"loss plot: {plot}")
     if parts.best is not None:

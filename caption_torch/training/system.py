@@ -18,16 +18,14 @@ from torch import Tensor
 from torchmetrics import MeanMetric
 
 from caption_torch.data.datamodule import CaptionBatch, ImageBatch
-from caption_torch.metrics.bleu import CocoBLEUScore
-from caption_torch.metrics.cider import CiderD, CorpusCiderD
+from caption_torch.metrics.cider import CiderD
 from caption_torch.metrics.coco import caption_text
+from caption_torch.metrics.registry import REWARD_METRIC, VALIDATION_METRICS
 from caption_torch.models.config import CaptionConfig
 from caption_torch.models.registry import build_decoder
 from caption_torch.training.self_critical import self_critical_step
 
 DEFAULTS = CaptionConfig()
-
-BLEU_ORDERS = (1, 2, 3, 4)
 
 
 class CaptioningSystem(L.LightningModule):
@@ -73,10 +71,9 @@ class CaptioningSystem(L.LightningModule):
         self.save_hyperparameters()
         self.model = build_decoder(dict(word_to_idx), input_dim, self.config)
         self.idx_to_word = self.model.idx_to_word
-        self.val_bleu = torch.nn.ModuleList(CocoBLEUScore(n_gram=n) for n in BLEU_ORDERS)  # pycocoevalcap's BLEU
         self.val_loss = MeanMetric()
-        model = self.model
-        self.val_cider = CorpusCiderD(model.vocab_size, model.end_id, (model.start_id, model.null_id))
+        # val BLEU-1..4 and CIDEr-D (pycocoevalcap's), as the metric registry lists them.
+        self.val_metrics = torch.nn.ModuleDict({m.log_name: m.validation(self.model) for m in VALIDATION_METRICS})
         self.reward: CiderD | None = None  # self-critical rewards, from the training data (see setup)
 
     @classmethod
@@ -128,13 +125,13 @@ class CaptioningSystem(L.LightningModule):
             [caption_text(ref, self.idx_to_word) for ref, ok in zip(refs, oks) if ok]
             for refs, oks in zip(references.tolist(), present.tolist())
         ]
-        for n, bleu in zip(BLEU_ORDERS, self.val_bleu):
-            bleu.update(candidates, targets)
-            self.log(f"val_bleu{n}", bleu, on_step=False, on_epoch=True, batch_size=len(candidates))
-        self.val_cider.update(samples, references)
-        # A self-critical run optimises CIDEr-D: its progress bar shows it every epoch.
-        self.log("val_cider", self.val_cider, prog_bar=self.config.self_critical is not None, on_step=False,
-                 on_epoch=True, batch_size=len(candidates))  # fmt: skip
+        for metric in VALIDATION_METRICS:
+            accumulator = self.val_metrics[metric.log_name]
+            accumulator.update(*((samples, references) if metric.on_ids else (candidates, targets)))
+            # A self-critical run optimises its reward's metric: its progress bar shows it every epoch.
+            shown = self.config.self_critical is not None and metric.name == REWARD_METRIC
+            self.log(metric.log_name, accumulator, prog_bar=shown, on_step=False, on_epoch=True,
+                     batch_size=len(candidates))  # fmt: skip
 
     def configure_optimizers(self):
         # fused: one kernel for all parameters instead of a loop of per-tensor ops (benchmarks/README.md).
