@@ -28,7 +28,8 @@ from caption_torch.training.checkpointing import load_model
 from caption_torch.training.self_critical import reference_sentences
 
 
-def main(argv: Sequence[str] | None = None) -> dict:
+def build_parser() -> argparse.ArgumentParser:
+    """The command line (``--ckpt``, sizes, ``--rounds``)."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--ckpt", default=None, help="a trained checkpoint (default: a fresh LSTM, H 512, W 256)")
     parser.add_argument("--images", type=int, default=50, help="images per step (default: 50)")
@@ -36,7 +37,12 @@ def main(argv: Sequence[str] | None = None) -> dict:
     parser.add_argument("--max-length", type=int, default=30, help="longest sampled caption (default: 30)")
     parser.add_argument("--rounds", type=int, default=7, help="measured steps (default: 7)")
     parser.add_argument("--synthetic-size", default="default", help="embedded dataset size (default: default)")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> dict:
+    """Time ``--rounds`` self-critical steps part by part, print the table, return each part's median seconds."""
+    args = build_parser().parse_args(argv)
 
     dm = CaptionDataModule(None, synthetic_size=args.synthetic_size)
     dm.prepare_data()

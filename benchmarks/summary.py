@@ -67,9 +67,16 @@ def markdown(lines: Sequence[dict[str, str]]) -> str:
     return "\n\n".join(tables)
 
 
-def main(argv: Sequence[str] | None = None) -> None:
+def build_parser() -> argparse.ArgumentParser:
+    """The command line: the JSON files of the runs."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("runs", nargs="+", type=Path, help="JSON files written by bench.py --json")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Print the machine and the median-and-range tables of the runs named in ``argv``."""
+    parser = build_parser()
     args = parser.parse_args(argv)
     runs = [json.loads(path.read_text()) for path in args.runs]
     machines = {json.dumps({k: v for k, v in run["machine"].items() if k != "load_1min"}) for run in runs}

@@ -3,6 +3,7 @@
     python benchmarks/versus.py --against HEAD~3            # every row, 7 rounds
     python benchmarks/versus.py --against main --rounds 9 --rows step
     python benchmarks/versus.py --against HEAD~1 --decoders transformer --rows step
+    python benchmarks/versus.py --against HEAD --quick     # toy sizes, one round: a smoke run
 
 A change that should not move the speed (a refactor) is checked this way: the other
 revision's ``caption_torch`` is extracted with ``git archive`` into a temporary folder
@@ -76,7 +77,12 @@ def make_models(other_package, decoder: str, shapes: Shapes):
     return ours, theirs
 
 
-def main(argv: list[str] | None = None) -> int:
+# --quick: every row at toy sizes, one round: a check that the comparison runs, not a measurement.
+QUICK_SHAPES = Shapes(input_dim=16, wordvec_dim=8, hidden_dim=12, vocab_size=40, time_steps=8)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command line (``--against``, ``--rounds``, ``--rows``, ``--decoders``, ``--quick``)."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--against", required=True, help="git revision to compare with (e.g. HEAD~1, main)")
     parser.add_argument("--rounds", type=int, default=7, help="measured rounds per row (default: 7)")
@@ -88,8 +94,17 @@ def main(argv: list[str] | None = None) -> int:
         default=None,
         help="which decoders (default: every one the other revision has)",
     )
+    parser.add_argument("--quick", action="store_true", help="toy sizes, one round, no warm-up: a smoke run")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Time the rows ``argv`` asks for, this checkout against ``--against``, and print the table."""
+    parser = build_parser()
     args = parser.parse_args(argv)
-    shapes, rounds, device = Shapes(), Rounds(rounds=args.rounds), torch.device("cpu")
+    shapes, rounds = (QUICK_SHAPES, Rounds(1, 0)) if args.quick else (Shapes(), Rounds(rounds=args.rounds))
+    device = torch.device("cpu")
+    batches, images = ((2, 5), 10) if args.quick else ((25, 512), 1000)
     rows = []
     with tempfile.TemporaryDirectory() as folder:
         other = import_revision(args.against, Path(folder))
@@ -100,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
         for cell in args.decoders or has:
             ours, theirs = make_models(other, cell, shapes)
             if args.rows in ("all", "step"):
-                for batch in (25, 512):
+                for batch in batches:
                     features, captions = make_batch(batch, shapes, device)
                     with torch.no_grad():  # dropout off (the Transformer's): both revisions compute the same loss
                         ours.eval(), theirs.eval()
@@ -112,15 +127,15 @@ def main(argv: list[str] | None = None) -> int:
                     rows.append(_row(f"{cell} training step, batch {batch}", timings, difference))
                     ours, theirs = make_models(other, cell, shapes)  # fresh weights after the steps
             if args.rows in ("all", "sample"):
-                features, _ = make_batch(1000, shapes, device)
+                features, _ = make_batch(images, shapes, device)
                 same = bool(torch.equal(ours.sample(features, 30), theirs.sample(features, 30)))
                 contenders = {"this": lambda: ours.sample(features, 30), "other": lambda: theirs.sample(features, 30)}
                 timings = time_interleaved(contenders, rounds.rounds, rounds.warmup, device)
-                rows.append(_row(f"{cell} greedy sampling, 1000 images", timings, 0.0 if same else float("nan")))
+                rows.append(_row(f"{cell} greedy sampling, {images} images", timings, 0.0 if same else float("nan")))
     columns = [("row", "row", "s"), ("this_ms", "this ms", ".1f"), ("other_ms", "other ms", ".1f"),
                ("ratio", "other / this", ".3f"), ("range", "per-round range", "s"),
                ("difference", "loss difference", ".1e")]  # fmt: skip
-    print(f"this checkout against {args.against}, {args.rounds} rounds, {torch.get_num_threads()} threads\n")
+    print(f"this checkout against {args.against}, {rounds.rounds} rounds, {torch.get_num_threads()} threads\n")
     print(format_table(rows, columns))
     return 0
 

@@ -2,7 +2,10 @@
 
 import json
 import math
+import re
+import shlex
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -239,3 +242,147 @@ def test_data_row_is_skipped_when_the_data_module_is_missing(monkeypatch):
     monkeypatch.setitem(sys.modules, "caption_torch.data.datamodule", None)  # makes the import raise ImportError
     data_rows = bench.run_data_rows(bench.parse_args(["--quick"]), train_captions_per_s=100.0)
     assert len(data_rows) == 1 and data_rows[0]["skipped"].startswith("data module not available")
+
+
+# --------------------------------------------------------------------------- #
+# Every entry point at tiny sizes, and every command line benchmarks/README.md gives
+# --------------------------------------------------------------------------- #
+
+
+def test_micro_quick_runs_its_groups_and_writes_json(tmp_path, capsys):
+    from benchmarks import micro
+
+    out = tmp_path / "micro.json"
+    results = micro.run(["--quick", "--groups", "softmax,rng,unique,bleu", "--json", str(out)])
+    printed = capsys.readouterr().out
+    assert list(results) == ["softmax", "rng", "unique", "bleu"]
+    for group in results:
+        assert f"## {group}" in printed
+    (unique,) = results["unique"]
+    assert unique["title"].startswith("20,000 int64") and unique["ratio"] > 0
+    assert "np.unique / sort + compare" in printed
+    assert results["bleu"][0]["title"] == "bleu_scores 400 x 5" and "BLEU-1..4 of 400 images" in printed
+    assert json.loads(out.read_text())["results"]["rng"][0]["title"] == "one draw from 4 options"
+
+
+def test_micro_refuses_an_unknown_group(capsys):
+    from benchmarks import micro
+
+    with pytest.raises(SystemExit):
+        micro.run(["--groups", "softmax,nonsense"])
+    assert "--groups: unknown ['nonsense']" in capsys.readouterr().err
+
+
+def test_self_critical_benchmark_times_every_part(tmp_path, monkeypatch, capsys):
+    from benchmarks import self_critical
+
+    monkeypatch.setenv("CAPTION_TORCH_CACHE", str(tmp_path))  # the tiny dataset and its document frequencies
+    medians = self_critical.main(["--synthetic-size", "tiny", "--images", "3", "--samples", "2", "--max-length",
+                                  "6", "--rounds", "2"])  # fmt: skip
+    printed = capsys.readouterr().out
+    assert list(medians) == ["sample", "rewards", "greedy baseline", "loss + update"]
+    assert all(seconds > 0 for seconds in medians.values())
+    assert "3 images x 2 samples" in printed and "2 steps" in printed
+    for part in [*medians, "whole step"]:
+        assert part in printed
+
+
+def test_versus_quick_compares_with_a_revision(capsys):
+    from benchmarks import versus
+
+    assert versus.main(["--against", "HEAD", "--quick", "--decoders", "lstm"]) == 0
+    printed = capsys.readouterr().out
+    assert "this checkout against HEAD, 1 rounds" in printed
+    rows = [line.split() for line in printed.splitlines() if line.strip().startswith("lstm")]
+    assert [" ".join(row[:5]) for row in rows] == ["lstm training step, batch 2", "lstm training step, batch 5",
+                                                   "lstm greedy sampling, 10 images"]  # fmt: skip
+    assert all(row[-1] == "0.0e+00" for row in rows)  # the same losses and samples in both revisions
+
+
+def test_transformer_benchmark_one_round(capsys):
+    from benchmarks import transformer
+
+    results = transformer.main(["--batches", "2", "--rounds", "1", "--warmup", "0"])
+    printed = capsys.readouterr().out
+    assert "eval loss |project - native|" in printed
+    assert [row["row"] for row in results] == ["train step, batch 2"] and "train step, batch 2" in printed
+
+
+def test_summary_of_two_quick_bench_runs(tmp_path, capsys):
+    from benchmarks import summary
+
+    for run in (1, 2):
+        args = ["--quick", "--rounds", "1", "--rows", "step", "--device", "cpu", "--json", tmp_path / f"run{run}.json"]
+        bench.run(bench.parse_args([str(a) for a in args]), shapes=TINY)
+    capsys.readouterr()
+    summary.main([str(tmp_path / "run1.json"), str(tmp_path / "run2.json")])
+    printed = capsys.readouterr().out
+    assert "runs: 2" in printed
+    lines = [line for line in printed.splitlines() if line.startswith("| step cpu fp32")]
+    assert [line.split("|")[1].strip() for line in lines] == [
+        "step cpu fp32 rnn 25", "step cpu fp32 rnn 512", "step cpu fp32 lstm 25", "step cpu fp32 lstm 512"
+    ]  # fmt: skip
+    assert all(line.split("|")[2].strip() == "2" for line in lines)  # two runs each
+
+
+README = Path(__file__).resolve().parent.parent / "benchmarks" / "README.md"
+
+
+def _parser_of(script: str):
+    """The argparse parser of a benchmark script, by its module name."""
+    from benchmarks import micro, self_critical, summary, transformer, versus
+
+    parsers = {
+        "bench": lambda: _ParseOnly(bench.parse_args),
+        "micro": micro.build_parser,
+        "self_critical": self_critical.build_parser,
+        "summary": summary.build_parser,
+        "transformer": lambda: _ParseOnly(transformer.parse_args),
+        "versus": versus.build_parser,
+    }
+    return parsers[script]()
+
+
+class _ParseOnly:
+    """A parse_args(argv) function with a parser's face."""
+
+    def __init__(self, parse):
+        self.parse_args = parse
+
+
+def readme_commands() -> list[list[str]]:
+    """Every benchmark command benchmarks/README.md quotes, in code blocks or inline, as its arguments after the
+    script: ``["micro", "--threads", "1"]``."""
+    text = README.read_text()
+    fenced = re.findall(r"```\w*\n(.*?)```", text, flags=re.S)
+    inline = re.findall(r"`([^`]+)`", re.sub(r"```.*?```", "", text, flags=re.S))
+    lines = [line for block in fenced for line in block.splitlines()] + [" ".join(span.split()) for span in inline]
+    commands = []
+    for line in lines:
+        for part in line.split("#")[0].split(";"):  # comments off; `for ...; do python ...; done` into its parts
+            words = shlex.split(part)
+            if "python" not in words:
+                continue
+            words = words[words.index("python") + 1 :]  # after any `VAR=value` or `do`
+            if words[:1] == ["-m"] and words[1].startswith("benchmarks."):
+                commands.append([words[1].removeprefix("benchmarks."), *words[2:]])
+            elif words and words[0].startswith("benchmarks/") and words[0].endswith(".py"):
+                commands.append([words[0].removeprefix("benchmarks/").removesuffix(".py"), *words[1:]])
+    return commands
+
+
+def test_the_readme_quotes_every_entry_point():
+    scripts = {command[0] for command in readme_commands()}
+    assert scripts == {"bench", "micro", "self_critical", "summary", "transformer", "versus"}
+
+
+@pytest.mark.parametrize("command", readme_commands(), ids=" ".join)
+def test_every_command_line_in_the_readme_parses(command):
+    from benchmarks import micro
+
+    script, *arguments = command
+    args = _parser_of(script).parse_args(arguments)  # a flag it does not take exits with status 2
+    if script == "micro":  # the lists the scripts check themselves after parsing
+        assert set(args.groups.split(",")) <= set(micro.GROUPS)
+    if script == "bench":
+        assert set(args.rows.split(",")) <= set(bench.ROWS)
