@@ -7,7 +7,7 @@
 
 Groups (``--groups``; each names the choice it measures):
 
-    adam     fused Adam against the foreach default, one step for the LSTM's parameters (system.py)
+    adam     fused Adam against the foreach default, one step for the LSTM's parameters (training/system.py)
     softmax  ATen's one-pass log_softmax against the same math as six ops (functional/words.py)
     tanh     ATen tanh against sigmoid and a multiply, and oneDNN's tanh with its layout copies,
              by block size: where the oneDNN route starts to pay (functional/_common.py, steps.py)
@@ -15,7 +15,7 @@ Groups (``--groups``; each names the choice it measures):
     weight_grad  the Transformer's weight gradients g.T @ x in the weight's layout: BLAS, oneDNN, and BLAS's
              transposed result copied as autograd copies it (functional/layers.py, packing.py)
     masks    a dropout mask from 32 generator bits per element against bernoulli_ (functional/dropout.py)
-    rng      one rng.random() per draw against rng.integers (wording.py)
+    rng      one rng.random() per draw against rng.integers (data/synthetic/wording.py)
     unique   np.unique against sort-and-compare on millions of int64s (metrics/ngrams.py distinct)
     bleu     bleu_scores over 40k images x 5 references (metrics/bleu.py)
 

@@ -24,6 +24,7 @@ from caption_torch.metrics.coco import (
     rouge_l_scores,
     strip_special,
 )
+from caption_torch.metrics.ngrams import pair_codes
 
 # --------------------------------------------------------------------------- #
 # Text helpers
@@ -323,3 +324,43 @@ def test_metrics_reject_malformed_corpora(candidates, references, message):
         bleu_scores(candidates, references)
     with pytest.raises(ValueError, match=message):
         rouge_l_scores(candidates, references)
+
+
+def test_pair_codes_keep_the_pairs_order_when_keys_must_be_renumbered():
+    group, key = np.array([0, 1, 1, 0, 2, 1]), np.array([2**61, 5, 2**61, 5, 7, 5])
+    coded = pair_codes((group, key), (np.array([2]), np.array([2**61])))
+    assert coded.key_values is not None  # 3 groups x 2^61 does not fit an int64
+    ours, other = coded.codes
+    assert sorted(zip(group.tolist(), key.tolist())) == [tuple(map(int, p)) for p in zip(*coded.split(np.sort(ours)))]
+    assert other[0] not in ours and ours[1] == ours[5]  # equal pairs, equal codes, across the arrays
+    small = pair_codes((group, key % 8))
+    assert small.key_values is None and small.codes[0].tolist() == (group * 8 + key % 8).tolist()
+
+
+def test_the_registry_validates_what_evaluate_scores():
+    """Each validation Metric of the registry, fed ids batch by batch, gives its corpus scorer's value on the text."""
+    from caption_torch.metrics.registry import METRICS, VALIDATION_METRICS
+
+    assert tuple(metric.name for metric in METRICS) == COCO_METRICS
+    assert [(m.name, m.log_name) for m in VALIDATION_METRICS] == [
+        ("BLEU-1", "val_bleu1"), ("BLEU-2", "val_bleu2"), ("BLEU-3", "val_bleu3"), ("BLEU-4", "val_bleu4"),
+        ("CIDEr-D", "val_cider"),
+    ]  # fmt: skip
+    assert [m.name for m in METRICS if m.needs_java] == ["METEOR"]
+    words = ["<NULL>", "<START>", "<END>", *(f"w{i}" for i in range(8))]
+    model = types.SimpleNamespace(vocab_size=len(words), start_id=1, end_id=2, null_id=0)
+    rng = np.random.default_rng(0)
+    generated = torch.as_tensor(np.column_stack([rng.integers(3, 11, (6, 7)), np.full(6, 2)]))  # (6, 8) then <END>
+    references = torch.full((6, 3, 9), -1)
+    for image in range(6):
+        for r in range(int(rng.integers(1, 4))):
+            references[image, r] = torch.as_tensor([1, *rng.integers(3, 11, 6), 2, 0])
+    candidates = [caption_text(row, words) for row in generated]
+    texts = [[caption_text(ref, words) for ref in refs if ref[0] >= 0] for refs in references]
+    for metric in VALIDATION_METRICS:
+        accumulator = metric.validation(model)
+        for batch in (slice(0, 4), slice(4, 6)):
+            inputs = (generated[batch], references[batch]) if metric.on_ids else (candidates[batch], texts[batch])
+            accumulator.update(*inputs)
+        expected = metric.corpus(candidates, texts)[metric.name]
+        assert 0 < expected and accumulator.compute().item() == pytest.approx(expected, abs=1e-9), metric.name

@@ -195,3 +195,14 @@ def test_a_changed_dataset_counts_again_and_a_read_only_one_warns(coco_folder, m
     dm.setup("fit")
     with pytest.warns(UserWarning, match="could not cache the CIDEr-D document frequencies"):
         assert dm.cider_reward().log_images == before.log_images
+
+
+def test_word_ids_whose_keys_overflow_with_the_sentence_number_score_the_same():
+    """Ids near 40,000: a 4-gram key (~2.6e18) times a caption's number leaves int64, so ngrams.pair_codes
+    renumbers the keys before coding (sentence, key) pairs; the scores must not change."""
+    references, candidates = random_corpus(images=12, samples=1, seed=5)
+    shift = 40_000 - V
+    refs, ref_image = flat([[[w + shift for w in r] for r in image_refs] for image_refs in references])
+    shifted = Sentences.from_lists([[w + shift for w in c] for c in candidates])
+    ours = CiderD(refs, ref_image, 40_000).scores(shifted, np.arange(12), refs, ref_image)
+    np.testing.assert_allclose(ours, pycocoevalcap_scores(references, candidates), rtol=0, atol=1e-9)
