@@ -24,11 +24,22 @@ import tarfile
 import tempfile
 from pathlib import Path
 
+import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a script from anywhere
 
-from benchmarks.rows import Rounds, Shapes, coco_vocab, make_batch, training_step  # noqa: E402
+from benchmarks.rows import (  # noqa: E402
+    END_ID,
+    NULL_ID,
+    START_ID,
+    Rounds,
+    Shapes,
+    coco_like_captions,
+    coco_vocab,
+    make_batch,
+    training_step,
+)
 from benchmarks.timing import format_table, time_interleaved  # noqa: E402
 from benchmarks.transformer import TransformerShapes  # noqa: E402
 from caption_torch import CaptioningRNN, CaptioningTransformer  # noqa: E402
@@ -86,7 +97,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--against", required=True, help="git revision to compare with (e.g. HEAD~1, main)")
     parser.add_argument("--rounds", type=int, default=7, help="measured rounds per row (default: 7)")
-    parser.add_argument("--rows", choices=["all", "step", "sample"], default="all", help="which rows (default: all)")
+    parser.add_argument(
+        "--rows", choices=["all", "step", "sample", "metrics"], default="all", help="which rows (default: all)"
+    )
     parser.add_argument(
         "--decoders",
         nargs="+",
@@ -112,7 +125,7 @@ def main(argv: list[str] | None = None) -> int:
         missing = sorted(set(args.decoders or []) - set(has))
         if missing:
             parser.error(f"--decoders: {args.against} has no {', '.join(missing)}")
-        for cell in args.decoders or has:
+        for cell in (args.decoders or has) if args.rows != "metrics" else []:
             ours, theirs = make_models(other, cell, shapes)
             if args.rows in ("all", "step"):
                 for batch in batches:
@@ -132,12 +145,61 @@ def main(argv: list[str] | None = None) -> int:
                 contenders = {"this": lambda: ours.sample(features, 30), "other": lambda: theirs.sample(features, 30)}
                 timings = time_interleaved(contenders, rounds.rounds, rounds.warmup, device)
                 rows.append(_row(f"{cell} greedy sampling, {images} images", timings, 0.0 if same else float("nan")))
+        if args.rows in ("all", "metrics"):
+            rows += metric_rows(args.against, shapes, rounds, 50 if args.quick else 5000)
     columns = [("row", "row", "s"), ("this_ms", "this ms", ".1f"), ("other_ms", "other ms", ".1f"),
                ("ratio", "other / this", ".3f"), ("range", "per-round range", "s"),
-               ("difference", "loss difference", ".1e")]  # fmt: skip
+               ("difference", "loss / score difference", ".1e")]  # fmt: skip
     print(f"this checkout against {args.against}, {rounds.rounds} rounds, {torch.get_num_threads()} threads\n")
     print(format_table(rows, columns))
     return 0
+
+
+def metric_rows(against: str, shapes: Shapes, rounds: Rounds, images: int) -> list[dict]:
+    """CIDEr-D rewards of 250 sampled captions (5 for each of 50 images, document frequencies of a corpus of
+    ``images`` x 5 references), and BLEU-1..4 and CIDEr-D of a text corpus of ``images`` images x 5 references;
+    COCO-like captions of random words. Empty where the other revision has no ``metrics/cider.py``."""
+    try:
+        theirs = (
+            importlib.import_module(f"{OTHER_PACKAGE}.metrics.cider"),
+            importlib.import_module(f"{OTHER_PACKAGE}.metrics.coco"),
+        )
+    except ImportError:
+        print(f"{against} has no metrics/cider.py: no metric rows")
+        return []
+    from caption_torch.metrics import cider, coco
+
+    generator = torch.Generator().manual_seed(0)
+    references = coco_like_captions(images * 5, shapes, generator)  # image i's: rows 5i .. 5i + 4
+    samples = coco_like_captions(250, shapes, generator)
+    reference_image, sample_image = np.arange(images * 5) // 5, np.arange(250) // 5
+    skipped = (START_ID, NULL_ID)
+    rows = []
+    scorers = {}
+    for name, module in (("this", cider), ("other", theirs[0])):
+        corpus = module.Sentences.from_ids(references, END_ID, skipped)
+        reward = module.CiderD(corpus, reference_image, shapes.vocab_size)
+        batch_refs, batch_image = module.Sentences.from_ids(references[:250], END_ID, skipped), reference_image[:250]
+        candidates = module.Sentences.from_ids(samples, END_ID, skipped)
+        scorers[name] = lambda r=reward, c=candidates, b=batch_refs, i=batch_image: r.scores(c, sample_image, b, i)
+    difference = float(np.abs(scorers["this"]() - scorers["other"]()).max())
+    rows.append(_row("CIDEr-D rewards of 250 samples", time_interleaved(scorers, rounds.rounds, rounds.warmup,
+                                                                       torch.device("cpu")), difference))  # fmt: skip
+    words = [f"w{i}" for i in range(shapes.vocab_size)]
+    texts = [coco.caption_text(row, words) for row in references]
+    corpus_references = [texts[5 * i : 5 * i + 5] for i in range(images)]
+    corpus_candidates = [coco.caption_text(row, words) for row in coco_like_captions(images, shapes, generator)]
+    for title, ours, other in (("BLEU-1..4", coco.bleu_scores, theirs[1].bleu_scores),
+                               ("CIDEr-D", coco.cider_d_scores, theirs[1].cider_d_scores)):  # fmt: skip
+        contenders = {"this": lambda f=ours: f(corpus_candidates, corpus_references),
+                      "other": lambda f=other: f(corpus_candidates, corpus_references)}  # fmt: skip
+        this_scores, other_scores = contenders["this"](), contenders["other"]()
+        if isinstance(this_scores, dict):
+            this_scores, other_scores = list(this_scores.values()), list(other_scores.values())
+        difference = float(np.abs(np.asarray(this_scores) - np.asarray(other_scores)).max())
+        timings = time_interleaved(contenders, rounds.rounds, rounds.warmup, torch.device("cpu"))
+        rows.append(_row(f"{title} of {images} images x 5 references", timings, difference))
+    return rows
 
 
 def _row(name: str, timings, difference: float) -> dict:

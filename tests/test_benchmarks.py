@@ -297,6 +297,12 @@ def test_versus_quick_compares_with_a_revision(capsys):
     assert [" ".join(row[:5]) for row in rows] == ["lstm training step, batch 2", "lstm training step, batch 5",
                                                    "lstm greedy sampling, 10 images"]  # fmt: skip
     assert all(row[-1] == "0.0e+00" for row in rows)  # the same losses and samples in both revisions
+    metric_rows = [line.split() for line in printed.splitlines() if line.strip().startswith(("CIDEr-D", "BLEU"))]
+    assert [" ".join(row[:-5]) for row in metric_rows] == [
+        "CIDEr-D rewards of 250 samples", "BLEU-1..4 of 50 images x 5 references",
+        "CIDEr-D of 50 images x 5 references",
+    ]  # fmt: skip
+    assert all(row[-1] == "0.0e+00" for row in metric_rows)  # the same scores
 
 
 def test_transformer_benchmark_one_round(capsys):
