@@ -56,7 +56,8 @@ CACHE_FORMAT = 1  # of CiderD.save's files; a new n-gram key or file layout take
 
 
 class CiderD:
-    """CIDEr-D rewards with document frequencies counted once over a corpus of reference sets.
+    """CIDEr-D of captions against their images' references, with document frequencies counted once over a
+    corpus of reference sets (the training split's for rewards, the scored images' own for a corpus score).
 
     Args:
         corpus: the references of every image of the corpus (e.g. the training split): image i's
