@@ -58,8 +58,8 @@ from caption_torch.data.synthetic.wording import (
     CAPTIONS_PER_IMAGE,
     ONE_GROUP_PROBABILITY,
     RARE_SYNONYMS,
-    pick_one,
     describe,
+    pick_one,
 )
 
 __all__ = ["SIZES", "SyntheticSize", "write_synthetic_dataset", "ensure_synthetic_dataset", "default_cache_dir", "main"]
