@@ -15,7 +15,7 @@ cs231n's ``coco_utils.py``; the DataModule in ``data.py`` streams the same files
 
 from __future__ import annotations
 
-import json
+import functools
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +25,8 @@ import h5py
 import numpy as np
 
 from caption_torch import vocabulary
+from caption_torch.data import schema
+from caption_torch.data.schema import SchemaError
 
 SPLITS = ("train", "val")
 CAPTIONS_FILE = "coco2014_captions.h5"
@@ -36,37 +38,49 @@ HOW_TO_GET = (
 )
 
 
-class CocoDataError(ValueError):
+class CocoDataError(SchemaError):
     """A data folder that is missing a file or holds one in an unexpected form."""
+
+    def __init__(self, message: str) -> None:
+        ValueError.__init__(self, message)
 
 
 def feature_file(split: str, pca_features: bool = True) -> str:
     """File name of a split's image features: fc7-PCA (512-d) or the full fc7 (4096-d)."""
-    return f"{split}2014_vgg16_fc7{'_pca' if pca_features else ''}.h5"
+    return schema.FEATURES.name.format(split=split, suffix="_pca" if pca_features else "")
 
 
 def urls_file(split: str) -> str:
-    return f"{split}2014_urls.txt"
+    return schema.URLS.format(split=split)
 
 
-def _problem(path: Path, expected: str, found: str) -> CocoDataError:
-    return CocoDataError(f"{path}: expected {expected}, found {found}. {HOW_TO_GET}")
+def scenes_file(split: str) -> str:
+    """The embedded dataset's extra file: one scene description per image (no such file in COCO)."""
+    return schema.SCENES.format(split=split)
+
+
+def _validator(base_dir: Path | str) -> schema.Validator:
+    return schema.Validator(Path(base_dir), HOW_TO_GET)
+
+
+def _as_coco_error(function):
+    """Readers raise CocoDataError (a SchemaError) whatever part of the schema refused the file."""
+
+    @functools.wraps(function)
+    def reader(*args, **kwargs):
+        try:
+            return function(*args, **kwargs)
+        except CocoDataError:
+            raise
+        except SchemaError as error:
+            raise CocoDataError(str(error)) from None
+
+    return reader
 
 
 def require_file(path: Path, expected: str) -> Path:
     """The path, or a CocoDataError naming it, what it should hold, and how to get it."""
-    if not path.is_file():
-        found = "a folder" if path.is_dir() else "no such file"
-        raise _problem(path, expected, found)
-    return path
-
-
-def _open_h5(path: Path, expected: str) -> h5py.File:
-    require_file(path, expected)
-    try:
-        return h5py.File(path, "r")
-    except OSError as error:
-        raise _problem(path, expected, f"a file h5py cannot open ({error})") from None
+    return _as_coco_error(schema.Validator(path.parent, HOW_TO_GET).require)(path, expected)
 
 
 @dataclass(frozen=True)
@@ -77,37 +91,34 @@ class SplitCaptions:
     image_idxs: np.ndarray
 
 
-def read_captions(base_dir: Path | str, vocab_size: int | None = None) -> dict[str, SplitCaptions]:
-    """Read ``coco2014_captions.h5``, accepting ``*_image_idxs`` or ``*_image_idxes``.
+@_as_coco_error
+def read_captions(
+    base_dir: Path | str, vocab_size: int | None = None, validator: schema.Validator | None = None
+) -> dict[str, SplitCaptions]:
+    """Read ``coco2014_captions.h5`` through :data:`schema.CAPTIONS` (``*_image_idxs`` or ``*_image_idxes``).
+
+    Args:
+        vocab_size: V; caption ids must lie in [0, V).
+        validator: the folder's validator, holding the sizes other files fixed (image indices are
+            then checked against the feature rows too).
 
     Returns:
         ``{"train": SplitCaptions, "val": SplitCaptions}``; captions as int64.
     """
-    path = Path(base_dir) / CAPTIONS_FILE
-    expected = "an HDF5 file with datasets {train,val}_captions and {train,val}_image_idxs"
+    check = validator or _validator(base_dir)
+    if vocab_size is not None:
+        check.sizes.setdefault("V", (vocab_size, VOCAB_FILE))
     result = {}
-    with _open_h5(path, expected) as f:
+    with check.open_h5(schema.CAPTIONS) as (path, f):
         for split in SPLITS:
-            caption_key = f"{split}_captions"
-            idx_key = next((k for k in (f"{split}_image_idxs", f"{split}_image_idxes") if k in f), None)
-            missing = ([caption_key] if caption_key not in f else []) + (
-                [f"{split}_image_idxs (or {split}_image_idxes)"] if idx_key is None else []
-            )
-            if missing:
-                raise _problem(path, expected, f"datasets {sorted(f.keys())}, missing {', '.join(missing)}")
-            captions, image_idxs = np.asarray(f[caption_key]), np.asarray(f[idx_key])
-            if captions.ndim != 2 or captions.shape[1] < 2 or not np.issubdtype(captions.dtype, np.integer):
-                raise _problem(path, f"{caption_key} of shape (num_captions, T>=2) and integer dtype",
-                               f"shape {captions.shape}, dtype {captions.dtype}")  # fmt: skip
-            if image_idxs.shape != (captions.shape[0],) or not np.issubdtype(image_idxs.dtype, np.integer):
-                raise _problem(path, f"{idx_key} of shape ({captions.shape[0]},) and integer dtype",
-                               f"shape {image_idxs.shape}, dtype {image_idxs.dtype}")  # fmt: skip
-            if captions.shape[0] == 0:
-                raise _problem(path, f"at least one caption in {caption_key}", "an empty split")
-            if vocab_size is not None and (captions.min() < 0 or captions.max() >= vocab_size):
-                bad = captions.min() if captions.min() < 0 else captions.max()
-                raise _problem(path, f"token ids in [0, {vocab_size}) (the vocabulary)", f"id {bad} in {caption_key}")
-            result[split] = SplitCaptions(captions.astype(np.int64), image_idxs.astype(np.int64))
+            arrays = []
+            for spec in schema.CAPTIONS.arrays:
+                key, entry = check.array(path, f, spec, split)
+                values = check.read_array(path, key, entry)
+                meaning = "the vocabulary" if spec.below == "V" else "the rows of the split's feature file"
+                check.check_below(path, key, values, spec, split, meaning)
+                arrays.append(values)
+            result[split] = SplitCaptions(*arrays)
     return result
 
 
@@ -119,42 +130,24 @@ def require_folder(base_dir: Path | str) -> Path:
     return base_dir
 
 
+@_as_coco_error
 def read_vocab(base_dir: Path | str) -> tuple[dict[str, int], vocabulary.IdToWord]:
-    """Read ``coco2014_vocab.json``: ``(word_to_idx, idx_to_word)``."""
-    path = require_file(require_folder(base_dir) / VOCAB_FILE, "a JSON vocabulary with idx_to_word and word_to_idx")
-    try:
-        vocab = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise _problem(path, "valid JSON", f"a parse error ({error})") from None
-    except OSError as error:  # unreadable (permissions): the reason, not a traceback
-        raise _problem(path, "a readable file", f"{error.strerror}") from None
-    if not isinstance(vocab, dict) or not {"idx_to_word", "word_to_idx"} <= vocab.keys():
-        found = f"keys {sorted(vocab)}" if isinstance(vocab, dict) else type(vocab).__name__
-        raise _problem(path, "keys idx_to_word and word_to_idx", found)
-    word_to_idx, idx_to_word = vocab["word_to_idx"], vocab["idx_to_word"]
-    missing = [token for token in SPECIAL_TOKENS[:3] if token not in word_to_idx]
-    if missing:
-        raise _problem(path, f"the special tokens {SPECIAL_TOKENS[:3]} in word_to_idx", f"{missing} missing")
-    consistent = len(idx_to_word) == len(word_to_idx) and all(
-        isinstance(idx, int) and 0 <= idx < len(idx_to_word) and idx_to_word[idx] == word
-        for word, idx in word_to_idx.items()
-    )
-    if not consistent:
-        raise _problem(path, "idx_to_word and word_to_idx describing the same vocabulary", "they disagree")
-    word_to_idx = {word: int(idx) for word, idx in word_to_idx.items()}
+    """Read ``coco2014_vocab.json`` through :data:`schema.VOCABULARY`: ``(word_to_idx, idx_to_word)``."""
+    path = require_folder(base_dir) / VOCAB_FILE
+    expected = "a JSON vocabulary with idx_to_word and word_to_idx"
+    vocab = _validator(base_dir).read_json(path, schema.VOCABULARY, expected)
+    word_to_idx = schema.check_vocabulary(path, vocab)
     return word_to_idx, vocabulary.index_words(word_to_idx)
 
 
-def feature_shape(base_dir: Path | str, split: str, pca_features: bool = True) -> tuple[int, int]:
-    """(num_images, feature_dim) of a split's feature file, checked without loading it."""
-    path = Path(base_dir) / feature_file(split, pca_features)
-    expected = "an HDF5 file with a float dataset 'features' of shape (num_images, D)"
-    with _open_h5(path, expected) as f:
-        if "features" not in f:
-            raise _problem(path, expected, f"datasets {sorted(f.keys())}")
-        features = f["features"]
-        if features.ndim != 2 or not np.issubdtype(features.dtype, np.floating):
-            raise _problem(path, expected, f"shape {features.shape}, dtype {features.dtype}")
+@_as_coco_error
+def feature_shape(
+    base_dir: Path | str, split: str, pca_features: bool = True, validator: schema.Validator | None = None
+) -> tuple[int, int]:
+    """(num_images, feature_dim) of a split's feature file, checked (kind, shape, storage) without loading it."""
+    check = validator or _validator(base_dir)
+    with check.open_h5(schema.FEATURES, split, "_pca" if pca_features else "") as (path, f):
+        _, features = check.array(path, f, schema.FEATURES.arrays[0], split)
         return tuple(features.shape)
 
 
@@ -170,6 +163,7 @@ def read_features(base_dir: Path | str, split: str, pca_features: bool = True) -
     return read_feature_matrix(Path(base_dir) / feature_file(split, pca_features))
 
 
+@_as_coco_error
 def read_urls(base_dir: Path | str, split: str, num_images: int | None = None) -> np.ndarray:
     """One URL per image row, as a NumPy string array (each line stripped, as cs231n reads them).
 
@@ -177,65 +171,66 @@ def read_urls(base_dir: Path | str, split: str, num_images: int | None = None) -
     aside): URLs belong to feature rows by position, so a missing or extra line would
     give every later image the wrong URL.
     """
-    path = require_file(Path(base_dir) / urls_file(split), "a text file with one image URL per line")
-    lines = path.read_text().splitlines()
-    while lines and not lines[-1].strip():
-        lines.pop()
+    check = _validator(base_dir)
+    path = check.path(schema.URLS, split)
+    lines = check.read_lines(path, "a text file with one image URL per line")
     if num_images is not None and len(lines) != num_images:
-        raise _problem(path, f"{num_images} lines, one URL per {split} image (feature row)", f"{len(lines)} lines")
-    return np.asarray([line.strip() for line in lines])
+        raise SchemaError(path, None, f"{num_images} lines, one URL per {split} image (feature row)",
+                          f"{len(lines)} lines")  # fmt: skip
+    return np.asarray(lines)
 
 
 def check_image_idxs(captions: SplitCaptions, num_images: int, split: str, base_dir: Path | str) -> None:
     """Every caption must point at an existing feature row (num_images rows in the split's feature file)."""
-    idxs = captions.image_idxs
-    if idxs.size and (idxs.min() < 0 or idxs.max() >= num_images):
-        bad = idxs.min() if idxs.min() < 0 else idxs.max()
-        raise _problem(Path(base_dir) / CAPTIONS_FILE, f"{split}_image_idxs in [0, {num_images}) "
-                       "(the rows of the split's feature file)", f"index {bad}")  # fmt: skip
+    check = _validator(base_dir)
+    check.sizes[f"Ni[{split}]"] = (num_images, feature_file(split))
+    spec = schema.CAPTIONS.arrays[1]
+    _as_coco_error(check.check_below)(check.path(schema.CAPTIONS.name), f"{split}_image_idxs", captions.image_idxs,
+                                      spec, split, "the rows of the split's feature file")  # fmt: skip
 
 
-def scenes_file(split: str) -> str:
-    """The embedded dataset's extra file: one scene description per image (no such file in COCO)."""
-    return f"{split}2014_scenes.json"
-
-
+@_as_coco_error
 def image_sources(base_dir: Path | str, split: str, num_images: int) -> list:
     """Per image row (``num_images`` of them): its scene dict (embedded data, drawable offline) or URL (COCO)."""
-    scenes_path = Path(base_dir) / scenes_file(split)
+    check = _validator(base_dir)
+    scenes_path = check.path(schema.SCENES, split)
     if not scenes_path.is_file():
         return read_urls(base_dir, split, num_images).tolist()
-    try:
-        scenes = json.loads(scenes_path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise CocoDataError(f"{scenes_path}: expected a JSON list of scenes, found a parse error ({error})") from None
-    if not isinstance(scenes, list) or len(scenes) != num_images:
-        found = f"{len(scenes)}" if isinstance(scenes, list) else f"a JSON {type(scenes).__name__}"
-        raise CocoDataError(f"{scenes_path}: expected {num_images} scenes, one per feature row, found {found}")
+    scenes = check.read_json(scenes_path, _scenes_type(), "a JSON list of scenes")
+    if len(scenes) != num_images:
+        raise SchemaError(scenes_path, None, f"{num_images} scenes, one per feature row", f"{len(scenes)}")
     return scenes
+
+
+@functools.cache
+def _scenes_type() -> schema.JsonType:
+    return schema.JsonType("a JSON list of scenes", lambda v: isinstance(v, list), items=schema._scene_types())
 
 
 # Tokens that carry no word: a caption made only of these teaches nothing and scores nothing.
 NON_WORDS = SPECIAL_TOKENS[:3]  # <NULL>, <START>, <END>
 
 
+@_as_coco_error
 def check_layout(
     base_dir: Path | str, splits: dict[str, SplitCaptions], word_to_idx: dict[str, int], pca_features: bool = True
 ) -> tuple[dict[str, int], int]:
     """Check a data folder's splits against each other before any training: everything a run will read.
 
-    Every caption points at a feature row and begins with ``<START>``; the feature files agree
-    on the width D; each image has a URL (or a scene); the features are finite; and the captions
-    can train (see :func:`check_trainable`).
+    Through :mod:`schema`: each split's feature file (its rows ``Ni``, one width ``D`` for both
+    splits, finite values), every caption pointing at a feature row, each image having a URL (or a
+    scene). Then every caption begins with ``<START>`` and the captions can train (see
+    :func:`check_trainable`).
 
     Returns:
         ``(num_images per split, D)``.
     """
     base_dir = Path(base_dir)
-    num_images, widths = {}, {}
+    check = _validator(base_dir)
+    num_images = {}
     start = word_to_idx["<START>"]
     for split, captions in splits.items():
-        num_images[split], widths[split] = feature_shape(base_dir, split, pca_features)
+        num_images[split], _ = check_features(check, split, pca_features)
         check_image_idxs(captions, num_images[split], split, base_dir)
         # Only the printed samples use the URLs or scenes, after training: a bad file must stop the run before it.
         image_sources(base_dir, split, num_images[split])
@@ -245,29 +240,26 @@ def check_layout(
                 f"{base_dir / CAPTIONS_FILE}: {not_started} {split} captions do not begin with "
                 f"<START> (id {start}); every caption must be <START> ... <END> <NULL>..."
             )
-        check_finite_features(base_dir / feature_file(split, pca_features))
-    if len(set(widths.values())) > 1:  # one model reads both splits
-        raise CocoDataError(
-            f"{base_dir}: the feature files disagree on the width D: "
-            + ", ".join(f"{feature_file(split, pca_features)} has {width}" for split, width in widths.items())
-        )
     check_trainable(base_dir, splits, word_to_idx)
-    return num_images, widths["train"]
+    return num_images, check.sizes["D"][0]
+
+
+def check_features(check: schema.Validator, split: str, pca_features: bool = True) -> tuple[int, int]:
+    """A split's feature file through :data:`schema.FEATURES`, every value read: ``(Ni, D)``.
+
+    One NaN row would make every loss that reads it, and the val scores, NaN.
+    """
+    with check.open_h5(schema.FEATURES, split, "_pca" if pca_features else "") as (path, f):
+        key, features = check.array(path, f, schema.FEATURES.arrays[0], split)
+        check.check_finite(path, key, features)
+        return tuple(features.shape)
 
 
 def check_finite_features(path: Path, rows_per_read: int = 8192) -> None:
-    """Every feature must be finite: one NaN row makes every loss that reads it, and the val scores, NaN."""
+    """Every feature of one file must be finite (see :func:`check_features`)."""
+    check = schema.Validator(path.parent, HOW_TO_GET)
     with h5py.File(path, "r") as f:
-        features = f["features"]
-        for begin in range(0, features.shape[0], rows_per_read):
-            block = np.asarray(features[begin : begin + rows_per_read])
-            finite = np.isfinite(block).all(axis=1)
-            if not finite.all():
-                bad = np.flatnonzero(~finite)
-                raise CocoDataError(
-                    f"{path}: expected finite features, found NaN or inf in row {begin + bad[0]} "
-                    f"({len(bad)} rows of the first {begin + len(block)}); fix or drop those images"
-                )
+        _as_coco_error(check.check_finite)(path, "features", f["features"], rows_per_read)
 
 
 def check_trainable(base_dir: Path, splits: dict[str, SplitCaptions], word_to_idx: dict[str, int]) -> None:
