@@ -20,7 +20,6 @@
 from __future__ import annotations
 
 import hashlib
-import inspect
 import io
 import os
 import re
@@ -33,15 +32,14 @@ import lightning as L
 import torch
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
+from caption_torch.training.checkpoint_schema import CheckpointError, check_checkpoint
 from caption_torch.training.system import CaptioningSystem
+
+__all__ = ["CheckpointError", "load_model", "load_system", "read_checkpoint", "check_model_fits_data"]
 
 LAST_CHECKPOINT = "last.ckpt"
 CHECKSUM_KEY = "tensor_sha256"  # hex SHA-256 of every tensor in the checkpoint, in key order
 _UNVERIFIED: set[str] = set()  # checkpoints without a checksum already warned about
-
-
-class CheckpointError(ValueError):
-    """A checkpoint that is missing, unreadable, damaged, or does not fit the data."""
 
 
 def _tensors(tree: Any, prefix: str = ""):
@@ -127,16 +125,8 @@ def load_system(path: Path | str) -> CaptioningSystem:
     hyperparameters the checkpoint records, so any constructor argument it saved is honoured.
     """
     checkpoint = read_checkpoint(path)
-    if not {"hyper_parameters", "state_dict"} <= checkpoint.keys():
-        raise CheckpointError(f"checkpoint {path} lacks hyper_parameters/state_dict: was it written by train.py?")
-    hparams = checkpoint["hyper_parameters"]
-    if "cell_type" in hparams and "decoder" not in hparams:  # written before the Transformer: rnn or lstm
-        hparams["decoder"] = hparams.pop("cell_type")
-    required = [name for name, parameter in inspect.signature(CaptioningSystem.__init__).parameters.items()
-                if name != "self" and parameter.default is inspect.Parameter.empty]  # fmt: skip
-    missing = [name for name in required if name not in checkpoint["hyper_parameters"]]
-    if missing:
-        raise CheckpointError(f"checkpoint {path} lacks the hyperparameter {missing[0]!r}: was it written by train.py?")
+    # Keys, hyperparameter types and every tensor's shape, before anything is built (checkpoint_schema.py).
+    check_checkpoint(checkpoint, path)
     bad = first_non_finite(checkpoint["state_dict"])
     if bad is not None:
         raise CheckpointError(f"checkpoint {path} holds non-finite weights ({bad} has NaN or inf); use an earlier one")
