@@ -22,6 +22,7 @@ import torch
 from torch import Tensor
 
 from caption_torch import functional as F
+from caption_torch import guard
 from caption_torch.models.recurrent import CaptioningRNN
 
 
@@ -387,6 +388,7 @@ def run_all() -> list[CheckLine]:
     return [line for check in ALL_CHECKS for line in check()]
 
 
+@guard.entry_point("check")
 def main() -> int:
     lines, section = run_all(), None
     for line in lines:

@@ -266,6 +266,16 @@ def test_overfit_larger_than_the_split(coco_folder, tmp_path, capsys):
     ("--devices", "0", "a positive count, -1 (all) or indices like 0,1; got '0'"),
     ("--devices", "abc", "got 'abc'"),
     ("--devices", "-2", "got '-2'"),
+    ("--devices", "9" * 40, "a positive count"),
+    ("--num-workers", "-1", "must be in [0, "),
+    ("--num-workers", "100000", "8 per CPU core of this machine"),
+    ("--seed", "-5", "must be in [0, 4294967295], got -5"),
+    ("--seed", str(2**32), "must be in [0, 4294967295]"),
+    ("--seed", "1" * 5000, "must be an integer"),
+    ("--epochs", str(2**31), "must be at most 2147483647"),
+    ("--lr", "1e-400", "must be positive"),
+    ("--lr-decay", "inf", "must be positive and finite"),
+    ("--batch-size", "ten", "must be an integer, got 'ten'"),
 ])  # fmt: skip
 def test_non_positive_sizes_are_refused_before_anything_runs(capsys, flag, value, message):
     with pytest.raises(SystemExit) as exit:
@@ -275,7 +285,6 @@ def test_non_positive_sizes_are_refused_before_anything_runs(capsys, flag, value
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--num-workers", "-1"], "--num-workers must be >= 0"),
     (["--resume"], "--resume found no"),
     (["--full-features"], "the embedded dataset has only the 512-d fc7-PCA ones"),
 ])  # fmt: skip
@@ -703,3 +712,119 @@ def test_a_size_flag_of_another_decoder_is_refused(coco_folder, tmp_path, capsys
     code, err = run_train(capsys, "--data-dir", coco_folder, *flags, "--log-dir", tmp_path)
     assert_one_line_error(code, err, phrase)
     assert not (tmp_path / "lightning_logs").exists()  # refused before anything was written
+
+
+# --- every file through its schema: what the earlier, case-by-case checks missed -----------------------------------
+
+
+def _write_vocab(folder: Path, vocab) -> None:
+    (folder / "coco2014_vocab.json").write_text(json.dumps(vocab))
+
+
+def _features_group(folder: Path) -> None:
+    with h5py.File(folder / "train2014_vgg16_fc7_pca.h5", "w") as f:
+        f.create_group("features")
+
+
+def _never_written(folder: Path) -> None:
+    """A chunked dataset of 10^9 rows whose chunks were never written: a few KB on disk, endless to scan."""
+    with h5py.File(folder / "val2014_vgg16_fc7_pca.h5", "w") as f:
+        f.create_dataset("features", shape=(10**9, 512), chunks=(64, 512), dtype=np.float32)
+
+
+SCHEMA_CASES = {
+    "word_to_idx is a list": (lambda d: _write_vocab(d, {"idx_to_word": ["<NULL>"], "word_to_idx": ["<NULL>"]}),
+                              ["coco2014_vocab.json: word_to_idx", "expected an object of word: id", "a list of 1"]),
+    "features is a group": (_features_group, ["train2014_vgg16_fc7_pca.h5: features",
+                                              "expected a float dataset 'features' of shape (Ni, D)", "HDF5 group"]),
+    "an id that is a string": (lambda d: _write_vocab(d, {"idx_to_word": ["<NULL>"], "word_to_idx": {"<NULL>": "0"}}),
+                               ["word_to_idx['<NULL>']", "an integer id >= 0", "the string '0'"]),
+    "two words, one id": (lambda d: _write_vocab(d, {"idx_to_word": ["<NULL>", "<START>", "<END>"],
+                                                     "word_to_idx": {"<NULL>": 0, "<START>": 1, "<END>": 1}}),
+                          ["a distinct id per word", "id 1 for '<START>' and '<END>'"]),
+    "deeply nested vocabulary": (lambda d: (d / "coco2014_vocab.json").write_text("[" * 100_000 + "]" * 100_000),
+                                 ["coco2014_vocab.json", "nesting too deep"]),
+    "URL file not UTF-8": (lambda d: (d / "val2014_urls.txt").write_bytes(b"http://x/\xff\xfe.jpg\n" * 6),
+                           ["val2014_urls.txt", "expected UTF-8 text", "not UTF-8 at offset 9"]),
+    "features never written": (_never_written, ["val2014_vgg16_fc7_pca.h5: features",
+                                                "a dataset whose every value is stored", "chunks written"]),
+    "three-dimensional captions": (lambda d: _edit_captions(d, lambda f: (f.__delitem__("val_captions"),
+                                       f.create_dataset("val_captions", data=np.ones((18, 17, 2), np.int32)))),
+                                   ["val_captions", "of shape (Nc, T>=2)", "found shape (18, 17, 2)"]),
+    "fewer image indices than captions": (lambda d: _edit_captions(d, lambda f: (f.__delitem__("train_image_idxs"),
+                                              f.create_dataset("train_image_idxs", data=np.zeros(35, np.int32)))),
+                                          ["train_image_idxs", "the number of captions Nc[train] = 36", "found 35"]),
+    "a scene of an unknown colour": (lambda d: (d / "val2014_scenes.json").write_text(json.dumps(
+        [{"setting": "beach", "relation": None, "objects": [{"noun": "dog", "shape": "animal", "colour": "octarine",
+          "size": "small", "count": 1, "positions": [[0.5, 0.5]]}]}] * 6)),
+        ["val2014_scenes.json: [0].objects[0].colour", "expected one of", "the string 'octarine'"]),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("case", SCHEMA_CASES)
+def test_every_file_is_read_through_its_schema(coco_folder, tmp_path, capsys, case):
+    corrupt, phrases = SCHEMA_CASES[case]
+    corrupt(coco_folder)
+    code, err = run_train(capsys, "--data-dir", coco_folder, "--epochs", "1", *SMALL, "--log-dir", tmp_path)
+    assert_one_line_error(code, err, *phrases)
+
+
+@pytest.mark.parametrize("idx_to_word", ["list with nulls", "object"])
+def test_a_vocabulary_whose_ids_have_gaps_loads(coco_folder, idx_to_word):
+    from conftest import WORDS
+
+    word_to_idx = {word: (i if i < 10 else i + 5) for i, word in enumerate(WORDS)}  # ids 10..14 unused
+    listed = [None] * 18
+    for word, i in word_to_idx.items():
+        listed[i] = word
+    stated = listed if idx_to_word == "list with nulls" else {str(i): w for w, i in word_to_idx.items()}
+    _write_vocab(coco_folder, {"idx_to_word": stated, "word_to_idx": word_to_idx})
+    loaded, id_to_word = coco.read_vocab(coco_folder)
+    assert loaded == word_to_idx and id_to_word[17] == "big" and id_to_word[12] == "<UNK>"
+
+
+@pytest.mark.parametrize("args, phrases", [
+    (["--hidden-dim", "100000"], ["this run needs about", "GiB", "--hidden-dim 100000 sized most of it"]),
+    (["--batch-size", "100000000"], ["one batch's activations", "--batch-size 100000000 sized most of it"]),
+    (["--accelerator", "cpu", "--devices", "100000"], ["--devices 100000: this machine has"]),
+    (["--num-nodes", "2"], ["--num-nodes 2 needs a launcher"]),
+])  # fmt: skip
+def test_a_run_that_cannot_fit_is_refused_before_training(coco_folder, tmp_path, capsys, monkeypatch, args, phrases):
+    for name in ("NODE_RANK", "MASTER_ADDR", "WORLD_SIZE", "SLURM_NTASKS"):
+        monkeypatch.delenv(name, raising=False)
+    started = time.monotonic()
+    code, err = run_train(capsys, "--data-dir", coco_folder, "--accelerator", "cpu", *args, "--log-dir", tmp_path)
+    assert_one_line_error(code, err, *phrases)
+    assert not (tmp_path / "lightning_logs").exists() and time.monotonic() - started < 60
+
+
+def _bug(*args, **kwargs):
+    return 1 / 0
+
+
+def test_an_unexpected_exception_is_one_line_and_a_report(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(train.CaptionDataModule, "setup", _bug)
+    code = train.main(["--synthetic-size", "tiny", "--log-dir", str(tmp_path)])
+    err = capsys.readouterr().err
+    (line,) = [line for line in err.splitlines() if line.startswith("error: ")]
+    assert code == 1 and "Traceback" not in err
+    assert "train.py failed unexpectedly in main > run > build (train.py:" in line and "ZeroDivisionError" in line
+    (report,) = tmp_path.glob("caption-torch-error-*.txt")
+    assert f"full report in {report}" in line and "Traceback" in report.read_text()
+    with pytest.raises(ZeroDivisionError):  # --debug lets it through
+        train.main(["--synthetic-size", "tiny", "--log-dir", str(tmp_path), "--debug"])
+    monkeypatch.setenv("CAPTION_TORCH_DEBUG", "1")
+    with pytest.raises(ZeroDivisionError):
+        train.main(["--synthetic-size", "tiny", "--log-dir", str(tmp_path)])
+
+
+def test_an_allocation_failure_anywhere_is_one_line(tmp_path, capsys, monkeypatch):
+    def cannot_allocate(*args, **kwargs):
+        raise RuntimeError("[enforce fail at alloc_cpu.cpp:127] DefaultCPUAllocator: can't allocate memory")
+
+    monkeypatch.setattr(CaptioningSystem, "from_config", cannot_allocate)
+    code, err = run_train(capsys, "--synthetic-size", "tiny", "--log-dir", tmp_path)
+    assert_one_line_error(code, err, "out of memory in main > run > build", "lower --batch-size")
+    monkeypatch.setattr(evaluate, "load_system", cannot_allocate)
+    code = evaluate.main(["--ckpt", str(tmp_path / "c.ckpt")])
+    assert_one_line_error(code, capsys.readouterr().err, "evaluate: out of memory")

@@ -12,7 +12,7 @@ import re
 from dataclasses import replace
 from pathlib import Path
 
-from caption_torch.cli.argtypes import device_count, positive_float, positive_int
+from caption_torch.cli.argtypes import device_count, positive_float, positive_int, seed, worker_count
 from caption_torch.models.config import SELF_CRITICAL, CaptionConfig, preset, shape_fields
 from caption_torch.models.registry import DECODERS
 from caption_torch.training.checkpointing import CheckpointError, check_model_fits_data, load_system
@@ -79,7 +79,7 @@ def build_parser(description: str) -> argparse.ArgumentParser:
         default=None,
         help="validate on this many random val images (default: all)",
     )
-    data.add_argument("--num-workers", type=int, default=0, help="DataLoader worker processes (default: 0)")
+    data.add_argument("--num-workers", type=worker_count, default=0, help="DataLoader worker processes (default: 0)")
     data.add_argument(
         "--feature-storage",
         default="hdf5",
@@ -107,7 +107,7 @@ def build_parser(description: str) -> argparse.ArgumentParser:
         ("--lr-decay", "lr_decay", positive_float, "learning rate multiplier after each epoch (cs231n's lr_decay)"),
     ):
         model.add_argument(flag, dest=name, type=kind, default=None, help=f"{meaning} (default: {_defaults(name)})")
-    model.add_argument("--seed", type=int, default=231, help="random seed (default: 231, the notebook's)")
+    model.add_argument("--seed", type=seed, default=231, help="random seed (default: 231, the notebook's)")
 
     hardware = parser.add_argument_group("hardware and runs")
     hardware.add_argument("--accelerator", default="auto", help="cpu, gpu, auto, ... (default: auto)")

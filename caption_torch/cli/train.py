@@ -27,8 +27,9 @@ from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.fabric.utilities.rank_zero import rank_zero_only
 from lightning.pytorch.callbacks import ModelCheckpoint
 
-from caption_torch.cli import flags
-from caption_torch.cli.argtypes import check_writable_folder
+from caption_torch import guard
+from caption_torch.cli import flags, resources
+from caption_torch.cli.argtypes import check_hardware, check_writable_folder
 from caption_torch.cli.flags import check_resumable, find_last_checkpoint, resolve_defaults  # noqa: F401 (the tests' entry points)
 from caption_torch.data import cs231n as coco
 from caption_torch.data.datamodule import CaptionDataModule, FeatureRows
@@ -92,6 +93,7 @@ class Run(NamedTuple):
     ckpt_path: Path | None  # the checkpoint resumed from
 
 
+@guard.entry_point("train.py", lambda argv: Path(guard.option_value(argv, "--log-dir") or "."))
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)  # malformed flags: argparse's usage message, exit 2
     stop = StopOnSignal(LastCheckpoint(every_n_steps=args.checkpoint_every))
@@ -147,6 +149,7 @@ def run(args: argparse.Namespace, stop: StopOnSignal) -> int:
     """Train as the flags say; rank 0 then prints the samples, metrics and paths."""
     quiet_lightning()
     check_writable_folder(args.log_dir, "--log-dir")  # before the data is read, not after training
+    check_hardware(args.accelerator, args.devices, args.num_nodes)
     # A path (resolve_defaults found the newest for a bare --resume, and read and verified it).
     ckpt_path = args.resume
     parts = build(args, stop, ckpt_path)
@@ -178,6 +181,10 @@ def build(args: argparse.Namespace, stop: StopOnSignal, ckpt_path: Path | str | 
     )
     dm.prepare_data()
     dm.setup("fit")  # the model needs the vocabulary and the feature width
+    # Refuse a run that would not fit the device before its model is allocated (resources.py).
+    resources.check_fits(config, dm.word_to_idx, dm.feature_dim, dm.train_set.captions.shape[1],
+                         sum(dm.num_images.values()), args.accelerator, args.devices, args.precision,
+                         args.feature_storage)  # fmt: skip
     system = CaptioningSystem.from_config(dm.word_to_idx, dm.feature_dim, config)
     if ckpt_path is not None:
         check_resumable(ckpt_path, args.start, system)

@@ -19,7 +19,15 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from caption_torch.cli.argtypes import check_writable_file, check_writable_folder, positive_float, positive_int
+from caption_torch import guard
+from caption_torch.cli.argtypes import (
+    caption_length,
+    check_writable_file,
+    check_writable_folder,
+    positive_float,
+    positive_int,
+    seed,
+)
 from caption_torch.data import cs231n as coco
 from caption_torch.data.datamodule import CaptionDataModule, ImageDataset
 from caption_torch.evaluation.plots import caption_grid
@@ -114,10 +122,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--beam-size", type=positive_int, default=1, help="beam width; 1 is greedy (default: 1)")
     parser.add_argument("--temperature", type=positive_float, default=1.0, help="temperature for --method sample")
-    parser.add_argument("--max-length", type=positive_int, default=30, help="longest generated caption (default: 30)")
+    parser.add_argument("--max-length", type=caption_length, default=30, help="longest generated caption (default: 30)")
     parser.add_argument("--max-images", type=positive_int, default=None, help="caption only the first N images")
     parser.add_argument("--batch-size", type=positive_int, default=500, help="images per decoding batch (default: 500)")
-    parser.add_argument("--seed", type=int, default=0, help="seed for --method sample and --show")
+    parser.add_argument("--seed", type=seed, default=0, help="seed for --method sample and --show")
     parser.add_argument(
         "--jsonl",
         type=Path,
@@ -305,6 +313,7 @@ def draw_examples(args: argparse.Namespace, runs: list[Run], loaded: Loaded, ima
     return caption_grid(panels, args.out, title=title)
 
 
+@guard.entry_point("evaluate", lambda argv: Path(guard.option_value(argv, "--ckpt") or "x").parent)
 def main(argv: list[str] | None = None) -> int:
     """``python -m caption_torch.evaluate``: 0 on success, 2 with one ``error:`` line for a bad flag, checkpoint
     or data folder."""

@@ -43,6 +43,7 @@ import h5py
 import numpy as np
 from tqdm import tqdm
 
+from caption_torch import guard
 from caption_torch.data import cs231n as coco
 from caption_torch.data.synthetic.scenes import (
     COLOURS,
@@ -453,7 +454,8 @@ def ensure_synthetic_dataset(size: str = "default", seed: int = 0, cache_dir: st
         raise
 
 
-def main(argv: Sequence[str] | None = None) -> None:
+@guard.entry_point("generate", lambda argv: None)
+def main(argv: Sequence[str] | None = None) -> int:
     """``python -m caption_torch.data.synthetic.generate --out DIR [--size coco] [--seed 0] [--full-features]``."""
     parser = argparse.ArgumentParser(
         prog="python -m caption_torch.data.synthetic.generate",
@@ -485,7 +487,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         f"Wrote the synthetic {args.size} dataset (seed {args.seed}) to {folder} "
         f"in {time.perf_counter() - started:.1f}s"
     )
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())
