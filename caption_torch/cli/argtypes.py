@@ -43,6 +43,17 @@ def positive_float(text: str) -> float:
     return value
 
 
+MAX_CAPTION_LENGTH = 1000  # tokens; COCO's captions have at most 17, and decoding runs one step per token
+
+
+def caption_length(text: str) -> int:
+    """argparse type: a caption length in [1, MAX_CAPTION_LENGTH] (longer ones decode for ever, or out of memory)."""
+    value = positive_int(text)
+    if value > MAX_CAPTION_LENGTH:
+        raise argparse.ArgumentTypeError(f"must be at most {MAX_CAPTION_LENGTH} tokens, got {value}")
+    return value
+
+
 def seed(text: str) -> int:
     """argparse type: a seed the random generators accept, an integer in [0, 2**32 - 1]."""
     value = _integer(text)

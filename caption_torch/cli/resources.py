@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, replace
-from typing import Mapping
+from typing import Callable, Mapping
 
 import torch
 
@@ -54,7 +54,14 @@ def value_bytes(precision: str) -> int:
 
 
 def parameter_count(word_to_idx: Mapping[str, int], input_dim: int, config: CaptionConfig) -> int:
-    """Parameters of the decoder ``config`` builds (shapes from the meta device)."""
+    """Parameters of the decoder ``config`` builds (shapes from the meta device).
+
+    The Transformer's layers are alike: its count is extrapolated from one and two layers, so an
+    absurd ``--num-layers`` costs two small builds, not millions of modules.
+    """
+    if config.decoder == "transformer" and config.num_layers > 2:
+        one, two = (parameter_count(word_to_idx, input_dim, replace(config, num_layers=n)) for n in (1, 2))
+        return one + (config.num_layers - 1) * (two - one)
     return sum(parameter.numel() for parameter in meta_decoder(word_to_idx, input_dim, config).parameters())
 
 
@@ -96,31 +103,29 @@ def estimate(
     return Estimate(parameters, activations, features)
 
 
-def sizing_flag(config: CaptionConfig, word_to_idx: Mapping[str, int], feature_dim: int, part: Estimate) -> str:
-    """The flag (and its value) that sized most of the estimate.
+def sizing_flag(config: CaptionConfig, total: Callable[[CaptionConfig], int], part: Estimate) -> str:
+    """The flag (and its value) that sized most of the estimate: the one whose halving saves the most.
 
-    The largest part names it: the activations ``--batch-size`` (or ``--samples-per-image``), the
-    features ``--feature-storage``; for the parameters, the size flag whose halving saves most.
+    Candidates: the decoder's size flags, ``--batch-size``, ``--samples-per-image`` (self-critical),
+    and ``--feature-storage`` where features are held in memory.
     """
-    if part.features >= max(part.parameters, part.activations):
-        return "--feature-storage"
-    if part.activations >= part.parameters:
-        if config.self_critical and config.samples_per_image > config.batch_size:
-            return f"--samples-per-image {config.samples_per_image}"
-        return f"--batch-size {config.batch_size}"
-    full = parameter_count(word_to_idx, feature_dim, config)
-    savings = {}
-    for name in DECODERS[config.decoder].shape_fields:
+    names = [*DECODERS[config.decoder].shape_fields, "batch_size"]
+    if config.self_critical:
+        names.append("samples_per_image")
+    full, savings = total(config), {}
+    for name in names:
         value = getattr(config, name)
         halved = max(1, value // 2)
-        if name == "wordvec_dim" and config.decoder == "transformer":
-            halved = max(config.num_heads * 2, halved - halved % (2 * config.num_heads))
+        if name == "wordvec_dim" and config.decoder == "transformer":  # keep it a multiple of 2 * heads
+            halved = max(2 * config.num_heads, halved - halved % (2 * config.num_heads))
         try:
-            savings[name] = full - parameter_count(word_to_idx, feature_dim, replace(config, **{name: halved}))
-        except ValueError:
+            savings[name] = full - total(replace(config, **{name: halved}))
+        except ValueError:  # a halved value the config refuses
             continue
-    name = max(savings, key=savings.get) if savings else "hidden_dim"
-    return f"--{name.replace('_', '-')} {getattr(config, name)}"
+    best = max(savings, key=savings.get) if savings else "batch_size"
+    if part.features > savings.get(best, 0):
+        return "--feature-storage"
+    return f"--{best.replace('_', '-')} {getattr(config, best)}"
 
 
 def available(accelerator: str, devices: int | str) -> tuple[int | None, str, int]:
@@ -171,7 +176,11 @@ def check_fits(
     held = feature_storage == "device" or (feature_storage == "memory" and where == "the CPU")
     part = estimate(config, word_to_idx, feature_dim, caption_length, feature_rows, precision, held)
     if free is not None and part.total * processes > free:
-        flag = sizing_flag(config, word_to_idx, feature_dim, part)
+
+        def total(changed: CaptionConfig) -> int:
+            return estimate(changed, word_to_idx, feature_dim, caption_length, feature_rows, precision, held).total
+
+        flag = sizing_flag(config, total, part)
         share = f" for each of {processes} processes" if processes > 1 else ""
         raise ValueError(
             f"this run needs about {human_bytes(part.total)}{share} (parameters, gradients and Adam's moments "

@@ -214,6 +214,11 @@ def check_checkpoint(checkpoint: dict[str, Any], path: Path | str) -> tuple[dict
             raise _problem(path, key, "the entries hyper_parameters and state_dict",
                            f"keys {sorted(map(str, checkpoint))[:8]} (was it written by train.py?)")  # fmt: skip
     word_to_idx, input_dim, config = check_hyperparameters(checkpoint["hyper_parameters"], path)
+    stored = checkpoint["state_dict"]
+    if config.decoder == "transformer" and isinstance(stored, Mapping) and config.num_layers > len(stored):
+        # Every layer holds tensors: refused before building millions of (meta) layers.
+        raise _problem(path, "hyper_parameters['num_layers']", f"at most one layer per stored tensor ({len(stored)})",
+                       config.num_layers)  # fmt: skip
     try:
         model = meta_decoder(word_to_idx, input_dim, config)
     except ValueError as error:
