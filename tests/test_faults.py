@@ -828,3 +828,38 @@ def test_an_allocation_failure_anywhere_is_one_line(tmp_path, capsys, monkeypatc
     monkeypatch.setattr(evaluate, "load_system", cannot_allocate)
     code = evaluate.main(["--ckpt", str(tmp_path / "c.ckpt")])
     assert_one_line_error(code, capsys.readouterr().err, "evaluate: out of memory")
+
+
+def _rewrite(checkpoint_path: Path, out: Path, change) -> Path:
+    checkpoint = torch.load(checkpoint_path, weights_only=True)
+    change(checkpoint)
+    checkpoint["tensor_sha256"] = tensor_checksum(checkpoint)  # consistent: the structure is what is checked
+    torch.save(checkpoint, out)
+    return out
+
+
+@pytest.mark.parametrize("change, phrases", [
+    (lambda c: c["hyper_parameters"].__setitem__("hidden_dim", 32.0),
+     ["hyper_parameters['hidden_dim']: expected an integer, found float 32.0"]),
+    (lambda c: c["hyper_parameters"].__setitem__("lr", float("inf")),
+     ["hyper_parameters['lr']: expected a finite number, found float inf"]),
+    (lambda c: c["hyper_parameters"].__setitem__("dropout", 0.1),
+     ["hyper_parameters['dropout']: expected only the hyperparameters", "a key train.py never writes"]),
+    (lambda c: c["hyper_parameters"].__setitem__("word_to_idx", ["<NULL>"]),
+     ["hyper_parameters['word_to_idx']: expected an object of word: id, found list"]),
+    # 10^6 hidden units: refused from the shapes alone, nothing of 4 * 10^12 floats is allocated.
+    (lambda c: c["hyper_parameters"].__setitem__("hidden_dim", 10**6),
+     ["state_dict['model.W_proj']: expected shape (512, 1000000)", "found a torch.float32 tensor of shape (512, 32)"]),
+    (lambda c: c.pop("state_dict"), ["state_dict: expected the entries hyper_parameters and state_dict"]),
+    (lambda c: c["state_dict"].__setitem__("model.extra", torch.zeros(2)),
+     ["state_dict['model.extra']", "a tensor this model does not have"]),
+    (lambda c: c["state_dict"].__setitem__("model.Wh", c["state_dict"]["model.Wh"].long()),
+     ["state_dict['model.Wh']: expected a floating-point tensor, found a torch.int64 tensor"]),
+    (lambda c: c["optimizer_states"][0]["state"][0].__setitem__("exp_avg", torch.zeros(3)),
+     ["optimizer_states[0]['state'][0]['exp_avg']: expected a tensor of the parameter's shape (13, 16)"]),
+    (lambda c: c.__setitem__("global_step", -1), ["global_step: expected an integer >= 0, found int -1"]),
+])  # fmt: skip
+def test_a_checkpoint_is_read_through_its_schema(trained_checkpoint, coco_folder, tmp_path, capsys, change, phrases):
+    damaged = _rewrite(trained_checkpoint, tmp_path / "damaged.ckpt", change)
+    code = evaluate.main(["--ckpt", str(damaged), "--data-dir", str(coco_folder), "--no-meteor"])
+    assert_one_line_error(code, capsys.readouterr().err, str(damaged), *phrases)
