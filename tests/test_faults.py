@@ -825,7 +825,9 @@ def test_an_allocation_failure_anywhere_is_one_line(tmp_path, capsys, monkeypatc
     monkeypatch.setattr(CaptioningSystem, "from_config", cannot_allocate)
     code, err = run_train(capsys, "--synthetic-size", "tiny", "--log-dir", tmp_path)
     assert_one_line_error(code, err, "out of memory in main > run > build", "lower --batch-size")
-    monkeypatch.setattr(evaluate, "load_system", cannot_allocate)
+    from caption_torch.evaluation import run as evaluation_run
+
+    monkeypatch.setattr(evaluation_run, "load_system", cannot_allocate)
     code = evaluate.main(["--ckpt", str(tmp_path / "c.ckpt")])
     assert_one_line_error(code, capsys.readouterr().err, "evaluate: out of memory")
 
