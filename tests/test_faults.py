@@ -865,3 +865,10 @@ def test_a_checkpoint_is_read_through_its_schema(trained_checkpoint, coco_folder
     damaged = _rewrite(trained_checkpoint, tmp_path / "damaged.ckpt", change)
     code = evaluate.main(["--ckpt", str(damaged), "--data-dir", str(coco_folder), "--no-meteor"])
     assert_one_line_error(code, capsys.readouterr().err, str(damaged), *phrases)
+
+
+def test_resume_from_a_checkpoint_without_training_state(coco_folder, tmp_path, capsys, trained_checkpoint):
+    weights_only = _rewrite(trained_checkpoint, tmp_path / "weights.ckpt", lambda c: c.pop("optimizer_states"))
+    code, err = run_train(capsys, "--data-dir", coco_folder, "--overfit", "10", "--batch-size", "10", "--epochs", "2",
+                          *SMALL, "--log-dir", tmp_path / "r", "--resume", weights_only)  # fmt: skip
+    assert_one_line_error(code, err, "weights.ckpt: optimizer_states: expected the training state", "--init-from")

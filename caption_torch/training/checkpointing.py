@@ -38,6 +38,7 @@ from caption_torch.training.system import CaptioningSystem
 __all__ = ["CheckpointError", "load_model", "load_system", "read_checkpoint", "check_model_fits_data"]
 
 LAST_CHECKPOINT = "last.ckpt"
+RESUME_KEYS = ("epoch", "global_step", "state_dict", "optimizer_states", "lr_schedulers", "loops")
 CHECKSUM_KEY = "tensor_sha256"  # hex SHA-256 of every tensor in the checkpoint, in key order
 _UNVERIFIED: set[str] = set()  # checkpoints without a checksum already warned about
 
@@ -189,8 +190,18 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             raise
 
     def load_checkpoint(self, path, map_location: Any | None = None, weights_only: bool | None = None) -> dict:
-        """The checkpoint at ``path`` (``--resume``), tensors only and checksum-verified, on the CPU."""
-        return read_checkpoint(path)
+        """The checkpoint at ``path`` (``--resume``), tensors only and checksum-verified, on the CPU.
+
+        It must hold the training state a resume restores (a weights-only file cannot be resumed).
+        """
+        checkpoint = read_checkpoint(path)
+        missing = [key for key in RESUME_KEYS if key not in checkpoint]
+        if missing:
+            raise CheckpointError(
+                f"checkpoint {path}: {missing[0]}: expected the training state --resume restores "
+                f"({', '.join(RESUME_KEYS)}), found no such key; start from it with --init-from"
+            )
+        return checkpoint
 
 
 class LastCheckpoint(L.Callback):
