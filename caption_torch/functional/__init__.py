@@ -26,22 +26,23 @@ Every lowercase wrapper validates its inputs (clear ``ValueError`` naming the
 argument) and then calls ``Function.apply``. The modules, in dependency order:
 
     _common.py    input checks, autocast casting, the matrix products (oneDNN on CPU)
-    steps.py      rnn_step, lstm_step and the LSTM gate algebra
-    sequences.py  rnn, lstm (+ *_projected, *_lookup): packed time loops with BPTT in backward
-    cells.py      CELLS: each recurrent cell's gate count, state size, step and sequence, by name
     words.py      word_embedding, temporal_affine, temporal_softmax_loss, vocab_softmax_loss
+    steps.py      one timestep of any cell (generation's Function)
+    sequences.py  whole sequences of any cell: packed time loops with BPTT in backward
+    cells/        CELLS: each recurrent cell, one file each (rnn.py, lstm.py), with cs231n's
+                  rnn_step, rnn, lstm_step, lstm (+ *_projected, *_lookup); how to add one
     policy.py     policy_gradient_loss: the softmax loss weighted per caption (self-critical training)
 """
 
-from caption_torch.functional.cells import CELLS, RecurrentCell, State
+from caption_torch.functional.cells import CELLS, Cell, State
+from caption_torch.functional.cells.lstm import lstm, lstm_lookup, lstm_projected, lstm_step, lstm_step_projected
+from caption_torch.functional.cells.rnn import rnn, rnn_lookup, rnn_projected, rnn_step, rnn_step_projected
 from caption_torch.functional.policy import policy_gradient_loss
-from caption_torch.functional.sequences import lstm, lstm_lookup, lstm_projected, rnn, rnn_lookup, rnn_projected
-from caption_torch.functional.steps import lstm_step, lstm_step_projected, rnn_step, rnn_step_projected
 from caption_torch.functional.words import temporal_affine, temporal_softmax_loss, vocab_softmax_loss, word_embedding
 
 __all__ = [
     "CELLS",
-    "RecurrentCell",
+    "Cell",
     "State",
     "rnn_step",
     "rnn_step_projected",

@@ -195,6 +195,13 @@ def _tanh(x: Tensor, out: Tensor | None = None) -> Tensor:
     return torch.tanh(x, out=out)
 
 
+# ATen's fused derivative kernels, one pass each instead of three elementwise ops:
+#   sigmoid_backward(g, s) = g * s * (1 - s)      (s = sigmoid(a), so this is g * sigmoid'(a))
+#   tanh_backward(g, t)    = g * (1 - t * t)      (t = tanh(a))
+_sigmoid_backward = torch.ops.aten.sigmoid_backward
+_tanh_backward = torch.ops.aten.tanh_backward
+
+
 def _check_projected(x_projected: Tensor, h: Tensor, h_name: str, Wh: Tensor, gates: int, x_ndim: int) -> None:
     """Shape checks for the ``*_projected`` wrappers: x_projected (N, [T,] gH), h (N, H), Wh (H, gH)."""
     _check_float("x_projected", x_projected, x_ndim)
@@ -206,11 +213,3 @@ def _check_projected(x_projected: Tensor, h: Tensor, h_name: str, Wh: Tensor, ga
     _check_dim("Wh", Wh, 0, H, "the hidden width")
     _check_dim("Wh", Wh, 1, gates * H, f"{gates} x the hidden width")
     _check_dim("x_projected", x_projected, x_ndim - 1, gates * H, f"{gates} x the hidden width")
-
-
-def _check_cell(prev_c: Tensor, prev_h: Tensor) -> None:
-    """The LSTM cell state must be a float (N, H) like the hidden state."""
-    _check_float("prev_c", prev_c, 2)
-    _check_same_dtype(prev_h=prev_h, prev_c=prev_c)
-    if prev_c.shape != prev_h.shape:
-        raise ValueError(f"prev_c has shape {tuple(prev_c.shape)} but prev_h has {tuple(prev_h.shape)}")

@@ -24,7 +24,6 @@ from caption_torch.vocabulary import END, NULL, START
 
 __all__ = ["CaptioningRNN", "check_positive_integer", "NULL", "START", "END"]
 
-CELL_TYPES = tuple(CELLS)
 PARAM_NAMES = ("W_embed", "W_proj", "b_proj", "Wx", "Wh", "b", "W_vocab", "b_vocab")
 
 
@@ -58,8 +57,8 @@ class CaptioningRNN(Captioner):
         dtype: torch.dtype = torch.float32,
     ) -> None:
         super().__init__()
-        if cell_type not in CELL_TYPES:
-            raise ValueError(f"cell_type must be one of {CELL_TYPES}, got {cell_type!r}")
+        if cell_type not in CELLS:  # read now: a cell registered after import is accepted
+            raise ValueError(f"cell_type must be one of {tuple(CELLS)}, got {cell_type!r}")
         self._set_vocabulary(word_to_idx)
         for name, value in (("input_dim", input_dim), ("wordvec_dim", wordvec_dim), ("hidden_dim", hidden_dim)):
             if not isinstance(value, int) or value <= 0:
