@@ -220,6 +220,7 @@ def _scores(
         pairs_per_reference
     )
     pair_candidate = candidates_by_image[rank]
+    one_pair_each = bool((pairs_per_reference == 1).all())
 
     similarity = np.zeros(len(pair_candidate))
     for c, r, (c_idf, r_idf) in zip(candidate_grams, reference_grams, idf):
@@ -228,9 +229,12 @@ def _scores(
         c_norm = np.sqrt(np.bincount(c_sentence, (c_count * c_idf) ** 2, minlength=len(candidates)))
         r_norm = np.sqrt(np.bincount(r_sentence, (r_count * r_idf) ** 2, minlength=len(references)))
         # Every reference entry once per pair of its reference; look the pair's candidate's count up.
-        repeats = pairs_per_reference[r_sentence]
-        entry = np.repeat(np.arange(len(r_key)), repeats)
-        pair = np.repeat(first_pair_of_reference[r_sentence], repeats) + _ranks_within(repeats)
+        if one_pair_each:  # one candidate per image (a corpus score): nothing to repeat
+            entry, pair = np.arange(len(r_key)), first_pair_of_reference[r_sentence]
+        else:
+            repeats = pairs_per_reference[r_sentence]
+            entry = np.repeat(np.arange(len(r_key)), repeats)
+            pair = np.repeat(first_pair_of_reference[r_sentence], repeats) + _ranks_within(repeats)
         # (candidate, key) codes; the candidates' are sorted, as their entries are by (sentence, key).
         c_lookup, wanted = pair_codes((c_sentence, c_key), (pair_candidate[pair], r_key[entry])).codes
         where = np.searchsorted(c_lookup, wanted).clip(max=max(len(c_lookup) - 1, 0))
