@@ -7,13 +7,16 @@ only in that corpus:
 - self-critical rewards: thousands of sampled captions per epoch, document frequencies from
   the whole training set, counted once (and cached beside the dataset);
 - :class:`CorpusCiderD` (validation) and :func:`cider_d_scores` (plain text, the COCO
-  evaluation): document frequencies from the references of the images scored, as
-  pycocoevalcap's ``Cider`` takes them. :func:`cider_d_scores` numbers the words of the
-  text (:meth:`Sentences.from_text`) and calls the same core.
+  evaluation), through :func:`corpus_scores`: document frequencies from the references of
+  the images scored, as pycocoevalcap's ``Cider`` takes them. :func:`cider_d_scores` numbers
+  the words of the text (:meth:`Sentences.from_text`) and calls the same core.
 
 All captions of a batch are scored at once: n-grams are int64 keys (:mod:`.ngrams`) and every
 join (candidate n-gram with reference n-gram, n-gram with its document frequency) is a sort
-and a ``searchsorted``. Per candidate c of image i, with references r_1..r_m of that image
+and a ``searchsorted``, except where the references are the corpus itself
+(:func:`corpus_scores`): the sort that counts the document frequencies
+(:func:`document_frequencies`) numbers each reference n-gram too, and its df is read by
+index. Per candidate c of image i, with references r_1..r_m of that image
 (the formula of pycocoevalcap's ``Cider``):
 
     CIDEr-D(c) = 10 / m * sum_j mean_{n=1..4} [ sum_g min(c_g, r_g) r_g idf_g^2 / (|c|_n |r_j|_n) ]
@@ -279,6 +282,8 @@ def corpus_scores(
     if not sigma > 0:
         raise ValueError(f"sigma must be positive, got {sigma}")
     reference_image = np.asarray(reference_image, dtype=np.int64)
+    if len(reference_image) != len(references) or len(references) == 0:
+        raise ValueError(f"there are {len(references)} references but {len(reference_image)} image numbers")
     log_images = float(np.log(len(np.unique(reference_image))))
     reference_grams = ngram_counts(references, max_order, vocab_size)  # counted once, for both roles
     candidate_grams = ngram_counts(candidates, max_order, vocab_size)
