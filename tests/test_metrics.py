@@ -24,7 +24,7 @@ from caption_torch.metrics.coco import (
     rouge_l_scores,
     strip_special,
 )
-from caption_torch.metrics.ngrams import pair_codes
+from caption_torch.metrics.ngrams import Sentences, pair_codes
 
 # --------------------------------------------------------------------------- #
 # Text helpers
@@ -335,6 +335,27 @@ def test_pair_codes_keep_the_pairs_order_when_keys_must_be_renumbered():
     assert other[0] not in ours and ours[1] == ours[5]  # equal pairs, equal codes, across the arrays
     small = pair_codes((group, key % 8))
     assert small.key_values is None and small.codes[0].tolist() == (group * 8 + key % 8).tolist()
+
+
+@pytest.mark.parametrize(
+    "captions",
+    [
+        ["a cat  sat", "", " the\tcat a ", "sat", ""],
+        ["a \x00 cat", "\x00", "cat\x00 a"],  # NUL as a word of its own, and inside one
+        ["one"],
+        [],
+    ],
+)
+def test_sentences_from_text_number_words_by_first_appearance_caption_by_caption(captions):
+    """from_text gives each caption's str.split() words, numbered in order of first appearance."""
+    split = [caption.split() for caption in captions]
+    numbers = {}
+    for word in (w for words in split for w in words):
+        numbers.setdefault(word, len(numbers))
+    sentences, vocab_size = Sentences.from_text(captions)
+    assert sentences.lengths.tolist() == [len(words) for words in split]
+    assert sentences.words.tolist() == [numbers[w] for words in split for w in words]
+    assert vocab_size == max(len(numbers), 1)
 
 
 def test_the_registry_validates_what_evaluate_scores():

@@ -69,6 +69,26 @@ def test_document_frequencies_come_from_the_corpus_not_the_batch():
     assert np.abs(own_df - ours).max() > 1e-3  # the corpus changes the scores
 
 
+def test_document_frequencies_count_images_whose_captions_are_spread_over_the_corpus():
+    """cs231n's training captions are not grouped by image: each n-gram's df is still its number of images."""
+    references, _ = random_corpus(images=30, samples=1, seed=4)
+    captions = [r for refs in references for r in refs]
+    image = np.repeat(np.arange(30), [len(refs) for refs in references])
+    order = np.random.default_rng(4).permutation(len(captions))
+    shuffled = CiderD(Sentences.from_lists([captions[i] for i in order]), image[order], V)
+    for n, (keys, df) in enumerate(shuffled.document_frequency, start=1):
+        images_of = {}
+        for i, refs in enumerate(references):
+            for r in refs:
+                for start in range(len(r) - n + 1):
+                    key = 0
+                    for word in r[start : start + n]:
+                        key = key * V + word
+                    images_of.setdefault(key, set()).add(i)
+        assert keys.tolist() == sorted(images_of)
+        assert df.tolist() == [len(images_of[key]) for key in sorted(images_of)]
+
+
 def test_sentences_from_ids_keep_the_words_caption_text_keeps():
     idx_to_word = {0: "<NULL>", 1: "<START>", 2: "<END>", 3: "<UNK>", **{i: f"w{i}" for i in range(4, V)}}
     ids = torch.tensor([[1, 5, 6, 2, 0, 0], [7, 0, 8, 3, 9, 9], [2, 5, 5, 0, 0, 0], [1, 1, 4, 2, 4, 2]])

@@ -7,13 +7,16 @@ only in that corpus:
 - self-critical rewards: thousands of sampled captions per epoch, document frequencies from
   the whole training set, counted once (and cached beside the dataset);
 - :class:`CorpusCiderD` (validation) and :func:`cider_d_scores` (plain text, the COCO
-  evaluation): document frequencies from the references of the images scored, as
-  pycocoevalcap's ``Cider`` takes them. :func:`cider_d_scores` numbers the words of the
-  text (:meth:`Sentences.from_text`) and calls the same core.
+  evaluation), through :func:`corpus_scores`: document frequencies from the references of
+  the images scored, as pycocoevalcap's ``Cider`` takes them. :func:`cider_d_scores` numbers
+  the words of the text (:meth:`Sentences.from_text`) and calls the same core.
 
 All captions of a batch are scored at once: n-grams are int64 keys (:mod:`.ngrams`) and every
 join (candidate n-gram with reference n-gram, n-gram with its document frequency) is a sort
-and a ``searchsorted``. Per candidate c of image i, with references r_1..r_m of that image
+and a ``searchsorted``, except where the references are the corpus itself
+(:func:`corpus_scores`): the sort that counts the document frequencies
+(:func:`document_frequencies`) numbers each reference n-gram too, and its df is read by
+index. Per candidate c of image i, with references r_1..r_m of that image
 (the formula of pycocoevalcap's ``Cider``):
 
     CIDEr-D(c) = 10 / m * sum_j mean_{n=1..4} [ sum_g min(c_g, r_g) r_g idf_g^2 / (|c|_n |r_j|_n) ]
@@ -42,7 +45,6 @@ from caption_torch.metrics.ngrams import (
     Sentences,
     check_corpus,
     check_key_range,
-    distinct,
     ngram_counts,
     pair_codes,
     reference_layout,
@@ -84,9 +86,8 @@ class CiderD:
         # Document frequency: in how many images' reference sets each n-gram occurs.
         self.document_frequency = []  # per order: (sorted distinct keys, their df)
         for grams in corpus_grams or ngram_counts(corpus, max_order, vocab_size):
-            coded = pair_codes((corpus_image[grams.sentence], grams.key))
-            image_and_key, _ = distinct(coded.codes[0])
-            self.document_frequency.append(distinct(coded.split(image_and_key)[1]))
+            known, df, _ = document_frequencies(grams, corpus_image)
+            self.document_frequency.append((known, df))
 
     def save(self, path: str | os.PathLike, fingerprint: str) -> None:
         """Write the document frequencies to ``path`` (.npz), tagged with the corpus's ``fingerprint``.
@@ -131,9 +132,7 @@ class CiderD:
     def idf(self, order: int, keys: np.ndarray) -> np.ndarray:
         """log(images) - log(max(1, df)) of each n-gram key of the given order (1-based)."""
         known, df = self.document_frequency[order - 1]
-        where = np.searchsorted(known, keys).clip(max=max(len(known) - 1, 0))
-        found = known[where] == keys if len(known) else np.zeros(len(keys), dtype=bool)
-        return self.log_images - np.log(np.where(found, df[where] if len(known) else 1, 1).astype(np.float64))
+        return self.log_images - np.log(lookup_df(known, df, keys).astype(np.float64))
 
     def scores(
         self, candidates: Sentences, candidate_image: np.ndarray, references: Sentences, reference_image: np.ndarray,
@@ -150,52 +149,108 @@ class CiderD:
         Returns:
             (M,) float64 scores.
         """
-        candidate_image = np.asarray(candidate_image, dtype=np.int64)
-        reference_image = np.asarray(reference_image, dtype=np.int64)
-        if len(candidate_image) != len(candidates) or len(reference_image) != len(references):
-            raise ValueError("every candidate and every reference needs its image number")
-        # Pairs (m, r) of a candidate and a reference of the same image, grouped by reference.
-        images = int(max(candidate_image.max(initial=-1), reference_image.max(initial=-1))) + 1
-        refs_per_image = np.bincount(reference_image, minlength=images)
-        if len(candidates) and (refs_per_image[candidate_image] == 0).any():
-            raise ValueError("a candidate's image has no reference")
-        candidates_by_image = np.argsort(candidate_image, kind="stable")
-        candidates_per_image = np.bincount(candidate_image, minlength=images)
-        first_candidate_of_image = np.cumsum(candidates_per_image) - candidates_per_image
-        pairs_per_reference = candidates_per_image[reference_image]  # (R,)
-        first_pair_of_reference = np.cumsum(pairs_per_reference) - pairs_per_reference
-        pair_reference = np.repeat(np.arange(len(references)), pairs_per_reference)
-        rank = np.repeat(first_candidate_of_image[reference_image], pairs_per_reference) + _ranks_within(
-            pairs_per_reference
-        )
-        pair_candidate = candidates_by_image[rank]
-
-        similarity = np.zeros(len(pair_candidate))
         candidate_grams = ngram_counts(candidates, self.max_order, self.vocab_size)
         reference_grams = reference_grams or ngram_counts(references, self.max_order, self.vocab_size)
-        for order, (c, r) in enumerate(zip(candidate_grams, reference_grams), start=1):
-            c_sentence, c_key, c_count = c.sentence, c.key, c.count
-            r_sentence, r_key, r_count = r.sentence, r.key, r.count
-            c_idf, r_idf = self.idf(order, c_key), self.idf(order, r_key)
-            c_norm = np.sqrt(np.bincount(c_sentence, (c_count * c_idf) ** 2, minlength=len(candidates)))
-            r_norm = np.sqrt(np.bincount(r_sentence, (r_count * r_idf) ** 2, minlength=len(references)))
-            # Every reference entry once per pair of its reference; look the pair's candidate's count up.
+        idf = [(self.idf(order, c.key), self.idf(order, r.key))
+               for order, (c, r) in enumerate(zip(candidate_grams, reference_grams), start=1)]  # fmt: skip
+        return _scores(candidates, candidate_image, candidate_grams, references, reference_image, reference_grams,
+                       idf, self.sigma)  # fmt: skip
+
+
+def document_frequencies(grams: NgramCounts, image_of_sentence: np.ndarray) -> tuple[np.ndarray, ...]:
+    """In how many images' sentences each n-gram of ``grams`` occurs, and which n-gram each entry is.
+
+    One stable sort of the entries by key, taken image by image, puts each n-gram's entries in a run
+    ordered by image, so the images of an n-gram are the changes of image within its run; the sort
+    also numbers every entry's n-gram, so the corpus's own entries need no lookup afterwards.
+
+    Args:
+        grams: E entries of one order (:func:`.ngrams.ngram_counts`) of S sentences.
+        image_of_sentence: (S,) the image of each sentence (any order).
+
+    Returns:
+        ``(known, df, gram)``: the K distinct keys sorted (K,), the number of images whose sentences
+        hold each (K,), and each entry's index in ``known`` (E,).
+    """
+    image = np.asarray(image_of_sentence, dtype=np.int64)[grams.sentence]
+    by_image = None if len(image) < 2 or (image[1:] >= image[:-1]).all() else np.argsort(image, kind="stable")
+    keys = grams.key if by_image is None else grams.key[by_image]
+    order = np.argsort(keys, kind="stable") if by_image is None else by_image[np.argsort(keys, kind="stable")]
+    sorted_keys, sorted_images = grams.key[order], image[order]
+    new_key = np.ones(len(order), dtype=bool)
+    new_key[1:] = sorted_keys[1:] != sorted_keys[:-1]
+    new_image = new_key.copy()
+    new_image[1:] |= sorted_images[1:] != sorted_images[:-1]
+    gram_of_sorted = np.cumsum(new_key) - 1
+    gram = np.empty(len(order), dtype=np.int64)
+    gram[order] = gram_of_sorted
+    df = np.bincount(gram_of_sorted[new_image], minlength=int(new_key.sum()))
+    return sorted_keys[new_key], df, gram
+
+
+def lookup_df(known: np.ndarray, df: np.ndarray, keys: np.ndarray) -> np.ndarray:
+    """The document frequency of each of ``keys`` (Q,) among ``known`` (K,) sorted keys with ``df`` (K,);
+    keys not known count 1 (CIDEr-D's max(1, df)). Returns (Q,) int64."""
+    if len(known) == 0:
+        return np.ones(len(keys), dtype=np.int64)
+    where = np.searchsorted(known, keys).clip(max=len(known) - 1)
+    return np.where(known[where] == keys, df[where], 1)
+
+
+def _scores(
+    candidates: Sentences, candidate_image: np.ndarray, candidate_grams: list[NgramCounts],
+    references: Sentences, reference_image: np.ndarray, reference_grams: list[NgramCounts],
+    idf: list[tuple[np.ndarray, np.ndarray]], sigma: float,
+) -> np.ndarray:  # fmt: skip
+    """The CIDEr-D core: :meth:`CiderD.scores` with the n-grams counted and ``idf[n - 1]`` the
+    (candidate entries', reference entries') idf of order n, each (E_c,) and (E_r,) float64."""
+    candidate_image = np.asarray(candidate_image, dtype=np.int64)
+    reference_image = np.asarray(reference_image, dtype=np.int64)
+    if len(candidate_image) != len(candidates) or len(reference_image) != len(references):
+        raise ValueError("every candidate and every reference needs its image number")
+    # Pairs (m, r) of a candidate and a reference of the same image, grouped by reference.
+    images = int(max(candidate_image.max(initial=-1), reference_image.max(initial=-1))) + 1
+    refs_per_image = np.bincount(reference_image, minlength=images)
+    if len(candidates) and (refs_per_image[candidate_image] == 0).any():
+        raise ValueError("a candidate's image has no reference")
+    candidates_by_image = np.argsort(candidate_image, kind="stable")
+    candidates_per_image = np.bincount(candidate_image, minlength=images)
+    first_candidate_of_image = np.cumsum(candidates_per_image) - candidates_per_image
+    pairs_per_reference = candidates_per_image[reference_image]  # (R,)
+    first_pair_of_reference = np.cumsum(pairs_per_reference) - pairs_per_reference
+    pair_reference = np.repeat(np.arange(len(references)), pairs_per_reference)
+    rank = np.repeat(first_candidate_of_image[reference_image], pairs_per_reference) + _ranks_within(
+        pairs_per_reference
+    )
+    pair_candidate = candidates_by_image[rank]
+    one_pair_each = bool((pairs_per_reference == 1).all())
+
+    similarity = np.zeros(len(pair_candidate))
+    for c, r, (c_idf, r_idf) in zip(candidate_grams, reference_grams, idf):
+        c_sentence, c_key, c_count = c.sentence, c.key, c.count
+        r_sentence, r_key, r_count = r.sentence, r.key, r.count
+        c_norm = np.sqrt(np.bincount(c_sentence, (c_count * c_idf) ** 2, minlength=len(candidates)))
+        r_norm = np.sqrt(np.bincount(r_sentence, (r_count * r_idf) ** 2, minlength=len(references)))
+        # Every reference entry once per pair of its reference; look the pair's candidate's count up.
+        if one_pair_each:  # one candidate per image (a corpus score): nothing to repeat
+            entry, pair = np.arange(len(r_key)), first_pair_of_reference[r_sentence]
+        else:
             repeats = pairs_per_reference[r_sentence]
             entry = np.repeat(np.arange(len(r_key)), repeats)
             pair = np.repeat(first_pair_of_reference[r_sentence], repeats) + _ranks_within(repeats)
-            # (candidate, key) codes; the candidates' are sorted, as their entries are by (sentence, key).
-            c_lookup, wanted = pair_codes((c_sentence, c_key), (pair_candidate[pair], r_key[entry])).codes
-            where = np.searchsorted(c_lookup, wanted).clip(max=max(len(c_lookup) - 1, 0))
-            shared = c_lookup[where] == wanted if len(c_lookup) else np.zeros(len(wanted), dtype=bool)
-            clipped = np.minimum(c_count[where[shared]], r_count[entry[shared]]) * r_count[entry[shared]]
-            weights = clipped * r_idf[entry[shared]] ** 2
-            dot = np.bincount(pair[shared], weights, minlength=len(pair_candidate)).astype(np.float64)
-            denominator = c_norm[pair_candidate] * r_norm[pair_reference]
-            similarity += np.divide(dot, denominator, out=np.zeros_like(dot), where=denominator != 0)
-        delta = (candidates.lengths[pair_candidate] - references.lengths[pair_reference]).astype(np.float64)
-        per_pair = similarity / self.max_order * np.exp(-(delta**2) / (2 * self.sigma**2))
-        total = np.bincount(pair_candidate, per_pair, minlength=len(candidates))
-        return 10.0 * total / refs_per_image[candidate_image]
+        # (candidate, key) codes; the candidates' are sorted, as their entries are by (sentence, key).
+        c_lookup, wanted = pair_codes((c_sentence, c_key), (pair_candidate[pair], r_key[entry])).codes
+        where = np.searchsorted(c_lookup, wanted).clip(max=max(len(c_lookup) - 1, 0))
+        shared = c_lookup[where] == wanted if len(c_lookup) else np.zeros(len(wanted), dtype=bool)
+        clipped = np.minimum(c_count[where[shared]], r_count[entry[shared]]) * r_count[entry[shared]]
+        weights = clipped * r_idf[entry[shared]] ** 2
+        dot = np.bincount(pair[shared], weights, minlength=len(pair_candidate)).astype(np.float64)
+        denominator = c_norm[pair_candidate] * r_norm[pair_reference]
+        similarity += np.divide(dot, denominator, out=np.zeros_like(dot), where=denominator != 0)
+    delta = (candidates.lengths[pair_candidate] - references.lengths[pair_reference]).astype(np.float64)
+    per_pair = similarity / len(idf) * np.exp(-(delta**2) / (2 * sigma**2))
+    total = np.bincount(pair_candidate, per_pair, minlength=len(candidates))
+    return 10.0 * total / refs_per_image[candidate_image]
 
 
 def corpus_fingerprint(captions: np.ndarray, corpus_image: np.ndarray, *settings: object) -> str:
@@ -224,9 +279,22 @@ def corpus_scores(
     Returns:
         (N,) float64 scores.
     """
-    grams = ngram_counts(references, max_order, vocab_size)  # counted once, for both roles
-    scorer = CiderD(references, reference_image, vocab_size, sigma=sigma, max_order=max_order, corpus_grams=grams)
-    return scorer.scores(candidates, np.arange(len(candidates)), references, reference_image, reference_grams=grams)
+    if not sigma > 0:
+        raise ValueError(f"sigma must be positive, got {sigma}")
+    reference_image = np.asarray(reference_image, dtype=np.int64)
+    if len(reference_image) != len(references) or len(references) == 0:
+        raise ValueError(f"there are {len(references)} references but {len(reference_image)} image numbers")
+    log_images = float(np.log(len(np.unique(reference_image))))
+    reference_grams = ngram_counts(references, max_order, vocab_size)  # counted once, for both roles
+    candidate_grams = ngram_counts(candidates, max_order, vocab_size)
+    idf = []
+    for c, r in zip(candidate_grams, reference_grams):
+        # The references are the corpus: their entries' n-gram numbers index the document frequencies.
+        known, df, gram = document_frequencies(r, reference_image)
+        idf.append((log_images - np.log(lookup_df(known, df, c.key).astype(np.float64)),
+                    log_images - np.log(df[gram].astype(np.float64))))  # fmt: skip
+    return _scores(candidates, np.arange(len(candidates)), candidate_grams, references, reference_image,
+                   reference_grams, idf, sigma)  # fmt: skip
 
 
 def _ranks_within(repeats: np.ndarray) -> np.ndarray:

@@ -61,6 +61,10 @@ def check_key_range(vocab_size: int, max_order: int) -> None:
         raise ValueError(f"{max_order}-grams of a {vocab_size}-word vocabulary do not fit an int64 key")
 
 
+# Not whitespace for str.split(), and not a word of any caption (checked: from_text counts the breaks).
+_CAPTION_BREAK = "\x00"
+
+
 @dataclass(frozen=True)
 class Sentences:
     """Captions as word ids, flattened: ``words`` (total,) concatenated, ``lengths`` (S,) words per caption."""
@@ -93,13 +97,26 @@ class Sentences:
         Returns:
             ``(sentences, V)``: the S captions as ids, and V, the number of distinct words (>= 1).
         """
-        split = [sentence.split() for sentence in sentences]
-        lengths = np.fromiter(map(len, split), dtype=np.int64, count=len(split))
+        # One split of the captions joined by a word of their own costs far less than one split per caption.
+        tokens = f" {_CAPTION_BREAK} ".join(sentences).split()
         # dict.fromkeys keeps the order of first appearance; map(dict.__getitem__) runs without a Python frame.
-        vocabulary = {word: index for index, word in enumerate(dict.fromkeys(itertools.chain.from_iterable(split)))}
-        words = np.fromiter(map(vocabulary.__getitem__, itertools.chain.from_iterable(split)), dtype=np.int64,
-                            count=int(lengths.sum()))  # fmt: skip
-        return cls(words, lengths), max(len(vocabulary), 1)
+        vocabulary = {word: index for index, word in enumerate(dict.fromkeys(tokens))}
+        ids = np.fromiter(map(vocabulary.__getitem__, tokens), dtype=np.int64, count=len(tokens))
+        breaks = vocabulary.get(_CAPTION_BREAK, -1)
+        is_break = ids == breaks
+        ends = np.flatnonzero(is_break)
+        if len(ends) != len(sentences) - 1:  # no caption, or a caption holds the break word itself
+            split = [sentence.split() for sentence in sentences]
+            lengths = np.fromiter(map(len, split), dtype=np.int64, count=len(split))
+            vocabulary = {word: index for index, word in enumerate(dict.fromkeys(itertools.chain.from_iterable(split)))}
+            words = np.fromiter(map(vocabulary.__getitem__, itertools.chain.from_iterable(split)), dtype=np.int64,
+                                count=int(lengths.sum()))  # fmt: skip
+            return cls(words, lengths), max(len(vocabulary), 1)
+        lengths = np.diff(np.concatenate(([-1], ends, [len(ids)]))) - 1
+        words = ids[~is_break]
+        if breaks >= 0:  # number the words as if the break word were not there
+            words -= words > breaks
+        return cls(words, lengths), max(len(vocabulary) - (breaks >= 0), 1)
 
     def __len__(self) -> int:
         return len(self.lengths)
