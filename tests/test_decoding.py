@@ -352,7 +352,7 @@ def test_decoders_reject_bad_arguments_directly():
 
 def test_caption_log_probs_checks_features_then_captions():
     model = make_model("rnn")
-    with pytest.raises(ValueError, match="features must be an \\(N, D\\) tensor"):
+    with pytest.raises(ValueError, match="features must be an \\(N, D\\) or \\(N, M, D\\) tensor"):
         caption_log_probs(model, features(2)[0], torch.zeros(2, 3, dtype=torch.long))
     with pytest.raises(ValueError, match="captions must be an int64 \\(or int32\\) tensor of token ids"):
         caption_log_probs(model, features(2), torch.zeros(2, 3))

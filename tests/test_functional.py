@@ -51,6 +51,11 @@ def ref_vocab_softmax_loss(hidden, W, b, y, mask):
     return ref_temporal_softmax_loss(hidden @ W + b, y, mask)
 
 
+def ref_weighted_softmax_loss(scores, targets, weights, total):
+    nll = -torch.log_softmax(scores, dim=1).gather(1, targets[:, None])[:, 0]
+    return (nll * weights).sum() / total
+
+
 # --------------------------------------------------------------------------- #
 # Cases: (custom function, reference, factory of differentiable inputs, fixed extra inputs)
 # --------------------------------------------------------------------------- #
@@ -164,13 +169,19 @@ def make_case(name, N, T, D, H, V, dtype, device):
             [randn(N, T, H), randn(H, V, scale=hscale), randn(V)],
             [ids, mask],
         )
+    if name == "weighted_softmax_loss":  # one weight per row, of either sign (0: the row does not count)
+        weights = randn(N * T) * mask.reshape(N * T)
+        return F.weighted_softmax_loss, ref_weighted_softmax_loss, [randn(N * T, V)], [ids.reshape(N * T), weights, 3.0]
+    if name == "select_rows":
+        return (lambda x: F.select_rows(x, mask)), (lambda x: x[mask]), [randn(N, T, H)], []
     raise KeyError(name)
 
 
 FUNCTIONS = [
     "rnn_step", "rnn_step_projected", "rnn", "rnn_lengths", "rnn_projected", "rnn_lookup",
     "lstm_step", "lstm_step_projected", "lstm", "lstm_lengths", "lstm_projected", "lstm_lookup",
-    "word_embedding", "temporal_affine", "temporal_softmax_loss", "vocab_softmax_loss",
+    "word_embedding", "temporal_affine", "temporal_softmax_loss", "vocab_softmax_loss", "weighted_softmax_loss",
+    "select_rows",
 ]  # fmt: skip
 
 

@@ -230,6 +230,8 @@ def make_transformer_case(name, N, T, E, F_width, V, dtype):
         )
     if name.startswith("packed") or name == "pack_rows":
         return make_packed_case(name, N, T, E, F_width, dtype, randn, weights, p, heads, seed)
+    if name == "memory_mean":
+        return F.memory_mean, (lambda memory: memory.sum(1) / memory.shape[1]), [randn(N, T, E)], []
     if name == "transformer_softmax_loss":
 
         def ref_loss(scores, y, keep):
@@ -283,6 +285,15 @@ def make_packed_case(name, N, T, E, F_width, dtype, randn, weights, p, heads, se
 
         ours = reseeded(lambda *args: F.packed_memory_attention(*args, heads, packing, p), seed)
         return ours, ref, [randn(P, E), randn(N, 1, E), *weights], []
+    if name == "packed_regions_attention":  # M = 3 memory vectors per caption, attention weights dropped
+        M = 3
+        noise = seeded_noise((N, heads, packing.longest, M), p, dtype, seed)  # the default masks: (N, H, L, M)
+
+        def ref(x, memory, *params):
+            return ref_attention(unpack(x), memory, memory, *params, heads, None, noise)[computed]
+
+        ours = reseeded(lambda *args: F.packed_memory_attention(*args, heads, packing, p), seed)
+        return ours, ref, [randn(P, E), randn(N, M, E), *weights], []
     raise KeyError(name)
 
 
@@ -290,7 +301,7 @@ TRANSFORMER_FUNCTIONS = [
     "linear", "layer_norm", "dropout", "add_positions", "feed_forward",
     "attention_causal", "attention_cross", "attention_memory", "attention_image", "transformer_softmax_loss",
     "pack_rows", "packed_dropout", "packed_feed_forward", "packed_self_attention", "packed_memory_attention",
-    "packed_memory_image",
+    "packed_memory_image", "packed_regions_attention", "memory_mean",
 ]  # fmt: skip
 
 
@@ -398,7 +409,7 @@ def _attention_args(E=4, T=3):
     "change, message",
     [
         (dict(num_heads=3), "num_heads=3 must divide the embed width 4 of query"),
-        (dict(num_heads=0), "num_heads must be an integer >= 1"),
+        (dict(num_heads=0), "num_heads must be a positive integer"),
         (dict(attn_mask=torch.ones(3, 4)), "attn_mask must be an \\(S, T\\) = \\(3, 3\\) tensor, got \\(3, 4\\)"),
         (dict(dropout_p=2.0), "dropout_p must be a probability"),
         (dict(key=torch.randn(3, 3, 4)), "key has size 3 in dimension 0 but the batch size of query is 2"),
@@ -497,8 +508,8 @@ def _packing():
          "num_heads=3 must divide the width 8 of x"),
         (lambda: F.packed_self_attention(torch.randn(4, 4), *_attention_args(E=8)[3:], 2, _packing()),
          "W_query must have shape \\(4, 4\\)"),
-        (lambda: F.packed_memory_attention(torch.randn(4, 8), torch.randn(2, 2, 8), *_attention_args(E=8)[3:], 2,
-                                           _packing()), "memory must have shape \\(N, 1, E\\) = \\(2, 1, 8\\)"),
+        (lambda: F.packed_memory_attention(torch.randn(4, 8), torch.randn(3, 2, 8), *_attention_args(E=8)[3:], 2,
+                                           _packing()), "memory must have shape \\(N, M, E\\) = \\(2, M >= 1, 8\\)"),
     ],
 )  # fmt: skip
 def test_packed_bad_inputs(call, message):

@@ -45,9 +45,19 @@ def test_gradcheck_whole_loss(cell_type):
     captions = torch.randint(len(VOCAB), (N, T))
     names = list(model.params)
 
+    class Loss(torch.nn.Module):  # functional_call runs forward(): here the model's loss
+        def __init__(self):
+            super().__init__()
+            self.model = model
+
+        def forward(self, features, captions):
+            return self.model.loss(features, captions)
+
     def loss_of(*values):
-        # functional_call swaps the parameters for `values`; forward() is the loss.
-        return torch.func.functional_call(model, dict(zip(names, values)), (features, captions))
+        # functional_call swaps the parameters for `values`.
+        return torch.func.functional_call(
+            Loss(), {f"model.{n}": v for n, v in zip(names, values)}, (features, captions)
+        )
 
     values = [p.detach().clone().requires_grad_() for p in model.params.values()]
     assert gradcheck(loss_of, values, eps=1e-6, atol=1e-6)

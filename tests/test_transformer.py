@@ -307,7 +307,7 @@ def test_sample_bad_inputs():
     model = CaptioningTransformer(WORDS, 6, 8, num_heads=2, max_length=5)
     with pytest.raises(ValueError, match="max_length=6 exceeds the model's max_length=5"):
         model.sample(torch.randn(2, 6), max_length=6)
-    with pytest.raises(ValueError, match="max_length must be an integer >= 1"):
+    with pytest.raises(ValueError, match="max_length must be a positive integer"):
         model.sample(torch.randn(2, 6), max_length=0)
     no_end = CaptioningTransformer({"<NULL>": 0, "<START>": 1, "x": 2}, 6, 8, num_heads=2)
     with pytest.raises(ValueError, match="lacks <END>"):
@@ -326,8 +326,8 @@ def test_sample_bad_inputs():
         (lambda: CaptioningTransformer({"<NULL>": 0, "a": 0}, 6, 8), "gives id 0 to both"),
         (lambda: CaptioningTransformer(WORDS, 6, 8, num_heads=3), "num_heads=3 must divide embed_dim=8"),
         (lambda: CaptioningTransformer(WORDS, 6, 7, num_heads=1), "embed_dim must be even"),
-        (lambda: CaptioningTransformer(WORDS, 6, 8, num_layers=0), "num_layers must be an integer >= 1"),
-        (lambda: CaptioningTransformer(WORDS, 0, 8), "input_dim must be an integer >= 1"),
+        (lambda: CaptioningTransformer(WORDS, 6, 8, num_layers=0), "num_layers must be a positive integer"),
+        (lambda: CaptioningTransformer(WORDS, 0, 8), "input_dim must be a positive integer"),
         (lambda: MultiHeadAttention(8, 2, dropout=1.5), "dropout must be a probability"),
     ],
 )

@@ -26,19 +26,34 @@ Every lowercase wrapper validates its inputs (clear ``ValueError`` naming the
 argument) and then calls ``Function.apply``. The modules, in dependency order:
 
     _common.py    input checks, autocast casting, the matrix products (oneDNN on CPU)
-    words.py      word_embedding, temporal_affine, temporal_softmax_loss, vocab_softmax_loss
+    checks.py     check_positive_integer, check_token_ids: the argument checks layers and decoders share
+    words.py      word_embedding, temporal_affine, select_rows, and weighted_softmax_loss, the one softmax
+                  loss Function, with temporal_softmax_loss and vocab_softmax_loss as its wrappers
     steps.py      one timestep of any cell (generation's Function)
     sequences.py  whole sequences of any cell: packed time loops with BPTT in backward
     cells/        CELLS: each recurrent cell, one file each (rnn.py, lstm.py), with cs231n's
                   rnn_step, rnn, lstm_step, lstm (+ *_projected, *_lookup); how to add one
-    policy.py     policy_gradient_loss: the softmax loss weighted per caption (self-critical training)
+    policy.py     policy_gradient_loss: vocab_softmax_loss weighted per caption or word (self-critical training)
+
+Every Function is written the same way: ``forward`` takes the inputs only, ``setup_context``
+saves what ``backward`` needs (a Function whose backward needs intermediates of its forward
+returns them as extra, non-differentiable outputs, and its wrapper returns the first output),
+and ``backward`` computes only the gradients that ``ctx.needs_input_grad`` asks for.
 """
 
 from caption_torch.functional.cells import CELLS, Cell, State
 from caption_torch.functional.cells.lstm import lstm, lstm_lookup, lstm_projected, lstm_step, lstm_step_projected
 from caption_torch.functional.cells.rnn import rnn, rnn_lookup, rnn_projected, rnn_step, rnn_step_projected
+from caption_torch.functional.checks import check_positive_integer, check_token_ids
 from caption_torch.functional.policy import policy_gradient_loss
-from caption_torch.functional.words import temporal_affine, temporal_softmax_loss, vocab_softmax_loss, word_embedding
+from caption_torch.functional.words import (
+    select_rows,
+    temporal_affine,
+    temporal_softmax_loss,
+    vocab_softmax_loss,
+    weighted_softmax_loss,
+    word_embedding,
+)
 
 __all__ = [
     "CELLS",
@@ -54,8 +69,12 @@ __all__ = [
     "lstm",
     "lstm_projected",
     "lstm_lookup",
+    "check_positive_integer",
+    "check_token_ids",
     "word_embedding",
     "temporal_affine",
+    "select_rows",
+    "weighted_softmax_loss",
     "temporal_softmax_loss",
     "vocab_softmax_loss",
     "policy_gradient_loss",
@@ -63,10 +82,12 @@ __all__ = [
 
 # The Transformer's layers, weights in nn.Linear's (out, in) layout:
 #   dropout.py    dropout, and mkl_dropout() to draw its masks as torch's CPU dropout did through Intel MKL
-#   layers.py     linear, layer_norm, feed_forward, sinusoidal_positions/add_positions, transformer_softmax_loss
+#   layers.py     linear, memory_mean, layer_norm, feed_forward, sinusoidal_positions/add_positions,
+#                 transformer_softmax_loss
 #   attention.py  multi_head_attention: projections, masked softmax, dropout, weighted sum, output map in one;
 #                 attention_heads and cached_attention for generation with cached keys and values
-#   packing.py    the decoder on packed captions: only the positions before each caption's last scored word
+#   packing.py    the decoder on packed captions: only the positions before each caption's last scored word,
+#                 attending to M memory vectors per caption
 from caption_torch.functional.attention import attention_heads, cached_attention, multi_head_attention  # noqa: E402
 from caption_torch.functional.dropout import dropout, mkl_dropout  # noqa: E402
 from caption_torch.functional.layers import (  # noqa: E402
@@ -74,6 +95,7 @@ from caption_torch.functional.layers import (  # noqa: E402
     feed_forward,
     layer_norm,
     linear,
+    memory_mean,
     sinusoidal_positions,
     transformer_softmax_loss,
 )
@@ -91,6 +113,7 @@ __all__ += [
     "mkl_dropout",
     "dropout",
     "linear",
+    "memory_mean",
     "layer_norm",
     "feed_forward",
     "multi_head_attention",

@@ -8,6 +8,8 @@ from typing import Callable
 import torch
 from torch import Tensor
 
+from caption_torch.functional.checks import check_token_ids
+
 # --------------------------------------------------------------------------- #
 # Input validation shared by the wrappers
 # --------------------------------------------------------------------------- #
@@ -38,26 +40,6 @@ def _check_dim(name: str, tensor: Tensor, dim: int, expected: int, meaning: str)
             f"{name} has size {tensor.shape[dim]} in dimension {dim} but {meaning} is {expected} "
             f"(shape {tuple(tensor.shape)})"
         )
-
-
-def _check_token_ids(
-    name: str, ids: Tensor, vocab_size: int, ndim: int, unit: str = "token id", within: str = "the vocabulary"
-) -> None:
-    """ids must be an int64/int32 tensor of ``ndim`` dimensions with values in [0, vocab_size).
-
-    ``unit`` and ``within`` name an id and its range in the error messages.
-    """
-    # int32/int64 only: the lookups (index_select, gather) take no other index dtype.
-    if not isinstance(ids, Tensor) or ids.dtype not in (torch.int32, torch.int64):
-        dtype = ids.dtype if isinstance(ids, Tensor) else type(ids).__name__
-        raise ValueError(f"{name} must be an int64 (or int32) tensor of {unit}s, got {dtype}")
-    if ids.dim() != ndim:
-        raise ValueError(f"{name} must have {ndim} dimensions, got shape {tuple(ids.shape)}")
-    if ids.numel() > 0:
-        low, high = torch.stack(torch.aminmax(ids)).tolist()  # one host sync for both bounds
-        if low < 0 or high >= vocab_size:
-            bad = low if low < 0 else high
-            raise ValueError(f"{name} contains {unit} {bad}, outside {within} [0, {vocab_size})")
 
 
 def _check_recurrent(x: Tensor, h0: Tensor, Wx: Tensor, Wh: Tensor, b: Tensor, gates: int, x_ndim: int) -> None:
@@ -213,3 +195,69 @@ def _check_projected(x_projected: Tensor, h: Tensor, h_name: str, Wh: Tensor, ga
     _check_dim("Wh", Wh, 0, H, "the hidden width")
     _check_dim("Wh", Wh, 1, gates * H, f"{gates} x the hidden width")
     _check_dim("x_projected", x_projected, x_ndim - 1, gates * H, f"{gates} x the hidden width")
+
+
+def _check_input(name: str, x: Tensor, min_ndim: int = 1) -> None:
+    """A floating-point tensor of at least ``min_ndim`` dimensions."""
+    if not isinstance(x, Tensor):
+        raise ValueError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
+    _check_float(name, x, max(x.dim(), min_ndim))
+
+
+def _check_targets(y: Tensor, mask: Tensor, batch_shape: tuple, vocab_size: int) -> None:
+    """Targets y and mask must both be (N, T) with N >= 1; y must hold ids in [0, V), mask 0s and 1s."""
+    check_token_ids("y", y, vocab_size, ndim=2)
+    if tuple(y.shape) != tuple(batch_shape):
+        raise ValueError(f"y has shape {tuple(y.shape)} but the scores have (N, T) = {tuple(batch_shape)}")
+    if batch_shape[0] == 0:
+        raise ValueError("the scores hold N = 0 sequences; the loss is divided by N")
+    if not isinstance(mask, Tensor) or mask.shape != y.shape:
+        shape = tuple(mask.shape) if isinstance(mask, Tensor) else type(mask).__name__
+        raise ValueError(f"mask must be a tensor of shape {tuple(y.shape)} like y, got {shape}")
+    # A bool mask is what the model passes; other dtypes cost one host sync to check.
+    if mask.dtype != torch.bool and bool(((mask != 0) & (mask != 1)).any()):
+        raise ValueError("mask must hold only 0 and 1 (or be bool): positions count or they do not")
+
+
+def _is_dense(tensor: Tensor) -> bool:
+    """Whether the strides give every element its own place, with no gaps (some order of a contiguous layout)."""
+    expected = 1
+    for size, stride in sorted(zip(tensor.shape, tensor.stride()), key=lambda pair: pair[1]):
+        if size == 1:
+            continue
+        if stride != expected:
+            return False
+        expected *= size
+    return True
+
+
+def _without_autocast(function, *args):
+    """``function.apply(*args)`` with autocast off and nothing cast: for Functions that pick their own dtypes."""
+    device = next((a.device.type for a in args if isinstance(a, Tensor)), "cpu")
+    if not torch.is_autocast_enabled(device):
+        return function.apply(*args)
+    with torch.autocast(device, enabled=False):
+        return function.apply(*args)
+
+
+# --------------------------------------------------------------------------- #
+# Attention heads (attention.py, packing.py)
+# --------------------------------------------------------------------------- #
+
+
+def _split_heads(x: Tensor, heads: int) -> Tensor:
+    """(N, L, E) -> (N, H, L, d), a view."""
+    N, L, E = x.shape
+    return x.view(N, L, heads, E // heads).transpose(1, 2)
+
+
+def _merge_heads(x: Tensor) -> Tensor:
+    """(N, H, L, d) -> (N * L, E), heads side by side (a copy)."""
+    N, H, L, d = x.shape
+    return x.transpose(1, 2).reshape(N * L, H * d)
+
+
+def _project(x: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
+    """(N, L, E) @ weight.T + bias -> (N, L, E') as one GEMM."""
+    N, L, E = x.shape
+    return _addmm(bias, x.reshape(N * L, E), weight.T).view(N, L, weight.shape[0])

@@ -19,40 +19,32 @@ the query, so :class:`SingleKeyAttention` computes it without queries or scores.
 from __future__ import annotations
 
 import math
-import numbers
 
 import torch
 from torch import Tensor
-from torch.autograd.function import once_differentiable
+from torch.autograd.function import FunctionCtx, once_differentiable
 
-from caption_torch.functional._common import _addmm, _apply_autocast, _check_dim, _check_float, _check_same_dtype, _mm
+from caption_torch.functional._common import (
+    _addmm,
+    _apply_autocast,
+    _check_dim,
+    _check_float,
+    _check_same_dtype,
+    _merge_heads,
+    _mm,
+    _project,
+    _split_heads,
+)
+from caption_torch.functional.checks import check_positive_integer
 from caption_torch.functional.dropout import check_probability, dropout_noise, drops
-
-
-def _split_heads(x: Tensor, heads: int) -> Tensor:
-    """(N, L, E) -> (N, H, L, d), a view."""
-    N, L, E = x.shape
-    return x.view(N, L, heads, E // heads).transpose(1, 2)
-
-
-def _merge_heads(x: Tensor) -> Tensor:
-    """(N, H, L, d) -> (N * L, E), heads side by side (a copy)."""
-    N, H, L, d = x.shape
-    return x.transpose(1, 2).reshape(N * L, H * d)
-
-
-def _project(x: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
-    """(N, L, E) @ weight.T + bias -> (N, L, E') as one GEMM."""
-    N, L, E = x.shape
-    return _addmm(bias, x.reshape(N * L, E), weight.T).view(N, L, weight.shape[0])
 
 
 class MultiHeadAttention(torch.autograd.Function):
     """The attention sketched above; ``allowed`` (S, T) bool, ``noise`` (N, H, S, T) or a scalar 1."""
 
     @staticmethod
-    def forward(ctx, query, key, value, W_query, b_query, W_key, b_key, W_value, b_value, W_proj, b_proj,
-                allowed, noise, heads):  # fmt: skip
+    def forward(query, key, value, W_query, b_query, W_key, b_key, W_value, b_value, W_proj, b_proj, allowed, noise,
+                heads):  # fmt: skip
         N, S, E = query.shape
         Q = _split_heads(_project(query, W_query, b_query), heads)  # (N, H, S, d)
         K = _split_heads(_project(key, W_key, b_key), heads)  # (N, H, T, d)
@@ -64,14 +56,23 @@ class MultiHeadAttention(torch.autograd.Function):
         dropped = weights * noise  # (N, H, S, T)
         context = _merge_heads(torch.matmul(dropped, V))  # (N * S, E)
         out = _addmm(b_proj, context, W_proj.T).view(N, S, E)
+        return out, Q, K, V, weights, dropped, context  # the intermediates are outputs that setup_context saves
+
+    @staticmethod
+    def setup_context(ctx: FunctionCtx, inputs: tuple, output: tuple) -> None:
+        query, key, value, W_query, _, W_key, _, W_value, _, W_proj, _, _, noise, heads = inputs
+        _, Q, K, V, weights, dropped, context = output
+        ctx.mark_non_differentiable(Q, K, V, weights, dropped, context)
+        ctx.set_materialize_grads(False)
         ctx.save_for_backward(query, key, value, W_query, W_key, W_value, W_proj, Q, K, V, weights, dropped, noise,
                               context)  # fmt: skip
-        ctx.scale = scale
-        return out
+        ctx.scale = 1 / math.sqrt(query.shape[2] / heads)
 
     @staticmethod
     @once_differentiable
-    def backward(ctx, grad_out):
+    def backward(ctx: FunctionCtx, grad_out: Tensor, *_grad_intermediates: None):
+        if grad_out is None:  # the output was not used: no gradient flows back
+            return (None,) * len(ctx.needs_input_grad)
         query, key, value, W_query, W_key, W_value, W_proj, Q, K, V, weights, dropped, noise, context = (
             ctx.saved_tensors
         )
@@ -115,8 +116,7 @@ class SingleKeyAttention(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, query, key, value, W_query, b_query, W_key, b_key, W_value, b_value, W_proj, b_proj, noise,
-                heads):  # fmt: skip
+    def forward(query, key, value, W_query, b_query, W_key, b_key, W_value, b_value, W_proj, b_proj, noise, heads):
         N, S, E = query.shape
         V = _split_heads(_project(value, W_value, b_value), heads)  # (N, H, 1, d)
         if noise.dim() == 0:  # every weight noise * 1: one output row per image, the same at every position
@@ -125,12 +125,21 @@ class SingleKeyAttention(torch.autograd.Function):
         else:
             context = _merge_heads(noise * V)  # (N * S, E)
             out = _addmm(b_proj, context, W_proj.T).view(N, S, E)
+        return out, V, context  # the intermediates are outputs that setup_context saves
+
+    @staticmethod
+    def setup_context(ctx: FunctionCtx, inputs: tuple, output: tuple) -> None:
+        query, key, value, W_query, _, W_key, _, W_value, _, W_proj, _, noise, _ = inputs
+        _, V, context = output
+        ctx.mark_non_differentiable(V, context)
+        ctx.set_materialize_grads(False)
         ctx.save_for_backward(query, key, value, W_query, W_key, W_value, W_proj, V, noise, context)
-        return out
 
     @staticmethod
     @once_differentiable
-    def backward(ctx, grad_out):
+    def backward(ctx: FunctionCtx, grad_out: Tensor, *_grad_intermediates: None):
+        if grad_out is None:  # the output was not used: no gradient flows back
+            return (None,) * len(ctx.needs_input_grad)
         query, key, value, W_query, W_key, W_value, W_proj, V, noise, context = ctx.saved_tensors
         needs = ctx.needs_input_grad
         N, S, E = query.shape
@@ -197,8 +206,7 @@ def multi_head_attention(
     _check_float("query", query, 3)
     _check_float("key", key, 3)
     _check_float("value", value, 3)
-    if isinstance(num_heads, bool) or not isinstance(num_heads, numbers.Integral) or num_heads < 1:
-        raise ValueError(f"num_heads must be an integer >= 1, got {num_heads!r}")
+    check_positive_integer("num_heads", num_heads)
     N, S, E = query.shape
     if E % num_heads:
         raise ValueError(f"num_heads={num_heads} must divide the embed width {E} of query")
@@ -232,9 +240,9 @@ def multi_head_attention(
         noise = torch.tensor(0.0 if training and dropout_p == 1 else 1.0, dtype=query.dtype, device=query.device)
     if T == 1 and attn_mask is None:
         return _apply_autocast(SingleKeyAttention, query, key, value, *named.values(), noise, num_heads,
-                               low_precision=True)  # fmt: skip
+                               low_precision=True)[0]  # fmt: skip
     return _apply_autocast(MultiHeadAttention, query, key, value, *named.values(), allowed, noise, num_heads,
-                           low_precision=True)  # fmt: skip
+                           low_precision=True)[0]  # fmt: skip
 
 
 # --------------------------------------------------------------------------- #
@@ -257,8 +265,7 @@ def attention_heads(x: Tensor, weight: Tensor, bias: Tensor, num_heads: int) -> 
     )
 
     _check_float("x", x, 3)
-    if isinstance(num_heads, bool) or not isinstance(num_heads, numbers.Integral) or num_heads < 1:
-        raise ValueError(f"num_heads must be an integer >= 1, got {num_heads!r}")
+    check_positive_integer("num_heads", num_heads)
     if x.shape[2] % num_heads:
         raise ValueError(f"num_heads={num_heads} must divide the width {x.shape[2]} of x")
     return _split_heads(linear(x, weight, bias), num_heads)

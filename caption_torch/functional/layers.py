@@ -13,17 +13,20 @@ from torch import Tensor
 from torch.autograd.function import FunctionCtx, once_differentiable
 
 from caption_torch.functional._common import (
+    _HALF_DTYPES,
     _addmm,
     _apply_autocast,
     _check_dim,
     _check_float,
+    _check_input,
     _check_same_dtype,
+    _check_targets,
     _mm,
     _mm_at,
     _on_onednn,
 )
 from caption_torch.functional.dropout import Dropout, check_probability, dropout_noise, drops
-from caption_torch.functional.words import _check_targets, _softmax_loss_grad
+from caption_torch.functional.words import weighted_softmax_loss
 
 # --------------------------------------------------------------------------- #
 # Linear
@@ -69,13 +72,6 @@ def _check_linear(x_name: str, x: Tensor, prefix: str, weight: Tensor, bias: Ten
     _check_dim(b_name, bias, 0, weight.shape[0], f"the output width of {w_name}")
 
 
-def _check_input(name: str, x: Tensor, min_ndim: int = 1) -> None:
-    """A floating-point tensor of at least ``min_ndim`` dimensions."""
-    if not isinstance(x, Tensor):
-        raise ValueError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
-    _check_float(name, x, max(x.dim(), min_ndim))
-
-
 def linear(x: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
     """An affine map over the last dimension, as ``nn.Linear``.
 
@@ -93,6 +89,46 @@ def linear(x: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
 
 
 # --------------------------------------------------------------------------- #
+# Memory: the M vectors of an image
+# --------------------------------------------------------------------------- #
+
+
+class MemoryMean(torch.autograd.Function):
+    """``out[n] = sum_m memory[n, m] / M``: one vector for each image's M memory vectors."""
+
+    @staticmethod
+    def forward(memory: Tensor) -> Tensor:
+        return memory.mean(1)
+
+    @staticmethod
+    def setup_context(ctx: FunctionCtx, inputs: tuple, output: Tensor) -> None:
+        ctx.shape = inputs[0].shape
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx: FunctionCtx, grad_out: Tensor):
+        if not ctx.needs_input_grad[0]:
+            return None
+        N, M, D = ctx.shape
+        return (grad_out / M)[:, None].expand(N, M, D)  # every vector shares its image's gradient
+
+
+def memory_mean(memory: Tensor) -> Tensor:
+    """The mean of each image's memory vectors.
+
+    Args:
+        memory: (N, M, D) M vectors per image (M = 1 for one fc7 vector, more for image regions).
+
+    Returns:
+        (N, D).
+    """
+    _check_float("memory", memory, 3)
+    if memory.shape[1] == 0:
+        raise ValueError(f"memory must hold at least one vector per image, got shape {tuple(memory.shape)}")
+    return MemoryMean.apply(memory)
+
+
+# --------------------------------------------------------------------------- #
 # Layer norm
 # --------------------------------------------------------------------------- #
 
@@ -104,16 +140,25 @@ class LayerNorm(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, x, weight, bias, eps):
+    def forward(x: Tensor, weight: Tensor, bias: Tensor, eps: float) -> tuple[Tensor, Tensor, Tensor]:
         # ATen's kernel: one pass per row for the statistics and the output (the same math as
         # (x - mean) / sqrt(var + eps) * weight + bias with the biased variance, written out in backward).
-        out, mean, inverse_std = torch.native_layer_norm(x, (x.shape[-1],), weight, bias, eps)
+        # Returns (out, mean, inverse_std): the statistics are outputs so that setup_context can save them.
+        return torch.native_layer_norm(x, (x.shape[-1],), weight, bias, eps)
+
+    @staticmethod
+    def setup_context(ctx: FunctionCtx, inputs: tuple, output: tuple) -> None:
+        x, weight, _, _ = inputs
+        _, mean, inverse_std = output
+        ctx.mark_non_differentiable(mean, inverse_std)
+        ctx.set_materialize_grads(False)
         ctx.save_for_backward(x, mean, inverse_std, weight)
-        return out
 
     @staticmethod
     @once_differentiable
-    def backward(ctx, grad_out):
+    def backward(ctx: FunctionCtx, grad_out: Tensor, _grad_mean: None, _grad_inverse_std: None):
+        if grad_out is None:  # the output was not used: no gradient flows back
+            return (None,) * len(ctx.needs_input_grad)
         x, mean, inverse_std, weight = ctx.saved_tensors
         need_x, need_weight, need_bias = ctx.needs_input_grad[:3]
         normalized = (x - mean).mul_(inverse_std)  # x_hat (..., D), recomputed rather than kept
@@ -151,7 +196,7 @@ def layer_norm(x: Tensor, weight: Tensor, bias: Tensor, eps: float = 1e-5) -> Te
     if isinstance(eps, bool) or not isinstance(eps, numbers.Real) or not eps > 0:
         raise ValueError(f"eps must be a positive number, got {eps!r}")
     # Normalisation runs in float32 under autocast, as autocast runs nn.LayerNorm.
-    return _apply_autocast(LayerNorm, x, weight, bias, float(eps), low_precision=False)
+    return _apply_autocast(LayerNorm, x, weight, bias, float(eps), low_precision=False)[0]
 
 
 # --------------------------------------------------------------------------- #
@@ -179,15 +224,25 @@ class FeedForward(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, x, weight1, bias1, weight2, bias2, noise):
+    def forward(x: Tensor, weight1: Tensor, bias1: Tensor, weight2: Tensor, bias2: Tensor, noise: Tensor):
         hidden = _addmm_relu(bias1, _rows(x), weight1.T)  # (M, F)
         dropped = hidden.mul_(noise.view(hidden.shape)) if noise.dim() else hidden.mul_(noise)
+        out = _addmm(bias2, dropped, weight2.T).view(*x.shape[:-1], weight2.shape[0])
+        return out, dropped  # the hidden layer is an output so that setup_context can save it
+
+    @staticmethod
+    def setup_context(ctx: FunctionCtx, inputs: tuple, output: tuple) -> None:
+        x, weight1, _, weight2, _, noise = inputs
+        _, dropped = output
+        ctx.mark_non_differentiable(dropped)
+        ctx.set_materialize_grads(False)
         ctx.save_for_backward(x, weight1, weight2, dropped, noise.amax())  # every kept unit's noise (0-dim)
-        return _addmm(bias2, dropped, weight2.T).view(*x.shape[:-1], weight2.shape[0])
 
     @staticmethod
     @once_differentiable
-    def backward(ctx, grad_out):
+    def backward(ctx: FunctionCtx, grad_out: Tensor, _grad_dropped: None):
+        if grad_out is None:  # the output was not used: no gradient flows back
+            return (None,) * len(ctx.needs_input_grad)
         x, weight1, weight2, dropped, kept_scale = ctx.saved_tensors
         need_x, need_w1, need_b1, need_w2, need_b2 = ctx.needs_input_grad[:5]
         grad_rows = _rows(grad_out)  # (M, D)
@@ -246,7 +301,7 @@ def feed_forward(
         noise = dropout_noise(hidden_like, dropout_p)
     else:  # a scalar: 1 keeps every unit, 0 drops them all (p = 1)
         noise = torch.tensor(0.0 if training and dropout_p == 1 else 1.0, dtype=x.dtype, device=x.device)
-    return _apply_autocast(FeedForward, x, weight1, bias1, weight2, bias2, noise, low_precision=True)
+    return _apply_autocast(FeedForward, x, weight1, bias1, weight2, bias2, noise, low_precision=True)[0]
 
 
 # --------------------------------------------------------------------------- #
@@ -318,32 +373,6 @@ def add_positions(x: Tensor, encoding: Tensor, dropout_p: float = 0.0, training:
 # --------------------------------------------------------------------------- #
 
 
-class TransformerSoftmaxLoss(torch.autograd.Function):
-    """Softmax cross-entropy of the kept positions, summed and divided by N * T (every position)."""
-
-    @staticmethod
-    def forward(ctx, scores, y, mask):
-        N, T, V = scores.shape
-        targets = y.reshape(N * T)
-        log_probs = torch.log_softmax(scores.reshape(N * T, V), dim=1, dtype=torch.float32 if scores.dtype in (
-            torch.bfloat16, torch.float16) else None)  # fmt: skip
-        keep = mask.reshape(N * T, 1).to(log_probs.dtype)
-        loss = -(log_probs.gather(1, targets[:, None]) * keep).sum() / (N * T)
-        ctx.save_for_backward(log_probs.exp_(), targets, keep)  # probs (N*T, V)
-        ctx.layout = (N, T, scores.dtype)
-        return loss
-
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, grad_loss):
-        probs, targets, keep = ctx.saved_tensors
-        if not ctx.needs_input_grad[0]:
-            return None, None, None
-        N, T, dtype = ctx.layout
-        grad = _softmax_loss_grad(probs, targets, keep * (grad_loss / (N * T)))
-        return grad.view(N, T, -1).to(dtype), None, None
-
-
 def transformer_softmax_loss(scores: Tensor, y: Tensor, mask: Tensor) -> Tensor:
     """Masked softmax loss averaged over every position, as cs231n's Transformer solver.
 
@@ -359,6 +388,8 @@ def transformer_softmax_loss(scores: Tensor, y: Tensor, mask: Tensor) -> Tensor:
     """
     _check_float("scores", scores, 3)
     _check_targets(y, mask, scores.shape[:2], scores.shape[2])
-    if scores.shape[1] == 0:
+    N, T, V = scores.shape
+    if T == 0:
         raise ValueError("the scores hold T = 0 positions; the loss is divided by N * T")
-    return _apply_autocast(TransformerSoftmaxLoss, scores, y, mask, low_precision=False)
+    weights = mask.reshape(N * T).to(torch.float32 if scores.dtype in _HALF_DTYPES else scores.dtype)
+    return weighted_softmax_loss(scores.reshape(N * T, V), y.reshape(N * T), weights, N * T)

@@ -23,7 +23,6 @@ computed rows are drawn: the same distribution, without paying for the padding's
 from __future__ import annotations
 
 import math
-import numbers
 from dataclasses import dataclass
 
 import torch
@@ -35,12 +34,18 @@ from caption_torch.functional._common import (
     _apply_autocast,
     _check_dim,
     _check_float,
+    _check_input,
     _check_same_dtype,
+    _merge_heads,
     _mm,
     _mm_at,
+    _project,
+    _split_heads,
 )
+from caption_torch.functional.checks import check_positive_integer
 from caption_torch.functional.dropout import Dropout, check_probability, dropout_noise, drops, uses_mkl_masks
-from caption_torch.functional.layers import FeedForward, _check_input
+from caption_torch.functional.layers import FeedForward
+from caption_torch.functional.words import SelectRows
 
 
 @dataclass(frozen=True)
@@ -102,30 +107,6 @@ def _row_noise(packing: CausalPacking, width: int, p: float, training: bool, x: 
 # --------------------------------------------------------------------------- #
 
 
-class PackRows(torch.autograd.Function):
-    """``x[computed]``: the (P, ...) rows of the computed positions of an (N, T, ...) tensor, in row order."""
-
-    @staticmethod
-    def forward(x: Tensor, computed: Tensor) -> Tensor:
-        return x[computed]
-
-    @staticmethod
-    def setup_context(ctx: FunctionCtx, inputs: tuple, output: Tensor) -> None:
-        x, computed = inputs
-        ctx.save_for_backward(computed)
-        ctx.shape = x.shape
-
-    @staticmethod
-    @once_differentiable
-    def backward(ctx: FunctionCtx, grad_out: Tensor):
-        (computed,) = ctx.saved_tensors
-        if not ctx.needs_input_grad[0]:
-            return None, None
-        grad_x = grad_out.new_zeros(ctx.shape)
-        grad_x[computed] = grad_out  # positions that are not computed affect nothing
-        return grad_x, None
-
-
 def pack_rows(x: Tensor, packing: CausalPacking) -> Tensor:
     """The computed positions of x as packed rows.
 
@@ -139,7 +120,7 @@ def pack_rows(x: Tensor, packing: CausalPacking) -> Tensor:
     _check_input("x", x, 2)
     if tuple(x.shape[:2]) != tuple(packing.computed.shape):
         raise ValueError(f"x has (N, T) = {tuple(x.shape[:2])} but the packing is of {tuple(packing.computed.shape)}")
-    return PackRows.apply(x, packing.computed)
+    return SelectRows.apply(x, packing.computed)
 
 
 def _check_rows(x: Tensor, packing: CausalPacking) -> None:
@@ -198,7 +179,7 @@ def packed_feed_forward(
     _check_dim("bias2", bias2, 0, weight2.shape[0], "the output width of weight2")
     check_probability("dropout_p", dropout_p)
     noise = _row_noise(packing, weight1.shape[0], dropout_p, training, x)
-    return _apply_autocast(FeedForward, x, weight1, bias1, weight2, bias2, noise, low_precision=True)
+    return _apply_autocast(FeedForward, x, weight1, bias1, weight2, bias2, noise, low_precision=True)[0]
 
 
 # --------------------------------------------------------------------------- #
@@ -217,7 +198,7 @@ class PackedSelfAttention(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, x, W_query, b_query, W_key, b_key, W_value, b_value, W_proj, b_proj, computed, noise, heads):
+    def forward(x, W_query, b_query, W_key, b_key, W_value, b_value, W_proj, b_proj, computed, noise, heads):
         P, E = x.shape
         N, L = computed.shape
         W_qkv = torch.cat([W_query, W_key, W_value])  # (3E, E)
@@ -232,13 +213,23 @@ class PackedSelfAttention(torch.autograd.Function):
         weights = torch.softmax(scores, dim=-1)
         dropped = weights * noise
         context = torch.matmul(dropped, V).transpose(1, 2)[computed].view(P, E)  # (P, H, d) -> (P, E)
+        out = _addmm(b_proj, context, W_proj.T)
+        return out, W_qkv, qkv, weights, dropped, context  # the intermediates are outputs that setup_context saves
+
+    @staticmethod
+    def setup_context(ctx: FunctionCtx, inputs: tuple, output: tuple) -> None:
+        x, _, _, _, _, _, _, W_proj, _, computed, noise, heads = inputs
+        _, W_qkv, qkv, weights, dropped, context = output
+        ctx.mark_non_differentiable(W_qkv, qkv, weights, dropped, context)
+        ctx.set_materialize_grads(False)
         ctx.save_for_backward(x, W_qkv, W_proj, qkv, weights, dropped, noise, context, computed)
-        ctx.scale = scale
-        return _addmm(b_proj, context, W_proj.T)
+        ctx.scale = 1 / math.sqrt(x.shape[1] / heads)
 
     @staticmethod
     @once_differentiable
-    def backward(ctx, grad_out):
+    def backward(ctx: FunctionCtx, grad_out: Tensor, *_grad_intermediates: None):
+        if grad_out is None:  # the output was not used: no gradient flows back
+            return (None,) * len(ctx.needs_input_grad)
         x, W_qkv, W_proj, qkv, weights, dropped, noise, context, computed = ctx.saved_tensors
         need_x, need_Wq, need_bq, need_Wk, need_bk, need_Wv, need_bv, need_Wp, need_bp = ctx.needs_input_grad[:9]
         P, E = x.shape
@@ -265,7 +256,7 @@ class PackedSelfAttention(torch.autograd.Function):
                 None, None, None)  # fmt: skip
 
 
-class PackedMemoryAttention(torch.autograd.Function):
+class PackedSingleKeyAttention(torch.autograd.Function):
     """Attention of packed rows to a one-key memory per caption (``SingleKeyAttention`` on packed rows).
 
     The weight of the one key is 1, so only the dropout noise and the image's value matter:
@@ -275,8 +266,7 @@ class PackedMemoryAttention(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, x, memory, W_query, b_query, W_key, b_key, W_value, b_value, W_proj, b_proj, images, noise,
-                heads):  # fmt: skip
+    def forward(x, memory, W_query, b_query, W_key, b_key, W_value, b_value, W_proj, b_proj, images, noise, heads):
         N, _, E = memory.shape
         V = _addmm(b_value, memory.view(N, E), W_value.T)  # (N, E)
         if noise.dim() == 0:
@@ -286,13 +276,22 @@ class PackedMemoryAttention(torch.autograd.Function):
             d = E // heads
             per_head = torch.bmm(V.view(N, heads, d).transpose(0, 1), W_proj.view(E, heads, d).permute(1, 2, 0))
             out = torch.baddbmm(b_proj, noise[:, None, :], per_head.index_select(1, images).transpose(0, 1))[:, 0]
+        return out, V  # (P, E); the values are an output that setup_context saves
+
+    @staticmethod
+    def setup_context(ctx: FunctionCtx, inputs: tuple, output: tuple) -> None:
+        x, memory, W_query, _, W_key, _, W_value, _, W_proj, _, images, noise, heads = inputs
+        _, V = output
+        ctx.mark_non_differentiable(V)
+        ctx.set_materialize_grads(False)
         ctx.save_for_backward(x, memory, W_query, W_key, W_value, W_proj, V, images, noise)
         ctx.heads = heads
-        return out  # (P, E)
 
     @staticmethod
     @once_differentiable
-    def backward(ctx, grad_out):
+    def backward(ctx: FunctionCtx, grad_out: Tensor, _grad_V: None):
+        if grad_out is None:  # the output was not used: no gradient flows back
+            return (None,) * len(ctx.needs_input_grad)
         x, memory, W_query, W_key, W_value, W_proj, V, images, noise = ctx.saved_tensors
         needs = ctx.needs_input_grad
         N, _, E = memory.shape
@@ -324,10 +323,87 @@ class PackedMemoryAttention(torch.autograd.Function):
                 grad_b_proj, None, None, None)  # fmt: skip
 
 
+class PackedMemoryAttention(torch.autograd.Function):
+    """Attention of packed rows to M memory vectors per caption (``MultiHeadAttention`` without a mask).
+
+    ``computed`` (N, L) bool, prefixes; ``noise`` (N, H, L, M) or a scalar. The queries are
+    projected as (P, W) rows and scattered into an (N, H, L, W/H) block (zeros past each
+    prefix: their context rows are never gathered back and their gradients are zero), the keys
+    and values are projected once per image, (N, H, M, W/H), and the context rows of the
+    computed positions are gathered back.
+    """
+
+    @staticmethod
+    def forward(x, memory, W_query, b_query, W_key, b_key, W_value, b_value, W_proj, b_proj, computed, noise, heads):
+        P, E = x.shape
+        N, L = computed.shape
+        d = E // heads
+        Q = x.new_zeros(N, L, heads, d)  # (N, L, H, d); read as (N, H, L, d) by the products
+        Q[computed] = _addmm(b_query, x, W_query.T).view(P, heads, d)
+        Q = Q.transpose(1, 2)
+        K = _split_heads(_project(memory, W_key, b_key), heads)  # (N, H, M, d)
+        V = _split_heads(_project(memory, W_value, b_value), heads)  # (N, H, M, d)
+        scores = torch.matmul(Q, K.transpose(2, 3)).mul_(1 / math.sqrt(d))  # (N, H, L, M)
+        weights = torch.softmax(scores, dim=-1)
+        dropped = weights * noise
+        context = torch.matmul(dropped, V).transpose(1, 2)[computed].view(P, E)  # (P, H, d) -> (P, E)
+        out = _addmm(b_proj, context, W_proj.T)
+        return out, Q, K, V, weights, dropped, context  # the intermediates are outputs that setup_context saves
+
+    @staticmethod
+    def setup_context(ctx: FunctionCtx, inputs: tuple, output: tuple) -> None:
+        x, memory, W_query, _, W_key, _, W_value, _, W_proj, _, computed, noise, heads = inputs
+        _, Q, K, V, weights, dropped, context = output
+        ctx.mark_non_differentiable(Q, K, V, weights, dropped, context)
+        ctx.set_materialize_grads(False)
+        ctx.save_for_backward(x, memory, W_query, W_key, W_value, W_proj, Q, K, V, weights, dropped, noise, context,
+                              computed)  # fmt: skip
+        ctx.scale = 1 / math.sqrt(x.shape[1] / heads)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx: FunctionCtx, grad_out: Tensor, *_grad_intermediates: None):
+        if grad_out is None:  # the output was not used: no gradient flows back
+            return (None,) * len(ctx.needs_input_grad)
+        x, memory, W_query, W_key, W_value, W_proj, Q, K, V, weights, dropped, noise, context, computed = (
+            ctx.saved_tensors
+        )
+        (need_x, need_memory, need_Wq, need_bq, need_Wk, need_bk, need_Wv, need_bv, need_Wp,
+         need_bp) = ctx.needs_input_grad[:10]  # fmt: skip
+        P, E = x.shape
+        N, heads, L, d = Q.shape
+        grad_W_proj = _mm_at(grad_out, context) if need_Wp else None
+        grad_b_proj = grad_out.sum(0) if need_bp else None
+        if not any(ctx.needs_input_grad[:8]):
+            return (None,) * 8 + (grad_W_proj, grad_b_proj, None, None, None)
+        grad_context = x.new_zeros(N, L, heads, d)
+        grad_context[computed] = _mm(grad_out, W_proj).view(P, heads, d)
+        grad_context = grad_context.transpose(1, 2)  # (N, H, L, d), zero past each prefix
+        grad_V = torch.matmul(dropped.transpose(2, 3), grad_context)  # (N, H, M, d)
+        grad_weights = torch.matmul(grad_context, V.transpose(2, 3)).mul_(noise)  # (N, H, L, M)
+        # Softmax backward, row by row.
+        grad_scores = grad_weights.sub_((grad_weights * weights).sum(-1, keepdim=True)).mul_(weights).mul_(ctx.scale)
+        grad_query = torch.matmul(grad_scores, K).transpose(1, 2)[computed].view(P, E)  # (P, E)
+        grad_K = torch.matmul(grad_scores.transpose(2, 3), Q)  # (N, H, M, d)
+        grad_x = _mm(grad_query, W_query) if need_x else None
+        grad_W_query = _mm_at(grad_query, x) if need_Wq else None
+        grad_b_query = grad_query.sum(0) if need_bq else None
+        memory_rows = memory.reshape(-1, E)  # (N * M, E)
+        grad_memory = None
+        grad_keys, grad_values = _merge_heads(grad_K), _merge_heads(grad_V)  # (N * M, E) each
+        if need_memory:
+            grad_memory = torch.addmm(_mm(grad_keys, W_key), grad_values, W_value).view(memory.shape)
+        grad_W_key = _mm_at(grad_keys, memory_rows) if need_Wk else None
+        grad_b_key = grad_keys.sum(0) if need_bk else None
+        grad_W_value = _mm_at(grad_values, memory_rows) if need_Wv else None
+        grad_b_value = grad_values.sum(0) if need_bv else None
+        return (grad_x, grad_memory, grad_W_query, grad_b_query, grad_W_key, grad_b_key, grad_W_value, grad_b_value,
+                grad_W_proj, grad_b_proj, None, None, None)  # fmt: skip
+
+
 def _check_attention_weights(x: Tensor, num_heads: int, weights: dict[str, Tensor]) -> None:
     E = x.shape[1]
-    if isinstance(num_heads, bool) or not isinstance(num_heads, numbers.Integral) or num_heads < 1:
-        raise ValueError(f"num_heads must be an integer >= 1, got {num_heads!r}")
+    check_positive_integer("num_heads", num_heads)
     if E % num_heads:
         raise ValueError(f"num_heads={num_heads} must divide the width {E} of x")
     for name, tensor in weights.items():
@@ -378,7 +454,7 @@ def packed_self_attention(
     else:
         noise = _draw((N, num_heads, L, L), dropout_p, training, x.dtype, x.device)
     return _apply_autocast(PackedSelfAttention, x, *named.values(), packing.computed[:, :L], noise, num_heads,
-                           low_precision=True)  # fmt: skip
+                           low_precision=True)[0]  # fmt: skip
 
 
 def packed_memory_attention(
@@ -397,15 +473,16 @@ def packed_memory_attention(
     dropout_p: float = 0.0,
     training: bool = True,
 ) -> Tensor:
-    """Attention of packed rows to each caption's one-key memory: the computed rows of
-    :func:`multi_head_attention` (query = the captions, key = value = memory), weights dropped as there.
+    """Attention of packed rows to each caption's memory: the computed rows of :func:`multi_head_attention`
+    (query = the captions, key = value = memory, no mask), weights dropped as there.
 
     Args:
         x: (P, E) packed rows (the queries).
-        memory: (N, 1, E) one key and value per caption.
+        memory: (N, M, E) M keys and values per caption (M = 1: one image vector, computed without
+            queries or scores, as the weight of a single key is 1).
         W_* (E, E), b_* (E,), num_heads: as :func:`multi_head_attention`.
         packing: the rows' packing.
-        dropout_p, training: dropout of the attention weights ((N, H, T, 1) masks).
+        dropout_p, training: dropout of the attention weights ((N, H, T, M) masks).
 
     Returns:
         (P, E).
@@ -413,17 +490,27 @@ def packed_memory_attention(
     _check_rows(x, packing)
     _check_float("memory", memory, 3)
     N, T = packing.computed.shape
-    if tuple(memory.shape) != (N, 1, x.shape[1]):
-        raise ValueError(f"memory must have shape (N, 1, E) = {(N, 1, x.shape[1])}, got {tuple(memory.shape)}")
+    M = memory.shape[1]
+    if memory.shape[0] != N or memory.shape[2] != x.shape[1] or M == 0:
+        raise ValueError(f"memory must have shape (N, M, E) = ({N}, M >= 1, {x.shape[1]}), got {tuple(memory.shape)}")
     named = {"W_query": W_query, "b_query": b_query, "W_key": W_key, "b_key": b_key, "W_value": W_value,
              "b_value": b_value, "W_proj": W_proj, "b_proj": b_proj}  # fmt: skip
     _check_attention_weights(x, num_heads, named)
     _check_same_dtype(x=x, memory=memory, **named)
     check_probability("dropout_p", dropout_p)
+    if M > 1:
+        L = packing.longest
+        if uses_mkl_masks():
+            noise = _draw((N, num_heads, T, M), dropout_p, training, x.dtype, x.device)
+            noise = noise[:, :, :L] if noise.dim() else noise
+        else:
+            noise = _draw((N, num_heads, L, M), dropout_p, training, x.dtype, x.device)
+        return _apply_autocast(PackedMemoryAttention, x, memory, *named.values(), packing.computed[:, :L], noise,
+                               num_heads, low_precision=True)[0]  # fmt: skip
     if uses_mkl_masks():
         noise = _draw((N, num_heads, T, 1), dropout_p, training, x.dtype, x.device)
         noise = noise[..., 0].transpose(1, 2)[packing.computed] if noise.dim() else noise  # (P, H)
     else:
         noise = _draw((packing.rows, num_heads), dropout_p, training, x.dtype, x.device)
-    return _apply_autocast(PackedMemoryAttention, x, memory, *named.values(), packing.images, noise, num_heads,
-                           low_precision=True)  # fmt: skip
+    return _apply_autocast(PackedSingleKeyAttention, x, memory, *named.values(), packing.images, noise, num_heads,
+                           low_precision=True)[0]  # fmt: skip

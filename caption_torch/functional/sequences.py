@@ -16,10 +16,10 @@ from caption_torch.functional._common import (
     _check_float,
     _check_projected,
     _check_same_dtype,
-    _check_token_ids,
     _mm,
     _times,
 )
+from caption_torch.functional.checks import check_token_ids
 
 if TYPE_CHECKING:
     from caption_torch.functional.cells.base import Cell
@@ -367,7 +367,7 @@ def recurrence_lookup(
     _check_float("h0", h0, 2)
     _check_float("Wh", Wh, 2)
     _check_same_dtype(table=table, h0=h0, Wh=Wh)
-    _check_token_ids("index", index, table.shape[0], ndim=2, unit="row number", within="the table")
+    check_token_ids("index", index, table.shape[0], ndim=2, unit="row number", within="the table")
     H, gates = h0.shape[1], cell.gates
     _check_dim("h0", h0, 0, index.shape[0], "the batch size of index")
     _check_dim("Wh", Wh, 0, H, "the hidden width")

@@ -1,6 +1,21 @@
-"""Words in and out: the embedding lookup, the vocabulary projection and the masked softmax loss."""
+"""Words in and out: the embedding lookup, the vocabulary projection and the weighted softmax loss.
+
+Every softmax loss of the project is one Function, :class:`WeightedSoftmaxLoss`, over rows of
+scores with a weight per row (per word)::
+
+    loss = -sum_k weights[k] * log softmax(scores[k])[targets[k]] / total
+
+and the losses are its wrappers, which only choose the rows, the weights and the total:
+
+    temporal_softmax_loss     every (N, T) position, weight 1 where the target counts, total N   (cs231n's RNN)
+    transformer_softmax_loss  the same rows and weights, total N * T                      (cs231n's Transformer)
+    vocab_softmax_loss        the counted positions' hidden states projected to scores first, total N
+    policy_gradient_loss      vocab_softmax_loss with a weight per caption or per word     (policy.py)
+"""
 
 from __future__ import annotations
+
+import numbers
 
 import torch
 from torch import Tensor
@@ -12,10 +27,14 @@ from caption_torch.functional._common import (
     _apply_autocast,
     _check_dim,
     _check_float,
+    _check_input,
     _check_same_dtype,
-    _check_token_ids,
+    _check_targets,
+    _is_dense,
     _mm,
+    _without_autocast,
 )
+from caption_torch.functional.checks import check_token_ids
 
 # --------------------------------------------------------------------------- #
 # Word embedding
@@ -59,7 +78,7 @@ def word_embedding(x: Tensor, W: Tensor) -> Tensor:
         (N, T, D) word vectors.
     """
     _check_float("W", W, 2)
-    _check_token_ids("x", x, W.shape[0], ndim=2)
+    check_token_ids("x", x, W.shape[0], ndim=2)
     return WordEmbedding.apply(x, W)
 
 
@@ -119,119 +138,137 @@ def _check_affine(x: tuple[str, Tensor], w: tuple[str, Tensor], b: tuple[str, Te
     _check_dim(b_name, b_value, 0, w_value.shape[1], f"the output width of {w_name}")
 
 
-def _softmax_loss_grad(probs: Tensor, targets: Tensor, scale: Tensor) -> Tensor:
-    """Gradient of ``scale * NLL`` w.r.t. the scores: ``(probs - onehot(targets)) * scale``.
+# --------------------------------------------------------------------------- #
+# Rows of counted positions
+# --------------------------------------------------------------------------- #
+
+
+class SelectRows(torch.autograd.Function):
+    """``x[mask]``: the (K, ...) rows of an (N, T, ...) tensor where the (N, T) bool mask is True, in row order.
+
+    Boolean indexing reads the rows from any strides (the time-major view that the recurrences
+    return is not copied whole). The gradient is laid out as x is (its strides, where each
+    element of x has its own place), so the Function that produced x gets the layout it wrote.
+    """
+
+    @staticmethod
+    def forward(x: Tensor, mask: Tensor) -> Tensor:
+        return x[mask]
+
+    @staticmethod
+    def setup_context(ctx: FunctionCtx, inputs: tuple, output: Tensor) -> None:
+        x, mask = inputs
+        ctx.save_for_backward(mask)
+        # Only x's layout is needed for its gradient: keeping x would hold all N*T rows until backward.
+        ctx.layout = (x.shape, x.stride() if _is_dense(x) else None, x.dtype, x.device)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx: FunctionCtx, grad_rows: Tensor):
+        if not ctx.needs_input_grad[0]:
+            return None, None
+        (mask,) = ctx.saved_tensors
+        shape, stride, dtype, device = ctx.layout
+        if stride is None:
+            grad_x = torch.zeros(shape, dtype=dtype, device=device)
+        else:
+            grad_x = torch.empty_strided(shape, stride, dtype=dtype, device=device).zero_()
+        grad_x[mask] = grad_rows  # rows that were not selected affect nothing
+        return grad_x, None
+
+
+def select_rows(x: Tensor, mask: Tensor) -> Tensor:
+    """The rows of the positions where mask is True.
 
     Args:
-        probs: (K, V) softmax probabilities (left untouched: backward may run twice).
-        targets: (K,) correct token ids.
-        scale: scalar, or (K, 1) per-row weights.
+        x: (N, T, ...) one entry per position.
+        mask: (N, T) bool.
+
+    Returns:
+        (K, ...) with K = mask.sum(), position by position in (n, t) order.
     """
-    grad = probs * scale
-    rows = torch.arange(probs.shape[0], device=probs.device)
-    row_scale = scale.reshape(-1) if scale.dim() > 0 else scale
-    grad[rows, targets] -= row_scale
-    return grad
+    _check_input("x", x, 2)
+    if not isinstance(mask, Tensor) or mask.dtype != torch.bool or tuple(mask.shape) != tuple(x.shape[:2]):
+        shape = (tuple(mask.shape), mask.dtype) if isinstance(mask, Tensor) else type(mask).__name__
+        raise ValueError(f"mask must be a bool tensor of x's (N, T) = {tuple(x.shape[:2])}, got {shape}")
+    return SelectRows.apply(x, mask)
 
 
-def _is_dense(tensor: Tensor) -> bool:
-    """Whether the strides give every element its own place, with no gaps (some order of a contiguous layout)."""
-    expected = 1
-    for size, stride in sorted(zip(tensor.shape, tensor.stride()), key=lambda pair: pair[1]):
-        if size == 1:
-            continue
-        if stride != expected:
-            return False
-        expected *= size
-    return True
+# --------------------------------------------------------------------------- #
+# The softmax loss
+# --------------------------------------------------------------------------- #
 
 
-class TemporalSoftmaxLoss(torch.autograd.Function):
-    """Masked softmax cross-entropy summed over timesteps and divided by N."""
+class WeightedSoftmaxLoss(torch.autograd.Function):
+    """``-sum_k weights[k] * log softmax(scores[k])[targets[k]] / total``: every softmax loss of the project.
+
+    ``forward(scores (K, V), targets (K,), weights (K,) or a 0-dim weight of every row, total)``.
+    Half-precision scores (autocast's) get a float32 softmax and loss; their gradient is
+    returned in their own dtype. No gradient flows into the weights (rewards, masks).
+    Saves the (K, V) probabilities; the scores are not kept.
+    """
 
     @staticmethod
-    def forward(ctx, x, y, mask):
-        N, T, V = x.shape
-        keep = mask.reshape(N * T, 1).to(x.dtype)
-        targets = y.reshape(N * T)
+    def forward(scores: Tensor, targets: Tensor, weights: Tensor, total: float) -> tuple[Tensor, Tensor]:
         # ATen's kernel subtracts the row max (finite for scores in the thousands) in one
         # pass over the rows, instead of six ops each reading the block (benchmarks/micro.py --groups softmax).
-        log_probs = torch.log_softmax(x.reshape(N * T, V), dim=1)
-        loss = -(log_probs.gather(1, targets[:, None]) * keep).sum() / N
-        ctx.save_for_backward(log_probs.exp_(), targets, keep)  # probs, (N*T, V)
-        ctx.batch_size = N
-        return loss
-
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, grad_loss):
-        probs, targets, keep = ctx.saved_tensors
-        if not ctx.needs_input_grad[0]:
-            return None, None, None
-        N = ctx.batch_size
-        grad = _softmax_loss_grad(probs, targets, keep * (grad_loss / N))
-        return grad.view(N, -1, probs.shape[1]), None, None
-
-
-class VocabSoftmaxLoss(torch.autograd.Function):
-    """``temporal_affine`` followed by ``temporal_softmax_loss``, fused.
-
-    Only the K unmasked positions are scored: padding after ``<END>`` never reaches
-    the (N*T, H) @ (H, V) product, which is the largest GEMM of the model. Saves
-    the (K, H) scored hidden states and the (K, V) probabilities.
-    """
-
-    @staticmethod
-    def forward(ctx, hidden, W_vocab, b_vocab, y, mask):
-        keep = mask.bool()  # (N, T)
-        # Boolean indexing reads the K scored rows in (n, t) order from any strides: the
-        # time-major view that rnn/lstm return is not copied whole.
-        scored = hidden[keep]  # (K, H)
-        targets = y[keep]  # (K,)
-        # The product may be bf16/fp16 under autocast; the softmax and the loss are float32.
-        scores = _addmm(b_vocab, scored, W_vocab)  # (K, V)
         log_probs = torch.log_softmax(scores, dim=1, dtype=torch.float32 if scores.dtype in _HALF_DTYPES else None)
-        loss = -log_probs.gather(1, targets[:, None]).sum() / hidden.shape[0]
-        ctx.save_for_backward(scored, W_vocab, keep, targets, log_probs.exp_())
-        # Only hidden's layout is needed for its gradient: keeping the tensor would hold (N*T, H) until backward.
-        # Its strides are reused only if each element has its own place (not for an expanded view).
-        stride = hidden.stride() if _is_dense(hidden) else None
-        ctx.hidden_layout = (hidden.shape, stride, hidden.dtype, hidden.device)
-        return loss
+        picked = log_probs.gather(1, targets[:, None])[:, 0]  # (K,)
+        loss = -(picked * weights.to(picked.dtype)).sum() / total
+        return loss, log_probs.exp_()  # the probabilities are an output so that setup_context can save them
+
+    @staticmethod
+    def setup_context(ctx: FunctionCtx, inputs: tuple, output: tuple) -> None:
+        scores, targets, weights, total = inputs
+        _, probs = output
+        ctx.mark_non_differentiable(probs)
+        ctx.set_materialize_grads(False)
+        ctx.save_for_backward(probs, targets, weights)
+        ctx.total, ctx.scores_dtype = total, scores.dtype
 
     @staticmethod
     @once_differentiable
-    def backward(ctx, grad_loss):
-        scored, W_vocab, keep, targets, probs = ctx.saved_tensors
-        need_hidden, need_W, need_b = ctx.needs_input_grad[:3]
-        shape, stride, dtype, device = ctx.hidden_layout
-        grad_scores = _softmax_loss_grad(probs, targets, grad_loss / shape[0]).to(scored.dtype)  # (K, V)
-        grad_hidden = None
-        if need_hidden:
-            # hidden's own strides (time-major from rnn/lstm), so the gradient has the layout they expect.
-            if stride is None:
-                grad_hidden = torch.zeros(shape, dtype=dtype, device=device)
-            else:
-                grad_hidden = torch.empty_strided(shape, stride, dtype=dtype, device=device).zero_()
-            grad_hidden[keep] = _mm(grad_scores, W_vocab.T)  # (K, H) into the scored positions
-        grad_W = _mm(scored.T, grad_scores) if need_W else None
-        grad_b = grad_scores.sum(0) if need_b else None
-        return grad_hidden, grad_W, grad_b, None, None
+    def backward(ctx: FunctionCtx, grad_loss: Tensor, _grad_probs: None):
+        if not ctx.needs_input_grad[0] or grad_loss is None:
+            return None, None, None, None
+        probs, targets, weights = ctx.saved_tensors
+        # d loss / d scores[k] = weights[k] * (probs[k] - onehot(targets[k])) / total, written over probs' copy.
+        scale = weights.to(probs.dtype) * (grad_loss / ctx.total)  # (K,) or 0-dim
+        row_scale = scale[:, None] if scale.dim() else scale
+        grad = probs * row_scale
+        grad[torch.arange(probs.shape[0], device=probs.device), targets] -= scale
+        return grad.to(ctx.scores_dtype), None, None, None
 
 
-def _check_targets(y: Tensor, mask: Tensor, batch_shape: tuple, vocab_size: int) -> None:
-    """Targets y and mask must both be (N, T) with N >= 1; y must hold ids in [0, V), mask 0s and 1s."""
-    _check_token_ids("y", y, vocab_size, ndim=2)
-    if tuple(y.shape) != tuple(batch_shape):
-        raise ValueError(f"y has shape {tuple(y.shape)} but the scores have (N, T) = {tuple(batch_shape)}")
-    if batch_shape[0] == 0:
-        raise ValueError("the scores hold N = 0 sequences; the loss is divided by N")
-    if not isinstance(mask, Tensor) or mask.shape != y.shape:
-        shape = tuple(mask.shape) if isinstance(mask, Tensor) else type(mask).__name__
-        raise ValueError(f"mask must be a tensor of shape {tuple(y.shape)} like y, got {shape}")
-    # A bool mask is what the model passes; other dtypes cost one host sync to check.
-    if mask.dtype != torch.bool and bool(((mask != 0) & (mask != 1)).any()):
-        raise ValueError("mask must hold only 0 and 1 (or be bool): positions count or they do not")
+def weighted_softmax_loss(scores: Tensor, targets: Tensor, weights: Tensor, total: float = 1.0) -> Tensor:
+    """The softmax cross-entropy of rows of scores, each weighted, summed and divided by ``total``.
+
+    Args:
+        scores: (K, V) unnormalised scores, one row per word.
+        targets: (K,) correct token ids in [0, V).
+        weights: (K,) one finite weight per row (0 drops a row, a negative one makes its word rarer),
+            or a 0-dim tensor weighting every row; no gradient flows into it.
+        total: positive number the weighted sum is divided by (e.g. N, or N * T).
+
+    Returns:
+        Scalar ``-sum_k weights[k] * log softmax(scores[k])[targets[k]] / total``. Under autocast the
+        softmax runs in float32 whatever the scores' dtype (as autocast runs ``cross_entropy``).
+    """
+    _check_float("scores", scores, 2)
+    check_token_ids("targets", targets, scores.shape[1], ndim=1)
+    _check_dim("targets", targets, 0, scores.shape[0], "the rows of scores")
+    if not isinstance(weights, Tensor) or not weights.is_floating_point() or weights.dim() > 1:
+        raise ValueError(f"weights must be a floating-point (K,) or 0-dim tensor, got {weights!r:.80}")
+    if weights.dim() == 1:
+        _check_dim("weights", weights, 0, scores.shape[0], "the rows of scores")
+    if isinstance(total, bool) or not isinstance(total, numbers.Real) or not total > 0:
+        raise ValueError(f"total must be a positive number, got {total!r}")
+    return _without_autocast(WeightedSoftmaxLoss, scores, targets, weights.detach(), total)[0]
+
+
+def _ones(like: Tensor) -> Tensor:
+    """A 0-dim 1 of like's dtype and device: the weight of every row of an unweighted loss."""
+    return torch.ones((), dtype=like.dtype, device=like.device)
 
 
 def temporal_softmax_loss(x: Tensor, y: Tensor, mask: Tensor) -> Tensor:
@@ -248,14 +285,18 @@ def temporal_softmax_loss(x: Tensor, y: Tensor, mask: Tensor) -> Tensor:
     """
     _check_float("x", x, 3)
     _check_targets(y, mask, x.shape[:2], x.shape[2])
-    return _apply_autocast(TemporalSoftmaxLoss, x, y, mask, low_precision=False)
+    N, T, V = x.shape
+    weights = mask.reshape(N * T).to(torch.float32 if x.dtype in _HALF_DTYPES else x.dtype)
+    return weighted_softmax_loss(x.reshape(N * T, V), y.reshape(N * T), weights, N)
 
 
-def vocab_softmax_loss(hidden: Tensor, W_vocab: Tensor, b_vocab: Tensor, y: Tensor, mask: Tensor) -> Tensor:
-    """``temporal_softmax_loss(temporal_affine(hidden, W_vocab, b_vocab), y, mask)`` in one Function.
+def vocab_softmax_loss(
+    hidden: Tensor, W_vocab: Tensor, b_vocab: Tensor, y: Tensor, mask: Tensor, weights: Tensor | None = None
+) -> Tensor:
+    """``temporal_softmax_loss(temporal_affine(hidden, W_vocab, b_vocab), y, mask)``, scoring counted positions only.
 
-    Equal to the two-Function composition (tested), but the scores of masked
-    positions are never computed and no (N, T, V) tensor is materialised.
+    The K counted positions' hidden states are selected first (:func:`select_rows`), so the
+    scores of masked positions are never computed and no (N, T, V) tensor is materialised.
 
     Args:
         hidden: (N, T, H) hidden states.
@@ -263,10 +304,16 @@ def vocab_softmax_loss(hidden: Tensor, W_vocab: Tensor, b_vocab: Tensor, y: Tens
         b_vocab: (V,) its bias.
         y: (N, T) correct token ids in [0, V).
         mask: (N, T) bool (or 0/1): which positions count.
+        weights: optional (N, T) weight of every position (checked by ``policy_gradient_loss``);
+            None weighs every counted position 1.
 
     Returns:
-        Scalar loss, summed over timesteps and divided by N.
+        Scalar loss, summed over timesteps (each position times its weight) and divided by N.
     """
     _check_affine(("hidden", hidden), ("W_vocab", W_vocab), ("b_vocab", b_vocab))
     _check_targets(y, mask, hidden.shape[:2], W_vocab.shape[1])
-    return _apply_autocast(VocabSoftmaxLoss, hidden, W_vocab, b_vocab, y, mask, low_precision=True)
+    keep = mask.bool()  # (N, T)
+    rows = select_rows(hidden, keep)  # (K, H)
+    scores = temporal_affine(rows[None], W_vocab, b_vocab)[0]  # (K, V)
+    row_weights = _ones(W_vocab) if weights is None else weights[keep]
+    return weighted_softmax_loss(scores, y[keep], row_weights, hidden.shape[0])

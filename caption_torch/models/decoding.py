@@ -1,10 +1,11 @@
-"""Decoding strategies built only on the one-word-at-a-time API every model has (``captioner.py``).
+"""Decoding strategies built only on the one-word-at-a-time API of the decoder contract.
 
-    state = model.initial_state(features)                features (N, D) -> tuple of (N, ...) tensors
+    state = model.initial_state(features)                features (N, [M,] D) -> tuple of (N, ...) tensors
     context = model.generation_context(steps)            reused by every step of a run (or None)
-    scores, state = model.step(words, state, context)    words (N,)      -> scores (N, V)
+    scores, state = model.step(words, state, context)    words (N,)           -> scores (N, V)
 
-They work for the RNN, the LSTM and the Transformer alike. Every one returns what
+(:class:`~caption_torch.models.captioner.Captioner` states the contract.) They work for the
+RNN, the LSTM, the Transformer and any other decoder of the contract alike. Every one returns what
 ``Captioner.sample`` returns: an (N, max_length)
 LongTensor whose column 0 is the first generated word (not ``<START>``), with only
 ``<NULL>`` after a row's ``<END>``. A row that never emits ``<END>`` fills all
@@ -27,8 +28,8 @@ import numbers
 import torch
 from torch import Tensor
 
-from caption_torch.functional._common import _check_token_ids
-from caption_torch.models.captioner import Captioner, check_positive_integer
+from caption_torch.functional import check_positive_integer, check_token_ids
+from caption_torch.models.captioner import Captioner
 
 __all__ = ["greedy_decode", "temperature_sample", "beam_search", "caption_log_probs", "decode", "DECODE_METHODS"]
 
@@ -45,7 +46,7 @@ def greedy_decode(model: Captioner, features: Tensor, max_length: int = 30) -> T
     """The most likely word at every step; equals ``model.sample(features, max_length)``.
 
     Args:
-        features: (N, D) image features.
+        features: (N, [M,] D) image features.
 
     Returns:
         (N, max_length) LongTensor of word ids.
@@ -67,7 +68,7 @@ def temperature_sample(
     above 1 flatten it.
 
     Args:
-        features: (N, D) image features.
+        features: (N, [M,] D) image features.
         temperature: positive.
         generator: source of randomness (on the features' device), for reproducible draws.
 
@@ -112,7 +113,7 @@ def beam_search(
     greedy but is not guaranteed to: greedy's prefix can fall out of the beam.
 
     Args:
-        features: (N, D) image features.
+        features: (N, [M,] D) image features.
         beam_size: K, the hypotheses kept per image.
         length_normalization: rank by mean instead of summed log-probability; the sum
             favours short captions.
@@ -247,7 +248,7 @@ def caption_log_probs(
     chose. A row without ``<END>`` counts all T words.
 
     Args:
-        features: (N, D) image features.
+        features: (N, [M,] D) image features.
         captions: (N, T) word ids in the decoders' format (no ``<START>``).
         length_normalization: return the mean log-probability per counted word (the
             score beam search ranks by) instead of the sum.
@@ -260,7 +261,7 @@ def caption_log_probs(
     if not isinstance(captions, Tensor) or captions.dim() != 2 or captions.shape[0] != features.shape[0]:
         shape = tuple(captions.shape) if isinstance(captions, Tensor) else type(captions).__name__
         raise ValueError(f"captions must be an (N, T) tensor with N = {features.shape[0]}, got {shape}")
-    _check_token_ids("captions", captions, model.vocab_size, ndim=2)
+    check_token_ids("captions", captions, model.vocab_size, ndim=2)
     N, T = captions.shape
     words = torch.full((N,), model.start_id, dtype=torch.long, device=features.device)
     total = torch.zeros(N, dtype=torch.float64, device=features.device)

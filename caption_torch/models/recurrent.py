@@ -1,12 +1,13 @@
 """CaptioningRNN: the cs231n image-captioning model, built only from ``functional``.
 
-    features (N, D) ──affine──► h0 (N, H)
+    features (N, D) ──affine──► h0 (N, H)          (N, M, D): the mean of the M vectors, then the affine map
     captions_in (N, T) ──its U distinct words──► W_embed rows (U, W) ──affine──► input table (U, gH)
     input table, rows of captions_in ──the cell's sequence (rnn/lstm_lookup), from h0──► hidden (N, T, H)
-    hidden ──vocab projection + masked softmax──► loss (scalar)
+    hidden ──vocab projection──► scores (N, T, V)   (the losses project only the counted positions)
 
-``captions[:, :-1]`` is fed in and ``captions[:, 1:]`` is predicted; positions
-whose target is ``<NULL>`` do not count.
+In :meth:`CaptioningRNN.loss`, ``captions[:, :-1]`` is fed in and ``captions[:, 1:]`` is
+predicted; positions whose target is ``<NULL>`` do not count. The decoder contract is
+:class:`~caption_torch.models.captioner.Captioner`'s.
 """
 
 from __future__ import annotations
@@ -18,11 +19,11 @@ import torch
 from torch import Tensor, nn
 
 from caption_torch import functional as F
-from caption_torch.functional import CELLS, State
-from caption_torch.models.captioner import Captioner, check_positive_integer
+from caption_torch.functional import CELLS, State, check_positive_integer
+from caption_torch.models.captioner import Captioner
 from caption_torch.vocabulary import END, NULL, START
 
-__all__ = ["CaptioningRNN", "check_positive_integer", "NULL", "START", "END"]
+__all__ = ["CaptioningRNN", "NULL", "START", "END"]
 
 PARAM_NAMES = ("W_embed", "W_proj", "b_proj", "Wx", "Wh", "b", "W_vocab", "b_vocab")
 
@@ -34,7 +35,9 @@ class CaptioningRNN(Captioner):
         word_to_idx: vocabulary, a mapping from word to id (V words; an id without a score row
             cannot be generated, and a row without a word decodes as <UNK>); must
             contain ``<NULL>``; sampling also needs ``<START>`` and ``<END>``.
-        input_dim: D, the width of an image feature vector (512 for fc7-PCA).
+        input_dim: D, the width of an image feature vector (512 for fc7-PCA). Features are (N, D),
+            or (N, M, D) with M vectors per image: the initial hidden state is then the projection
+            of the mean of the M vectors (the RNN has no attention to tell them apart).
         wordvec_dim: W, the width of a word vector.
         hidden_dim: H, the width of the recurrent hidden state.
         cell_type: a name in ``functional.CELLS``: ``'rnn'`` (tanh) or ``'lstm'``.
@@ -56,19 +59,17 @@ class CaptioningRNN(Captioner):
         cell_type: str = "rnn",
         dtype: torch.dtype = torch.float32,
     ) -> None:
-        super().__init__()
         if cell_type not in CELLS:  # read now: a cell registered after import is accepted
             raise ValueError(f"cell_type must be one of {tuple(CELLS)}, got {cell_type!r}")
-        self._set_vocabulary(word_to_idx)
-        for name, value in (("input_dim", input_dim), ("wordvec_dim", wordvec_dim), ("hidden_dim", hidden_dim)):
-            if not isinstance(value, int) or value <= 0:
-                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        super().__init__(word_to_idx, input_dim)
+        for name, value in (("wordvec_dim", wordvec_dim), ("hidden_dim", hidden_dim)):
+            check_positive_integer(name, value)
         if not dtype.is_floating_point:
             raise ValueError(f"dtype must be a floating-point dtype, got {dtype}")
 
         self.cell_type = cell_type
         self.cell = CELLS[cell_type]
-        self.input_dim, self.wordvec_dim, self.hidden_dim = input_dim, wordvec_dim, hidden_dim
+        self.wordvec_dim, self.hidden_dim = wordvec_dim, hidden_dim
 
         V, D, W, H = self.vocab_size, input_dim, wordvec_dim, hidden_dim
         gates = self.cell.gates
@@ -98,30 +99,56 @@ class CaptioningRNN(Captioner):
     # ------------------------------------------------------------------ #
 
     def forward(self, features: Tensor, captions: Tensor) -> Tensor:
-        """Same as :meth:`loss`; lets wrappers such as DDP call the module."""
-        return self.loss(features, captions)
-
-    def loss(self, features: Tensor, captions: Tensor) -> Tensor:
-        """Training loss of a minibatch.
+        """Scores of the next word at every position (the contract's ``forward``).
 
         Args:
-            features: (N, D) image features, in the model's dtype.
+            features: (N, D) or (N, M, D) image features, in the model's dtype.
+            captions: (N, T) input token ids (``<START> w1 w2 ...``).
+
+        Returns:
+            (N, T, V) scores: position t scores the word after captions[:, :t + 1].
+        """
+        self.check_features(features)
+        if not isinstance(captions, Tensor) or captions.dim() != 2 or captions.shape[0] != features.shape[0]:
+            shape = tuple(captions.shape) if isinstance(captions, Tensor) else type(captions).__name__
+            raise ValueError(f"captions must be an (N, T) tensor with N = {features.shape[0]} as features, got {shape}")
+        N, T = captions.shape
+        lengths = torch.full((N,), T, dtype=torch.long, device=captions.device)
+        hidden = self._hidden_states(captions, self._initial_hidden(features), lengths)  # (N, T, H)
+        return F.temporal_affine(hidden, self.W_vocab, self.b_vocab)
+
+    def loss(self, features: Tensor, captions: Tensor) -> Tensor:
+        """Training loss of a minibatch (cs231n's ``loss``).
+
+        Args:
+            features: (N, D) or (N, M, D) image features, in the model's dtype.
             captions: (N, T + 1) integer token ids, each caption ``<START> ... <END> <NULL>...``.
 
         Returns:
             Scalar: masked cross-entropy summed over the T predicted positions, divided by N.
         """
-        self._check_features(features)
+        self._check_captions(features, captions)
+        mask = captions[:, 1:] != self.null_id  # (N, T): which predictions count
+        return self._masked_loss(features, captions, mask)
+
+    def weighted_loss(self, features: Tensor, captions: Tensor, mask: Tensor, weights: Tensor) -> Tensor:
+        """``-sum weights * mask * log p(word) / N`` (the contract's ``weighted_loss``).
+
+        Args:
+            features: (N, [M,] D); captions: (N, T + 1) fed ``[:, :-1]`` and scored on ``[:, 1:]``.
+            mask: (N, T) bool, the words that count; weights: (N,) per caption or (N, T) per word.
+        """
+        self._check_captions(features, captions)
+        self.check_weights(mask, weights)
+        return self._masked_loss(features, captions, mask, weights)
+
+    def _check_captions(self, features: Tensor, captions: Tensor) -> None:
+        self.check_features(features)
         if not isinstance(captions, Tensor) or captions.dim() != 2 or captions.shape[1] < 2:
             shape = tuple(captions.shape) if isinstance(captions, Tensor) else type(captions).__name__
             raise ValueError(f"captions must be an (N, T+1) tensor with T+1 >= 2, got {shape}")
         if captions.shape[0] != features.shape[0]:
             raise ValueError(f"captions hold {captions.shape[0]} captions but features hold {features.shape[0]} images")
-        mask = captions[:, 1:] != self.null_id  # (N, T): which predictions count
-        return self._masked_loss(features, captions, mask)
-
-    def _policy_loss(self, features: Tensor, captions: Tensor, mask: Tensor, weights: Tensor) -> Tensor:
-        return self._masked_loss(features, captions, mask, weights)
 
     def _masked_loss(self, features: Tensor, captions: Tensor, mask: Tensor, weights: Tensor | None = None) -> Tensor:
         """Loss of captions (N, T + 1) fed ``captions[:, :-1]`` and scored on ``captions[:, 1:]`` where mask (N, T)."""
@@ -160,9 +187,10 @@ class CaptioningRNN(Captioner):
     def initial_state(self, features: Tensor) -> State:
         """Recurrent state before the first word: ``(h0,)`` for the RNN, ``(h0, c0)`` for the LSTM, each (N, H).
 
-        h0 is the projected image feature; the cell's other states (the LSTM's c0) start at zero.
+        h0 is the projected image feature (of the mean of M vectors for (N, M, D) features); the
+        cell's other states (the LSTM's c0) start at zero.
         """
-        self._check_features(features)
+        self.check_features(features)
         h0 = self._initial_hidden(features)
         return (h0, *(torch.zeros_like(h0) for _ in range(self.cell.state_size - 1)))
 
@@ -206,6 +234,9 @@ class CaptioningRNN(Captioner):
     # ------------------------------------------------------------------ #
 
     def _initial_hidden(self, features: Tensor) -> Tensor:
+        """h0 (N, H): the projection of the (N, D) features, or of the mean of (N, M, D) features' M vectors."""
+        if features.dim() == 3:
+            features = features[:, 0] if features.shape[1] == 1 else F.memory_mean(features)  # (N, D)
         return F.temporal_affine(features[:, None], self.W_proj, self.b_proj)[:, 0]  # (N, H)
 
     def extra_repr(self) -> str:

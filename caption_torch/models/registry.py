@@ -10,8 +10,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable, Mapping
 
 import torch
-from torch import nn
 
+from caption_torch.models.captioner import Captioner
 from caption_torch.models.recurrent import CaptioningRNN
 from caption_torch.models.transformer import CaptioningTransformer
 
@@ -24,25 +24,25 @@ class Decoder:
     """How to build one decoder.
 
     Attributes:
-        build: ``(word_to_idx, input_dim, config) -> nn.Module`` with ``loss``, ``sample``,
-            ``initial_state``/``step`` (the decoders in ``decoding.py``) and ``policy_loss``.
+        build: ``(word_to_idx, input_dim, config) -> Captioner``: a decoder fulfilling the contract
+            written out in :class:`~caption_torch.models.captioner.Captioner`.
         shape_fields: the config fields its weights' shapes depend on: a checkpoint fixes them.
         loss_label: what its training loss is (the loss plot's axis).
     """
 
-    build: Callable[[Mapping[str, int], int, "CaptionConfig"], nn.Module]
+    build: Callable[[Mapping[str, int], int, "CaptionConfig"], Captioner]
     shape_fields: tuple[str, ...]
     loss_label: str = "Loss (summed over words, per caption)"
 
 
 def _recurrent(cell_type: str) -> Decoder:
-    def build(word_to_idx: Mapping[str, int], input_dim: int, config: CaptionConfig) -> nn.Module:
+    def build(word_to_idx: Mapping[str, int], input_dim: int, config: CaptionConfig) -> Captioner:
         return CaptioningRNN(word_to_idx, input_dim, config.wordvec_dim, config.hidden_dim, cell_type)
 
     return Decoder(build, ("wordvec_dim", "hidden_dim"))
 
 
-def _transformer(word_to_idx: Mapping[str, int], input_dim: int, config: CaptionConfig) -> nn.Module:
+def _transformer(word_to_idx: Mapping[str, int], input_dim: int, config: CaptionConfig) -> Captioner:
     return CaptioningTransformer(word_to_idx, input_dim, config.wordvec_dim, config.num_heads, config.num_layers,
                                  config.max_length)  # fmt: skip
 
@@ -61,6 +61,6 @@ DECODERS: dict[str, Decoder] = {
 
 def build_decoder(
     word_to_idx: Mapping[str, int], input_dim: int, config: CaptionConfig, dtype: torch.dtype = torch.float32
-) -> nn.Module:
+) -> Captioner:
     """The decoder ``config.decoder`` names, sized by ``config``, with parameters in ``dtype``."""
     return DECODERS[config.decoder].build(word_to_idx, input_dim, config).to(dtype)

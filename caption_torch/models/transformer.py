@@ -1,6 +1,6 @@
 """CaptioningTransformer: cs231n's Transformer captioner (2021-2024), built only from ``functional``.
 
-    features (N, D) ──visual_projection──► memory (N, 1, W)
+    features (N, M, D) ──visual_projection──► memory (N, M, W)     ((N, D) features: M = 1)
     captions_in (N, T) ──embedding──► (N, T, W) ──+ sinusoidal positions, dropout──► x (N, T, W)
     x ──num_layers decoder layers (causal self-attention, attention to memory)──► (N, T, W)
       ──output──► scores (N, T, V)
@@ -11,7 +11,10 @@ Each decoder layer is post-norm, as cs231n's ``TransformerDecoderLayer``::
     x = norm2(x + dropout(multihead_attn(x, memory, memory)))
     x = norm3(x + dropout(linear2(dropout(relu(linear1(x))))))
 
-The layers live in ``transformer_layers.py``. Modules, parameter names, shapes ((out, in)
+Every decoder layer attends to the M memory vectors of its caption's image (M = 1 for
+cs231n's fc7 vector, where the one key's weight is 1 and no scores are computed). The layers
+live in ``transformer_layers.py``; the decoder contract is
+:class:`~caption_torch.models.captioner.Captioner`'s. Modules, parameter names, shapes ((out, in)
 for every linear map) and the order in which construction draws from torch's default
 generator are cs231n's, so a state dict of its model loads here and its notebook's checks
 run unchanged. The dropouts draw their masks from torch's generator (see
@@ -27,7 +30,8 @@ import torch
 from torch import Tensor, nn
 
 from caption_torch import functional as F
-from caption_torch.models.captioner import Captioner, check_positive_integer
+from caption_torch.functional import check_positive_integer
+from caption_torch.models.captioner import Captioner
 from caption_torch.models.transformer_layers import (
     Embedding,
     LayerNorm,
@@ -63,7 +67,7 @@ class CaptioningTransformer(Captioner):
     Args:
         word_to_idx: vocabulary, word -> id (as ``CaptioningRNN``'s); must contain ``<NULL>``; sampling also
             needs ``<START>`` and ``<END>``.
-        input_dim: D, the width of an image feature vector.
+        input_dim: D, the width of an image feature vector (features (N, D), or (N, M, D) for M per image).
         wordvec_dim: W, the width of word vectors and of every layer.
         num_heads: attention heads, dividing W.
         num_layers: decoder layers.
@@ -85,11 +89,10 @@ class CaptioningTransformer(Captioner):
         num_layers: int = 2,
         max_length: int = 50,
     ) -> None:
-        super().__init__()
-        self._set_vocabulary(word_to_idx)
-        for name, value in (("input_dim", input_dim), ("wordvec_dim", wordvec_dim), ("max_length", max_length)):
+        super().__init__(word_to_idx, input_dim)
+        for name, value in (("wordvec_dim", wordvec_dim), ("max_length", max_length)):
             check_positive_integer(name, value)
-        self.input_dim, self.wordvec_dim, self.max_length = input_dim, wordvec_dim, max_length
+        self.wordvec_dim, self.max_length = wordvec_dim, max_length
         self.num_heads, self.num_layers = num_heads, num_layers
 
         self.visual_projection = Linear(input_dim, wordvec_dim)
@@ -119,7 +122,7 @@ class CaptioningTransformer(Captioner):
         """Scores of the next word at every position.
 
         Args:
-            features: (N, D) image features.
+            features: (N, D) or (N, M, D) image features.
             captions: (N, T) input token ids, T <= max_length (``<START> w1 w2 ...``).
 
         Returns:
@@ -127,18 +130,22 @@ class CaptioningTransformer(Captioner):
         """
         return self.output(self._decode(features, captions))  # (N, T, V)
 
+    def memory(self, features: Tensor) -> Tensor:
+        """What every decoder layer attends to: the projected features, (N, M, W) for (N, M, D) ((N, D): M = 1)."""
+        return self.visual_projection(self.as_memory(features))
+
     def _decode(self, features: Tensor, captions: Tensor) -> Tensor:
-        """The last decoder layer's output (N, T, W) for features (N, D) and input words (N, T)."""
+        """The last decoder layer's output (N, T, W) for features (N, [M,] D) and input words (N, T)."""
         self._check_captions(features, captions)
         T = captions.shape[1]
         words = self.positional_encoding(self.embedding(captions))  # (N, T, W)
-        memory = self.visual_projection(features)[:, None]  # (N, 1, W)
+        memory = self.memory(features)  # (N, M, W)
         causal = torch.tril(torch.ones(T, T, dtype=torch.bool, device=captions.device))  # 1: may attend
         return self.transformer(words, memory, causal)  # (N, T, W)
 
     def _check_captions(self, features: Tensor, captions: Tensor) -> None:
-        """features (N, D) and input words (N, T) with 1 <= T <= max_length."""
-        self._check_features(features)
+        """features (N, [M,] D) and input words (N, T) with 1 <= T <= max_length."""
+        self.check_features(features)
         if not isinstance(captions, Tensor) or captions.dim() != 2 or captions.shape[0] != features.shape[0]:
             shape = tuple(captions.shape) if isinstance(captions, Tensor) else type(captions).__name__
             raise ValueError(f"captions must be an (N, T) tensor with N = {features.shape[0]} as features, got {shape}")
@@ -150,7 +157,7 @@ class CaptioningTransformer(Captioner):
         """Training loss of a minibatch, as cs231n's Transformer solver computes it.
 
         Args:
-            features: (N, D) image features.
+            features: (N, D) or (N, M, D) image features.
             captions: (N, T + 1) token ids ``<START> ... <END> <NULL>...``; ``captions[:, :-1]`` is
                 fed in and ``captions[:, 1:]`` predicted.
 
@@ -182,25 +189,34 @@ class CaptioningTransformer(Captioner):
         """The last decoder layer's output for each caption's first ``lengths[n]`` positions only.
 
         Args:
-            features: (N, D); captions: (N, T) input words; lengths: (N,) positions to compute per caption.
+            features: (N, [M,] D); captions: (N, T) input words; lengths: (N,) positions to compute per caption.
 
         Returns:
             rows (P, W), P = lengths.sum(), in (caption, position) order, and the packing that placed them.
         """
         packing = F.causal_packing(lengths, captions.shape[1])
         rows = F.pack_rows(self.positional_encoding(self.embedding(captions)), packing)  # (P, W)
-        memory = self.visual_projection(features)[:, None]  # (N, 1, W)
+        memory = self.memory(features)  # (N, M, W)
         for layer in self.transformer.layers:
             rows = layer.forward_packed(rows, memory, packing)
         return rows, packing
 
-    def _policy_loss(self, features: Tensor, captions: Tensor, mask: Tensor, weights: Tensor) -> Tensor:
-        """Self-critical loss (see ``Captioner.policy_loss``): the decoder's output over the sampled words,
-        scored through the output map, weighted per caption and divided by N.
+    def weighted_loss(self, features: Tensor, captions: Tensor, mask: Tensor, weights: Tensor) -> Tensor:
+        """``-sum weights * mask * log p(word) / N`` (the contract's ``weighted_loss``): the decoder's output
+        over the captions' words, scored through the output map.
+
+        Args:
+            features: (N, [M,] D); captions: (N, T + 1) fed ``[:, :-1]`` and scored on ``[:, 1:]``.
+            mask: (N, T) bool, the words that count; weights: (N,) per caption or (N, T) per word.
 
         As in :meth:`loss`, each caption runs only up to its last counted word (packed rows), which
-        carry their caption's weight."""
+        carry their weights."""
+        if not isinstance(captions, Tensor) or captions.dim() != 2 or captions.shape[1] < 2:
+            shape = tuple(captions.shape) if isinstance(captions, Tensor) else type(captions).__name__
+            raise ValueError(f"captions must be an (N, T+1) tensor with T+1 >= 2, got {shape}")
         captions_in, captions_out = captions[:, :-1], captions[:, 1:]
+        self._check_captions(features, captions_in)
+        self.check_weights(mask, weights)
         N, T = captions_out.shape
         lengths = _counted_lengths(mask)
         W_vocab, b_vocab = self.output.weight.T, self.output.bias
@@ -209,7 +225,8 @@ class CaptioningTransformer(Captioner):
                                           weights)  # fmt: skip
         rows, packing = self._decode_packed(features, captions_in, lengths)
         computed = packing.computed
-        row_weights = weights[:, None].expand(N, T)[computed][None]  # (1, P): each word its caption's weight
+        per_word = weights[:, None].expand(N, T) if weights.dim() == 1 else weights  # (N, T)
+        row_weights = per_word[computed][None]  # (1, P): each packed word its weight
         loss = F.policy_gradient_loss(rows[None], W_vocab, b_vocab, captions_out[computed][None], mask[computed][None],
                                       row_weights)  # fmt: skip
         return loss / N  # the fused loss divided by its N, here 1
@@ -225,16 +242,16 @@ class CaptioningTransformer(Captioner):
     #
     #   positions      (N,)                     the position the next word takes (equal in every row)
     #   keys, values   (N, layers, H, L, W/H)   self-attention cache, filled up to positions; L = max_length
-    #   memory_keys, memory_values (N, layers, H, 1, W/H)
+    #   memory_keys, memory_values (N, layers, H, M, W/H)
 
     @torch.no_grad()
     def initial_state(self, features: Tensor) -> tuple[Tensor, ...]:
-        """The generation state before the first word (see above), for (N, D) features."""
-        self._check_features(features)
+        """The generation state before the first word (see above), for (N, D) or (N, M, D) features."""
+        self.check_features(features)
         N, W = features.shape[0], self.wordvec_dim
         layers = self.transformer.layers
         heads = self.num_heads
-        memory = self.visual_projection(features)[:, None]  # (N, 1, W)
+        memory = self.memory(features)  # (N, M, W)
         cross = [layer.multihead_attn for layer in layers]
         memory_keys = torch.stack([F.attention_heads(memory, a.key.weight, a.key.bias, heads) for a in cross], 1)
         memory_values = torch.stack([F.attention_heads(memory, a.value.weight, a.value.bias, heads) for a in cross], 1)
@@ -287,7 +304,7 @@ class CaptioningTransformer(Captioner):
         """
         self.check_can_generate()
         self.check_max_length(max_length)
-        self._check_features(features)
+        self.check_features(features)
         N, device = features.shape[0], features.device
         captions = torch.full((N, max_length), self.null_id, dtype=torch.long, device=device)
         partial = torch.full((N, 1), self.start_id, dtype=torch.long, device=device)

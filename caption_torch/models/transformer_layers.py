@@ -15,8 +15,8 @@ import torch
 from torch import Tensor, nn
 
 from caption_torch import functional as F
+from caption_torch.functional import check_positive_integer
 from caption_torch.functional.dropout import check_probability
-from caption_torch.models.captioner import check_positive_integer
 
 # --------------------------------------------------------------------------- #
 # Parameter holders: cs231n's nn.Linear / nn.Embedding / nn.LayerNorm, computed by functional

@@ -12,7 +12,7 @@ and the loss is ``-sum (reward - baseline) * log p(sample) / (number of samples)
 (``functional.policy_gradient_loss``): samples better than the baseline become likelier,
 worse ones rarer.
 
-    features (B, D) ─repeat K─► (B*K, D) ─sample─► captions (B*K, L) ─CIDEr-D vs refs─► rewards (B*K,)
+    features (B, [M,] D) ─repeat K─► (B*K, [M,] D) ─sample─► captions (B*K, L) ─CIDEr-D vs refs─► rewards (B*K,)
                                                                        baseline (B*K,) ─┘ ─► advantages
 """
 
@@ -63,7 +63,7 @@ def self_critical_step(
     Args:
         model: the decoder being fine-tuned.
         reward: CIDEr-D with the training corpus's document frequencies.
-        features: (B, D) image features.
+        features: (B, D) or (B, M, D) image features.
         references: (B, R, T) every reference caption of each image (``<START> ... <END>``), -1 rows for none.
         baseline: ``"mean"`` or ``"greedy"``.
         samples_per_image: K >= 2 for the mean baseline (it needs the other samples), >= 1 for greedy.
@@ -78,7 +78,7 @@ def self_critical_step(
             f"the {baseline} baseline needs samples_per_image >= {2 if baseline == 'mean' else 1}, got {K}"
         )
     B, skipped = features.shape[0], (model.start_id, model.null_id)
-    repeated = features.repeat_interleave(K, dim=0)  # (B*K, D): image b's samples are rows bK .. bK + K - 1
+    repeated = features.repeat_interleave(K, dim=0)  # (B*K, [M,] D): image b's samples are rows bK .. bK + K - 1
     samples = temperature_sample(model, repeated, 1.0, max_length, generator)  # (B*K, L), no gradient
     refs, ref_image = reference_sentences(references, model)
     sample_image = np.repeat(np.arange(B), K)

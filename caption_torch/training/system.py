@@ -111,7 +111,8 @@ class CaptioningSystem(L.LightningModule):
     def validation_step(self, batch: ImageBatch, batch_idx: int) -> None:
         references = batch.references  # (B, R, T)
         present = references[:, :, 0] >= 0  # (B, R): which reference slots hold a caption
-        repeated = batch.features[:, None].expand(-1, references.shape[1], -1)[present]  # (C, D)
+        features = batch.features  # (B, D) or (B, M, D)
+        repeated = features[:, None].expand(-1, references.shape[1], *features.shape[1:])[present]  # (C, [M,] D)
         captions = references[present]  # (C, T)
         loss = self.model.loss(repeated, captions)
         # A mean over captions, weighted by each batch's count, summed across processes: images
