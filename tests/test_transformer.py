@@ -9,6 +9,7 @@ from torch import nn
 
 import caption_torch.functional as F
 from caption_torch import CaptioningTransformer
+from caption_torch.models.decoding import beam_search, caption_log_probs
 from caption_torch.models.transformer import MultiHeadAttention, PositionalEncoding
 
 WORDS = {"<NULL>": 0, "<START>": 1, "<END>": 2, "a": 3, "cat": 4, "dog": 5, "on": 6, "mat": 7}
@@ -105,7 +106,8 @@ class RefModel(nn.Module):
     def forward(self, features, captions):
         T = captions.shape[1]
         words = self.positional_encoding(self.embedding(captions))
-        memory = self.visual_projection(features).unsqueeze(1)
+        memory = self.visual_projection(features)  # (N, M, W), or (N, W) for one vector per image
+        memory = memory.unsqueeze(1) if memory.dim() == 2 else memory
         return self.output(self.transformer(words, memory, torch.tril(torch.ones(T, T))))
 
 
@@ -181,6 +183,68 @@ def test_training_scores_loss_and_gradients_match_the_reference(masks):
             ref_grad[0] = grad[0]
             assert grad[0].abs().max() == 0
         torch.testing.assert_close(grad, ref_grad, rtol=1e-4, atol=1e-6, msg=lambda m: f"{name}: {m}")
+
+
+@pytest.mark.parametrize("masks", ["mkl", "none"])
+def test_memory_of_five_vectors_per_image_matches_plain_autograd(masks):
+    """Features (N, M = 5, D) in float64, train mode: the packed loss, the per-caption and per-word weighted
+    losses and every parameter's gradient equal the reference's (plain autograd, attention over M keys);
+    the cached steps score as the whole model; greedy is the reference's greedy and beam search runs."""
+    ours, ref = both_models(seed=7)
+    ours, ref = ours.double(), ref.double()
+    features, captions = batch(N=4, T=7)
+    features = torch.randn(4, 5, 6, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    for module in ref.modules():
+        if isinstance(module, nn.Dropout) and masks == "none":
+            module.p = 0.0
+        elif isinstance(module, nn.Dropout):  # the reference's nn.Dropout draws torch's own masks: give it ours
+            module.forward = lambda x, p=module.p, m=module: F.dropout(x, p, m.training)
+    if masks == "none":
+        for module in ours.modules():
+            if isinstance(getattr(module, "dropout", None), float):
+                module.dropout = 0.0
+    N, T = captions.shape[0], captions.shape[1] - 1
+    mask = captions[:, 1:] != WORDS["<NULL>"]
+    weights = torch.tensor([1.5, -0.5, 2.0, 0.25], dtype=torch.float64)
+    with F.mkl_dropout() if masks == "mkl" else torch.autograd.set_grad_enabled(True):
+        torch.manual_seed(5)
+        loss = ours.loss(features, captions)
+        torch.manual_seed(5)
+        scores = ref(features, captions[:, :-1])
+        expected = ref_loss(scores, captions[:, 1:])
+        torch.manual_seed(5)
+        weighted = ours.weighted_loss(features, captions, mask, weights[:, None].expand(N, T).contiguous())
+    nll = nn.functional.cross_entropy(scores.transpose(1, 2), captions[:, 1:], reduction="none")  # (N, T)
+    expected_weighted = (weights[:, None] * nll * mask).sum() / N
+    tol = dict(rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(loss, expected, **tol)
+    torch.testing.assert_close(weighted, expected_weighted, **tol)
+    for ours_loss, ref_loss_value in ((loss, expected), (weighted, expected_weighted)):
+        grads = torch.autograd.grad(ours_loss, list(ours.parameters()))
+        ref_grads = torch.autograd.grad(ref_loss_value, list(ref.parameters()), retain_graph=True, allow_unused=True)
+        for (name, _), grad, ref_grad in zip(ours.named_parameters(), grads, ref_grads):
+            if name == "embedding.weight":  # nn.Embedding's padding row gets no gradient; its inputs affect no score
+                ref_grad = ref_grad.clone()
+                ref_grad[0] = grad[0]
+            torch.testing.assert_close(grad, ref_grad, **tol, msg=lambda m: f"{name}: {m}")
+
+    ours.eval(), ref.eval()
+    expected_scores = ref(features, captions[:, :-1])
+    torch.testing.assert_close(ours(features, captions[:, :-1]), expected_scores, **tol)
+    state = ours.initial_state(features)
+    for t in range(T):
+        step_scores, state = ours.step(captions[:, t], state)
+        torch.testing.assert_close(step_scores, expected_scores[:, t], **tol)
+    with torch.no_grad():
+        assert torch.equal(ours.sample(features, 6), ours.sample_without_cache(features, 6))
+        greedy = reference_greedy(ref, features, 6)
+    sampled, ended = ours.sample(features, 6), torch.zeros(4, dtype=torch.bool)
+    for t in range(6):  # the reference's greedy words, <NULL> after <END>
+        assert torch.equal(sampled[:, t], greedy[:, t].masked_fill(ended, WORDS["<NULL>"])), t
+        ended |= greedy[:, t] == WORDS["<END>"]
+    assert torch.equal(beam_search(ours, features, beam_size=1, max_length=6), sampled)  # one beam is greedy
+    beams = beam_search(ours, features, beam_size=3, max_length=6)
+    assert beams.shape == (4, 6) and bool(torch.isfinite(caption_log_probs(ours, features, beams)).all())
 
 
 def test_loss_of_captions_cut_short_or_with_nothing_scored():
