@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, fields, replace
 from typing import Any, Mapping
 
+from caption_torch.functional import check_positive_integer
 from caption_torch.models.registry import DECODERS
 
 
@@ -37,9 +38,7 @@ class CaptionConfig:
             raise ValueError(f"decoder must be one of {tuple(DECODERS)}, got {self.decoder!r}")
         for name in ("wordvec_dim", "hidden_dim", "num_heads", "num_layers", "batch_size", "epochs", "max_length",
                      "samples_per_image"):  # fmt: skip
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+            check_positive_integer(name, getattr(self, name))
         if not self.lr > 0:
             raise ValueError(f"lr must be positive, got {self.lr}")
         if not 0 < self.lr_decay <= 1:
