@@ -314,6 +314,7 @@ def vocab_softmax_loss(
     _check_targets(y, mask, hidden.shape[:2], W_vocab.shape[1])
     keep = mask.bool()  # (N, T)
     rows = select_rows(hidden, keep)  # (K, H)
-    scores = temporal_affine(rows[None], W_vocab, b_vocab)[0]  # (K, V)
+    # squeeze, not [0]: indexing's backward would write the (K, V) gradient into a fresh zero tensor.
+    scores = temporal_affine(rows[None], W_vocab, b_vocab).squeeze(0)  # (K, V)
     row_weights = _ones(W_vocab) if weights is None else weights[keep]
     return weighted_softmax_loss(scores, y[keep], row_weights, hidden.shape[0])
