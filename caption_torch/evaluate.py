@@ -3,7 +3,7 @@
     python -m caption_torch.evaluate --ckpt lightning_logs/version_0/checkpoints/last.ckpt
     python -m caption_torch.evaluate --help
 
-The command's steps live in :mod:`caption_torch.evaluation.run`; this module is its entry point
+The command's steps live in :mod:`caption_torch.cli.evaluate`; this module is its entry point
 and keeps its names importable (``from caption_torch import evaluate; evaluate.main([...])``).
 """
 
@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import sys
 
-from caption_torch.evaluation.run import (  # noqa: F401 (the command's parts, importable from here as before)
+from caption_torch.cli.evaluate import (  # noqa: F401 (the command's parts, importable from here as before)
     Run,
     build_parser,
     caption_split,

@@ -10,7 +10,7 @@ from conftest import write_coco_folder
 
 import train
 from caption_torch import evaluate
-from caption_torch.evaluation import run as evaluation_run
+from caption_torch.cli import evaluate as evaluation_run
 from caption_torch.evaluation.plots import caption_grid, plot_loss_history
 from caption_torch.training.checkpointing import tensor_checksum
 

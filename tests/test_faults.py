@@ -825,7 +825,7 @@ def test_an_allocation_failure_anywhere_is_one_line(tmp_path, capsys, monkeypatc
     monkeypatch.setattr(CaptioningSystem, "from_config", cannot_allocate)
     code, err = run_train(capsys, "--synthetic-size", "tiny", "--log-dir", tmp_path)
     assert_one_line_error(code, err, "out of memory in main > run > build", "lower --batch-size")
-    from caption_torch.evaluation import run as evaluation_run
+    from caption_torch.cli import evaluate as evaluation_run
 
     monkeypatch.setattr(evaluation_run, "load_system", cannot_allocate)
     code = evaluate.main(["--ckpt", str(tmp_path / "c.ckpt")])
