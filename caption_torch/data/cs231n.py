@@ -29,6 +29,7 @@ from caption_torch.data import schema
 from caption_torch.data.schema import SchemaError
 
 SPLITS = ("train", "val")
+OPTIONAL_SPLITS = ("test",)  # read when the captions file has it (folders written by caption_torch.prepare)
 CAPTIONS_FILE = "coco2014_captions.h5"
 VOCAB_FILE = "coco2014_vocab.json"
 SPECIAL_TOKENS = vocabulary.SPECIAL_TOKENS
@@ -103,14 +104,15 @@ def read_captions(
             then checked against the feature rows too).
 
     Returns:
-        ``{"train": SplitCaptions, "val": SplitCaptions}``; captions as int64.
+        ``{"train": SplitCaptions, "val": SplitCaptions}``, and ``"test"`` when the file has
+        ``test_captions``; captions as int64.
     """
     check = validator or _validator(base_dir)
     if vocab_size is not None:
         check.sizes.setdefault("V", (vocab_size, VOCAB_FILE))
     result = {}
     with check.open_h5(schema.CAPTIONS) as (path, f):
-        for split in SPLITS:
+        for split in SPLITS + tuple(split for split in OPTIONAL_SPLITS if f"{split}_captions" in f):
             arrays = []
             for spec in schema.CAPTIONS.arrays:
                 key, entry = check.array(path, f, spec, split)
