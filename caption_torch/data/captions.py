@@ -196,16 +196,21 @@ def assign_splits(images: list[CaptionedImage], seed: int = 0) -> None:
 def build_vocabulary(train_captions: Sequence[list[str]], min_word_count: int = MIN_WORD_COUNT) -> list[str]:
     """``idx_to_word``: the special tokens, then train words seen >= ``min_word_count`` times, most frequent first."""
     counts = Counter(word for words in train_captions for word in words)
-    kept = sorted((word for word, count in counts.items() if count >= min_word_count and word not in
-                   vocabulary.SPECIAL_TOKENS), key=lambda word: (-counts[word], word))  # fmt: skip
+    kept = sorted(
+        (word for word, count in counts.items() if count >= min_word_count and word not in vocabulary.SPECIAL_TOKENS),
+        key=lambda word: (-counts[word], word),
+    )
     return [*vocabulary.SPECIAL_TOKENS, *kept]
 
 
 def encode(words: Sequence[str], word_to_idx: dict[str, int], max_words: int = MAX_WORDS) -> np.ndarray:
     """(max_words + 2,) int32: ``<START>``, the first ``max_words`` words (unknown: ``<UNK>``), ``<END>``, padding."""
     unk = word_to_idx[vocabulary.UNK]
-    ids = [word_to_idx[vocabulary.START], *(word_to_idx.get(word, unk) for word in words[:max_words]),
-           word_to_idx[vocabulary.END]]  # fmt: skip
+    ids = [
+        word_to_idx[vocabulary.START],
+        *(word_to_idx.get(word, unk) for word in words[:max_words]),
+        word_to_idx[vocabulary.END],
+    ]
     row = np.full(max_words + 2, word_to_idx[vocabulary.NULL], dtype=np.int32)
     row[: len(ids)] = ids
     return row

@@ -50,7 +50,8 @@ def write_json_atomically(path: Path, value) -> None:
     os.replace(partial, path)
 
 
-def _collate(items: list) -> tuple[torch.Tensor, list[str]]:
+def collate_images(items: list) -> tuple[torch.Tensor, list[str]]:
+    """DataLoader collate of ImageFiles items: ``(images (B, 3, 224, 224), B reasons, "" for usable files)``."""
     return torch.stack([tensor for tensor, _ in items]), [reason for _, reason in items]
 
 
@@ -107,8 +108,14 @@ def extract_resumable(
         if done == 0:
             write_json_atomically(progress_path, {"job": job, "rows_done": 0, "problems": {}})
         remaining = Subset(ImageFiles(paths, max_pixels), range(done, len(paths)))
-        loader = DataLoader(remaining, batch_size=batch_size, num_workers=workers, collate_fn=_collate,
-                            pin_memory=device.type == "cuda", persistent_workers=False)  # fmt: skip
+        loader = DataLoader(
+            remaining,
+            batch_size=batch_size,
+            num_workers=workers,
+            collate_fn=collate_images,
+            pin_memory=device.type == "cuda",
+            persistent_workers=False,
+        )
         with tqdm(total=len(paths), initial=done, desc="fc7", unit="img", smoothing=0.1) as bar:
             for images, reasons in loader:
                 rows = fc7_of_tensors(model, images, device)

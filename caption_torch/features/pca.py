@@ -59,8 +59,10 @@ class Pca:
 def check_dim(dim: int, num_rows: int, width: int) -> None:
     """Refuse a dimension the train split cannot support: above its row count (or the feature width)."""
     if dim > num_rows:
-        raise PcaError(f"--pca-dim {dim} is more than the {num_rows} train images: PCA can find at most "
-                       f"{num_rows} directions; lower --pca-dim or add images")  # fmt: skip
+        raise PcaError(
+            f"--pca-dim {dim} is more than the {num_rows} train images: PCA can find at most "
+            f"{num_rows} directions; lower --pca-dim or add images"
+        )
     if dim > width:
         raise PcaError(f"--pca-dim {dim} is more than the feature width {width}")
 

@@ -153,12 +153,14 @@ def _check_state_dict(state_dict, where: str) -> dict:
     missing = [key for key in expected if key not in state_dict]
     unexpected = [key for key in state_dict if key not in expected]
     if missing or unexpected:
-        raise WeightsError(f"{where}: not torchvision's VGG-16 weights (missing {missing[:3]}, unexpected "
-                           f"{unexpected[:3]})")  # fmt: skip
+        raise WeightsError(
+            f"{where}: not torchvision's VGG-16 weights (missing {missing[:3]}, unexpected {unexpected[:3]})"
+        )
     for key, tensor in expected.items():
         if tuple(state_dict[key].shape) != tuple(tensor.shape):
-            raise WeightsError(f"{where}: {key} has shape {tuple(state_dict[key].shape)}, VGG-16 needs "
-                               f"{tuple(tensor.shape)}")  # fmt: skip
+            raise WeightsError(
+                f"{where}: {key} has shape {tuple(state_dict[key].shape)}, VGG-16 needs {tuple(tensor.shape)}"
+            )
     return state_dict
 
 
@@ -175,8 +177,10 @@ def load_local_weights(path: Path | str, expected_sha256: str | None = None) -> 
     if expected_sha256 is not None and digest != expected_sha256:
         raise WeightsError(f"--weights {path}: sha256 {digest[:16]}... is not the recorded {expected_sha256[:16]}...")
     if not digest.startswith(WEIGHTS_HASH_PREFIX):
-        raise WeightsError(f"--weights {path}: sha256 begins {digest[:8]}, not {WEIGHTS_HASH_PREFIX} "
-                           f"(torchvision's {Path(WEIGHTS_URL).name}); the file is damaged or another one")  # fmt: skip
+        raise WeightsError(
+            f"--weights {path}: sha256 begins {digest[:8]}, not {WEIGHTS_HASH_PREFIX} "
+            f"(torchvision's {Path(WEIGHTS_URL).name}); the file is damaged or another one"
+        )
     try:
         state_dict = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # torch raises several types for foreign files
@@ -187,8 +191,9 @@ def load_local_weights(path: Path | str, expected_sha256: str | None = None) -> 
 def load_hub_weights() -> tuple[dict, str]:
     """torchvision's ImageNet weights via torch.hub (downloaded once, hash prefix checked): ``(state_dict, sha256)``."""
     try:
-        state_dict = torch.hub.load_state_dict_from_url(WEIGHTS_URL, map_location="cpu", check_hash=True,
-                                                        weights_only=True)  # fmt: skip
+        state_dict = torch.hub.load_state_dict_from_url(
+            WEIGHTS_URL, map_location="cpu", check_hash=True, weights_only=True
+        )
     except Exception as error:  # no network: URLError; a damaged download: RuntimeError
         raise WeightsError(
             f"cannot get the VGG-16 weights from {WEIGHTS_URL} ({' '.join(str(error).split())[:200]}); "
@@ -212,8 +217,9 @@ def build_backbone(weights: str, seed: int = 0, expected_sha256: str | None = No
     if weights == IMAGENET_WEIGHTS:
         state_dict, digest = load_hub_weights()
         if expected_sha256 is not None and digest != expected_sha256:
-            raise WeightsError(f"the cached {WEIGHTS_URL} has sha256 {digest[:16]}..., not the recorded "
-                               f"{expected_sha256[:16]}...")  # fmt: skip
+            raise WeightsError(
+                f"the cached {WEIGHTS_URL} has sha256 {digest[:16]}..., not the recorded {expected_sha256[:16]}..."
+            )
         source = WeightsSource(IMAGENET_WEIGHTS, sha256=digest)
     else:
         state_dict, digest = load_local_weights(weights, expected_sha256)
