@@ -29,7 +29,7 @@ from caption_torch.cli.argtypes import (
     seed,
 )
 from caption_torch.data import cs231n as coco
-from caption_torch.data.datamodule import CaptionDataModule, ImageDataset
+from caption_torch.data.datamodule import CaptionDataModule, FeatureRows, ImageDataset
 from caption_torch.evaluation.plots import caption_grid
 from caption_torch.evaluation.report import write_html_report
 from caption_torch.metrics.coco import caption_text, evaluate_captions, scores_per_image
@@ -116,7 +116,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--data-dir", type=Path, default=None, help="coco_captioning folder (default: embedded)")
     parser.add_argument("--synthetic-size", default="default", help="embedded dataset size when no --data-dir")
     parser.add_argument("--full-features", action="store_true", help="the 4096-d fc7 features (needs --data-dir)")
-    parser.add_argument("--split", choices=coco.SPLITS, default="val", help="split to caption (default: val)")
+    parser.add_argument("--split", choices=coco.SPLITS + coco.OPTIONAL_SPLITS, default="val",
+                        help="split to caption (default: val; test where the folder has one)")  # fmt: skip
     parser.add_argument(
         "--method", choices=DECODE_METHODS, default=None, help="decoder (default: beam if --beam-size > 1, else greedy)"
     )
@@ -237,6 +238,9 @@ def load_runs(args: argparse.Namespace, runs: list[Run]) -> Loaded:
     dm = CaptionDataModule(args.data_dir, pca_features=not args.full_features, synthetic_size=args.synthetic_size)
     dm.prepare_data()
     dm.setup("validate")
+    if args.split not in dm.num_images:
+        raise coco.CocoDataError(f"{dm.data_dir}: no {args.split} split (folders written by caption_torch.prepare "
+                                 "have one)")  # fmt: skip
     for system in systems.values():
         check_model_fits_data(system.model, dm.word_to_idx, dm.feature_dim)
         try:
@@ -249,6 +253,10 @@ def load_runs(args: argparse.Namespace, runs: list[Run]) -> Loaded:
 def images_to_caption(args: argparse.Namespace, dm: CaptionDataModule) -> ImageDataset:
     """The split's images, the first ``--max-images`` of them if given."""
     images = dm.val_set if args.split == "val" else dm.train_images
+    if args.split not in coco.SPLITS:  # a prepared folder's test split, which training never reads
+        captions = coco.read_captions(dm.data_dir, vocab_size=len(dm.idx_to_word))[args.split]
+        features = FeatureRows(dm.data_dir / coco.feature_file(args.split, dm.hparams.pca_features))
+        images = ImageDataset(captions, features, split=args.split)
     if args.max_images is None:
         return images
     return ImageDataset(images.split_captions, images.features, images.image_rows[: args.max_images], images.split)

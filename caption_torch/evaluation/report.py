@@ -5,13 +5,15 @@
     DIR/index.html        the page: layout, styles and script in one file (no server, network or CDN)
     DIR/data.js           the results, one ``window.CAPTION_RESULTS = {...}`` assignment
     DIR/scenes/<hash>.png one picture per scene of the embedded data, named by its content
+    DIR/thumbnails/<hash>.jpg  a small copy of each image file (folders written by caption_torch.prepare)
 
 The page is opened from disk. ``data.js`` is a script rather than JSON because browsers
 refuse ``fetch`` of ``file://`` URLs. Only one page of images is in the document at a time
 and pictures load lazily, so 40,000 images open as fast as 40. Scenes are drawn once: a
 scene's file name is the hash of its description, so a second run (or a second page
-in the same folder) reuses the pictures already there. COCO images are shown from their
-URLs, so they need the network the page itself does not.
+in the same folder) reuses the pictures already there; image files (``file://`` sources) are
+copied as thumbnails, named by a hash of their path. COCO images are shown from their URLs,
+so they need the network the page itself does not.
 
 The page's state lives in the URL's fragment (``index.html#sort=cider0&order=asc&q=dog&page=3``),
 so that a state can be bookmarked, and a browser test can open one directly.
@@ -31,6 +33,7 @@ from tqdm import tqdm
 __all__ = ["write_html_report", "draw_scene_files"]
 
 SCENE_FOLDER = "scenes"
+THUMBNAIL_FOLDER = "thumbnails"
 SCENE_PIXELS = 160  # width and height of a drawn scene; the page shows it at this size
 
 
@@ -72,6 +75,33 @@ def draw_scene_files(folder: Path, scenes: Sequence[Mapping]) -> list[str]:
     return names
 
 
+def thumbnail_files(folder: Path, uris: Sequence[str]) -> list[str]:
+    """A JPEG thumbnail in ``folder/thumbnails`` of each ``file://`` image; each one's path relative to ``folder``.
+
+    An image that cannot be read keeps its URI (the page shows it as a broken picture, and says which file).
+    """
+    from urllib.parse import unquote, urlparse
+
+    from caption_torch.features.images import ImageProblem, load_rgb
+
+    names = []
+    for uri in tqdm(uris, desc="thumbnails", unit="image", leave=False):
+        name = f"{THUMBNAIL_FOLDER}/{hashlib.sha1(uri.encode()).hexdigest()[:20]}.jpg"
+        if not (folder / name).is_file():
+            try:
+                image = load_rgb(unquote(urlparse(uri).path))
+            except ImageProblem:
+                names.append(uri)
+                continue
+            image.thumbnail((SCENE_PIXELS * 2, SCENE_PIXELS * 2))
+            (folder / THUMBNAIL_FOLDER).mkdir(parents=True, exist_ok=True)
+            partial = folder / (name + ".partial")
+            image.save(partial, format="JPEG", quality=85)
+            partial.replace(folder / name)
+        names.append(name)
+    return names
+
+
 def write_html_report(
     folder: Path | str,
     title: str,
@@ -89,7 +119,7 @@ def write_html_report(
         title: the page's heading, e.g. ``"val split, 500 images"``.
         runs: one or two ``(label, corpus scores)``, the table's columns.
         image_rows: N image rows of the split (shown as the image's id).
-        sources: N scene dicts (drawn into files) or image URLs.
+        sources: N scene dicts (drawn into files), ``file://`` URIs (copied as thumbnails) or image URLs.
         references: N lists of reference captions.
         candidates: per run, N generated captions.
         per_image: per run, ``{"CIDEr-D": (N,), "BLEU-4": (N,)}``.
@@ -109,6 +139,9 @@ def write_html_report(
     scene_indices = [i for i, source in enumerate(sources) if isinstance(source, Mapping)]
     pictures = list(sources)
     for i, name in zip(scene_indices, draw_scene_files(folder, [sources[i] for i in scene_indices])):
+        pictures[i] = name
+    file_indices = [i for i, source in enumerate(sources) if isinstance(source, str) and source.startswith("file://")]
+    for i, name in zip(file_indices, thumbnail_files(folder, [sources[i] for i in file_indices])):
         pictures[i] = name
 
     # One array per image, to keep a 40,000-image file small: [row, picture, references,
