@@ -58,7 +58,9 @@ def collate_images(items: list) -> tuple[torch.Tensor, list[str]]:
 @torch.inference_mode()
 def fc7_of_tensors(model: VGG16, images: torch.Tensor, device: torch.device) -> np.ndarray:
     """(B, 3, 224, 224) preprocessed images -> (B, 4096) float32 fc7 rows on the CPU."""
-    return model.fc7(images.to(device, non_blocking=True)).float().cpu().numpy()
+    # channels_last: oneDNN's and cuDNN's convolutions run without reordering the activations (faster).
+    images = images.to(device, non_blocking=True, memory_format=torch.channels_last)
+    return model.fc7(images).float().cpu().numpy()
 
 
 def extract_resumable(
