@@ -149,7 +149,7 @@ def bench_caption(args) -> None:
     )
 
 
-def main(argv=None) -> None:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="what", required=True)
     extraction = sub.add_parser("extraction")
@@ -163,7 +163,11 @@ def main(argv=None) -> None:
     pca.add_argument("--rounds", type=int, default=1)
     caption = sub.add_parser("caption")
     caption.add_argument("--rounds", type=int, default=5)
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv=None) -> None:
+    args = build_parser().parse_args(argv)
     {"extraction": bench_extraction, "pca": bench_pca, "caption": bench_caption}[args.what](args)
 
 

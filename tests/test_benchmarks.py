@@ -305,6 +305,13 @@ def test_versus_quick_compares_with_a_revision(capsys):
     assert all(row[-1] == "0.0e+00" for row in metric_rows)  # the same scores
 
 
+def test_extract_benchmark_pca_at_a_tiny_size(capsys):
+    from benchmarks import extract
+
+    extract.main(["pca", "--rows", "300", "--dim", "8"])
+    assert re.match(r"PCA 300 x 4096 float32 -> 8, \d+ threads: median [\d.]+ s", capsys.readouterr().out)
+
+
 def test_transformer_benchmark_one_round(capsys):
     from benchmarks import transformer
 
@@ -336,10 +343,11 @@ README = Path(__file__).resolve().parent.parent / "benchmarks" / "README.md"
 
 def _parser_of(script: str):
     """The argparse parser of a benchmark script, by its module name."""
-    from benchmarks import micro, self_critical, summary, transformer, versus
+    from benchmarks import extract, micro, self_critical, summary, transformer, versus
 
     parsers = {
         "bench": lambda: _ParseOnly(bench.parse_args),
+        "extract": extract.build_parser,
         "micro": micro.build_parser,
         "self_critical": self_critical.build_parser,
         "summary": summary.build_parser,
@@ -379,7 +387,7 @@ def readme_commands() -> list[list[str]]:
 
 def test_the_readme_quotes_every_entry_point():
     scripts = {command[0] for command in readme_commands()}
-    assert scripts == {"bench", "micro", "self_critical", "summary", "transformer", "versus"}
+    assert scripts == {"bench", "extract", "micro", "self_critical", "summary", "transformer", "versus"}
 
 
 @pytest.mark.parametrize("command", readme_commands(), ids=" ".join)
