@@ -21,6 +21,7 @@ from conftest import write_coco_folder
 
 import train
 from caption_torch.data.datamodule import CaptionDataModule
+from caption_torch.models.registry import CaptionConfig
 from caption_torch.training.system import CaptioningSystem
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -155,7 +156,7 @@ def test_samplers_shard_and_metrics_are_synchronised(coco_folder, tmp_path, rest
     dm.prepare_data()
     dm.setup("fit")
     L.seed_everything(0, verbose=False)
-    system = CaptioningSystem(dm.word_to_idx, dm.feature_dim, wordvec_dim=16, hidden_dim=32)
+    system = CaptioningSystem(dm.word_to_idx, dm.feature_dim, CaptionConfig.of(wordvec_dim=16, hidden_dim=32))
     quiet = dict(logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
     ddp = L.Trainer(accelerator="cpu", devices=2, strategy="ddp_fork", max_epochs=1, num_sanity_val_steps=0,
                     callbacks=[RecordRanks(tmp_path)], **quiet)  # fmt: skip

@@ -34,8 +34,9 @@ from caption_torch.evaluation.plots import caption_grid
 from caption_torch.evaluation.report import write_html_report
 from caption_torch.metrics.coco import caption_text, evaluate_captions, scores_per_image
 from caption_torch.metrics.registry import metric_names
-from caption_torch.models.config import CaptionConfig
+from caption_torch.models.config import MAX_LENGTH
 from caption_torch.models.decoding import DECODE_METHODS, decode
+from caption_torch.models.registry import CaptionConfig
 from caption_torch.training.checkpointing import check_model_fits_data, load_system
 
 USAGE = """Caption a split with a trained checkpoint and score it as the COCO caption evaluation does.
@@ -122,7 +123,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--beam-size", type=positive_int, default=1, help="beam width; 1 is greedy (default: 1)")
     parser.add_argument("--temperature", type=positive_float, default=1.0, help="temperature for --method sample")
-    parser.add_argument("--max-length", type=caption_length, default=30, help="longest generated caption (default: 30)")
+    parser.add_argument("--max-length", type=caption_length, default=MAX_LENGTH,
+                        help=f"longest generated caption (default: {MAX_LENGTH})")  # fmt: skip
     parser.add_argument("--max-images", type=positive_int, default=None, help="caption only the first N images")
     parser.add_argument("--batch-size", type=positive_int, default=500, help="images per decoding batch (default: 500)")
     parser.add_argument("--seed", type=seed, default=0, help="seed for --method sample and --show")

@@ -35,8 +35,7 @@ from caption_torch.data import cs231n as coco
 from caption_torch.data.datamodule import CaptionDataModule, FeatureRows
 from caption_torch.evaluation.plots import plot_loss_history
 from caption_torch.metrics.registry import VALIDATION_METRICS
-from caption_torch.models.config import CaptionConfig
-from caption_torch.models.registry import DECODERS
+from caption_torch.models.registry import DECODERS, CaptionConfig
 from caption_torch.training.callbacks import LossHistory, ResumableSettings, StopOnSignal, TrainingStopped
 from caption_torch.training.checkpointing import (
     AtomicCheckpointIO,
@@ -185,7 +184,7 @@ def build(args: argparse.Namespace, stop: StopOnSignal, ckpt_path: Path | str | 
     resources.check_fits(config, dm.word_to_idx, dm.feature_dim, dm.train_set.captions.shape[1],
                          sum(dm.num_images.values()), args.accelerator, args.devices, args.precision,
                          args.feature_storage)  # fmt: skip
-    system = CaptioningSystem.from_config(dm.word_to_idx, dm.feature_dim, config)
+    system = CaptioningSystem(dm.word_to_idx, dm.feature_dim, config)
     if ckpt_path is not None:
         check_resumable(ckpt_path, args.start, system)
     elif args.init_from is not None:
