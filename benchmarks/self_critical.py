@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from caption_torch.data.datamodule import CaptionDataModule
+from caption_torch.data.sources import open_source
 from caption_torch.metrics.cider import Sentences
 from caption_torch.models.decoding import temperature_sample
 from caption_torch.models.recurrent import CaptioningRNN
@@ -44,7 +45,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     """Time ``--rounds`` self-critical steps part by part, print the table, return each part's median seconds."""
     args = build_parser().parse_args(argv)
 
-    dm = CaptionDataModule(None, synthetic_size=args.synthetic_size)
+    dm = CaptionDataModule(open_source(None, args.synthetic_size))
     dm.prepare_data()
     dm.setup("fit")
     torch.manual_seed(0)

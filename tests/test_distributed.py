@@ -21,6 +21,7 @@ from conftest import write_coco_folder
 
 import train
 from caption_torch.data.datamodule import CaptionDataModule
+from caption_torch.data.sources import open_source
 from caption_torch.models.registry import CaptionConfig
 from caption_torch.training.system import CaptioningSystem
 
@@ -152,7 +153,7 @@ def restore_environment():
 
 
 def test_samplers_shard_and_metrics_are_synchronised(coco_folder, tmp_path, restore_environment):
-    dm = CaptionDataModule(coco_folder, batch_size=4)
+    dm = CaptionDataModule(open_source(coco_folder), batch_size=4)
     dm.prepare_data()
     dm.setup("fit")
     L.seed_everything(0, verbose=False)

@@ -172,10 +172,11 @@ def test_a_failed_save_leaves_no_partial_file(tmp_path):
 
 def test_the_datamodule_counts_document_frequencies_once_per_dataset(coco_folder, monkeypatch):
     from caption_torch.data.datamodule import CIDER_CACHE_FILE, CaptionDataModule
+    from caption_torch.data.sources import open_source
     from caption_torch.metrics import cider as rewards
 
     def datamodule():
-        dm = CaptionDataModule(coco_folder, batch_size=4)
+        dm = CaptionDataModule(open_source(coco_folder), batch_size=4)
         dm.setup("fit")
         return dm
 
@@ -194,12 +195,13 @@ def test_a_changed_dataset_counts_again_and_a_read_only_one_warns(coco_folder, m
     from conftest import write_coco_folder
 
     from caption_torch.data.datamodule import CIDER_CACHE_FILE, CaptionDataModule
+    from caption_torch.data.sources import open_source
 
-    dm = CaptionDataModule(coco_folder, batch_size=4)
+    dm = CaptionDataModule(open_source(coco_folder), batch_size=4)
     dm.setup("fit")
     before = dm.cider_reward()
     write_coco_folder(coco_folder, seed=1)  # other training captions in the same folder
-    dm = CaptionDataModule(coco_folder, batch_size=4)
+    dm = CaptionDataModule(open_source(coco_folder), batch_size=4)
     dm.setup("fit")
     after = dm.cider_reward()
     assert after.log_images == before.log_images  # same number of images, other n-grams
@@ -211,7 +213,7 @@ def test_a_changed_dataset_counts_again_and_a_read_only_one_warns(coco_folder, m
 
     monkeypatch.setattr(CiderD, "save", refuse)
     (coco_folder / CIDER_CACHE_FILE).unlink()
-    dm = CaptionDataModule(coco_folder, batch_size=4)
+    dm = CaptionDataModule(open_source(coco_folder), batch_size=4)
     dm.setup("fit")
     with pytest.warns(UserWarning, match="could not cache the CIDEr-D document frequencies"):
         assert dm.cider_reward().log_images == before.log_images

@@ -30,6 +30,8 @@ from caption_torch.cli.argtypes import (
 )
 from caption_torch.data import cs231n as coco
 from caption_torch.data.datamodule import CaptionDataModule, ImageDataset
+from caption_torch.data.protocol import ImageSource
+from caption_torch.data.sources import open_source
 from caption_torch.evaluation.plots import caption_grid
 from caption_torch.evaluation.report import write_html_report
 from caption_torch.metrics.coco import caption_text, evaluate_captions, scores_per_image
@@ -236,7 +238,7 @@ def load_runs(args: argparse.Namespace, runs: list[Run]) -> Loaded:
     systems = {run.checkpoint: load_system(run.checkpoint) for run in runs}
     for system in systems.values():
         system.model.eval()
-    dm = CaptionDataModule(args.data_dir, pca_features=not args.full_features, synthetic_size=args.synthetic_size)
+    dm = CaptionDataModule(open_source(args.data_dir, args.synthetic_size, pca_features=not args.full_features))
     dm.prepare_data()
     dm.setup("validate")
     for system in systems.values():
@@ -274,7 +276,9 @@ def caption_and_score(
     return results
 
 
-def write_captions(path: Path, rows: list[int], sources: list, references: list[list[str]], results: Results) -> None:
+def write_captions(
+    path: Path, rows: list[int], sources: list[ImageSource], references: list[list[str]], results: Results
+) -> None:
     """One JSON line per image: its row, URL or scene, caption(s), references and per-image scores."""
 
     def scores_of(run: int, i: int) -> dict[str, float]:
@@ -283,7 +287,7 @@ def write_captions(path: Path, rows: list[int], sources: list, references: list[
     with open(path, "w") as out:
         for i, row in enumerate(rows):
             source = sources[row]
-            record = {"image": row, ("url" if isinstance(source, str) else "scene"): source,
+            record = {"image": row, **source.record(),
                       "generated": results.candidates[0][i], "references": references[i],
                       **scores_of(0, i)}  # fmt: skip
             if len(results.candidates) == 2:
@@ -338,7 +342,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{args.split} split, {len(images)} images, two runs")
     print_table(results.scores, runs)
 
-    sources = coco.image_sources(dm.data_dir, args.split, dm.num_images[args.split])
+    sources = dm.source.image_sources(args.split)
     rows = images.image_rows.tolist()
     write_captions(outputs.captions, rows, sources, references, results)
     print(f"captions: {outputs.captions}")
