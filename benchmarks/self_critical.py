@@ -26,7 +26,7 @@ from caption_torch.metrics.cider import Sentences
 from caption_torch.models.decoding import temperature_sample
 from caption_torch.models.recurrent import CaptioningRNN
 from caption_torch.training.checkpointing import load_model
-from caption_torch.training.self_critical import reference_sentences
+from caption_torch.training.self_critical import reference_sentences, training_reward
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -52,7 +52,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     model = load_model(args.ckpt) if args.ckpt else CaptioningRNN(dm.word_to_idx, dm.feature_dim, 256, 512, "lstm")
     model.train()
     start = time.perf_counter()
-    reward = dm.cider_reward()
+    reward = training_reward(dm.train_captions, dm.word_to_idx, dm.source.folder)
     corpus_seconds = time.perf_counter() - start
     optimizer = torch.optim.Adam(model.parameters(), lr=2e-4, fused=True)
     skipped, K = (model.start_id, model.null_id), args.samples

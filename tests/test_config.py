@@ -128,9 +128,11 @@ def main_format_checkpoint(path, decoder, **sizes):
 ])  # fmt: skip
 def test_a_checkpoint_written_before_the_decoder_configs_loads(tmp_path, capsys, decoder, sizes):
     from caption_torch.training.checkpointing import load_system
+    from caption_torch.training.self_critical import system_class
 
     path = tmp_path / "old.ckpt"
     state = main_format_checkpoint(path, decoder, **sizes)
+    assert type(load_system(path)) is system_class(CaptionConfig.from_flat({"decoder": decoder, **sizes}))
     for system in (load_system(path), CaptioningSystem.load_from_checkpoint(path, map_location="cpu",
                                                                               weights_only=True)):  # fmt: skip
         config = system.config

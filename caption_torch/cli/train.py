@@ -43,6 +43,7 @@ from caption_torch.training.checkpointing import (
     RefuseNonFiniteWeights,
     check_model_fits_data,
 )
+from caption_torch.training.self_critical import SelfCriticalSystem, system_class, training_reward
 from caption_torch.training.system import CaptioningSystem
 
 
@@ -159,6 +160,7 @@ def run(args: argparse.Namespace, stop: StopOnSignal) -> int:
 def build(args: argparse.Namespace, stop: StopOnSignal, ckpt_path: Path | str | None) -> Run:
     """The data (read and checked), the system, the callbacks and the Trainer; the checkpoint must fit them."""
     config: CaptionConfig = args.config
+    trains = system_class(config)  # cross-entropy, or self-critical when the config names a baseline
     L.seed_everything(args.seed, workers=True, verbose=False)
     dm = CaptionDataModule(
         open_source(args.data_dir, args.synthetic_size, pca_features=not args.full_features),
@@ -169,7 +171,7 @@ def build(args: argparse.Namespace, stop: StopOnSignal, ckpt_path: Path | str | 
         feature_storage=args.feature_storage,
         pin_memory=args.accelerator not in ("cpu",) and torch.cuda.is_available(),
         seed=args.seed,
-        train_on_images=config.self_critical is not None,
+        train_on_images=trains.trains_on_images,
     )
     dm.prepare_data()
     dm.setup("fit")  # the model needs the vocabulary and the feature width
@@ -177,7 +179,11 @@ def build(args: argparse.Namespace, stop: StopOnSignal, ckpt_path: Path | str | 
     resources.check_fits(config, dm.word_to_idx, dm.feature_dim, dm.train_set.captions.shape[1],
                          sum(dm.num_images.values()), args.accelerator, args.devices, args.precision,
                          args.feature_storage)  # fmt: skip
-    system = CaptioningSystem(dm.word_to_idx, dm.feature_dim, config)
+    if trains is SelfCriticalSystem:
+        reward = training_reward(dm.train_captions, dm.word_to_idx, dm.source.folder)
+        system = SelfCriticalSystem(dm.word_to_idx, dm.feature_dim, config, reward=reward)
+    else:
+        system = CaptioningSystem(dm.word_to_idx, dm.feature_dim, config)
     if ckpt_path is not None:
         check_resumable(ckpt_path, args.start, system)
     elif args.init_from is not None:
@@ -191,8 +197,7 @@ def build(args: argparse.Namespace, stop: StopOnSignal, ckpt_path: Path | str | 
     callbacks = [history, RefuseNonFiniteWeights(), stop.last, stop, settings]
     best = None
     if validate:
-        # A self-critical run optimises CIDEr-D, so its best checkpoint is the one with the best val CIDEr-D.
-        monitor = "val_cider" if config.self_critical else "val_bleu4"
+        monitor = system.monitor  # what it optimises: val BLEU-4, or val CIDEr-D for self-critical training
         best = ModelCheckpoint(monitor=monitor, mode="max", filename=f"best-{{epoch}}-{{{monitor}:.4f}}")
         callbacks.append(best)
     try:

@@ -20,7 +20,6 @@ transfer, in ``on_after_batch_transfer``).
 from __future__ import annotations
 
 import os
-import warnings
 from pathlib import Path
 from typing import NamedTuple
 
@@ -31,11 +30,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
-from caption_torch import vocabulary
 from caption_torch.data.protocol import CaptionSource, SplitCaptions, subsample
-from caption_torch.metrics.cider import CiderD, Sentences, corpus_fingerprint
-
-CIDER_CACHE_FILE = "train_cider_df.npz"  # the training references' n-gram document frequencies, beside the data
 
 FEATURE_STORAGES = ("hdf5", "memory", "device")
 
@@ -214,7 +209,6 @@ class CaptionDataModule(L.LightningDataModule):
         self.feature_dim = 0
         self.num_images: dict[str, int] = {}  # rows of each split's feature file
         self._device_features: dict[str, Tensor] = {}
-        self._cider_reward: CiderD | None = None
 
     def prepare_data(self) -> None:
         # Runs once per node, before setup: the only place that writes files.
@@ -258,31 +252,10 @@ class CaptionDataModule(L.LightningDataModule):
         dataset = self.train_images if self.hparams.train_on_images else self.train_set
         return self._loader(dataset, self.hparams.batch_size, shuffle=True)
 
-    def cider_reward(self) -> CiderD:
-        """CIDEr-D rewards whose document frequencies are the training references'.
-
-        They are counted once per dataset and cached beside it (:data:`CIDER_CACHE_FILE`, tagged
-        with a fingerprint of the training captions, so a changed dataset counts them again);
-        where the dataset folder is read-only they are counted once per run.
-        """
-        if self._cider_reward is None:
-            train = self.train_images.split_captions
-            end, skipped = (
-                self.word_to_idx[vocabulary.END],
-                (self.word_to_idx[vocabulary.START], self.word_to_idx[vocabulary.NULL]),
-            )
-            vocab_size = len(self.word_to_idx)
-            fingerprint = corpus_fingerprint(train.captions, train.image_idxs, vocab_size, end, skipped)
-            cache = self.source.folder / CIDER_CACHE_FILE
-            self._cider_reward = CiderD.load(cache, fingerprint)
-            if self._cider_reward is None:
-                corpus = Sentences.from_ids(train.captions, end, skipped)
-                self._cider_reward = CiderD(corpus, train.image_idxs, vocab_size)
-                try:
-                    self._cider_reward.save(cache, fingerprint)
-                except OSError as error:
-                    warnings.warn(f"could not cache the CIDEr-D document frequencies in {cache}: {error}", stacklevel=2)
-        return self._cider_reward
+    @property
+    def train_captions(self) -> SplitCaptions:
+        """The captions training reads (all of the train split's, or ``max_train`` of them)."""
+        return self.train_images.split_captions
 
     def val_dataloader(self) -> DataLoader:
         return self._loader(self.val_set, self.hparams.eval_batch_size or self.hparams.batch_size, shuffle=False)

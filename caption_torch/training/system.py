@@ -3,8 +3,8 @@
 The decoder (a ``Captioner`` built by ``registry.py``) owns parameters, loss and sampling; this system
 owns optimisation (Adam with cs231n's per-epoch learning-rate decay), logging and
 metrics (val loss over every reference caption, val BLEU-1..4 and CIDEr-D of greedy
-samples against all references of each image). With ``self_critical`` set it trains on
-images instead of captions: self-critical sequence training (``self_critical.py``).
+samples against all references of each image). It trains with cross-entropy on captions;
+``self_critical.SelfCriticalSystem`` fine-tunes on images with its reward, and shares the rest.
 """
 
 from __future__ import annotations
@@ -17,11 +17,9 @@ from torch import Tensor
 from torchmetrics import MeanMetric
 
 from caption_torch.data.datamodule import CaptionBatch, ImageBatch
-from caption_torch.metrics.cider import CiderD
 from caption_torch.metrics.coco import caption_text
 from caption_torch.metrics.registry import REWARD_METRIC, VALIDATION_METRICS
 from caption_torch.models.registry import CaptionConfig, build_decoder
-from caption_torch.training.self_critical import self_critical_step
 
 
 class CaptioningSystem(L.LightningModule):
@@ -40,6 +38,9 @@ class CaptioningSystem(L.LightningModule):
         **hyperparameters: instead of ``config``, its flat fields as a checkpoint stores them (how
             ``load_from_checkpoint`` calls this); keys that are no field are ignored.
     """
+
+    trains_on_images = False  # its training batches are captions (the DataModule's train_on_images)
+    monitor = "val_bleu4"  # the val metric that picks its best checkpoint
 
     def __init__(
         self,
@@ -60,34 +61,16 @@ class CaptioningSystem(L.LightningModule):
         self.val_loss = MeanMetric()
         # val BLEU-1..4 and CIDEr-D (pycocoevalcap's), as the metric registry lists them.
         self.val_metrics = torch.nn.ModuleDict({m.log_name: m.validation(self.model) for m in VALIDATION_METRICS})
-        self.reward: CiderD | None = None  # self-critical rewards, from the training data (see setup)
-
-    def setup(self, stage: str) -> None:
-        if stage == "fit" and self.config.self_critical and self.reward is None:
-            self.reward = self.trainer.datamodule.cider_reward()
 
     def forward(self, features: Tensor) -> Tensor:
         """Greedy captions (N, max_length) for (N, D) or (N, M, D) features."""
         return self.model.sample(features, self.config.max_length)
 
-    def training_step(self, batch: CaptionBatch | ImageBatch, batch_idx: int) -> Tensor | dict:
-        if self.config.self_critical:
-            return self._self_critical_step(batch)
+    def training_step(self, batch: CaptionBatch, batch_idx: int) -> Tensor:
         loss = self.model.loss(batch.features, batch.captions)
         # Non-finite losses are caught by callbacks.LossHistory, which syncs every few steps, not every step.
         self.log("train_loss", loss, prog_bar=True, batch_size=batch.captions.shape[0])
         return loss
-
-    def _self_critical_step(self, batch: ImageBatch) -> dict:
-        """Samples per image, rewarded by CIDEr-D; the loss makes those above the baseline likelier."""
-        config = self.config
-        step = self_critical_step(self.model, self.reward, batch.features, batch.references, config.self_critical,
-                                  config.samples_per_image, config.max_length)  # fmt: skip
-        images = batch.features.shape[0]
-        self.log("train_loss", step.loss, prog_bar=True, batch_size=images)
-        self.log("train_reward", step.reward, prog_bar=True, batch_size=images)
-        self.log("train_baseline", step.baseline, batch_size=images)
-        return {"loss": step.loss, "reward": step.reward, "baseline": step.baseline}
 
     def validation_step(self, batch: ImageBatch, batch_idx: int) -> None:
         references = batch.references  # (B, R, T)
@@ -110,8 +93,8 @@ class CaptioningSystem(L.LightningModule):
         for metric in VALIDATION_METRICS:
             accumulator = self.val_metrics[metric.log_name]
             accumulator.update(*((samples, references) if metric.on_ids else (candidates, targets)))
-            # A self-critical run optimises its reward's metric: its progress bar shows it every epoch.
-            shown = self.config.self_critical is not None and metric.name == REWARD_METRIC
+            # A system that optimises the reward's metric (self-critical training) shows it every epoch.
+            shown = metric.log_name == self.monitor and metric.name == REWARD_METRIC
             self.log(metric.log_name, accumulator, prog_bar=shown, on_step=False, on_epoch=True,
                      batch_size=len(candidates))  # fmt: skip
 
