@@ -73,8 +73,11 @@ def add_config_flags(group: argparse._ArgumentGroup) -> None:
     for name in CONFIG_FLAGS[1:]:
         owner = _declaring(name)
         check = owner.field_check(name)
-        kind = {"choices": [value for value in check.choices if value is not None]} if check.kind == "choice" else {
-            "type": FLAG_TYPES[check.kind]}  # fmt: skip
+        if check.kind == "choice":  # typed as the choices are, e.g. years, so argparse compares like with like
+            choices = [value for value in check.choices if value is not None]
+            kind = {"choices": choices, "type": type(choices[0])}
+        else:
+            kind = {"type": FLAG_TYPES[check.kind]}
         if owner.default(name) is None:  # no value unless asked for (self-critical training)
             extra = f"; defaults then: {SELF_CRITICAL_TEXT}" if name == "self_critical" else ""
             meaning = owner.field_help(name).removesuffix(")") + extra + (")" if extra else "")
