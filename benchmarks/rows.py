@@ -334,8 +334,9 @@ def delivery_rate(loader: Iterable, batches: int) -> tuple[float, float]:
 def bench_data_module(data_dir: Path, num_workers: int, batch: int, batches: int, train_captions_per_s: float) -> dict:
     """Captions/s delivered by CaptionDataModule's training loader; ratio = delivered / trained."""
     from caption_torch.data.datamodule import CaptionDataModule
+    from caption_torch.data.sources import open_source
 
-    datamodule = CaptionDataModule(data_dir, batch_size=batch, num_workers=num_workers, pin_memory=False)
+    datamodule = CaptionDataModule(open_source(data_dir), batch_size=batch, num_workers=num_workers, pin_memory=False)
     datamodule.setup("fit")
     rate, startup = delivery_rate(datamodule.train_dataloader(), batches)
     return {

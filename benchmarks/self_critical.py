@@ -21,11 +21,12 @@ import numpy as np
 import torch
 
 from caption_torch.data.datamodule import CaptionDataModule
+from caption_torch.data.sources import open_source
 from caption_torch.metrics.cider import Sentences
 from caption_torch.models.decoding import temperature_sample
 from caption_torch.models.recurrent import CaptioningRNN
 from caption_torch.training.checkpointing import load_model
-from caption_torch.training.self_critical import reference_sentences
+from caption_torch.training.self_critical import reference_sentences, training_reward
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -44,14 +45,14 @@ def main(argv: Sequence[str] | None = None) -> dict:
     """Time ``--rounds`` self-critical steps part by part, print the table, return each part's median seconds."""
     args = build_parser().parse_args(argv)
 
-    dm = CaptionDataModule(None, synthetic_size=args.synthetic_size)
+    dm = CaptionDataModule(open_source(None, args.synthetic_size))
     dm.prepare_data()
     dm.setup("fit")
     torch.manual_seed(0)
     model = load_model(args.ckpt) if args.ckpt else CaptioningRNN(dm.word_to_idx, dm.feature_dim, 256, 512, "lstm")
     model.train()
     start = time.perf_counter()
-    reward = dm.cider_reward()
+    reward = training_reward(dm.train_captions, dm.word_to_idx, dm.source.folder)
     corpus_seconds = time.perf_counter() - start
     optimizer = torch.optim.Adam(model.parameters(), lr=2e-4, fused=True)
     skipped, K = (model.start_id, model.null_id), args.samples

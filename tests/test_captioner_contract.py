@@ -9,9 +9,8 @@ from torch import nn
 import caption_torch.functional as F
 from caption_torch.metrics.cider import CiderD, Sentences
 from caption_torch.models.captioner import Captioner
-from caption_torch.models.config import CaptionConfig
 from caption_torch.models.decoding import beam_search, caption_log_probs, greedy_decode, temperature_sample
-from caption_torch.models.registry import DECODERS, build_decoder
+from caption_torch.models.registry import DECODERS, CaptionConfig, build_decoder
 from caption_torch.training.self_critical import self_critical_step
 
 VOCAB = {"<NULL>": 0, "<START>": 1, "<END>": 2, "<UNK>": 3, "a": 4, "cat": 5, "dog": 6, "sat": 7, "ran": 8}
@@ -125,7 +124,9 @@ def make_decoder(name):
     torch.manual_seed(3)
     if name == "bag_of_words":
         return BagOfWords(VOCAB, 4).eval()
-    config = CaptionConfig(decoder=name, wordvec_dim=8, hidden_dim=6, num_heads=2, num_layers=2, max_length=8)
+    sizes = {"hidden_dim": 6, "num_heads": 2, "num_layers": 2}
+    own = {size: value for size, value in sizes.items() if size in DECODERS[name].config.names()}
+    config = CaptionConfig.of(name, wordvec_dim=8, max_length=8, **own)
     return build_decoder(VOCAB, 4, config, torch.float64).eval()  # eval: forward and step see the same network
 
 

@@ -8,11 +8,14 @@ import pytest
 import torch
 
 from caption_torch.data import cs231n as coco
+from caption_torch.data.cs231n import Cs231nFolder
 from caption_torch.data.datamodule import CaptionBatch, CaptionDataModule, FeatureRows, ImageBatch
+from caption_torch.data.protocol import ImageSource
+from caption_torch.data.sources import open_source
 
 
-def _datamodule(folder, **kwargs):
-    dm = CaptionDataModule(folder, **({"batch_size": 8} | kwargs))
+def _datamodule(folder, pca_features=True, **kwargs):
+    dm = CaptionDataModule(open_source(folder, pca_features=pca_features), **({"batch_size": 8} | kwargs))
     dm.prepare_data()
     dm.setup("fit")
     return dm
@@ -100,9 +103,9 @@ def test_full_features(coco_folder):
 
 def test_errors(coco_folder):
     with pytest.raises(ValueError, match="batch_size must be a positive integer"):
-        CaptionDataModule(coco_folder, batch_size=0)
+        CaptionDataModule(open_source(coco_folder), batch_size=0)
     with pytest.raises(ValueError, match="feature_storage must be one of"):
-        CaptionDataModule(coco_folder, feature_storage="disk")
+        CaptionDataModule(open_source(coco_folder), feature_storage="disk")
     with pytest.raises(ValueError, match="only 36"):
         _datamodule(coco_folder, max_train=1000)
     with h5py.File(coco_folder / "coco2014_captions.h5", "a") as f:
@@ -114,3 +117,67 @@ def test_errors(coco_folder):
 def test_missing_folder_is_a_clear_error(tmp_path):
     with pytest.raises(coco.CocoDataError, match="coco2014_vocab.json.*no such file"):
         _datamodule(tmp_path / "nowhere")
+
+
+class RegionFeatures(Cs231nFolder):
+    """A data format defined outside the package: cs231n's captions and vocabulary, with M = 3 region
+    vectors per image in its own feature files (N_images, 3, D), whose layout check it does itself."""
+
+    def __init__(self, folder, regions):
+        super().__init__(folder)
+        self.regions = regions  # {split: (N_images, M, D) array}
+        for split, features in regions.items():
+            with h5py.File(self.feature_file(split), "w") as f:
+                f["features"] = features
+
+    def feature_file(self, split):
+        return self.folder / f"{split}_regions.h5"
+
+    def check(self, splits, word_to_idx):
+        return {split: len(self.regions[split]) for split in splits}, self.regions["train"].shape[-1]
+
+    def image_sources(self, split):
+        return [ImageSource(url=f"region://{split}/{row}") for row in range(len(self.regions[split]))]
+
+
+@pytest.mark.parametrize("storage", ["hdf5", "memory", "device"])
+def test_a_source_of_region_features_gives_batches_of_every_region_unchanged(coco_folder, storage):
+    """The DataModule reads a source only through the protocol: (N, M, D) files pass through as (B, M, D)."""
+    rng = np.random.default_rng(0)
+    regions = {split: rng.normal(size=(n, 3, 5)).astype(np.float32) for split, n in (("train", 12), ("val", 6))}
+    dm = CaptionDataModule(RegionFeatures(coco_folder, regions), batch_size=8, feature_storage=storage)
+    dm.prepare_data()
+    dm.setup("fit")
+    assert dm.feature_dim == 5 and dm.num_images == {"train": 12, "val": 6}
+    for loader, split in ((dm.train_dataloader(), "train"), (dm.val_dataloader(), "val")):
+        batch = dm.on_after_batch_transfer(next(iter(loader)), 0)
+        assert batch.features.shape == (len(batch.image_rows), 3, 5)
+        torch.testing.assert_close(batch.features, torch.from_numpy(regions[split])[batch.image_rows])
+    assert dm.source.image_sources("val")[2].describe() == "region://val/2"
+
+
+def test_one_vector_per_image_gives_two_dimensional_batches(coco_folder):
+    """cs231n's (N, D) files: batches stay (B, D), the fast case, and each image's source is its URL."""
+    dm = _datamodule(coco_folder)
+    assert next(iter(dm.train_dataloader())).features.shape == (8, 512)
+    sources = dm.source.image_sources("val")
+    assert len(sources) == 6 and sources[1] == ImageSource(url="http://example.org/val/1.jpg")
+    assert sources[1].record() == {"url": "http://example.org/val/1.jpg"} and sources[1].scene is None
+
+
+def test_open_source_tells_the_formats_apart(coco_folder, tmp_path):
+    from caption_torch.data.synthetic.generate import write_synthetic_dataset
+    from caption_torch.data.synthetic.source import SyntheticSource
+
+    assert type(open_source(coco_folder)) is Cs231nFolder
+    embedded = open_source(write_synthetic_dataset(tmp_path / "tiny", size="tiny", seed=0))
+    assert type(embedded) is SyntheticSource
+    dm = CaptionDataModule(embedded, batch_size=8)
+    dm.prepare_data()
+    dm.setup("fit")
+    (first, *_) = dm.source.image_sources("train")
+    assert first.url is None and first.record() == {"scene": first.scene} and first.describe().startswith("scene: {")
+    with pytest.raises(ValueError, match="a url or a scene"):
+        ImageSource(url="http://x", scene={"setting": "park"})
+    with pytest.raises(ValueError, match="need a coco_captioning folder"):
+        open_source(None, pca_features=False)

@@ -21,6 +21,8 @@ from conftest import write_coco_folder
 
 import train
 from caption_torch.data.datamodule import CaptionDataModule
+from caption_torch.data.sources import open_source
+from caption_torch.models.registry import CaptionConfig
 from caption_torch.training.system import CaptioningSystem
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -151,11 +153,11 @@ def restore_environment():
 
 
 def test_samplers_shard_and_metrics_are_synchronised(coco_folder, tmp_path, restore_environment):
-    dm = CaptionDataModule(coco_folder, batch_size=4)
+    dm = CaptionDataModule(open_source(coco_folder), batch_size=4)
     dm.prepare_data()
     dm.setup("fit")
     L.seed_everything(0, verbose=False)
-    system = CaptioningSystem(dm.word_to_idx, dm.feature_dim, wordvec_dim=16, hidden_dim=32)
+    system = CaptioningSystem(dm.word_to_idx, dm.feature_dim, CaptionConfig.of(wordvec_dim=16, hidden_dim=32))
     quiet = dict(logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
     ddp = L.Trainer(accelerator="cpu", devices=2, strategy="ddp_fork", max_epochs=1, num_sanity_val_steps=0,
                     callbacks=[RecordRanks(tmp_path)], **quiet)  # fmt: skip

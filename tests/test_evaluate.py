@@ -11,6 +11,7 @@ from conftest import write_coco_folder
 import train
 from caption_torch import evaluate
 from caption_torch.cli import evaluate as evaluation_run
+from caption_torch.data.protocol import ImageSource
 from caption_torch.evaluation.plots import caption_grid, plot_loss_history
 from caption_torch.training.checkpointing import tensor_checksum
 
@@ -113,7 +114,7 @@ def test_two_runs_show_both_captions_of_the_same_images(trained, tmp_path, capsy
     assert len(drawn["panels"]) == 3
     for source, ((label_a, first), (label_b, second)), reference in drawn["panels"]:
         assert (label_a, label_b) == ("A", "B")
-        record = next(r for r in records if r["url"] == source)  # the same image in both runs
+        record = next(r for r in records if r["url"] == source.url)  # the same image in both runs
         assert (first, second, reference) == (record["generated"], record["compared"]["generated"],
                                               record["references"][0])  # fmt: skip
 
@@ -251,14 +252,15 @@ def test_pictures_are_written(tmp_path):
     }
     grid = caption_grid(
         [
-            (scene, "a red dog on a beach", "a small red dog on the sand"),
-            ("https://unreachable.invalid/x.jpg", "a cat", "a cat on a mat"),
+            (ImageSource(scene=scene), "a red dog on a beach", "a small red dog on the sand"),
+            (ImageSource(url="https://unreachable.invalid/x.jpg"), "a cat", "a cat on a mat"),
         ],
         tmp_path / "g.png",
     )
     assert grid.stat().st_size > 10_000
     two = caption_grid(
-        [(scene, [("A", "a dog"), ("B", "a red dog on a beach")], "a small red dog")], tmp_path / "2.png"
+        [(ImageSource(scene=scene), [("A", "a dog"), ("B", "a red dog on a beach")], "a small red dog")],
+        tmp_path / "2.png",
     )
     assert two.stat().st_size > 5_000
     plot = plot_loss_history(list(range(100, 0, -1)), tmp_path / "loss.png", steps_per_epoch=10)

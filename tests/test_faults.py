@@ -822,7 +822,7 @@ def test_an_allocation_failure_anywhere_is_one_line(tmp_path, capsys, monkeypatc
     def cannot_allocate(*args, **kwargs):
         raise RuntimeError("[enforce fail at alloc_cpu.cpp:127] DefaultCPUAllocator: can't allocate memory")
 
-    monkeypatch.setattr(CaptioningSystem, "from_config", cannot_allocate)
+    monkeypatch.setattr(CaptioningSystem, "__init__", cannot_allocate)
     code, err = run_train(capsys, "--synthetic-size", "tiny", "--log-dir", tmp_path)
     assert_one_line_error(code, err, "out of memory in main > run > build", "lower --batch-size")
     from caption_torch.cli import evaluate as evaluation_run

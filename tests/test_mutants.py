@@ -7,8 +7,9 @@ import numpy as np
 import pytest
 import torch
 
-from caption_torch.data.cs231n import SplitCaptions
 from caption_torch.data.datamodule import CaptionDataModule, FeatureRows, ImageDataset
+from caption_torch.data.protocol import SplitCaptions
+from caption_torch.data.sources import open_source
 from caption_torch.metrics.coco import cider_d_scores
 from caption_torch.training.checkpointing import AtomicCheckpointIO, LastCheckpoint
 
@@ -54,7 +55,7 @@ def test_an_image_with_fewer_references_is_padded_with_rows_of_minus_one(tmp_pat
 
 def test_training_batches_are_shuffled(coco_folder):
     """Every caption once per epoch, in an order that is not the file's (train_dataloader's shuffle=True)."""
-    datamodule = CaptionDataModule(coco_folder, batch_size=36)  # the whole split in one batch
+    datamodule = CaptionDataModule(open_source(coco_folder), batch_size=36)  # the whole split in one batch
     datamodule.setup("fit")
     in_file_order = datamodule.train_set.captions
     torch.manual_seed(0)

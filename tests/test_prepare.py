@@ -25,6 +25,7 @@ from caption_torch.cli import train as train_cli
 from caption_torch.data import captions as caption_files
 from caption_torch.data import cs231n as coco
 from caption_torch.data.datamodule import CaptionDataModule
+from caption_torch.data.sources import open_source
 from caption_torch.data.synthetic.images import write_scene_images
 from caption_torch.features.extractor import RecordedExtractor
 from caption_torch.features.pca import Pca
@@ -54,7 +55,7 @@ def prepared(scene_files, tmp_path_factory) -> Path:
 
 
 def test_prepared_folder_is_cs231n_layout_with_a_record(prepared, scene_files):
-    dm = CaptionDataModule(str(prepared))
+    dm = CaptionDataModule(open_source(prepared))
     dm.setup("fit")
     assert dm.num_images == {"train": 4, "val": 2, "test": 2} and dm.feature_dim == 3
     splits = coco.read_captions(prepared)

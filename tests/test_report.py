@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from browser import Chromium, find_chromium
 
+from caption_torch.data.protocol import ImageSource
 from caption_torch.data.synthetic import scenes as scene_module
 from caption_torch.evaluation.report import write_html_report
 from caption_torch.metrics.coco import scores_per_image
@@ -32,8 +33,8 @@ def make_results():
             [("beach", "dog", "red"), ("park", "cat", "blue"), ("kitchen", "cup", "yellow")]
         )  # fmt: skip
     ]
-    sources = [drawn[i % 3] for i in range(NUM_IMAGES - 10)] + [
-        f"http://unreachable.invalid/{i}.jpg" for i in range(NUM_IMAGES - 10, NUM_IMAGES)
+    sources = [ImageSource(scene=drawn[i % 3]) for i in range(NUM_IMAGES - 10)] + [
+        ImageSource(url=f"http://unreachable.invalid/{i}.jpg") for i in range(NUM_IMAGES - 10, NUM_IMAGES)
     ]
     references = [[sentence() for _ in range(rng.randint(1, 5))] for _ in range(NUM_IMAGES)]
     for i in IMAGES_WITH_FILTER_WORD:

@@ -170,20 +170,26 @@ def test_a_failed_save_leaves_no_partial_file(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["df.npz"]
 
 
-def test_the_datamodule_counts_document_frequencies_once_per_dataset(coco_folder, monkeypatch):
-    from caption_torch.data.datamodule import CIDER_CACHE_FILE, CaptionDataModule
+def reward_of(folder):
+    """The self-critical reward of a data folder's training captions, as train.py builds it."""
+    from caption_torch.data.datamodule import CaptionDataModule
+    from caption_torch.data.sources import open_source
+    from caption_torch.training.self_critical import training_reward
+
+    dm = CaptionDataModule(open_source(folder), batch_size=4)
+    dm.setup("fit")
+    return training_reward(dm.train_captions, dm.word_to_idx, dm.source.folder)
+
+
+def test_the_reward_counts_document_frequencies_once_per_dataset(coco_folder, monkeypatch):
     from caption_torch.metrics import cider as rewards
+    from caption_torch.training.self_critical import CIDER_CACHE_FILE
 
-    def datamodule():
-        dm = CaptionDataModule(coco_folder, batch_size=4)
-        dm.setup("fit")
-        return dm
-
-    first = datamodule().cider_reward()
+    first = reward_of(coco_folder)
     assert (coco_folder / CIDER_CACHE_FILE).is_file()
     counted = []
     monkeypatch.setattr(rewards.CiderD, "__init__", lambda *args: counted.append(args))
-    second = datamodule().cider_reward()
+    second = reward_of(coco_folder)
     assert not counted and second.log_images == first.log_images
     for (keys, df), (first_keys, first_df) in zip(second.document_frequency, first.document_frequency):
         np.testing.assert_array_equal(keys, first_keys)
@@ -193,15 +199,11 @@ def test_the_datamodule_counts_document_frequencies_once_per_dataset(coco_folder
 def test_a_changed_dataset_counts_again_and_a_read_only_one_warns(coco_folder, monkeypatch):
     from conftest import write_coco_folder
 
-    from caption_torch.data.datamodule import CIDER_CACHE_FILE, CaptionDataModule
+    from caption_torch.training.self_critical import CIDER_CACHE_FILE
 
-    dm = CaptionDataModule(coco_folder, batch_size=4)
-    dm.setup("fit")
-    before = dm.cider_reward()
+    before = reward_of(coco_folder)
     write_coco_folder(coco_folder, seed=1)  # other training captions in the same folder
-    dm = CaptionDataModule(coco_folder, batch_size=4)
-    dm.setup("fit")
-    after = dm.cider_reward()
+    after = reward_of(coco_folder)
     assert after.log_images == before.log_images  # same number of images, other n-grams
     assert any(not (np.array_equal(a[0], b[0]) and np.array_equal(a[1], b[1]))
                for a, b in zip(after.document_frequency, before.document_frequency))  # fmt: skip
@@ -211,10 +213,8 @@ def test_a_changed_dataset_counts_again_and_a_read_only_one_warns(coco_folder, m
 
     monkeypatch.setattr(CiderD, "save", refuse)
     (coco_folder / CIDER_CACHE_FILE).unlink()
-    dm = CaptionDataModule(coco_folder, batch_size=4)
-    dm.setup("fit")
     with pytest.warns(UserWarning, match="could not cache the CIDEr-D document frequencies"):
-        assert dm.cider_reward().log_images == before.log_images
+        assert reward_of(coco_folder).log_images == before.log_images
 
 
 def test_word_ids_whose_keys_overflow_with_the_sentence_number_score_the_same():

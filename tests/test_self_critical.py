@@ -10,7 +10,8 @@ import caption_torch.functional as F
 from caption_torch.metrics.cider import CiderD, Sentences
 from caption_torch.models.recurrent import CaptioningRNN
 from caption_torch.models.transformer import CaptioningTransformer
-from caption_torch.training.self_critical import self_critical_step
+from caption_torch.training.self_critical import SelfCriticalSystem, self_critical_step, system_class
+from caption_torch.training.system import CaptioningSystem
 
 VOCAB = {"<NULL>": 0, "<START>": 1, "<END>": 2, "<UNK>": 3, "a": 4, "cat": 5, "dog": 6, "sat": 7}
 
@@ -203,6 +204,7 @@ def test_self_critical_run_from_a_checkpoint_and_its_resume(coco_folder, tmp_pat
     from caption_torch.training.checkpointing import load_system
 
     stored = load_system(sc_last)
+    assert isinstance(stored, SelfCriticalSystem) and stored.reward is None  # a reward is given to train, not stored
     assert stored.config.self_critical == "greedy" and stored.config.hidden_dim == 32  # the size came from --init-from
     out = run(*flags, "--epochs", "2", "--resume", sc_last)
     assert "(Iteration" in out
@@ -235,3 +237,36 @@ def test_the_step_under_bf16_autocast_is_close_to_float32():
     assert mixed.dtype == torch.float32 and torch.isfinite(mixed).all()
     cosine = torch.nn.functional.cosine_similarity(full.flatten(), mixed.flatten(), dim=0)
     assert cosine > 0.99
+
+
+def test_the_system_trains_on_the_reward_it_was_given_without_a_datamodule(coco_folder):
+    """SelfCriticalSystem owns its reward: Lightning runs it on bare image loaders (no trainer.datamodule)."""
+    import lightning as L
+
+    from caption_torch.data.datamodule import CaptionDataModule
+    from caption_torch.data.sources import open_source
+    from caption_torch.models.registry import CaptionConfig
+    from caption_torch.training.self_critical import training_reward
+
+    dm = CaptionDataModule(open_source(coco_folder), batch_size=4, train_on_images=SelfCriticalSystem.trains_on_images)
+    dm.setup("fit")
+    config = CaptionConfig.of(wordvec_dim=8, hidden_dim=16, self_critical="mean", samples_per_image=3, max_length=8)
+    reward = training_reward(dm.train_captions, dm.word_to_idx, None)
+    torch.manual_seed(0)
+    system = SelfCriticalSystem(dm.word_to_idx, dm.feature_dim, config, reward=reward)
+    before = {name: value.clone() for name, value in system.model.state_dict().items()}
+    quiet = dict(logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
+    trainer = L.Trainer(accelerator="cpu", devices=1, max_epochs=1, limit_train_batches=2, limit_val_batches=1,
+                        num_sanity_val_steps=0, **quiet)  # fmt: skip
+    trainer.fit(system, train_dataloaders=dm.train_dataloader(), val_dataloaders=dm.val_dataloader())
+    assert 0 <= trainer.callback_metrics["train_reward"] and "val_cider" in trainer.callback_metrics
+    assert any(not torch.equal(value, before[name]) for name, value in system.model.state_dict().items())
+
+    unrewarded = SelfCriticalSystem(dm.word_to_idx, dm.feature_dim, config)
+    with pytest.raises(ValueError, match="build it with reward=training_reward"):
+        L.Trainer(accelerator="cpu", devices=1, max_epochs=1, **quiet).fit(unrewarded, dm.train_dataloader())
+    with pytest.raises(ValueError, match="self-critical training needs a baseline"):
+        SelfCriticalSystem(dm.word_to_idx, dm.feature_dim, config.updated(self_critical=None), reward=reward)
+    assert system_class(config) is SelfCriticalSystem and system_class(CaptionConfig()) is CaptioningSystem
+    assert not CaptioningSystem.trains_on_images and (CaptioningSystem.monitor, system.monitor) == (
+        "val_bleu4", "val_cider")  # fmt: skip

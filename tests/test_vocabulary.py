@@ -10,6 +10,7 @@ import torch
 
 from caption_torch.metrics.coco import caption_text, evaluate_captions
 from caption_torch.models.decoding import decode
+from caption_torch.models.registry import CaptionConfig
 from caption_torch.training.system import CaptioningSystem
 from caption_torch.vocabulary import UNK, index_words
 
@@ -30,7 +31,7 @@ def test_index_words_refuses_two_words_on_one_id():
 
 def test_gappy_ids_through_the_system_decoders_and_scores():
     torch.manual_seed(0)
-    system = CaptioningSystem(GAPPY, input_dim=4, wordvec_dim=6, hidden_dim=8, max_length=5)
+    system = CaptioningSystem(GAPPY, 4, CaptionConfig.of(wordvec_dim=6, hidden_dim=8, max_length=5))
     assert system.model.vocab_size == 5
     reference = torch.tensor([[1, 4, 2, 0]])  # <START> cat <END> <NULL>
     assert caption_text(reference[0], system.idx_to_word) == "cat"  # a list by sorted id would say "dog"

@@ -29,13 +29,16 @@ from caption_torch.cli.argtypes import (
     seed,
 )
 from caption_torch.data import cs231n as coco
-from caption_torch.data.datamodule import CaptionDataModule, FeatureRows, ImageDataset
+from caption_torch.data.datamodule import CaptionDataModule, ImageDataset
+from caption_torch.data.protocol import ImageSource
+from caption_torch.data.sources import open_source
 from caption_torch.evaluation.plots import caption_grid
 from caption_torch.evaluation.report import write_html_report
 from caption_torch.metrics.coco import caption_text, evaluate_captions, scores_per_image
 from caption_torch.metrics.registry import metric_names
-from caption_torch.models.config import CaptionConfig
+from caption_torch.models.config import MAX_LENGTH
 from caption_torch.models.decoding import DECODE_METHODS, decode
+from caption_torch.models.registry import CaptionConfig
 from caption_torch.training.checkpointing import check_model_fits_data, load_system
 
 USAGE = """Caption a split with a trained checkpoint and score it as the COCO caption evaluation does.
@@ -123,7 +126,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--beam-size", type=positive_int, default=1, help="beam width; 1 is greedy (default: 1)")
     parser.add_argument("--temperature", type=positive_float, default=1.0, help="temperature for --method sample")
-    parser.add_argument("--max-length", type=caption_length, default=30, help="longest generated caption (default: 30)")
+    parser.add_argument("--max-length", type=caption_length, default=MAX_LENGTH,
+                        help=f"longest generated caption (default: {MAX_LENGTH})")  # fmt: skip
     parser.add_argument("--max-images", type=positive_int, default=None, help="caption only the first N images")
     parser.add_argument("--batch-size", type=positive_int, default=500, help="images per decoding batch (default: 500)")
     parser.add_argument("--seed", type=seed, default=0, help="seed for --method sample and --show")
@@ -235,11 +239,11 @@ def load_runs(args: argparse.Namespace, runs: list[Run]) -> Loaded:
     systems = {run.checkpoint: load_system(run.checkpoint) for run in runs}
     for system in systems.values():
         system.model.eval()
-    dm = CaptionDataModule(args.data_dir, pca_features=not args.full_features, synthetic_size=args.synthetic_size)
+    dm = CaptionDataModule(open_source(args.data_dir, args.synthetic_size, pca_features=not args.full_features))
     dm.prepare_data()
     dm.setup("validate")
     if args.split not in dm.num_images:
-        raise coco.CocoDataError(f"{dm.data_dir}: no {args.split} split (folders written by caption_torch.prepare "
+        raise coco.CocoDataError(f"{dm.source.folder}: no {args.split} split (folders written by caption_torch.prepare "
                                  "have one)")  # fmt: skip
     for system in systems.values():
         check_model_fits_data(system.model, dm.word_to_idx, dm.feature_dim)
@@ -254,9 +258,7 @@ def images_to_caption(args: argparse.Namespace, dm: CaptionDataModule) -> ImageD
     """The split's images, the first ``--max-images`` of them if given."""
     images = dm.val_set if args.split == "val" else dm.train_images
     if args.split not in coco.SPLITS:  # a prepared folder's test split, which training never reads
-        captions = coco.read_captions(dm.data_dir, vocab_size=len(dm.idx_to_word))[args.split]
-        features = FeatureRows(dm.data_dir / coco.feature_file(args.split, dm.hparams.pca_features))
-        images = ImageDataset(captions, features, split=args.split)
+        images = dm.split_images(args.split)
     if args.max_images is None:
         return images
     return ImageDataset(images.split_captions, images.features, images.image_rows[: args.max_images], images.split)
@@ -280,7 +282,9 @@ def caption_and_score(
     return results
 
 
-def write_captions(path: Path, rows: list[int], sources: list, references: list[list[str]], results: Results) -> None:
+def write_captions(
+    path: Path, rows: list[int], sources: list[ImageSource], references: list[list[str]], results: Results
+) -> None:
     """One JSON line per image: its row, URL or scene, caption(s), references and per-image scores."""
 
     def scores_of(run: int, i: int) -> dict[str, float]:
@@ -289,7 +293,7 @@ def write_captions(path: Path, rows: list[int], sources: list, references: list[
     with open(path, "w") as out:
         for i, row in enumerate(rows):
             source = sources[row]
-            record = {"image": row, ("url" if isinstance(source, str) else "scene"): source,
+            record = {"image": row, **source.record(),
                       "generated": results.candidates[0][i], "references": references[i],
                       **scores_of(0, i)}  # fmt: skip
             if len(results.candidates) == 2:
@@ -344,7 +348,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{args.split} split, {len(images)} images, two runs")
     print_table(results.scores, runs)
 
-    sources = coco.image_sources(dm.data_dir, args.split, dm.num_images[args.split])
+    sources = dm.source.image_sources(args.split)
     rows = images.image_rows.tolist()
     write_captions(outputs.captions, rows, sources, references, results)
     print(f"captions: {outputs.captions}")

@@ -9,38 +9,81 @@ from __future__ import annotations
 
 import argparse
 import re
-from dataclasses import replace
 from pathlib import Path
 
-from caption_torch.cli.argtypes import device_count, positive_float, positive_int, seed, worker_count
-from caption_torch.models.config import SELF_CRITICAL, CaptionConfig, preset, shape_fields
-from caption_torch.models.registry import DECODERS
+from caption_torch.cli.argtypes import caption_length, device_count, positive_float, positive_int, seed, worker_count
+from caption_torch.models.config import SELF_CRITICAL, UNSET, Settings, TrainingConfig
+from caption_torch.models.registry import DECODERS, CaptionConfig, all_size_fields, preset
 from caption_torch.training.checkpointing import CheckpointError, check_model_fits_data, load_system
 from caption_torch.training.system import CaptioningSystem
 
 FULL, OVERFIT = preset(overfit=False), preset(overfit=True)
-# The flags that set a CaptionConfig field (argparse stores each under the field's name).
-CONFIG_FLAGS = ("decoder", "hidden_dim", "wordvec_dim", "num_heads", "num_layers", "batch_size", "epochs", "lr",
-                "lr_decay", "samples_per_image")  # fmt: skip
-# The flags that size one decoder's model and not another's.
-SIZE_FLAGS = ("hidden_dim", "num_heads", "num_layers")
-# The flag of each config field, for messages (argparse stores each flag under the field's name).
+# The flags that set a CaptionConfig field, one per field (argparse stores each under the field's name):
+# every decoder's sizes, then the training settings.
+CONFIG_FLAGS = ("decoder", *all_size_fields(), *TrainingConfig.names())
+# The flag of each config field, for messages.
 FLAG_NAMES = {name: "--model" if name == "decoder" else "--" + name.replace("_", "-") for name in CONFIG_FLAGS}
 SELF_CRITICAL_TEXT = ", ".join(f"--{name.replace('_', '-')} {value:g}" for name, value in SELF_CRITICAL.items())
+# argparse's type for each kind of field check (config.py's checks name their kind).
+FLAG_TYPES = {"positive integer": positive_int, "positive number": positive_float, "fraction": positive_float,
+              "caption length": caption_length}  # fmt: skip
 # These train in child processes and hand back only the weights and metrics, not the loss history or
 # checkpoint paths this script reports; --strategy ddp re-runs the script on every rank instead.
 SPAWNING_STRATEGIES = ("ddp_spawn", "ddp_fork", "ddp_notebook")
 
 
+def _declaring(name: str) -> type[Settings]:
+    """The settings class that declares the field ``name``: a decoder's sizes or the training settings."""
+    if name in TrainingConfig.names():
+        return TrainingConfig
+    return next(entry.config for entry in DECODERS.values() if name in entry.config.names())
+
+
 def _defaults(name: str) -> str:
-    """A field's full-run default and --overfit's in brackets, then each decoder's own where its presets differ."""
-    pair = (getattr(FULL, name), getattr(OVERFIT, name))
-    text = f"{pair[0]:g} [{pair[1]:g}]"
+    """A field's full-run default and --overfit's in brackets, then each decoder's own where its presets differ.
+
+    A size only some decoders have shows only theirs ("transformer 2 [2]").
+    """
+
+    def pair(full: CaptionConfig, overfit: CaptionConfig) -> tuple | None:
+        return (full.flat()[name], overfit.flat()[name]) if name in full.flat() and name in overfit.flat() else None
+
+    common = pair(FULL, OVERFIT)
+    texts = [f"{common[0]:g} [{common[1]:g}]"] if common else []
     for decoder in DECODERS:
-        own = (getattr(preset(False, decoder), name), getattr(preset(True, decoder), name))
-        if own != pair:
-            text += f"; {decoder} {own[0]:g} [{own[1]:g}]"
-    return text
+        own = pair(preset(False, decoder), preset(True, decoder))
+        if own is not None and own != common:
+            texts.append(f"{decoder} {own[0]:g} [{own[1]:g}]")
+    return "; ".join(texts)
+
+
+def add_config_flags(group: argparse._ArgumentGroup) -> None:
+    """One flag per config field, generated from its declaration: its help, its check, its presets' defaults.
+
+    Every flag defaults to ``UNSET`` (left out): the run's preset or checkpoint then decides.
+    """
+    group.add_argument(
+        "--model",
+        "--cell",
+        dest="decoder",
+        choices=list(DECODERS),
+        default=UNSET,
+        help=f"decoder (default: {FULL.decoder} [{OVERFIT.decoder}, as the notebook]); --cell is the same flag",
+    )
+    for name in CONFIG_FLAGS[1:]:
+        owner = _declaring(name)
+        check = owner.field_check(name)
+        if check.kind == "choice":  # typed as the choices are, e.g. years, so argparse compares like with like
+            choices = [value for value in check.choices if value is not None]
+            kind = {"choices": choices, "type": type(choices[0])}
+        else:
+            kind = {"type": FLAG_TYPES[check.kind]}
+        if owner.default(name) is None:  # no value unless asked for (self-critical training)
+            extra = f"; defaults then: {SELF_CRITICAL_TEXT}" if name == "self_critical" else ""
+            meaning = owner.field_help(name).removesuffix(")") + extra + (")" if extra else "")
+        else:
+            meaning = f"{owner.field_help(name)} (default: {_defaults(name)})"
+        group.add_argument(FLAG_NAMES[name], dest=name, default=UNSET, help=meaning, **kind)
 
 
 def build_parser(description: str) -> argparse.ArgumentParser:
@@ -88,25 +131,7 @@ def build_parser(description: str) -> argparse.ArgumentParser:
     )
 
     model = parser.add_argument_group("model and optimisation (defaults: the full run; --overfit's in brackets)")
-    model.add_argument(
-        "--model",
-        "--cell",
-        dest="decoder",
-        choices=list(DECODERS),
-        default=None,
-        help=f"decoder (default: {FULL.decoder} [{OVERFIT.decoder}, as the notebook]); --cell is the same flag",
-    )
-    for flag, name, kind, meaning in (
-        ("--hidden-dim", "hidden_dim", positive_int, "hidden state width H of the RNN/LSTM"),
-        ("--wordvec-dim", "wordvec_dim", positive_int, "word vector width W (the Transformer's every layer)"),
-        ("--num-heads", "num_heads", positive_int, "Transformer attention heads"),
-        ("--num-layers", "num_layers", positive_int, "Transformer decoder layers"),
-        ("--batch-size", "batch_size", positive_int, "captions per batch"),
-        ("--epochs", "epochs", positive_int, "training epochs"),
-        ("--lr", "lr", positive_float, "Adam learning rate"),
-        ("--lr-decay", "lr_decay", positive_float, "learning rate multiplier after each epoch (cs231n's lr_decay)"),
-    ):
-        model.add_argument(flag, dest=name, type=kind, default=None, help=f"{meaning} (default: {_defaults(name)})")
+    add_config_flags(model)
     model.add_argument("--seed", type=seed, default=231, help="random seed (default: 231, the notebook's)")
 
     hardware = parser.add_argument_group("hardware and runs")
@@ -118,19 +143,6 @@ def build_parser(description: str) -> argparse.ArgumentParser:
     hardware.add_argument("--strategy", default="auto", help="Lightning strategy, e.g. ddp (default: auto)")
     hardware.add_argument(
         "--precision", default="32-true", help="32-true, bf16-mixed, 16-mixed (CUDA), ... (default: 32-true)"
-    )
-    model.add_argument(
-        "--self-critical",
-        choices=["mean", "greedy"],
-        default=None,
-        help="fine-tune with self-critical training, rewards CIDEr-D, this baseline (needs --init-from; "
-        f"defaults then: {SELF_CRITICAL_TEXT})",
-    )
-    model.add_argument(
-        "--samples-per-image",
-        type=positive_int,
-        default=None,
-        help=f"captions sampled per image by --self-critical (default: {FULL.samples_per_image})",
     )
     model.add_argument(
         "--init-from",
@@ -180,37 +192,35 @@ def resolve_defaults(args: argparse.Namespace) -> argparse.Namespace:
     if args.init_from is not None and args.resume is not None:
         raise ValueError("--init-from starts a new run from a checkpoint's weights and --resume continues one; "
                          "give one of them")  # fmt: skip
-    if args.self_critical is not None and args.init_from is None and args.resume is None:
+    if args.self_critical is not UNSET and args.init_from is None and args.resume is None:
         raise ValueError("--self-critical fine-tunes a trained model: give its checkpoint with --init-from")
     if args.resume == "last":
         args.resume = find_last_checkpoint(args.log_dir)
     start = args.resume if args.resume is not None else args.init_from
     args.start = load_system(start) if start is not None else None
+    stored = args.start.config if args.start is not None else None
+    if stored is not None and args.decoder is not UNSET and args.decoder != stored.decoder:
+        raise CheckpointError(f"checkpoint {start} was trained with --model {stored.decoder} but this run has "
+                              f"{args.decoder}; leave the flag out (the checkpoint's is used) or match it")  # fmt: skip
     if args.resume is not None:
-        config = args.start.config
-        if args.self_critical is not None and args.self_critical != config.self_critical:
+        config = stored
+        if args.self_critical is not UNSET and args.self_critical != config.self_critical:
             raise ValueError(f"--resume {args.resume} continues a {config.self_critical or 'cross-entropy'} run; "
                              f"to fine-tune it with --self-critical {args.self_critical}, use --init-from")  # fmt: skip
     else:
-        initial = args.start.config if args.start is not None else None
-        config = preset(args.overfit is not None, args.decoder or (initial.decoder if initial else None))
-        if initial is not None:
-            config = config.updated(**{name: getattr(initial, name) for name in shape_fields(initial.decoder)})
-        if args.self_critical is not None:
-            config = replace(config.updated(**SELF_CRITICAL), self_critical=args.self_critical)
+        decoder = args.decoder if args.decoder is not UNSET else (stored.decoder if stored else None)
+        config = preset(args.overfit is not None, decoder)
+        if stored is not None:  # the checkpoint's model: its decoder's sizes and the settings that shape it
+            config = config.updated(**{name: getattr(stored, name) for name in stored.fixed_fields()})
+        if args.self_critical is not UNSET:
+            config = config.updated(**SELF_CRITICAL, self_critical=args.self_critical)
     try:
         args.config = config.updated(**{name: getattr(args, name) for name in CONFIG_FLAGS})
     except ValueError as error:  # the config names its fields; the user typed flags
-        raise ValueError(re.sub(r"\b(" + "|".join(CONFIG_FLAGS) + r")\b", lambda m: FLAG_NAMES[m[1]], str(error)))
-    decoder_sizes = [name for name in shape_fields(args.config.decoder) if name in FLAG_NAMES and name != "decoder"]
-    unused = [FLAG_NAMES[name] for name in SIZE_FLAGS if getattr(args, name) is not None and name not in decoder_sizes]
-    another_decoder = args.start is not None and args.start.config.decoder != args.config.decoder
-    if unused and not another_decoder:  # resuming another decoder's checkpoint is refused for that, later
-        sizes = ", ".join(FLAG_NAMES[name] for name in decoder_sizes)
-        raise ValueError(f"{' and '.join(unused)} {'does' if len(unused) == 1 else 'do'} not apply to the "
-                         f"{args.config.decoder} decoder (its sizes: {sizes})")  # fmt: skip
+        names = "|".join(CONFIG_FLAGS[1:])
+        raise ValueError(re.sub(r"(?<![\w-])(" + names + r")\b", lambda m: FLAG_NAMES[m[1]], str(error))) from None
     if args.init_from is not None:
-        refuse_another_model(args.init_from, initial, args.config)
+        refuse_another_model(args.init_from, stored, args.config)
     if args.num_workers < 0:
         raise ValueError(f"--num-workers must be >= 0, got {args.num_workers}")
     if args.strategy.startswith(SPAWNING_STRATEGIES):
@@ -235,7 +245,7 @@ def check_resumable(path: Path | str, stored: CaptioningSystem, system: Captioni
 
 def refuse_another_model(path: Path | str, stored: CaptionConfig, config: CaptionConfig) -> None:
     """A CheckpointError naming the first flag whose value would build another model than the checkpoint's."""
-    for name in shape_fields(stored.decoder):
+    for name in stored.fixed_fields():
         theirs, ours = getattr(stored, name), getattr(config, name)
         if theirs != ours:
             flag = FLAG_NAMES.get(name, name)

@@ -17,14 +17,13 @@ estimate and the flag that sized most of it.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Callable, Mapping
 
 import torch
 
 from caption_torch.data.schema import available_host_memory, human_bytes
-from caption_torch.models.config import CaptionConfig
-from caption_torch.models.registry import DECODERS
+from caption_torch.models.registry import CaptionConfig
 from caption_torch.training.checkpoint_schema import meta_decoder
 
 # The Transformer's feed-forward width (cs231n's TransformerDecoderLayer default).
@@ -60,7 +59,7 @@ def parameter_count(word_to_idx: Mapping[str, int], input_dim: int, config: Capt
     absurd ``--num-layers`` costs two small builds, not millions of modules.
     """
     if config.decoder == "transformer" and config.num_layers > 2:
-        one, two = (parameter_count(word_to_idx, input_dim, replace(config, num_layers=n)) for n in (1, 2))
+        one, two = (parameter_count(word_to_idx, input_dim, config.updated(num_layers=n)) for n in (1, 2))
         return one + (config.num_layers - 1) * (two - one)
     return sum(parameter.numel() for parameter in meta_decoder(word_to_idx, input_dim, config).parameters())
 
@@ -74,13 +73,13 @@ def activation_values(config: CaptionConfig, vocab_size: int, steps: int) -> int
     (self-attention over ``steps`` positions per head), the cross-attention and the feed-forward.
     """
     captions = config.batch_size * (config.samples_per_image if config.self_critical else 1)
-    W, H = config.wordvec_dim, config.hidden_dim
+    W = config.wordvec_dim
     if config.decoder == "transformer":
         per_layer = 16 * W + 3 * config.num_heads * steps + 2 * FEEDFORWARD
         per_token = W + config.num_layers * per_layer
     else:
         gates = 4 if config.decoder == "lstm" else 1
-        per_token = W + (gates + 3) * H
+        per_token = W + (gates + 3) * config.hidden_dim
     per_token += 3 * vocab_size
     return 2 * captions * steps * per_token
 
@@ -109,7 +108,7 @@ def sizing_flag(config: CaptionConfig, total: Callable[[CaptionConfig], int], pa
     Candidates: the decoder's size flags, ``--batch-size``, ``--samples-per-image`` (self-critical),
     and ``--feature-storage`` where features are held in memory.
     """
-    names = [*DECODERS[config.decoder].shape_fields, "batch_size"]
+    names = [*(name for name in config.fixed_fields() if name != "decoder"), "batch_size"]
     if config.self_critical:
         names.append("samples_per_image")
     full, savings = total(config), {}
@@ -119,7 +118,7 @@ def sizing_flag(config: CaptionConfig, total: Callable[[CaptionConfig], int], pa
         if name == "wordvec_dim" and config.decoder == "transformer":  # keep it a multiple of 2 * heads
             halved = max(2 * config.num_heads, halved - halved % (2 * config.num_heads))
         try:
-            savings[name] = full - total(replace(config, **{name: halved}))
+            savings[name] = full - total(config.updated(**{name: halved}))
         except ValueError:  # a halved value the config refuses
             continue
     best = max(savings, key=savings.get) if savings else "batch_size"

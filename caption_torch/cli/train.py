@@ -13,7 +13,6 @@ first use) is used. Logs and checkpoints go to lightning_logs/version_N/.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import sys
 import warnings
@@ -31,12 +30,12 @@ from caption_torch import guard
 from caption_torch.cli import flags, resources
 from caption_torch.cli.argtypes import check_hardware, check_writable_folder
 from caption_torch.cli.flags import check_resumable, find_last_checkpoint, resolve_defaults  # noqa: F401 (the tests' entry points)
-from caption_torch.data import cs231n as coco
+from caption_torch.data.cs231n import decode_captions
 from caption_torch.data.datamodule import CaptionDataModule, FeatureRows
+from caption_torch.data.sources import open_source
 from caption_torch.evaluation.plots import plot_loss_history
 from caption_torch.metrics.registry import VALIDATION_METRICS
-from caption_torch.models.config import CaptionConfig
-from caption_torch.models.registry import DECODERS
+from caption_torch.models.registry import DECODERS, CaptionConfig
 from caption_torch.training.callbacks import LossHistory, ResumableSettings, StopOnSignal, TrainingStopped
 from caption_torch.training.checkpointing import (
     AtomicCheckpointIO,
@@ -44,6 +43,7 @@ from caption_torch.training.checkpointing import (
     RefuseNonFiniteWeights,
     check_model_fits_data,
 )
+from caption_torch.training.self_critical import SelfCriticalSystem, system_class, training_reward
 from caption_torch.training.system import CaptioningSystem
 
 
@@ -59,11 +59,6 @@ def build_parser() -> argparse.ArgumentParser:
     return flags.build_parser(__doc__)
 
 
-def describe_image(source) -> str:
-    """An image source (URL, or the embedded data's scene dict) in one line."""
-    return source if isinstance(source, str) else "scene: " + json.dumps(source, separators=(",", ":"))
-
-
 def print_samples(system: CaptioningSystem, dm: CaptionDataModule, seed: int) -> None:
     """Greedy captions for two train and two val images next to a ground truth, as the notebook."""
     rng = np.random.default_rng(seed)
@@ -71,14 +66,14 @@ def print_samples(system: CaptioningSystem, dm: CaptionDataModule, seed: int) ->
     dtype = next(model.parameters()).dtype  # float64 or bf16 after --precision 64-true / bf16-true
     for split, dataset in (("train", dm.train_images), ("val", dm.val_set)):
         features = FeatureRows(dataset.features.path)  # read from the file, whatever the storage
-        sources = coco.image_sources(dm.data_dir, split, dm.num_images[split])
+        sources = dm.source.image_sources(split)
         for index in rng.choice(len(dataset), size=min(2, len(dataset)), replace=False):
             row = int(dataset.image_rows[index])
             sample = model.sample(features.read(np.array([row])).to(dtype), system.config.max_length)[0]
             truth = dataset.references(index)[0]
-            print(f"\n{split}\n  sample: {coco.decode_captions(sample, dm.idx_to_word)}")
-            print(f"  GT:     {coco.decode_captions(truth, dm.idx_to_word)}")
-            print(f"  image:  {describe_image(sources[row])}")
+            print(f"\n{split}\n  sample: {decode_captions(sample, dm.idx_to_word)}")
+            print(f"  GT:     {decode_captions(truth, dm.idx_to_word)}")
+            print(f"  image:  {sources[row].describe()}")
 
 
 class Run(NamedTuple):
@@ -165,19 +160,18 @@ def run(args: argparse.Namespace, stop: StopOnSignal) -> int:
 def build(args: argparse.Namespace, stop: StopOnSignal, ckpt_path: Path | str | None) -> Run:
     """The data (read and checked), the system, the callbacks and the Trainer; the checkpoint must fit them."""
     config: CaptionConfig = args.config
+    trains = system_class(config)  # cross-entropy, or self-critical when the config names a baseline
     L.seed_everything(args.seed, workers=True, verbose=False)
     dm = CaptionDataModule(
-        data_dir=args.data_dir,
+        open_source(args.data_dir, args.synthetic_size, pca_features=not args.full_features),
         batch_size=config.batch_size,
         num_workers=args.num_workers,
         max_train=args.overfit,
         max_val_images=args.max_val_images,
-        pca_features=not args.full_features,
         feature_storage=args.feature_storage,
         pin_memory=args.accelerator not in ("cpu",) and torch.cuda.is_available(),
         seed=args.seed,
-        synthetic_size=args.synthetic_size,
-        train_on_images=config.self_critical is not None,
+        train_on_images=trains.trains_on_images,
     )
     dm.prepare_data()
     dm.setup("fit")  # the model needs the vocabulary and the feature width
@@ -185,7 +179,11 @@ def build(args: argparse.Namespace, stop: StopOnSignal, ckpt_path: Path | str | 
     resources.check_fits(config, dm.word_to_idx, dm.feature_dim, dm.train_set.captions.shape[1],
                          sum(dm.num_images.values()), args.accelerator, args.devices, args.precision,
                          args.feature_storage)  # fmt: skip
-    system = CaptioningSystem.from_config(dm.word_to_idx, dm.feature_dim, config)
+    if trains is SelfCriticalSystem:
+        reward = training_reward(dm.train_captions, dm.word_to_idx, dm.source.folder)
+        system = SelfCriticalSystem(dm.word_to_idx, dm.feature_dim, config, reward=reward)
+    else:
+        system = CaptioningSystem(dm.word_to_idx, dm.feature_dim, config)
     if ckpt_path is not None:
         check_resumable(ckpt_path, args.start, system)
     elif args.init_from is not None:
@@ -199,8 +197,7 @@ def build(args: argparse.Namespace, stop: StopOnSignal, ckpt_path: Path | str | 
     callbacks = [history, RefuseNonFiniteWeights(), stop.last, stop, settings]
     best = None
     if validate:
-        # A self-critical run optimises CIDEr-D, so its best checkpoint is the one with the best val CIDEr-D.
-        monitor = "val_cider" if config.self_critical else "val_bleu4"
+        monitor = system.monitor  # what it optimises: val BLEU-4, or val CIDEr-D for self-critical training
         best = ModelCheckpoint(monitor=monitor, mode="max", filename=f"best-{{epoch}}-{{{monitor}:.4f}}")
         callbacks.append(best)
     try:

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import functools
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
@@ -26,6 +25,7 @@ import numpy as np
 
 from caption_torch import vocabulary
 from caption_torch.data import schema
+from caption_torch.data.protocol import ImageSource, SplitCaptions, subsample  # noqa: F401 (subsample: cs231n's name)
 from caption_torch.data.schema import SchemaError
 
 SPLITS = ("train", "val")
@@ -55,11 +55,6 @@ def urls_file(split: str) -> str:
     return schema.URLS.format(split=split)
 
 
-def scenes_file(split: str) -> str:
-    """The embedded dataset's extra file: one scene description per image (no such file in COCO)."""
-    return schema.SCENES.format(split=split)
-
-
 def _validator(base_dir: Path | str) -> schema.Validator:
     return schema.Validator(Path(base_dir), HOW_TO_GET)
 
@@ -82,14 +77,6 @@ def _as_coco_error(function):
 def require_file(path: Path, expected: str) -> Path:
     """The path, or a CocoDataError naming it, what it should hold, and how to get it."""
     return _as_coco_error(schema.Validator(path.parent, HOW_TO_GET).require)(path, expected)
-
-
-@dataclass(frozen=True)
-class SplitCaptions:
-    """All captions of one split: (Nc, T) token ids and the image row of each caption."""
-
-    captions: np.ndarray
-    image_idxs: np.ndarray
 
 
 @_as_coco_error
@@ -192,21 +179,9 @@ def check_image_idxs(captions: SplitCaptions, num_images: int, split: str, base_
 
 
 @_as_coco_error
-def image_sources(base_dir: Path | str, split: str, num_images: int) -> list:
-    """Per image row (``num_images`` of them): its scene dict (embedded data, drawable offline) or URL (COCO)."""
-    check = _validator(base_dir)
-    scenes_path = check.path(schema.SCENES, split)
-    if not scenes_path.is_file():
-        return read_urls(base_dir, split, num_images).tolist()
-    scenes = check.read_json(scenes_path, _scenes_type(), "a JSON list of scenes")
-    if len(scenes) != num_images:
-        raise SchemaError(scenes_path, None, f"{num_images} scenes, one per feature row", f"{len(scenes)}")
-    return scenes
-
-
-@functools.cache
-def _scenes_type() -> schema.JsonType:
-    return schema.JsonType("a JSON list of scenes", lambda v: isinstance(v, list), items=schema._scene_types())
+def image_sources(base_dir: Path | str, split: str, num_images: int) -> list[ImageSource]:
+    """Per image row (``num_images`` of them): its URL."""
+    return [ImageSource(url=url) for url in read_urls(base_dir, split, num_images).tolist()]
 
 
 # Tokens that carry no word: a caption made only of these teaches nothing and scores nothing.
@@ -220,8 +195,8 @@ def check_layout(
     """Check a data folder's splits against each other before any training: everything a run will read.
 
     Through :mod:`schema`: each split's feature file (its rows ``Ni``, one width ``D`` for both
-    splits, finite values), every caption pointing at a feature row, each image having a URL (or a
-    scene). Then every caption begins with ``<START>`` and the captions can train (see
+    splits, finite values), every caption pointing at a feature row, each image having a
+    URL. Then every caption begins with ``<START>`` and the captions can train (see
     :func:`check_trainable`).
 
     Returns:
@@ -234,7 +209,7 @@ def check_layout(
     for split, captions in splits.items():
         num_images[split], _ = check_features(check, split, pca_features)
         check_image_idxs(captions, num_images[split], split, base_dir)
-        # Only the printed samples use the URLs or scenes, after training: a bad file must stop the run before it.
+        # Only the printed samples use the URLs, after training: a bad file must stop the run before it.
         image_sources(base_dir, split, num_images[split])
         not_started = int((captions.captions[:, 0] != start).sum())
         if not_started:
@@ -327,17 +302,6 @@ def load_coco_data(
     return data
 
 
-def subsample(captions: np.ndarray, image_idxs: np.ndarray, count: int, seed: int | None):
-    """``count`` random captions (without replacement) and their image rows."""
-    if count <= 0:
-        raise ValueError(f"max_train must be positive, got {count}")
-    if count > captions.shape[0]:
-        raise ValueError(f"asked for {count} training captions but the split has only {captions.shape[0]}")
-    rng = np.random.default_rng(seed) if seed is not None else np.random
-    chosen = rng.choice(captions.shape[0], size=count, replace=False)
-    return captions[chosen], image_idxs[chosen]
-
-
 def sample_coco_minibatch(data: dict, batch_size: int = 100, split: str = "train", seed: int | None = None):
     """Random captions of a split with their features and URLs, as cs231n.
 
@@ -374,3 +338,41 @@ def decode_captions(captions: Sequence | np.ndarray, idx_to_word: Sequence[str])
                 break
         decoded.append(" ".join(words))
     return decoded[0] if array.ndim == 1 else decoded
+
+
+class Cs231nFolder:
+    """cs231n's ``coco_captioning`` folder as a data source (``protocol.CaptionSource``), read by the functions above.
+
+    Args:
+        folder: the folder, in the layout this module's docstring shows.
+        pca_features: the 512-d fc7-PCA features (True) or the 4096-d fc7 files.
+    """
+
+    def __init__(self, folder: Path | str, pca_features: bool = True) -> None:
+        self.folder, self.pca_features = Path(folder), pca_features
+        self.named_folder: Path | None = self.folder
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({str(self.folder)!r}, pca_features={self.pca_features})"
+
+    def prepare(self) -> None:
+        """Nothing to write: the folder is read as it is."""
+
+    def vocabulary(self) -> tuple[dict[str, int], vocabulary.IdToWord]:
+        return read_vocab(self.folder)
+
+    def captions(self, vocab_size: int) -> dict[str, SplitCaptions]:
+        return read_captions(self.folder, vocab_size)
+
+    def check(self, splits: dict[str, SplitCaptions], word_to_idx: dict[str, int]) -> tuple[dict[str, int], int]:
+        return check_layout(self.folder, splits, word_to_idx, self.pca_features)
+
+    def feature_file(self, split: str) -> Path:
+        return self.folder / feature_file(split, self.pca_features)
+
+    def num_images(self, split: str) -> int:
+        """Rows of a split's feature file."""
+        return feature_shape(self.folder, split, self.pca_features)[0]
+
+    def image_sources(self, split: str) -> list[ImageSource]:
+        return image_sources(self.folder, split, self.num_images(split))

@@ -1,12 +1,15 @@
-"""Datasets and the LightningDataModule over a cs231n-layout data folder.
+"""Datasets and the LightningDataModule over any data source (``protocol.CaptionSource``).
 
 Training items are captions; evaluation items are images with all their
 reference captions. Features are streamed from HDF5: every batch reads its
 feature rows in ONE sorted, de-duplicated h5py call, in whichever process asks
 (the file is opened lazily there, never before a fork, and never pickled)::
 
-    batch indices ─► caption rows ─► image rows (B,) ─► np.unique ─► h5py read (U, D)
-                                                          └─ inverse ─► (B, D) in batch order
+    batch indices ─► caption rows ─► image rows (B,) ─► np.unique ─► h5py read (U, ...)
+                                                          └─ inverse ─► (B, ...) in batch order
+
+A feature file of shape (N_images, D) gives batches (B, D) (one vector per image, cs231n's
+fc7 files); one of (N_images, M, D) (M region vectors per image) gives (B, M, D), unchanged.
 
 ``feature_storage`` trades memory for speed: ``"hdf5"`` (stream), ``"memory"``
 (the whole split as one CPU tensor, shared with workers) or ``"device"`` (on the
@@ -17,7 +20,6 @@ transfer, in ``on_after_batch_transfer``).
 from __future__ import annotations
 
 import os
-import warnings
 from pathlib import Path
 from typing import NamedTuple
 
@@ -28,12 +30,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
-from caption_torch import vocabulary
-from caption_torch.data import cs231n as coco
-from caption_torch.data.synthetic import generate as synthetic
-from caption_torch.metrics.cider import CiderD, Sentences, corpus_fingerprint
-
-CIDER_CACHE_FILE = "train_cider_df.npz"  # the training references' n-gram document frequencies, beside the data
+from caption_torch.data.protocol import CaptionSource, SplitCaptions, subsample
 
 FEATURE_STORAGES = ("hdf5", "memory", "device")
 
@@ -41,7 +38,7 @@ FEATURE_STORAGES = ("hdf5", "memory", "device")
 class CaptionBatch(NamedTuple):
     """A training minibatch of captions."""
 
-    features: Tensor | None  # (B, D) float32; None until gathered when features live on the device
+    features: Tensor | None  # (B, D) or (B, M, D) float32; None until gathered when features live on the device
     captions: Tensor  # (B, T) int64, <START> ... <END> <NULL>...
     image_rows: Tensor  # (B,) int64, row of each caption's image in the split's feature file
     split: str = "train"  # whose feature file image_rows index
@@ -50,14 +47,15 @@ class CaptionBatch(NamedTuple):
 class ImageBatch(NamedTuple):
     """An evaluation minibatch of images with every reference caption."""
 
-    features: Tensor | None  # (B, D) float32
+    features: Tensor | None  # (B, D) or (B, M, D) float32
     references: Tensor  # (B, R, T) int64; rows of -1 where an image has fewer than R captions
     image_rows: Tensor  # (B,) int64
     split: str = "val"
 
 
 class FeatureRows:
-    """Reads rows of a split's feature matrix from HDF5, memory, or not at all (device storage)."""
+    """Reads rows of a split's features, (N_images, D) or (N_images, M, D), from HDF5, memory, or not at all
+    (device storage)."""
 
     def __init__(self, path: Path, storage: str = "hdf5") -> None:
         if storage not in FEATURE_STORAGES:
@@ -65,7 +63,12 @@ class FeatureRows:
         self.path, self.storage = Path(path), storage
         self._file: h5py.File | None = None
         self._pid: int | None = None
-        self.in_memory = torch.from_numpy(coco.read_feature_matrix(self.path)) if storage == "memory" else None
+        self.in_memory = torch.from_numpy(self.read_all()) if storage == "memory" else None
+
+    def read_all(self) -> np.ndarray:
+        """Every row, float32."""
+        with h5py.File(self.path, "r") as f:
+            return np.asarray(f["features"], dtype=np.float32)
 
     def _dataset(self) -> h5py.Dataset:
         # Open on first use in this process: an h5py handle must not cross a fork.
@@ -74,7 +77,7 @@ class FeatureRows:
         return self._file["features"]
 
     def read(self, rows: np.ndarray) -> Tensor | None:
-        """Features of the given image rows, (B, D) float32 in the order asked; None for device storage."""
+        """Features of the given image rows, (B, D) or (B, M, D) float32 in the order asked; None for device storage."""
         if self.storage == "device":
             return None
         if self.in_memory is not None:
@@ -95,7 +98,7 @@ def _already_batched(batch):
 class CaptionDataset(Dataset):
     """One item per caption; ``__getitems__`` builds a :class:`CaptionBatch` in one read."""
 
-    def __init__(self, captions: coco.SplitCaptions, features: FeatureRows, split: str = "train") -> None:
+    def __init__(self, captions: SplitCaptions, features: FeatureRows, split: str = "train") -> None:
         self.split = split
         self.captions = torch.from_numpy(captions.captions)
         self.image_idxs = captions.image_idxs
@@ -118,7 +121,7 @@ class ImageDataset(Dataset):
 
     def __init__(
         self,
-        captions: coco.SplitCaptions,
+        captions: SplitCaptions,
         features: FeatureRows,
         image_rows: np.ndarray | None = None,
         split: str = "val",
@@ -158,38 +161,33 @@ class ImageDataset(Dataset):
 
 
 class CaptionDataModule(L.LightningDataModule):
-    """Train on captions, validate on images, from a cs231n-layout folder or the embedded default.
+    """Train on captions, validate on images, from any data source (``protocol.CaptionSource``).
 
     Args:
-        data_dir: a ``coco_captioning``-layout folder; None uses the embedded synthetic dataset,
-            generated on first use by ``prepare_data``.
+        source: what to read: ``sources.open_source(...)`` gives cs231n's folder or the embedded dataset.
         batch_size: captions per training batch.
         eval_batch_size: images per validation batch (default: ``batch_size``).
         num_workers: DataLoader worker processes.
         max_train: train on this many random captions only (cs231n's ``max_train``).
         max_val_images: validate on this many random val images only (None: all).
-        pca_features: 512-d fc7-PCA (True) or the 4096-d fc7 files (False; real COCO data only).
         feature_storage: ``"hdf5"``, ``"memory"`` or ``"device"`` (see module docstring).
         pin_memory: pin batches for faster host-to-GPU copies.
         seed: seed of the ``max_train`` / ``max_val_images`` subsets.
-        synthetic_size: size of the embedded dataset when ``data_dir`` is None.
         train_on_images: training batches are images with all their references (``batch_size``
             images each), as self-critical training needs, instead of captions.
     """
 
     def __init__(
         self,
-        data_dir: str | Path | None = None,
+        source: CaptionSource,
         batch_size: int = 128,
         eval_batch_size: int | None = None,
         num_workers: int = 0,
         max_train: int | None = None,
         max_val_images: int | None = None,
-        pca_features: bool = True,
         feature_storage: str = "hdf5",
         pin_memory: bool = False,
         seed: int = 0,
-        synthetic_size: str = "default",
         train_on_images: bool = False,
     ) -> None:
         super().__init__()
@@ -201,52 +199,36 @@ class CaptionDataModule(L.LightningDataModule):
             raise ValueError(f"num_workers must be >= 0, got {num_workers}")
         if feature_storage not in FEATURE_STORAGES:
             raise ValueError(f"feature_storage must be one of {FEATURE_STORAGES}, got {feature_storage!r}")
-        if data_dir is None and not pca_features:
-            raise ValueError("the 4096-d fc7 features (--full-features) need a coco_captioning folder "
-                             "(--data-dir): the embedded dataset has only the 512-d fc7-PCA ones")  # fmt: skip
-        # Checkpoints store these hyperparameters; a str (not a Path) keeps them loadable with weights_only.
-        data_dir = str(data_dir) if data_dir is not None else None
-        self.save_hyperparameters()
-        self.data_dir: Path | None = Path(data_dir) if data_dir is not None else None
+        # Checkpoints store these hyperparameters as plain values (loadable with weights_only): the source
+        # is kept as an attribute, and its description as a string.
+        self.save_hyperparameters(ignore=["source"])
+        self.hparams["source"] = repr(source)
+        # Which folder's features a checkpoint learnt from: `python -m caption_torch.caption` makes new ones alike.
+        self.hparams["data_dir"] = None if source.named_folder is None else str(source.named_folder)
+        self.hparams["pca_features"] = source.pca_features
+        self.source = source
         self.word_to_idx: dict[str, int] = {}
         self.idx_to_word: dict[int, str] = {}
         self.feature_dim = 0
         self.num_images: dict[str, int] = {}  # rows of each split's feature file
         self._device_features: dict[str, Tensor] = {}
-        self._cider_reward: CiderD | None = None
 
     def prepare_data(self) -> None:
         # Runs once per node, before setup: the only place that writes files.
-        if self.hparams.data_dir is None:
-            synthetic.ensure_synthetic_dataset(self.hparams.synthetic_size)
+        self.source.prepare()
 
     def setup(self, stage: str | None = None) -> None:
         if self.word_to_idx:  # already set up (train.py sets up early to build the model)
             return
-        hparams = self.hparams
-        if self.data_dir is None:
-            # setup only reads: prepare_data (once per node, before setup) generates the files.
-            self.data_dir = synthetic.dataset_dir(hparams.synthetic_size)
-            if not synthetic.is_complete(self.data_dir):
-                raise coco.CocoDataError(
-                    f"{self.data_dir}: the embedded dataset is not generated yet; "
-                    "call prepare_data() before setup() (Lightning's Trainer does)"
-                )
-        self.word_to_idx, self.idx_to_word = coco.read_vocab(self.data_dir)
-        splits = coco.read_captions(self.data_dir, vocab_size=len(self.idx_to_word))
-        self.num_images, self.feature_dim = coco.check_layout(
-            self.data_dir, splits, self.word_to_idx, hparams.pca_features
-        )
-        features = {
-            split: FeatureRows(self.data_dir / coco.feature_file(split, hparams.pca_features), hparams.feature_storage)
-            for split in splits
-        }
+        hparams, source = self.hparams, self.source
+        self.word_to_idx, self.idx_to_word = source.vocabulary()
+        splits = source.captions(len(self.idx_to_word))
+        self.num_images, self.feature_dim = source.check(splits, self.word_to_idx)
+        features = {split: FeatureRows(source.feature_file(split), hparams.feature_storage) for split in splits}
 
         train = splits["train"]
         if hparams.max_train is not None:
-            train = coco.SplitCaptions(
-                *coco.subsample(train.captions, train.image_idxs, hparams.max_train, hparams.seed)
-            )
+            train = SplitCaptions(*subsample(train.captions, train.image_idxs, hparams.max_train, hparams.seed))
         self.train_set = CaptionDataset(train, features["train"], "train")
         val_rows = np.unique(splits["val"].image_idxs)
         if hparams.max_val_images is not None and hparams.max_val_images < len(val_rows):
@@ -255,6 +237,13 @@ class CaptionDataModule(L.LightningDataModule):
             )
         self.val_set = ImageDataset(splits["val"], features["val"], val_rows, "val")
         self.train_images = ImageDataset(train, features["train"], split="train")
+        self._splits, self._features = splits, features
+
+    def split_images(self, split: str) -> ImageDataset:
+        """Every image of a split the source read (train, val, and test where its folder has one)."""
+        if split not in self._splits:
+            raise ValueError(f"{self.source.folder}: no {split} split")
+        return ImageDataset(self._splits[split], self._features[split], split=split)
 
     def _loader(self, dataset: Dataset, batch_size: int, shuffle: bool) -> DataLoader:
         workers = self.hparams.num_workers
@@ -272,31 +261,10 @@ class CaptionDataModule(L.LightningDataModule):
         dataset = self.train_images if self.hparams.train_on_images else self.train_set
         return self._loader(dataset, self.hparams.batch_size, shuffle=True)
 
-    def cider_reward(self) -> CiderD:
-        """CIDEr-D rewards whose document frequencies are the training references'.
-
-        They are counted once per dataset and cached beside it (:data:`CIDER_CACHE_FILE`, tagged
-        with a fingerprint of the training captions, so a changed dataset counts them again);
-        where the dataset folder is read-only they are counted once per run.
-        """
-        if self._cider_reward is None:
-            train = self.train_images.split_captions
-            end, skipped = (
-                self.word_to_idx[vocabulary.END],
-                (self.word_to_idx[vocabulary.START], self.word_to_idx[vocabulary.NULL]),
-            )
-            vocab_size = len(self.word_to_idx)
-            fingerprint = corpus_fingerprint(train.captions, train.image_idxs, vocab_size, end, skipped)
-            cache = self.data_dir / CIDER_CACHE_FILE
-            self._cider_reward = CiderD.load(cache, fingerprint)
-            if self._cider_reward is None:
-                corpus = Sentences.from_ids(train.captions, end, skipped)
-                self._cider_reward = CiderD(corpus, train.image_idxs, vocab_size)
-                try:
-                    self._cider_reward.save(cache, fingerprint)
-                except OSError as error:
-                    warnings.warn(f"could not cache the CIDEr-D document frequencies in {cache}: {error}", stacklevel=2)
-        return self._cider_reward
+    @property
+    def train_captions(self) -> SplitCaptions:
+        """The captions training reads (all of the train split's, or ``max_train`` of them)."""
+        return self.train_images.split_captions
 
     def val_dataloader(self) -> DataLoader:
         return self._loader(self.val_set, self.hparams.eval_batch_size or self.hparams.batch_size, shuffle=False)
@@ -308,6 +276,5 @@ class CaptionDataModule(L.LightningDataModule):
         split = batch.split
         device = batch.image_rows.device
         if split not in self._device_features or self._device_features[split].device != device:
-            features = coco.read_features(self.data_dir, split, self.hparams.pca_features)
-            self._device_features[split] = torch.from_numpy(features).to(device)
+            self._device_features[split] = torch.from_numpy(self._features[split].read_all()).to(device)
         return batch._replace(features=self._device_features[split][batch.image_rows])

@@ -201,7 +201,7 @@ VOCABULARY = JsonType(
 )
 
 
-def _scene_types() -> JsonType:
+def scene_types() -> JsonType:
     """One embedded-dataset scene (format: ``caption_torch.data.synthetic.scenes``), as drawing reads it."""
     from caption_torch.data.synthetic.scenes import COLOURS, RELATIONS, SETTINGS, SHAPES, SIZE_RADIUS
 

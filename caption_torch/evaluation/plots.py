@@ -12,6 +12,8 @@ matplotlib.use("Agg")  # files only; never needs a display
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from caption_torch.data.protocol import ImageSource  # noqa: E402
+
 
 def plot_loss_history(
     losses: Sequence[float],
@@ -69,19 +71,20 @@ def _load_url_image(url: str, timeout: float = 5.0) -> np.ndarray | None:
         return None
 
 
-def _draw_source(ax, source) -> None:
+def _draw_source(ax, source: ImageSource) -> None:
     """Draw an image panel: a synthetic scene, a fetched URL, or the URL as text."""
     from caption_torch.data.synthetic.scenes import draw_scene
 
-    if isinstance(source, dict):
-        draw_scene(source, ax)
+    if source.scene is not None:
+        draw_scene(source.scene, ax)
         return
-    image = _load_url_image(source) if source.startswith(("http://", "https://")) else None
+    url = source.url
+    image = _load_url_image(url) if url.startswith(("http://", "https://")) else None
     if image is not None:
         ax.imshow(image)
     else:
         ax.set_facecolor("#eeeeee")
-        ax.text(0.5, 0.5, "image not reachable:\n" + "\n".join(textwrap.wrap(source, 28)),
+        ax.text(0.5, 0.5, "image not reachable:\n" + "\n".join(textwrap.wrap(url, 28)),
                 ha="center", va="center", fontsize=8, color="#555555", transform=ax.transAxes)  # fmt: skip
     ax.set_xticks([])
     ax.set_yticks([])
@@ -91,8 +94,8 @@ def caption_grid(panels: Sequence[tuple], path: Path | str, title: str = "", col
     """Save images with their generated and reference captions under each, like the notebook's figure.
 
     Args:
-        panels: ``(source, generated, reference)`` per image; source is a scene dict (embedded
-            data, drawn offline) or an image URL (fetched if reachable, else shown as text);
+        panels: ``(source, generated, reference)`` per image; source is an ImageSource: a scene
+            (embedded data, drawn offline) or an image URL (fetched if reachable, else shown as text);
             generated is one caption, or ``(label, caption)`` pairs to show several runs' captions
             of the image one under another.
         path: PNG to write.

@@ -30,6 +30,8 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from caption_torch.data.protocol import ImageSource
+
 __all__ = ["write_html_report", "draw_scene_files"]
 
 SCENE_FOLDER = "scenes"
@@ -107,7 +109,7 @@ def write_html_report(
     title: str,
     runs: Sequence[tuple[str, Mapping[str, float | None]]],
     image_rows: Sequence[int],
-    sources: Sequence,
+    sources: Sequence[ImageSource],
     references: Sequence[Sequence[str]],
     candidates: Sequence[Sequence[str]],
     per_image: Sequence[Mapping[str, np.ndarray]],
@@ -119,7 +121,7 @@ def write_html_report(
         title: the page's heading, e.g. ``"val split, 500 images"``.
         runs: one or two ``(label, corpus scores)``, the table's columns.
         image_rows: N image rows of the split (shown as the image's id).
-        sources: N scene dicts (drawn into files), ``file://`` URIs (copied as thumbnails) or image URLs.
+        sources: N image sources: scenes (drawn into files), ``file://`` URLs (copied as thumbnails) or web URLs.
         references: N lists of reference captions.
         candidates: per run, N generated captions.
         per_image: per run, ``{"CIDEr-D": (N,), "BLEU-4": (N,)}``.
@@ -136,12 +138,14 @@ def write_html_report(
             raise ValueError(f"{num_images} images but {len(column)} {name}")
     folder.mkdir(parents=True, exist_ok=True)
 
-    scene_indices = [i for i, source in enumerate(sources) if isinstance(source, Mapping)]
-    pictures = list(sources)
-    for i, name in zip(scene_indices, draw_scene_files(folder, [sources[i] for i in scene_indices])):
+    scene_indices = [i for i, source in enumerate(sources) if source.scene is not None]
+    pictures = [source.url for source in sources]
+    for i, name in zip(scene_indices, draw_scene_files(folder, [sources[i].scene for i in scene_indices])):
         pictures[i] = name
-    file_indices = [i for i, source in enumerate(sources) if isinstance(source, str) and source.startswith("file://")]
-    for i, name in zip(file_indices, thumbnail_files(folder, [sources[i] for i in file_indices])):
+    file_indices = [
+        i for i, source in enumerate(sources) if source.url is not None and source.url.startswith("file://")
+    ]
+    for i, name in zip(file_indices, thumbnail_files(folder, [sources[i].url for i in file_indices])):
         pictures[i] = name
 
     # One array per image, to keep a 40,000-image file small: [row, picture, references,

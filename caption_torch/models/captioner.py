@@ -15,6 +15,7 @@ import torch
 from torch import Tensor, nn
 
 from caption_torch.functional import check_positive_integer
+from caption_torch.models.config import MAX_LENGTH
 from caption_torch.vocabulary import END, NULL, START, index_words
 
 State = tuple[Tensor, ...]
@@ -183,7 +184,7 @@ class Captioner(nn.Module, abc.ABC):
                     break
         return captions
 
-    def sample(self, features: Tensor, max_length: int = 30) -> Tensor:
+    def sample(self, features: Tensor, max_length: int = MAX_LENGTH) -> Tensor:
         """Greedy captions: the most likely word at every step (cs231n's ``sample``).
 
         Args:

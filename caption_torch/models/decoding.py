@@ -30,6 +30,7 @@ from torch import Tensor
 
 from caption_torch.functional import check_positive_integer, check_token_ids
 from caption_torch.models.captioner import Captioner
+from caption_torch.models.config import MAX_LENGTH
 
 __all__ = ["greedy_decode", "temperature_sample", "beam_search", "caption_log_probs", "decode", "DECODE_METHODS"]
 
@@ -42,7 +43,7 @@ DECODE_METHODS = ("greedy", "beam", "sample")
 
 
 @torch.no_grad()
-def greedy_decode(model: Captioner, features: Tensor, max_length: int = 30) -> Tensor:
+def greedy_decode(model: Captioner, features: Tensor, max_length: int = MAX_LENGTH) -> Tensor:
     """The most likely word at every step; equals ``model.sample(features, max_length)``.
 
     Args:
@@ -59,7 +60,7 @@ def temperature_sample(
     model: Captioner,
     features: Tensor,
     temperature: float = 1.0,
-    max_length: int = 30,
+    max_length: int = MAX_LENGTH,
     generator: torch.Generator | None = None,
 ) -> Tensor:
     """Draw every word from softmax(scores / temperature).
@@ -95,7 +96,7 @@ def beam_search(
     model: Captioner,
     features: Tensor,
     beam_size: int = 3,
-    max_length: int = 30,
+    max_length: int = MAX_LENGTH,
     length_normalization: bool = True,
 ) -> Tensor:
     """The best of ``beam_size`` hypotheses per image, batched over images and beams.
@@ -289,7 +290,7 @@ def decode(
     *,
     beam_size: int = 3,
     temperature: float = 1.0,
-    max_length: int = 30,
+    max_length: int = MAX_LENGTH,
     length_normalization: bool = True,
     generator: torch.Generator | None = None,
 ) -> Tensor:

@@ -32,6 +32,7 @@ from torch import Tensor, nn
 from caption_torch import functional as F
 from caption_torch.functional import check_positive_integer
 from caption_torch.models.captioner import Captioner
+from caption_torch.models.config import MAX_LENGTH
 from caption_torch.models.transformer_layers import (
     Embedding,
     LayerNorm,
@@ -297,7 +298,7 @@ class CaptioningTransformer(Captioner):
         return scores, (positions + 1, keys, values, memory_keys, memory_values)
 
     @torch.no_grad()
-    def sample_without_cache(self, features: Tensor, max_length: int = 30) -> Tensor:
+    def sample_without_cache(self, features: Tensor, max_length: int = MAX_LENGTH) -> Tensor:
         """:meth:`sample` the way cs231n's notebook samples: every step re-runs the model on all words so far.
 
         Same captions as :meth:`sample` (up to rounding); kept as the reference it is measured against.

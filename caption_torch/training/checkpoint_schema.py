@@ -3,7 +3,7 @@
 A checkpoint is a dict (read tensors-only). Its description:
 
 * ``hyper_parameters``: ``word_to_idx`` (word -> distinct integer id >= 0, with ``<NULL>``),
-  ``input_dim`` (an integer >= 1) and the fields of :class:`~caption_torch.models.config.CaptionConfig`,
+  ``input_dim`` (an integer >= 1) and the flat fields of :class:`~caption_torch.models.registry.CaptionConfig`,
   each of the type the config declares (a field left out takes the config's default, as
   checkpoints written before it existed do); nothing else;
 * ``state_dict``: exactly the tensors of the decoder those hyperparameters build, each of the
@@ -20,14 +20,14 @@ from __future__ import annotations
 
 import math
 import typing
-from dataclasses import MISSING, fields
+from dataclasses import fields
 from pathlib import Path
 from typing import Any, Mapping
 
 import torch
 
-from caption_torch.models.config import CaptionConfig
-from caption_torch.models.registry import build_decoder
+from caption_torch.models.config import TrainingConfig
+from caption_torch.models.registry import DECODERS, CaptionConfig, build_decoder
 
 
 class CheckpointError(ValueError):
@@ -71,15 +71,20 @@ def _kind(annotation: Any) -> tuple[str, Any]:
 
 
 def hyperparameter_kinds() -> dict[str, tuple[str, Any, bool]]:
-    """``{name: (what it must be, its test, required)}``: the system's arguments, typed as the config declares."""
-    hints = typing.get_type_hints(CaptionConfig)
+    """``{name: (what it must be, its test, required)}``: the system's arguments, typed as the config declares.
+
+    The config's flat fields: ``decoder``, every decoder's sizes (checkpoints written before the
+    decoder configs hold every decoder's) and the training settings.
+    """
     kinds = {
         "word_to_idx": ("an object of word: id", lambda v: isinstance(v, Mapping), True),
         "input_dim": ("an integer >= 1", lambda v: _is_int(v) and v >= 1, True),
+        "decoder": (*_kind(str), False),
     }
-    for field in fields(CaptionConfig):
-        name, test = _kind(hints[field.name])
-        kinds[field.name] = (name, test, field.default is MISSING and field.default_factory is MISSING)
+    for declaring in (*(entry.config for entry in DECODERS.values()), TrainingConfig):
+        hints = typing.get_type_hints(declaring)
+        for field in fields(declaring):
+            kinds.setdefault(field.name, (*_kind(hints[field.name]), False))
     return kinds
 
 
@@ -116,9 +121,8 @@ def check_hyperparameters(hparams: Any, path: Path | str) -> tuple[dict[str, int
         ids[idx] = word
     if "<NULL>" not in word_to_idx:
         raise _problem(path, "hyper_parameters['word_to_idx']", "the padding token '<NULL>'", "it missing")
-    names = {field.name for field in fields(CaptionConfig)}
     try:
-        config = CaptionConfig(**{name: value for name, value in hparams.items() if name in names})
+        config = CaptionConfig.from_flat(hparams)
     except ValueError as error:
         raise CheckpointError(f"checkpoint {path}: hyper_parameters: {error}") from None
     return dict(word_to_idx), hparams["input_dim"], config

@@ -33,6 +33,7 @@ import torch
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from caption_torch.training.checkpoint_schema import CheckpointError, check_checkpoint
+from caption_torch.training.self_critical import system_class
 from caption_torch.training.system import CaptioningSystem
 
 __all__ = ["CheckpointError", "load_model", "load_system", "read_checkpoint", "check_model_fits_data"]
@@ -120,14 +121,15 @@ def load_model(path: Path | str) -> torch.nn.Module:
 
 
 def load_system(path: Path | str) -> CaptioningSystem:
-    """Rebuild the CaptioningSystem stored in a ``train.py`` checkpoint: tensors only, checksum verified.
+    """Rebuild the system stored in a ``train.py`` checkpoint: tensors only, checksum verified.
 
-    The LightningModule is rebuilt by Lightning's ``load_from_checkpoint`` from the
+    The LightningModule (a ``CaptioningSystem``, or a ``SelfCriticalSystem`` for a self-critical
+    run, without its reward) is rebuilt by Lightning's ``load_from_checkpoint`` from the
     hyperparameters the checkpoint records, so any constructor argument it saved is honoured.
     """
     checkpoint = read_checkpoint(path)
     # Keys, hyperparameter types and every tensor's shape, before anything is built (checkpoint_schema.py).
-    check_checkpoint(checkpoint, path)
+    _, _, config = check_checkpoint(checkpoint, path)
     bad = first_non_finite(checkpoint["state_dict"])
     if bad is not None:
         raise CheckpointError(f"checkpoint {path} holds non-finite weights ({bad} has NaN or inf); use an earlier one")
@@ -135,7 +137,7 @@ def load_system(path: Path | str) -> CaptioningSystem:
     torch.save(checkpoint, buffer)  # the verified dict, so the file is not read (and trusted) a second time
     buffer.seek(0)
     try:
-        system = CaptioningSystem.load_from_checkpoint(buffer, map_location="cpu", weights_only=True)
+        system = system_class(config).load_from_checkpoint(buffer, map_location="cpu", weights_only=True)
     except (RuntimeError, TypeError, ValueError, KeyError) as error:  # weights missing or mis-shaped, sizes invalid
         details = re.sub(r"\bmodel\.", "", " ".join(str(error).split()))  # the model's names, on one line
         raise CheckpointError(f"checkpoint {path} does not hold a model train.py can rebuild: {details}") from None

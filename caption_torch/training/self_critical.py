@@ -14,19 +14,31 @@ worse ones rarer.
 
     features (B, [M,] D) ─repeat K─► (B*K, [M,] D) ─sample─► captions (B*K, L) ─CIDEr-D vs refs─► rewards (B*K,)
                                                                        baseline (B*K,) ─┘ ─► advantages
+
+:class:`SelfCriticalSystem` is the LightningModule that trains so; it is given its reward
+(:func:`training_reward`, from the training captions) when it is built.
 """
 
 from __future__ import annotations
 
-from typing import NamedTuple
+import warnings
+from pathlib import Path
+from typing import Any, Mapping, NamedTuple
 
 import numpy as np
 import torch
 from torch import Tensor
 
-from caption_torch.metrics.cider import CiderD, Sentences
+from caption_torch import vocabulary
+from caption_torch.data.datamodule import ImageBatch
+from caption_torch.data.protocol import SplitCaptions
+from caption_torch.metrics.cider import CiderD, Sentences, corpus_fingerprint
 from caption_torch.models.captioner import Captioner
 from caption_torch.models.decoding import temperature_sample
+from caption_torch.models.registry import CaptionConfig
+from caption_torch.training.system import CaptioningSystem
+
+CIDER_CACHE_FILE = "train_cider_df.npz"  # the training references' n-gram document frequencies, beside the data
 
 BASELINES = ("mean", "greedy")
 
@@ -94,3 +106,76 @@ def self_critical_step(
     weights = torch.as_tensor(advantages, dtype=features.dtype, device=features.device)
     loss = model.policy_loss(repeated, samples, weights)  # with the dropouts off that drew the samples
     return SelfCriticalStep(loss, float(rewards.mean()), float(baselines.mean()), advantages)
+
+
+def training_reward(captions: SplitCaptions, word_to_idx: Mapping[str, int], cache_folder: Path | None) -> CiderD:
+    """CIDEr-D rewards whose document frequencies are those of the training references ``captions``.
+
+    They are counted once per dataset and cached in ``cache_folder`` (:data:`CIDER_CACHE_FILE`, tagged
+    with a fingerprint of the captions, so changed captions are counted again); where the folder is
+    read-only (or None) they are counted once per run.
+    """
+    end = word_to_idx[vocabulary.END]
+    skipped = (word_to_idx[vocabulary.START], word_to_idx[vocabulary.NULL])
+    vocab_size = len(word_to_idx)
+    fingerprint = corpus_fingerprint(captions.captions, captions.image_idxs, vocab_size, end, skipped)
+    cache = Path(cache_folder) / CIDER_CACHE_FILE if cache_folder is not None else None
+    reward = CiderD.load(cache, fingerprint) if cache is not None else None
+    if reward is None:
+        reward = CiderD(Sentences.from_ids(captions.captions, end, skipped), captions.image_idxs, vocab_size)
+        if cache is not None:
+            try:
+                reward.save(cache, fingerprint)
+            except OSError as error:
+                warnings.warn(f"could not cache the CIDEr-D document frequencies in {cache}: {error}", stacklevel=2)
+    return reward
+
+
+class SelfCriticalSystem(CaptioningSystem):
+    """Self-critical fine-tuning: trains on images (every reference of each), rewarded by CIDEr-D.
+
+    Validation, metrics, optimiser and checkpoint format are :class:`CaptioningSystem`'s; its config's
+    ``self_critical`` is the baseline (``"mean"`` or ``"greedy"``) and ``samples_per_image`` is K.
+
+    Args:
+        word_to_idx, input_dim, config, hyperparameters: as :class:`CaptioningSystem`.
+        reward: CIDEr-D with the training references' document frequencies (:func:`training_reward`);
+            needed to train, not to load a checkpoint and caption with it.
+    """
+
+    trains_on_images = True
+    monitor = "val_cider"
+
+    def __init__(
+        self,
+        word_to_idx: Mapping[str, int],
+        input_dim: int,
+        config: CaptionConfig | None = None,
+        reward: CiderD | None = None,
+        **hyperparameters: Any,
+    ) -> None:
+        super().__init__(word_to_idx, input_dim, config, **hyperparameters)
+        if self.config.self_critical not in BASELINES:
+            raise ValueError(f"self-critical training needs a baseline, one of {BASELINES}: set the config's "
+                             f"self_critical (got {self.config.self_critical!r})")  # fmt: skip
+        self.reward = reward
+
+    def setup(self, stage: str) -> None:
+        if stage == "fit" and self.reward is None:
+            raise ValueError("SelfCriticalSystem trains on rewards: build it with reward=training_reward(...)")
+
+    def training_step(self, batch: ImageBatch, batch_idx: int) -> dict:
+        """Samples per image, rewarded by CIDEr-D; the loss makes those above the baseline likelier."""
+        config = self.config
+        step = self_critical_step(self.model, self.reward, batch.features, batch.references, config.self_critical,
+                                  config.samples_per_image, config.max_length)  # fmt: skip
+        images = batch.features.shape[0]
+        self.log("train_loss", step.loss, prog_bar=True, batch_size=images)
+        self.log("train_reward", step.reward, prog_bar=True, batch_size=images)
+        self.log("train_baseline", step.baseline, batch_size=images)
+        return {"loss": step.loss, "reward": step.reward, "baseline": step.baseline}
+
+
+def system_class(config: CaptionConfig) -> type[CaptioningSystem]:
+    """The LightningModule that trains (or was trained on) ``config``: self-critical when it names a baseline."""
+    return SelfCriticalSystem if config.self_critical is not None else CaptioningSystem

@@ -1,16 +1,15 @@
-"""CaptioningSystem: the LightningModule that trains and validates any decoder of ``decoders.DECODERS``.
+"""CaptioningSystem: the LightningModule that trains any decoder of ``registry.DECODERS`` on its captions.
 
-The decoder (an ``nn.Module`` built by ``decoders.py``) owns parameters, loss and sampling; this system
+The decoder (a ``Captioner`` built by ``registry.py``) owns parameters, loss and sampling; this system
 owns optimisation (Adam with cs231n's per-epoch learning-rate decay), logging and
 metrics (val loss over every reference caption, val BLEU-1..4 and CIDEr-D of greedy
-samples against all references of each image). With ``self_critical`` set it trains on
-images instead of captions: self-critical sequence training (``self_critical.py``).
+samples against all references of each image). It trains with cross-entropy on captions;
+``self_critical.SelfCriticalSystem`` fine-tunes on images with its reward, and shares the rest.
 """
 
 from __future__ import annotations
 
-from dataclasses import replace
-from typing import Mapping
+from typing import Any, Mapping
 
 import lightning as L
 import torch
@@ -18,95 +17,60 @@ from torch import Tensor
 from torchmetrics import MeanMetric
 
 from caption_torch.data.datamodule import CaptionBatch, ImageBatch
-from caption_torch.metrics.cider import CiderD
 from caption_torch.metrics.coco import caption_text
 from caption_torch.metrics.registry import REWARD_METRIC, VALIDATION_METRICS
-from caption_torch.models.config import CaptionConfig
-from caption_torch.models.registry import build_decoder
-from caption_torch.training.self_critical import self_critical_step
-
-DEFAULTS = CaptionConfig()
+from caption_torch.models.registry import CaptionConfig, build_decoder
 
 
 class CaptioningSystem(L.LightningModule):
     """Lightning wrapper of a decoder (CaptioningRNN for ``rnn``/``lstm``, CaptioningTransformer).
 
-    The hyperparameters are flat (a checkpoint's ``hyper_parameters`` holds plain values, so
-    ``load_from_checkpoint(..., weights_only=True)`` rebuilds the system); their defaults and
-    meaning are :class:`~caption_torch.models.config.CaptionConfig`'s, and :meth:`from_config` builds
-    a system from a config.
+    The checkpoint's ``hyper_parameters`` hold the vocabulary, the feature width and the config's
+    fields as flat plain values (:meth:`CaptionConfig.flat`), so ``load_from_checkpoint(...,
+    weights_only=True)`` rebuilds the system, from checkpoints of every version.
 
     Args:
         word_to_idx: the vocabulary (saved in the checkpoint, so a checkpoint is self-contained).
         input_dim: D, the width of the data's image features.
-        decoder, wordvec_dim, hidden_dim, num_heads, num_layers, lr, lr_decay, batch_size, epochs, max_length,
-            self_critical, samples_per_image: as :class:`CaptionConfig` (the whole run's config is kept with
-            the checkpoint, so a resumed run continues it; the batch size and epochs are the DataModule's
+        config: the run's config (default: ``CaptionConfig()``); the whole of it is kept with the
+            checkpoint, so a resumed run continues it (the batch size and epochs are the DataModule's
             and the Trainer's).
+        **hyperparameters: instead of ``config``, its flat fields as a checkpoint stores them (how
+            ``load_from_checkpoint`` calls this); keys that are no field are ignored.
     """
+
+    trains_on_images = False  # its training batches are captions (the DataModule's train_on_images)
+    monitor = "val_bleu4"  # the val metric that picks its best checkpoint
 
     def __init__(
         self,
         word_to_idx: Mapping[str, int],
         input_dim: int,
-        decoder: str = DEFAULTS.decoder,
-        wordvec_dim: int = DEFAULTS.wordvec_dim,
-        hidden_dim: int = DEFAULTS.hidden_dim,
-        num_heads: int = DEFAULTS.num_heads,
-        num_layers: int = DEFAULTS.num_layers,
-        lr: float = DEFAULTS.lr,
-        lr_decay: float = DEFAULTS.lr_decay,
-        batch_size: int = DEFAULTS.batch_size,
-        epochs: int = DEFAULTS.epochs,
-        max_length: int = DEFAULTS.max_length,
-        self_critical: str | None = DEFAULTS.self_critical,
-        samples_per_image: int = DEFAULTS.samples_per_image,
+        config: CaptionConfig | None = None,
+        **hyperparameters: Any,
     ) -> None:
         super().__init__()
-        self.config = DEFAULTS.updated(decoder=decoder, wordvec_dim=wordvec_dim, hidden_dim=hidden_dim,
-                                       num_heads=num_heads, num_layers=num_layers, lr=lr, lr_decay=lr_decay,
-                                       batch_size=batch_size, epochs=epochs, max_length=max_length,
-                                       samples_per_image=samples_per_image)  # fmt: skip
-        self.config = replace(self.config, self_critical=self_critical)  # None is a value here, not "unset"
-        self.save_hyperparameters()
-        self.model = build_decoder(dict(word_to_idx), input_dim, self.config)
+        if config is not None and hyperparameters:
+            raise TypeError(f"give the config or its fields, not both (got {sorted(hyperparameters)})")
+        if config is None:
+            config = CaptionConfig.from_flat(hyperparameters) if hyperparameters else CaptionConfig()
+        self.config = config
+        self.save_hyperparameters({"word_to_idx": dict(word_to_idx), "input_dim": input_dim, **config.flat()})
+        self.model = build_decoder(dict(word_to_idx), input_dim, config)
         self.idx_to_word = self.model.idx_to_word
         self.val_loss = MeanMetric()
         # val BLEU-1..4 and CIDEr-D (pycocoevalcap's), as the metric registry lists them.
         self.val_metrics = torch.nn.ModuleDict({m.log_name: m.validation(self.model) for m in VALIDATION_METRICS})
-        self.reward: CiderD | None = None  # self-critical rewards, from the training data (see setup)
-
-    @classmethod
-    def from_config(cls, word_to_idx: Mapping[str, int], input_dim: int, config: CaptionConfig) -> CaptioningSystem:
-        """The system of a run configured by ``config``."""
-        return cls(word_to_idx, input_dim, **config.as_dict())
-
-    def setup(self, stage: str) -> None:
-        if stage == "fit" and self.config.self_critical and self.reward is None:
-            self.reward = self.trainer.datamodule.cider_reward()
 
     def forward(self, features: Tensor) -> Tensor:
-        """Greedy captions (N, max_length) for (N, D) features."""
+        """Greedy captions (N, max_length) for (N, D) or (N, M, D) features."""
         return self.model.sample(features, self.config.max_length)
 
-    def training_step(self, batch: CaptionBatch | ImageBatch, batch_idx: int) -> Tensor | dict:
-        if self.config.self_critical:
-            return self._self_critical_step(batch)
+    def training_step(self, batch: CaptionBatch, batch_idx: int) -> Tensor:
         loss = self.model.loss(batch.features, batch.captions)
         # Non-finite losses are caught by callbacks.LossHistory, which syncs every few steps, not every step.
         self.log("train_loss", loss, prog_bar=True, batch_size=batch.captions.shape[0])
         return loss
-
-    def _self_critical_step(self, batch: ImageBatch) -> dict:
-        """Samples per image, rewarded by CIDEr-D; the loss makes those above the baseline likelier."""
-        config = self.config
-        step = self_critical_step(self.model, self.reward, batch.features, batch.references, config.self_critical,
-                                  config.samples_per_image, config.max_length)  # fmt: skip
-        images = batch.features.shape[0]
-        self.log("train_loss", step.loss, prog_bar=True, batch_size=images)
-        self.log("train_reward", step.reward, prog_bar=True, batch_size=images)
-        self.log("train_baseline", step.baseline, batch_size=images)
-        return {"loss": step.loss, "reward": step.reward, "baseline": step.baseline}
 
     def validation_step(self, batch: ImageBatch, batch_idx: int) -> None:
         references = batch.references  # (B, R, T)
@@ -129,8 +93,8 @@ class CaptioningSystem(L.LightningModule):
         for metric in VALIDATION_METRICS:
             accumulator = self.val_metrics[metric.log_name]
             accumulator.update(*((samples, references) if metric.on_ids else (candidates, targets)))
-            # A self-critical run optimises its reward's metric: its progress bar shows it every epoch.
-            shown = self.config.self_critical is not None and metric.name == REWARD_METRIC
+            # A system that optimises the reward's metric (self-critical training) shows it every epoch.
+            shown = metric.log_name == self.monitor and metric.name == REWARD_METRIC
             self.log(metric.log_name, accumulator, prog_bar=shown, on_step=False, on_epoch=True,
                      batch_size=len(candidates))  # fmt: skip
 

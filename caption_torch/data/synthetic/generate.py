@@ -196,6 +196,11 @@ def _encoding(scenes: Sequence[dict]) -> np.ndarray:
 PROGRESS_MIN_IMAGES = 20_000  # below this a split takes about a second: no progress bar
 
 
+def scenes_file(split: str) -> str:
+    """The embedded dataset's extra file: one scene description per image (no such file in COCO)."""
+    return f"{split}2014_scenes.json"
+
+
 def _check_size_and_seed(size: str, seed: int) -> SyntheticSize:
     if size not in SIZES:
         raise ValueError(f"unknown synthetic dataset size {size!r}; expected one of {sorted(SIZES)}")
@@ -237,8 +242,8 @@ def _write_split(
         }
         urls = stack.enter_context(open(folder / coco.urls_file(split), "w", encoding="utf-8"))
         # Streamed as one JSON list, one scene per line, so COCO size never holds all scenes.
-        scenes_file = stack.enter_context(open(folder / coco.scenes_file(split), "w", encoding="utf-8"))
-        scenes_file.write("[\n")
+        scenes_out = stack.enter_context(open(folder / scenes_file(split), "w", encoding="utf-8"))
+        scenes_out.write("[\n")
         progress = stack.enter_context(
             tqdm(total=num_images, desc=f"synthetic {split}2014", unit="img", disable=num_images < PROGRESS_MIN_IMAGES)
         )
@@ -262,10 +267,10 @@ def _write_split(
                 feature_sets[stem][start:stop] = np.maximum(values, 0) if post_relu else values
 
             urls.writelines(f"synthetic://{split}2014/{index:09d}\n" for index in range(start, stop))
-            scenes_file.write(",\n".join(json.dumps(scene, separators=(",", ":")) for scene in scenes))
-            scenes_file.write(",\n" if stop < num_images else "\n")
+            scenes_out.write(",\n".join(json.dumps(scene, separators=(",", ":")) for scene in scenes))
+            scenes_out.write(",\n" if stop < num_images else "\n")
             progress.update(stop - start)
-        scenes_file.write("]\n")
+        scenes_out.write("]\n")
     image_idxs = np.repeat(np.arange(num_images, dtype=np.int32), CAPTIONS_PER_IMAGE)
     return np.concatenate(caption_chunks), image_idxs
 

@@ -22,6 +22,7 @@ from caption_torch import vocabulary
 from caption_torch.data import cs231n as coco
 from caption_torch.data.synthetic.generate import SIZES, ensure_synthetic_dataset
 from caption_torch.data.synthetic.scenes import draw_scene
+from caption_torch.data.synthetic.source import SyntheticSource
 
 IMAGE_PIXELS = 256
 FORMATS = ("karpathy", "csv")
@@ -65,7 +66,7 @@ def write_scene_images(
     (out_dir / "images").mkdir(parents=True, exist_ok=True)
     entries = []  # (file name, split, captions)
     for split in coco.SPLITS:
-        scenes = json.loads((folder / coco.scenes_file(split)).read_text(encoding="utf-8"))
+        scenes = [source.scene for source in SyntheticSource(folder=folder).image_sources(split)]
         captions = _captions_by_image(folder, split, idx_to_word)
         count = len(scenes) if max_images is None else min(max_images, len(scenes))
         for row in range(count):
