@@ -109,5 +109,5 @@ def test_last_checkpoint_saves_every_n_optimizer_steps(tmp_path, every_n_steps, 
 @pytest.mark.parametrize("every_n_steps", [0, -2])
 def test_last_checkpoint_refuses_a_step_interval_below_one(every_n_steps):
     """0 would silently mean "never" (LastCheckpoint's check)."""
-    with pytest.raises(ValueError, match=f"every_n_steps must be positive, got {every_n_steps}"):
+    with pytest.raises(ValueError, match=f"every_n_steps must be a positive integer, got {every_n_steps}"):
         LastCheckpoint(every_n_steps)

@@ -9,6 +9,8 @@ import re
 import tempfile
 from pathlib import Path
 
+from caption_torch.functional.checks import check_positive_integer
+
 # The largest count or size any flag takes: beyond it a value is a typo (and overflows int64 arithmetic
 # downstream); the memory check refuses sizes far below it that would not fit.
 MAX_COUNT = 2**31 - 1
@@ -25,8 +27,10 @@ def _integer(text: str) -> int:
 def positive_int(text: str) -> int:
     """argparse type: an integer in [1, MAX_COUNT], else a usage error naming the value."""
     value = _integer(text)
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {value}")
+    try:
+        check_positive_integer("the value", value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {value}") from None
     if value > MAX_COUNT:
         raise argparse.ArgumentTypeError(f"must be at most {MAX_COUNT}, got {value}")
     return value

@@ -31,6 +31,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
 from caption_torch.data.protocol import CaptionSource, SplitCaptions, subsample
+from caption_torch.functional.checks import check_positive_integer
 
 FEATURE_STORAGES = ("hdf5", "memory", "device")
 
@@ -193,8 +194,8 @@ class CaptionDataModule(L.LightningDataModule):
         super().__init__()
         for name, value in (("batch_size", batch_size), ("eval_batch_size", eval_batch_size),
                             ("max_train", max_train), ("max_val_images", max_val_images)):  # fmt: skip
-            if value is not None and (not isinstance(value, int) or value <= 0):
-                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+            if value is not None:
+                check_positive_integer(name, value)
         if num_workers < 0:
             raise ValueError(f"num_workers must be >= 0, got {num_workers}")
         if feature_storage not in FEATURE_STORAGES:

@@ -23,6 +23,7 @@ from typing import Any, Mapping, Protocol
 import numpy as np
 
 from caption_torch import vocabulary
+from caption_torch.functional.checks import check_positive_integer
 
 SPLITS = ("train", "val")
 
@@ -37,8 +38,7 @@ class SplitCaptions:
 
 def subsample(captions: np.ndarray, image_idxs: np.ndarray, count: int, seed: int | None):
     """``count`` random captions (without replacement) and their image rows."""
-    if count <= 0:
-        raise ValueError(f"max_train must be positive, got {count}")
+    check_positive_integer("max_train", count)
     if count > captions.shape[0]:
         raise ValueError(f"asked for {count} training captions but the split has only {captions.shape[0]}")
     rng = np.random.default_rng(seed) if seed is not None else np.random

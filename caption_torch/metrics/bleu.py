@@ -30,6 +30,7 @@ import numpy as np
 import torch
 from torchmetrics import Metric
 
+from caption_torch.functional.checks import check_positive_integer
 from caption_torch.metrics.ngrams import (
     Sentences,
     check_corpus,
@@ -71,8 +72,7 @@ def bleu_counts(
         :class:`BleuCounts` with (N, max_order) and (N,) int64 arrays.
     """
     check_corpus(candidates, references)
-    if max_order < 1:
-        raise ValueError(f"max_order must be at least 1, got {max_order}")
+    check_positive_integer("max_order", max_order)
     num_images = len(candidates)
     flat_references, image_of_reference, first_reference = reference_layout(references)
     # Sentences 0..N-1 are the candidates (sentence i is image i's); the references follow.

@@ -22,6 +22,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from caption_torch.functional.checks import check_positive_integer
+
 __all__ = ["NgramCounts", "PairCodes", "Sentences", "check_corpus", "check_key_range", "distinct", "ngram_counts",
            "pair_codes", "reference_layout", "runs_of"]  # fmt: skip
 
@@ -55,8 +57,8 @@ def reference_layout(references: Sequence[Sequence[str]]) -> tuple[list[str], np
 
 def check_key_range(vocab_size: int, max_order: int) -> None:
     """Raise ``ValueError`` unless every n-gram key of orders up to ``max_order`` fits an int64."""
-    if vocab_size < 1 or max_order < 1:
-        raise ValueError(f"need vocab_size >= 1 and max_order >= 1, got {vocab_size} and {max_order}")
+    check_positive_integer("vocab_size", vocab_size)
+    check_positive_integer("max_order", max_order)
     if float(vocab_size) ** max_order >= 2**62:
         raise ValueError(f"{max_order}-grams of a {vocab_size}-word vocabulary do not fit an int64 key")
 

@@ -32,6 +32,7 @@ import lightning as L
 import torch
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
+from caption_torch.functional.checks import check_positive_integer
 from caption_torch.training.checkpoint_schema import CheckpointError, check_checkpoint
 from caption_torch.training.self_critical import system_class
 from caption_torch.training.system import CaptioningSystem
@@ -214,8 +215,8 @@ class LastCheckpoint(L.Callback):
     """
 
     def __init__(self, every_n_steps: int | None = None) -> None:
-        if every_n_steps is not None and every_n_steps <= 0:
-            raise ValueError(f"every_n_steps must be positive, got {every_n_steps}")
+        if every_n_steps is not None:
+            check_positive_integer("every_n_steps", every_n_steps)
         self.every_n_steps = every_n_steps
         self.path: Path | None = None
         self.saved_step: int | None = None  # global step of the newest save by this run
