@@ -197,6 +197,19 @@ def _check_projected(x_projected: Tensor, h: Tensor, h_name: str, Wh: Tensor, ga
     _check_dim("x_projected", x_projected, x_ndim - 1, gates * H, f"{gates} x the hidden width")
 
 
+def _check_feed_forward_weights(x: Tensor, weight1: Tensor, bias1: Tensor, weight2: Tensor, bias2: Tensor) -> None:
+    """The feed-forward block's maps for x (..., D): weight1 (F, D), bias1 (F,), weight2 (D', F), bias2 (D',)."""
+    _check_float("weight1", weight1, 2)
+    _check_float("bias1", bias1, 1)
+    _check_float("weight2", weight2, 2)
+    _check_float("bias2", bias2, 1)
+    _check_same_dtype(x=x, weight1=weight1, bias1=bias1, weight2=weight2, bias2=bias2)
+    _check_dim("weight1", weight1, 1, x.shape[-1], "the width of x")
+    _check_dim("bias1", bias1, 0, weight1.shape[0], "the output width of weight1")
+    _check_dim("weight2", weight2, 1, weight1.shape[0], "the output width of weight1")
+    _check_dim("bias2", bias2, 0, weight2.shape[0], "the output width of weight2")
+
+
 def _check_input(name: str, x: Tensor, min_ndim: int = 1) -> None:
     """A floating-point tensor of at least ``min_ndim`` dimensions."""
     if not isinstance(x, Tensor):

@@ -17,6 +17,7 @@ from caption_torch.functional._common import (
     _addmm,
     _apply_autocast,
     _check_dim,
+    _check_feed_forward_weights,
     _check_float,
     _check_input,
     _check_same_dtype,
@@ -285,15 +286,7 @@ def feed_forward(
         (..., D') outputs.
     """
     _check_input("x", x)
-    _check_float("weight1", weight1, 2)
-    _check_float("bias1", bias1, 1)
-    _check_float("weight2", weight2, 2)
-    _check_float("bias2", bias2, 1)
-    _check_same_dtype(x=x, weight1=weight1, bias1=bias1, weight2=weight2, bias2=bias2)
-    _check_dim("weight1", weight1, 1, x.shape[-1], "the width of x")
-    _check_dim("bias1", bias1, 0, weight1.shape[0], "the output width of weight1")
-    _check_dim("weight2", weight2, 1, weight1.shape[0], "the output width of weight1")
-    _check_dim("bias2", bias2, 0, weight2.shape[0], "the output width of weight2")
+    _check_feed_forward_weights(x, weight1, bias1, weight2, bias2)
     check_probability("dropout_p", dropout_p)
     hidden_shape = (*x.shape[:-1], weight1.shape[0])
     hidden_like = torch.empty(hidden_shape, dtype=x.dtype, device=x.device) if training else x

@@ -32,7 +32,7 @@ from torch.autograd.function import FunctionCtx, once_differentiable
 from caption_torch.functional._common import (
     _addmm,
     _apply_autocast,
-    _check_dim,
+    _check_feed_forward_weights,
     _check_float,
     _check_input,
     _check_same_dtype,
@@ -169,14 +169,7 @@ def packed_feed_forward(
         (P, W).
     """
     _check_rows(x, packing)
-    for name, tensor, ndim in (("weight1", weight1, 2), ("bias1", bias1, 1), ("weight2", weight2, 2),
-                               ("bias2", bias2, 1)):  # fmt: skip
-        _check_float(name, tensor, ndim)
-    _check_same_dtype(x=x, weight1=weight1, bias1=bias1, weight2=weight2, bias2=bias2)
-    _check_dim("weight1", weight1, 1, x.shape[1], "the width of x")
-    _check_dim("bias1", bias1, 0, weight1.shape[0], "the output width of weight1")
-    _check_dim("weight2", weight2, 1, weight1.shape[0], "the output width of weight1")
-    _check_dim("bias2", bias2, 0, weight2.shape[0], "the output width of weight2")
+    _check_feed_forward_weights(x, weight1, bias1, weight2, bias2)
     check_probability("dropout_p", dropout_p)
     noise = _row_noise(packing, weight1.shape[0], dropout_p, training, x)
     return _apply_autocast(FeedForward, x, weight1, bias1, weight2, bias2, noise, low_precision=True)[0]
