@@ -102,6 +102,20 @@ def _row_noise(packing: CausalPacking, width: int, p: float, training: bool, x: 
     return noise[packing.computed] if noise.dim() else noise
 
 
+def _attention_noise(
+    packing: CausalPacking, heads: int, keys: int, unpacked_keys: int, p: float, training: bool, x: Tensor
+) -> Tensor:
+    """(N, H, L, keys) noise for the attention weights of the L longest prefixes' queries, or a scalar:
+    drawn at the unpacked (N, H, T, unpacked_keys) shape and cut inside :func:`mkl_dropout` (views, no copy),
+    drawn at (N, H, L, keys) otherwise."""
+    N, T = packing.computed.shape
+    L = packing.longest
+    if uses_mkl_masks():
+        noise = _draw((N, heads, T, unpacked_keys), p, training, x.dtype, x.device)
+        return noise[:, :, :L, :keys] if noise.dim() else noise
+    return _draw((N, heads, L, keys), p, training, x.dtype, x.device)
+
+
 # --------------------------------------------------------------------------- #
 # Packing and the position-wise layers
 # --------------------------------------------------------------------------- #
@@ -394,16 +408,22 @@ class PackedMemoryAttention(torch.autograd.Function):
                 grad_W_proj, grad_b_proj, None, None, None)  # fmt: skip
 
 
-def _check_attention_weights(x: Tensor, num_heads: int, weights: dict[str, Tensor]) -> None:
+_ATTENTION_WEIGHT_NAMES = ("W_query", "b_query", "W_key", "b_key", "W_value", "b_value", "W_proj", "b_proj")
+
+
+def _check_attention_weights(x: Tensor, num_heads: int, weights: tuple[Tensor, ...]) -> dict[str, Tensor]:
+    """The eight (E, E) and (E,) maps of attention for x (P, E), checked; returned by name, in the Functions' order."""
+    named = dict(zip(_ATTENTION_WEIGHT_NAMES, weights))
     E = x.shape[1]
     check_positive_integer("num_heads", num_heads)
     if E % num_heads:
         raise ValueError(f"num_heads={num_heads} must divide the width {E} of x")
-    for name, tensor in weights.items():
+    for name, tensor in named.items():
         expected = (E, E) if name.startswith("W") else (E,)
         _check_float(name, tensor, len(expected))
         if tuple(tensor.shape) != expected:
             raise ValueError(f"{name} must have shape {expected} for the width of x, got {tuple(tensor.shape)}")
+    return named
 
 
 def packed_self_attention(
@@ -434,18 +454,11 @@ def packed_self_attention(
         (P, E).
     """
     _check_rows(x, packing)
-    named = {"W_query": W_query, "b_query": b_query, "W_key": W_key, "b_key": b_key, "W_value": W_value,
-             "b_value": b_value, "W_proj": W_proj, "b_proj": b_proj}  # fmt: skip
-    _check_attention_weights(x, num_heads, named)
+    named = _check_attention_weights(x, num_heads, (W_query, b_query, W_key, b_key, W_value, b_value, W_proj, b_proj))
     _check_same_dtype(x=x, **named)
     check_probability("dropout_p", dropout_p)
-    N, T = packing.computed.shape
-    L = packing.longest
-    if uses_mkl_masks():
-        noise = _draw((N, num_heads, T, T), dropout_p, training, x.dtype, x.device)
-        noise = noise[:, :, :L, :L] if noise.dim() else noise
-    else:
-        noise = _draw((N, num_heads, L, L), dropout_p, training, x.dtype, x.device)
+    L, T = packing.longest, packing.computed.shape[1]
+    noise = _attention_noise(packing, num_heads, L, T, dropout_p, training, x)  # (N, H, L, L) of (N, H, T, T)
     return _apply_autocast(PackedSelfAttention, x, *named.values(), packing.computed[:, :L], noise, num_heads,
                            low_precision=True)[0]  # fmt: skip
 
@@ -486,18 +499,12 @@ def packed_memory_attention(
     M = memory.shape[1]
     if memory.shape[0] != N or memory.shape[2] != x.shape[1] or M == 0:
         raise ValueError(f"memory must have shape (N, M, E) = ({N}, M >= 1, {x.shape[1]}), got {tuple(memory.shape)}")
-    named = {"W_query": W_query, "b_query": b_query, "W_key": W_key, "b_key": b_key, "W_value": W_value,
-             "b_value": b_value, "W_proj": W_proj, "b_proj": b_proj}  # fmt: skip
-    _check_attention_weights(x, num_heads, named)
+    named = _check_attention_weights(x, num_heads, (W_query, b_query, W_key, b_key, W_value, b_value, W_proj, b_proj))
     _check_same_dtype(x=x, memory=memory, **named)
     check_probability("dropout_p", dropout_p)
     if M > 1:
         L = packing.longest
-        if uses_mkl_masks():
-            noise = _draw((N, num_heads, T, M), dropout_p, training, x.dtype, x.device)
-            noise = noise[:, :, :L] if noise.dim() else noise
-        else:
-            noise = _draw((N, num_heads, L, M), dropout_p, training, x.dtype, x.device)
+        noise = _attention_noise(packing, num_heads, M, M, dropout_p, training, x)  # (N, H, L, M)
         return _apply_autocast(PackedMemoryAttention, x, memory, *named.values(), packing.computed[:, :L], noise,
                                num_heads, low_precision=True)[0]  # fmt: skip
     if uses_mkl_masks():
