@@ -2,6 +2,7 @@
 
     python -m benchmarks.transformer                      # COCO sizes, batches 25 and 512
     python -m benchmarks.transformer --batches 25 --rounds 5 --sampling
+    python -m benchmarks.transformer --cs231n-version 2025   # 2025-2026's layer against activation="gelu"
 
 Rows: one training step (loss, backward, fused Adam; dropout on in both models) per batch
 size, and optionally greedy sampling of 500 images x 30 words with cached keys and values
@@ -24,6 +25,7 @@ from benchmarks.rows import coco_like_captions, coco_vocab
 from benchmarks.timing import Timing, format_table, peak_memory_bytes, time_interleaved
 from caption_torch import CaptioningTransformer
 from caption_torch.functional import sinusoidal_positions
+from caption_torch.models.transformer_layers import CS231N_VERSIONS
 
 
 @dataclass(frozen=True)
@@ -37,10 +39,12 @@ class TransformerShapes:
     vocab_size: int = 1004  # V
     time_steps: int = 16  # T predicted tokens; captions hold T + 1 = 17
     max_length: int = 30  # positions the models take (cs231n's setting)
+    cs231n_version: int = 2021  # the decoder layer: 2021 (ReLU feed-forward) or 2025 (GELU)
 
 
 class NativeCaptioningTransformer(nn.Module):
-    """The same captioner with torch's own modules: nn.TransformerDecoder (batch_first, post-norm, ReLU)."""
+    """The same captioner with torch's own modules: nn.TransformerDecoder (batch_first, post-norm; ReLU for
+    cs231n's 2021 layer, exact GELU for its 2025 layer)."""
 
     def __init__(self, word_to_idx: dict[str, int], shapes: TransformerShapes, dropout: float = 0.1) -> None:
         super().__init__()
@@ -50,7 +54,9 @@ class NativeCaptioningTransformer(nn.Module):
         self.embedding = nn.Embedding(len(word_to_idx), W, padding_idx=self.null_id)
         self.register_buffer("positions", sinusoidal_positions(shapes.max_length, W))
         self.dropout = nn.Dropout(dropout)
-        layer = nn.TransformerDecoderLayer(W, shapes.num_heads, 2048, dropout, batch_first=True)
+        activation = "relu" if shapes.cs231n_version == 2021 else "gelu"
+        layer = nn.TransformerDecoderLayer(W, shapes.num_heads, 2048, dropout, activation=activation,
+                                           batch_first=True)  # fmt: skip
         self.transformer = nn.TransformerDecoder(layer, shapes.num_layers)
         self.output = nn.Linear(W, len(word_to_idx))
 
@@ -63,13 +69,16 @@ class NativeCaptioningTransformer(nn.Module):
                 getattr(native, name).load_state_dict(getattr(project, name).state_dict())
             for ours, theirs in zip(project.transformer.layers, native.transformer.layers):
                 for attention, native_attention in ((ours.self_attn, theirs.self_attn),
-                                                    (ours.multihead_attn, theirs.multihead_attn)):  # fmt: skip
+                                                    (ours.cross_attention, theirs.multihead_attn)):  # fmt: skip
                     parts = (attention.query, attention.key, attention.value)
                     native_attention.in_proj_weight.copy_(torch.cat([p.weight for p in parts]))
                     native_attention.in_proj_bias.copy_(torch.cat([p.bias for p in parts]))
                     native_attention.out_proj.load_state_dict(attention.proj.state_dict())
-                for name in ("linear1", "linear2", "norm1", "norm2", "norm3"):
-                    getattr(theirs, name).load_state_dict(getattr(ours, name).state_dict())
+                linears = (ours.linear1, ours.linear2) if ours.cs231n_version == 2021 else (ours.ffn.fc1, ours.ffn.fc2)
+                for module, native_module in zip((*linears, *ours.norms),
+                                                 (theirs.linear1, theirs.linear2, theirs.norm1, theirs.norm2,
+                                                  theirs.norm3)):  # fmt: skip
+                    native_module.load_state_dict(module.state_dict())
         return native
 
     def forward(self, features: Tensor, captions: Tensor) -> Tensor:
@@ -123,6 +132,7 @@ def make_pair(shapes: TransformerShapes, seed: int = 0) -> tuple[CaptioningTrans
         num_heads=shapes.num_heads,
         num_layers=shapes.num_layers,
         max_length=shapes.max_length,
+        cs231n_version=shapes.cs231n_version,
     )
     return project, NativeCaptioningTransformer.from_project(project, shapes)
 
@@ -251,6 +261,15 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's own choice)")
     parser.add_argument("--sampling", action="store_true", help="add the 500 x 30 greedy-sampling row")
     parser.add_argument("--memory", action="store_true", help="add the peak memory of a step at each batch size")
+    parser.add_argument(
+        "--cs231n-version",
+        type=int,
+        choices=list(CS231N_VERSIONS),
+        default=2021,
+        help="the project's decoder layer and the native one's activation: "
+        + "; ".join(f"{year}: {text}" for year, text in CS231N_VERSIONS.items())
+        + " (default: 2021)",
+    )
     return parser.parse_args(argv)
 
 
@@ -258,8 +277,9 @@ def main(argv: Sequence[str] | None = None) -> list[dict]:
     args = parse_args(argv)
     if args.threads is not None:
         torch.set_num_threads(args.threads)
-    shapes = TransformerShapes()
-    print(f"eval loss |project - native| = {eval_loss_difference(shapes):.2e}  (threads: {torch.get_num_threads()})")
+    shapes = TransformerShapes(cs231n_version=args.cs231n_version)
+    print(f"cs231n {args.cs231n_version} layer; eval loss |project - native| = {eval_loss_difference(shapes):.2e}  "
+          f"(threads: {torch.get_num_threads()})")  # fmt: skip
     results = [bench_training_step(batch, shapes, args.rounds, args.warmup) for batch in args.batches]
     if args.sampling:
         results += bench_sampling(500, 30, shapes, args.rounds, args.warmup)

@@ -8,7 +8,9 @@ does), the same numeric-gradient procedure (centred differences, h = 1e-5) and t
 same ``rel_error``. Each line is printed next to the bound the notebook states,
 and the command exits with status 1 if any value is out of bounds. Three more
 sections come from the assignment's LSTM notebook (step, sequence and model loss), and the
-last two from its Transformer_Captioning notebook (attention and positional encoding).
+last ones from its Transformer_Captioning notebook, each section naming the years whose
+notebook prints it: attention and positional encoding as taught from 2021 to 2025 (checked in
+training mode), 2025's decoder layer, and 2026's attention and positional encoding (after ``.eval()``).
 """
 
 from __future__ import annotations
@@ -312,8 +314,9 @@ def check_lstm_model_loss() -> Iterator[CheckLine]:
 # --------------------------------------------------------------------------- #
 # The assignment's Transformer_Captioning notebook
 # --------------------------------------------------------------------------- #
-# Its values were printed with the dropout masks torch draws through Intel MKL; under
-# mkl_dropout() every CPU draws those masks, so the values are reproduced anywhere.
+# From 2021 to 2025 its values were printed in training mode, with the dropout masks torch draws
+# through Intel MKL; under mkl_dropout() every CPU draws those masks, so the values are reproduced
+# anywhere. 2026's notebook runs its checks after .eval(): no masks, the same values on any CPU.
 
 
 def check_transformer_attention() -> Iterator[CheckLine]:
@@ -340,7 +343,7 @@ def check_transformer_attention() -> Iterator[CheckLine]:
         [-0.1980, 0.4083, 0.1968, -0.3477, 0.0321, 0.4258, -0.8972, -0.2744],
         [-0.1603, 0.4155, 0.2295, -0.3485, -0.0341, 0.3929, -0.8248, -0.2767],
         [-0.0908, 0.4113, 0.3017, -0.3539, -0.1020, 0.3784, -0.7189, -0.2912]]])  # fmt: skip
-    section = "Transformer: multi-head attention"
+    section = "Transformer 2021-2025 (training mode): multi-head attention"
     for label, output, expected in (
         ("self_attn_output error", self_attn_output, expected_self),
         ("masked_self_attn error", masked_self_attn_output, expected_masked),
@@ -358,7 +361,79 @@ def check_positional_encoding() -> Iterator[CheckLine]:
         output = pe(torch.randn(1, 2, 6))
     expected = np.asarray([[[-1.2340, 1.1127, 1.6978, -0.0865, -0.0000, 1.2728],
                             [0.9028, -0.4781, 0.5535, 0.8133, 1.2644, 1.7034]]])  # fmt: skip
-    yield CheckLine("Transformer: positional encoding", "pe_output error", rel_error(expected, output), 0.0, 1e-3)
+    section = "Transformer 2021-2025 (training mode): positional encoding"
+    yield CheckLine(section, "pe_output error", rel_error(expected, output), 0.0, 1e-3)
+
+
+def check_transformer_decoder_layer_2025() -> Iterator[CheckLine]:
+    """2025's decoder layer (GELU feed-forward), in training mode with the notebook's masks."""
+    from caption_torch.models.transformer import TransformerDecoderLayer
+
+    with F.mkl_dropout():
+        torch.manual_seed(231)
+        np.random.seed(231)
+        layer = TransformerDecoderLayer(12, 2, 48, cs231n_version=2025)
+        tgt = torch.randn(1, 4, 12)
+        memory = torch.randn(1, 5, 12)
+        tgt_mask = torch.randn(4, 4) < 0.5
+        output = layer(tgt, memory, tgt_mask)
+    expected = np.asarray([[
+        [1.1464597, -0.32541496, 0.39171425, -0.39425734, 0.62471056, -1.8665842, -0.12977494, -1.6609063,
+         -0.5620399, 0.45006236, 1.6086785, 0.7173523],
+        [-0.6703264, 0.34731007, -0.01452054, -0.0500976, 0.9617562, -0.91788256, 0.5138556, -1.5247818,
+         2.0940537, -1.0386938, 1.0333964, -0.7340692],
+        [-1.1966342, 0.78882384, 0.1765188, 0.04164891, 1.9480462, -0.94358695, 0.83423877, -0.44660965,
+         1.1469632, -1.6658922, -0.27915588, -0.4043607],
+        [-0.96863323, 0.10736976, -0.18560877, -0.86474127, -0.12873, 0.36593518, 0.9634492, -0.9432319,
+         1.4652547, 1.2200648, 0.9218512, -1.9529796]]])  # fmt: skip
+    section = "Transformer 2025 (training mode): decoder layer"
+    yield CheckLine(section, "output error", rel_error(expected, output.detach()), 0.0, 1e-5)
+
+
+def check_transformer_attention_2026() -> Iterator[CheckLine]:
+    """2026's attention checks: 2021-2025's inputs, the module in eval mode (no dropout)."""
+    from caption_torch.models.transformer import MultiHeadAttention
+
+    torch.manual_seed(231)
+    attn = MultiHeadAttention(8, num_heads=2).eval()
+    data = torch.randn(1, 3, 8)
+    self_attn_output = attn(query=data, key=data, value=data)
+    mask = torch.randn(3, 3) < 0.5
+    masked_self_attn_output = attn(query=data, key=data, value=data, attn_mask=mask)
+    other_data = torch.randn(1, 3, 8)
+    attn_output = attn(query=data, key=other_data, value=other_data)
+    expected_self = np.asarray([[
+        [-0.1030, 0.2090, 0.7481, -0.4116, -0.2772, 0.2357, -0.2740, -0.2798],
+        [-0.1794, 0.1637, 0.6930, -0.3435, -0.2300, 0.2457, -0.2504, -0.2323],
+        [-0.1861, 0.1567, 0.6677, -0.3078, -0.2731, 0.2302, -0.2714, -0.2082]]])  # fmt: skip
+    expected_masked = np.asarray([[
+        [-0.1209, 0.1806, 0.8056, -0.4654, -0.2262, 0.2552, -0.2544, -0.2812],
+        [-0.2374, 0.1183, 0.7423, -0.3777, -0.1460, 0.2716, -0.2213, -0.2077],
+        [-0.0851, 0.2423, 0.7941, -0.3778, -0.4924, 0.1512, -0.4241, -0.1740]]])  # fmt: skip
+    expected_cross = np.asarray([[
+        [-0.1965, 0.0702, 0.5227, -0.1388, -0.3530, 0.2163, -0.2643, -0.1902],
+        [-0.3592, -0.0899, 0.5836, 0.0029, -0.3643, 0.2667, -0.1973, -0.1698],
+        [-0.3795, 0.0433, 0.5634, -0.0749, -0.4379, 0.2714, -0.2207, -0.1980]]])  # fmt: skip
+    section = "Transformer 2026 (eval): multi-head attention"
+    for label, output, expected in (
+        ("self_attn_output error", self_attn_output, expected_self),
+        ("masked_self_attn error", masked_self_attn_output, expected_masked),
+        # The notebook's own expected values sit 6.2e-3 from a correct layer, hence its bound.
+        ("attn_output error", attn_output, expected_cross),
+    ):
+        yield CheckLine(section, label, rel_error(expected, output.detach()), 0.0, 7e-3)
+
+
+def check_positional_encoding_2026() -> Iterator[CheckLine]:
+    from caption_torch.models.transformer import PositionalEncoding
+
+    torch.manual_seed(231)
+    pe = PositionalEncoding(6).eval()
+    output = pe(torch.randn(1, 2, 6))
+    expected = np.asarray([[[-1.1106, 1.0014, 1.5280, -0.0778, -0.6964, 1.1455],
+                            [0.8125, -0.4303, 0.4981, 0.7320, 1.1380, 1.5331]]])  # fmt: skip
+    yield CheckLine("Transformer 2026 (eval): positional encoding", "pe_output error", rel_error(expected, output),
+                    0.0, 1e-3)  # fmt: skip
 
 
 ALL_CHECKS: tuple[Callable[[], Iterator[CheckLine]], ...] = (
@@ -380,6 +455,9 @@ ALL_CHECKS: tuple[Callable[[], Iterator[CheckLine]], ...] = (
     lambda: check_model_gradients("lstm"),
     check_transformer_attention,
     check_positional_encoding,
+    check_transformer_decoder_layer_2025,
+    check_transformer_attention_2026,
+    check_positional_encoding_2026,
 )
 
 

@@ -82,7 +82,8 @@ __all__ = [
 
 # The Transformer's layers, weights in nn.Linear's (out, in) layout:
 #   dropout.py    dropout, and mkl_dropout() to draw its masks as torch's CPU dropout did through Intel MKL
-#   layers.py     linear, memory_mean, layer_norm, feed_forward, sinusoidal_positions/add_positions,
+#   gelu.py       gelu (exact form), and the GELU feed-forward block of cs231n 2025-2026
+#   layers.py     linear, memory_mean, layer_norm, feed_forward (ReLU or GELU), sinusoidal_positions/add_positions,
 #                 transformer_softmax_loss
 #   attention.py  multi_head_attention: projections, masked softmax, dropout, weighted sum, output map in one;
 #                 attention_heads and cached_attention for generation with cached keys and values
@@ -90,6 +91,7 @@ __all__ = [
 #                 attending to M memory vectors per caption
 from caption_torch.functional.attention import attention_heads, cached_attention, multi_head_attention  # noqa: E402
 from caption_torch.functional.dropout import dropout, mkl_dropout  # noqa: E402
+from caption_torch.functional.gelu import gelu  # noqa: E402
 from caption_torch.functional.layers import (  # noqa: E402
     add_positions,
     feed_forward,
@@ -112,6 +114,7 @@ from caption_torch.functional.packing import (  # noqa: E402
 __all__ += [
     "mkl_dropout",
     "dropout",
+    "gelu",
     "linear",
     "memory_mean",
     "layer_norm",

@@ -27,6 +27,7 @@ from caption_torch.functional._common import (
     _on_onednn,
 )
 from caption_torch.functional.dropout import Dropout, check_probability, dropout_noise, drops
+from caption_torch.functional.gelu import GeluFeedForward
 from caption_torch.functional.words import weighted_softmax_loss
 
 # --------------------------------------------------------------------------- #
@@ -272,8 +273,9 @@ def feed_forward(
     bias2: Tensor,
     dropout_p: float = 0.0,
     training: bool = True,
+    activation: str = "relu",
 ) -> Tensor:
-    """The Transformer's position-wise block: ``Linear2(Dropout(ReLU(Linear1(x))))``.
+    """The Transformer's position-wise block: ``Linear2(Dropout(ReLU(Linear1(x))))``, or GELU for ReLU.
 
     Args:
         x: (..., D) inputs.
@@ -281,6 +283,7 @@ def feed_forward(
         weight2: (D', F), bias2: (D',) the second map.
         dropout_p: probability of dropping a hidden unit (drawn as :func:`dropout` draws).
         training: False turns the dropout off.
+        activation: ``"relu"`` (cs231n 2021-2024) or ``"gelu"`` (exact form, cs231n 2025-2026).
 
     Returns:
         (..., D') outputs.
@@ -288,13 +291,30 @@ def feed_forward(
     _check_input("x", x)
     _check_feed_forward_weights(x, weight1, bias1, weight2, bias2)
     check_probability("dropout_p", dropout_p)
+    check_activation(activation)
     hidden_shape = (*x.shape[:-1], weight1.shape[0])
     hidden_like = torch.empty(hidden_shape, dtype=x.dtype, device=x.device) if training else x
     if drops(dropout_p, training, hidden_like):
         noise = dropout_noise(hidden_like, dropout_p)
     else:  # a scalar: 1 keeps every unit, 0 drops them all (p = 1)
         noise = torch.tensor(0.0 if training and dropout_p == 1 else 1.0, dtype=x.dtype, device=x.device)
-    return _apply_autocast(FeedForward, x, weight1, bias1, weight2, bias2, noise, low_precision=True)[0]
+    return apply_feed_forward(activation, x, weight1, bias1, weight2, bias2, noise)
+
+
+def check_activation(activation: str) -> None:
+    """The feed-forward block's activation must be one the project has a Function for."""
+    if activation not in ("relu", "gelu"):
+        raise ValueError(f"activation must be 'relu' or 'gelu', got {activation!r}")
+
+
+def apply_feed_forward(
+    activation: str, x: Tensor, weight1: Tensor, bias1: Tensor, weight2: Tensor, bias2: Tensor, noise: Tensor
+) -> Tensor:
+    """The feed-forward Function of ``activation`` on checked inputs and drawn noise (the hidden layer's, or a
+    scalar), under autocast as the other products; returns its (..., D') output."""
+    if activation == "relu":
+        return _apply_autocast(FeedForward, x, weight1, bias1, weight2, bias2, noise, low_precision=True)[0]
+    return _apply_autocast(GeluFeedForward, x, weight1, bias1, weight2, bias2, noise, low_precision=True)[0]
 
 
 # --------------------------------------------------------------------------- #

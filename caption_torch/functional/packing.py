@@ -44,7 +44,7 @@ from caption_torch.functional._common import (
 )
 from caption_torch.functional.checks import check_positive_integer
 from caption_torch.functional.dropout import Dropout, check_probability, dropout_noise, drops, uses_mkl_masks
-from caption_torch.functional.layers import FeedForward
+from caption_torch.functional.layers import apply_feed_forward, check_activation
 from caption_torch.functional.words import SelectRows
 
 
@@ -171,13 +171,14 @@ def packed_feed_forward(
     packing: CausalPacking,
     dropout_p: float = 0.0,
     training: bool = True,
+    activation: str = "relu",
 ) -> Tensor:
     """:func:`feed_forward` of packed rows, its hidden dropout masked as the unpacked (N, T, F) layer would be.
 
     Args:
         x: (P, W) packed rows; weight1 (F, W), bias1 (F,), weight2 (W, F), bias2 (W,).
         packing: their packing.
-        dropout_p, training: as :func:`feed_forward`.
+        dropout_p, training, activation: as :func:`feed_forward`.
 
     Returns:
         (P, W).
@@ -185,8 +186,9 @@ def packed_feed_forward(
     _check_rows(x, packing)
     _check_feed_forward_weights(x, weight1, bias1, weight2, bias2)
     check_probability("dropout_p", dropout_p)
+    check_activation(activation)
     noise = _row_noise(packing, weight1.shape[0], dropout_p, training, x)
-    return _apply_autocast(FeedForward, x, weight1, bias1, weight2, bias2, noise, low_precision=True)[0]
+    return apply_feed_forward(activation, x, weight1, bias1, weight2, bias2, noise)
 
 
 # --------------------------------------------------------------------------- #

@@ -25,10 +25,12 @@ from caption_torch.models.config import (
     UNSET,
     DecoderConfig,
     TrainingConfig,
+    one_of,
     setting,
 )
 from caption_torch.models.recurrent import CaptioningRNN
 from caption_torch.models.transformer import CaptioningTransformer
+from caption_torch.models.transformer_layers import CS231N_VERSIONS
 
 
 @dataclass(frozen=True)
@@ -56,6 +58,12 @@ class TransformerConfig(DecoderConfig):
     num_heads: int = setting(2, "Transformer attention heads", POSITIVE_INTEGER)
     # The Transformer notebook's 2 decoder layers.
     num_layers: int = setting(2, "Transformer decoder layers", POSITIVE_INTEGER)
+    # The layer cs231n taught from that year: its modules, names and activation fix the weights.
+    cs231n_version: int = setting(
+        2021,
+        "Transformer decoder layer: " + "; ".join(f"{year}: {text}" for year, text in CS231N_VERSIONS.items()),
+        one_of(*CS231N_VERSIONS),
+    )
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -93,7 +101,7 @@ def _recurrent(word_to_idx: Mapping[str, int], input_dim: int, config: CaptionCo
 def _transformer(word_to_idx: Mapping[str, int], input_dim: int, config: CaptionConfig) -> Captioner:
     model: TransformerConfig = config.model
     return CaptioningTransformer(word_to_idx, input_dim, model.wordvec_dim, model.num_heads, model.num_layers,
-                                 config.training.max_length)  # fmt: skip
+                                 config.training.max_length, cs231n_version=model.cs231n_version)  # fmt: skip
 
 
 DECODERS: dict[str, Decoder] = {

@@ -1,19 +1,21 @@
-"""CaptioningTransformer: cs231n's Transformer captioner (2021-2024), built only from ``functional``.
+"""CaptioningTransformer: cs231n's Transformer captioner, built only from ``functional``.
 
     features (N, M, D) ──visual_projection──► memory (N, M, W)     ((N, D) features: M = 1)
     captions_in (N, T) ──embedding──► (N, T, W) ──+ sinusoidal positions, dropout──► x (N, T, W)
     x ──num_layers decoder layers (causal self-attention, attention to memory)──► (N, T, W)
       ──output──► scores (N, T, V)
 
-Each decoder layer is post-norm, as cs231n's ``TransformerDecoderLayer``::
+Each decoder layer is post-norm, as cs231n's ``TransformerDecoderLayer`` of 2021-2024::
 
     x = norm1(x + dropout(self_attn(x, x, x, causal mask)))
     x = norm2(x + dropout(multihead_attn(x, memory, memory)))
     x = norm3(x + dropout(linear2(dropout(relu(linear1(x))))))
 
-Every decoder layer attends to the M memory vectors of its caption's image (M = 1 for
-cs231n's fc7 vector, where the one key's weight is 1 and no scores are computed). The layers
-live in ``transformer_layers.py``; the decoder contract is
+With ``cs231n_version=2025`` the layers are cs231n's of 2025-2026: the same with a GELU
+feed-forward block under that year's module names (``transformer_layers.py``). Every decoder
+layer attends to the M memory vectors of its caption's image (M = 1 for cs231n's fc7 vector,
+where the one key's weight is 1 and no scores are computed). The layers live in
+``transformer_layers.py``; the decoder contract is
 :class:`~caption_torch.models.captioner.Captioner`'s. Modules, parameter names, shapes ((out, in)
 for every linear map) and the order in which construction draws from torch's default
 generator are cs231n's, so a state dict of its model loads here and its notebook's checks
@@ -35,6 +37,7 @@ from caption_torch.models.captioner import Captioner
 from caption_torch.models.config import MAX_LENGTH
 from caption_torch.models.transformer_layers import (
     Embedding,
+    FeedForwardNetwork,
     LayerNorm,
     Linear,
     MultiHeadAttention,
@@ -45,6 +48,7 @@ from caption_torch.models.transformer_layers import (
 
 __all__ = [
     "CaptioningTransformer",
+    "FeedForwardNetwork",
     "MultiHeadAttention",
     "PositionalEncoding",
     "TransformerDecoderLayer",
@@ -73,6 +77,7 @@ class CaptioningTransformer(Captioner):
         num_heads: attention heads, dividing W.
         num_layers: decoder layers.
         max_length: the most words a caption fed to the model may have (the positional table's length).
+        cs231n_version: which year's decoder layer: 2021 (cs231n 2021-2024, ReLU) or 2025 (2025-2026, GELU).
 
     Construction draws from torch's default generator as cs231n's model does: each module's
     default initialisation in module order (visual_projection, embedding, one decoder layer,
@@ -89,17 +94,19 @@ class CaptioningTransformer(Captioner):
         num_heads: int = 4,
         num_layers: int = 2,
         max_length: int = 50,
+        cs231n_version: int = 2021,
     ) -> None:
         super().__init__(word_to_idx, input_dim)
         for name, value in (("wordvec_dim", wordvec_dim), ("max_length", max_length)):
             check_positive_integer(name, value)
         self.wordvec_dim, self.max_length = wordvec_dim, max_length
-        self.num_heads, self.num_layers = num_heads, num_layers
+        self.num_heads, self.num_layers, self.cs231n_version = num_heads, num_layers, cs231n_version
 
         self.visual_projection = Linear(input_dim, wordvec_dim)
         self.embedding = Embedding(self.vocab_size, wordvec_dim, padding_idx=self.null_id)
         self.positional_encoding = PositionalEncoding(wordvec_dim, max_len=max_length)
-        decoder_layer = TransformerDecoderLayer(input_dim=wordvec_dim, num_heads=num_heads)
+        decoder_layer = TransformerDecoderLayer(input_dim=wordvec_dim, num_heads=num_heads,
+                                                cs231n_version=cs231n_version)  # fmt: skip
         self.transformer = TransformerDecoder(decoder_layer, num_layers=num_layers)
         self.apply(self._init_weights)
         self.output = Linear(wordvec_dim, self.vocab_size)  # after the re-draw: keeps its default initialisation
@@ -253,7 +260,7 @@ class CaptioningTransformer(Captioner):
         layers = self.transformer.layers
         heads = self.num_heads
         memory = self.memory(features)  # (N, M, W)
-        cross = [layer.multihead_attn for layer in layers]
+        cross = [layer.cross_attention for layer in layers]
         memory_keys = torch.stack([F.attention_heads(memory, a.key.weight, a.key.bias, heads) for a in cross], 1)
         memory_values = torch.stack([F.attention_heads(memory, a.value.weight, a.value.bias, heads) for a in cross], 1)
         cache_shape = (N, len(layers), heads, self.max_length, W // heads)
@@ -286,14 +293,13 @@ class CaptioningTransformer(Captioner):
             values[:, i, :, t] = F.attention_heads(x, attention.value.weight, attention.value.bias, heads)[:, :, 0]
             attended = F.cached_attention(x, keys[:, i, :, : t + 1], values[:, i, :, : t + 1], attention.query.weight,
                                           attention.query.bias, attention.proj.weight, attention.proj.bias)  # fmt: skip
-            x = layer.norm1(x + attended)
-            attention = layer.multihead_attn
+            norm_self, norm_cross, norm_ffn = layer.norms
+            x = norm_self(x + attended)
+            attention = layer.cross_attention
             attended = F.cached_attention(x, memory_keys[:, i], memory_values[:, i], attention.query.weight,
                                           attention.query.bias, attention.proj.weight, attention.proj.bias)  # fmt: skip
-            x = layer.norm2(x + attended)
-            transformed = F.feed_forward(x, layer.linear1.weight, layer.linear1.bias, layer.linear2.weight,
-                                         layer.linear2.bias, 0.0, training=False)  # fmt: skip
-            x = layer.norm3(x + transformed)
+            x = norm_cross(x + attended)
+            x = norm_ffn(x + layer.feed_forward(x, training=False))
         scores = self.output(x)[:, 0]  # (N, V)
         return scores, (positions + 1, keys, values, memory_keys, memory_values)
 
@@ -336,5 +342,6 @@ class CaptioningTransformer(Captioner):
     def extra_repr(self) -> str:
         return (
             f"vocab_size={self.vocab_size}, input_dim={self.input_dim}, wordvec_dim={self.wordvec_dim}, "
-            f"num_heads={self.num_heads}, num_layers={self.num_layers}, max_length={self.max_length}"
+            f"num_heads={self.num_heads}, num_layers={self.num_layers}, max_length={self.max_length}, "
+            f"cs231n_version={self.cs231n_version}"
         )

@@ -4,6 +4,18 @@ Modules, parameter names, shapes ((out, in) for every linear map) and the order 
 construction draws from torch's default generator are cs231n's, so a state dict of its
 layers loads here. The dropouts draw their masks from torch's generator, or the Intel-MKL way inside
 :func:`caption_torch.functional.mkl_dropout`.
+
+The course has taught two decoder layers, both post-norm (``cs231n_version`` picks one):
+
+    2021 (2021-2024): self_attn, multihead_attn, linear1, linear2, norm1, norm2, norm3
+        x = norm1(x + dropout(self_attn(x, x, x, mask)))
+        x = norm2(x + dropout(multihead_attn(x, memory, memory)))
+        x = norm3(x + dropout(linear2(dropout(relu(linear1(x))))))
+    2025 (2025-2026): self_attn, cross_attn, ffn (fc1, fc2), norm_self, norm_cross, norm_ffn,
+                      dropout_self, dropout_cross, dropout_ffn
+        x = norm_self(x + dropout_self(self_attn(x, x, x, mask)))
+        x = norm_cross(x + dropout_cross(cross_attn(x, memory, memory)))
+        x = norm_ffn(x + dropout_ffn(ffn(x))),   ffn(x) = fc2(dropout(gelu(fc1(x)))), GELU exact
 """
 
 from __future__ import annotations
@@ -75,9 +87,37 @@ class LayerNorm(nn.Module):
         return F.layer_norm(x, self.weight, self.bias, self.eps)
 
 
+class Dropout(nn.Module):
+    """``nn.Dropout(p)``: zero each element with probability p while training, scale the rest by 1 / (1 - p)."""
+
+    def __init__(self, p: float = 0.5) -> None:
+        super().__init__()
+        check_probability("p", p)
+        self.p = p
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Any shape -> the same shape."""
+        return F.dropout(x, self.p, self.training)
+
+    def extra_repr(self) -> str:
+        return f"p={self.p}"
+
+
 # --------------------------------------------------------------------------- #
 # cs231n's transformer_layers.py
 # --------------------------------------------------------------------------- #
+
+# Each decoder layer cs231n has taught, by the year it was introduced, and the years that taught it.
+CS231N_VERSIONS: dict[int, str] = {
+    2021: "cs231n 2021-2024's layer (ReLU feed-forward; linear1/linear2, norm1-3)",
+    2025: "cs231n 2025-2026's layer (GELU feed-forward; ffn.fc1/fc2, norm_self/cross/ffn)",
+}
+
+
+def check_cs231n_version(cs231n_version: int) -> None:
+    """A decoder layer's version must be one of :data:`CS231N_VERSIONS`."""
+    if isinstance(cs231n_version, bool) or cs231n_version not in CS231N_VERSIONS:
+        raise ValueError(f"cs231n_version must be one of {tuple(CS231N_VERSIONS)}, got {cs231n_version!r}")
 
 
 class MultiHeadAttention(nn.Module):
@@ -154,6 +194,37 @@ class PositionalEncoding(nn.Module):
         return F.add_positions(x, self.pe[0], self.dropout, self.training)
 
 
+class FeedForwardNetwork(nn.Module):
+    """cs231n 2025-2026's position-wise block: ``fc2(dropout(gelu(fc1(x))))``, GELU in its exact form.
+
+    Args:
+        embed_dim: W, the width of the input and the output.
+        ffn_dim: F, the hidden width.
+        dropout: probability of dropping a hidden unit while training.
+
+    Modules ``fc1`` (W -> F), ``fc2`` (F -> W) and ``dropout``, created in that order.
+    """
+
+    def __init__(self, embed_dim: int, ffn_dim: int, dropout: float = 0.1) -> None:
+        super().__init__()
+        check_positive_integer("embed_dim", embed_dim)
+        check_positive_integer("ffn_dim", ffn_dim)
+        self.fc1 = Linear(embed_dim, ffn_dim)
+        self.fc2 = Linear(ffn_dim, embed_dim)
+        self.dropout = Dropout(dropout)
+
+    def forward(self, x: Tensor, packing: F.CausalPacking | None = None, training: bool | None = None) -> Tensor:
+        """(..., W) -> (..., W); with ``packing``, x holds the packed rows (P, W) of its computed positions.
+
+        ``training`` overrides the module's mode for the dropout (generation runs it off).
+        """
+        weights = (self.fc1.weight, self.fc1.bias, self.fc2.weight, self.fc2.bias)
+        training = self.training if training is None else training
+        if packing is None:
+            return F.feed_forward(x, *weights, self.dropout.p, training, activation="gelu")
+        return F.packed_feed_forward(x, *weights, packing, self.dropout.p, training, activation="gelu")
+
+
 class TransformerDecoderLayer(nn.Module):
     """One post-norm decoder layer (see the module docstring), cs231n's ``TransformerDecoderLayer``.
 
@@ -162,54 +233,110 @@ class TransformerDecoderLayer(nn.Module):
         num_heads: attention heads, dividing W.
         dim_feedforward: hidden width of the feed-forward block.
         dropout: every dropout's probability (attention weights, residual branches, feed-forward).
+        cs231n_version: 2021 for the layer cs231n taught in 2021-2024, 2025 for 2025-2026's (module
+            docstring): each creates its year's modules, under its names, in its order.
+
+    Whatever the version, :attr:`cross_attention`, :attr:`norms`, :attr:`residual_dropouts` and
+    :meth:`feed_forward` name the layer's parts by role.
     """
 
-    def __init__(self, input_dim: int, num_heads: int, dim_feedforward: int = 2048, dropout: float = 0.1) -> None:
+    def __init__(
+        self,
+        input_dim: int,
+        num_heads: int,
+        dim_feedforward: int = 2048,
+        dropout: float = 0.1,
+        cs231n_version: int = 2021,
+    ) -> None:
         super().__init__()
+        check_cs231n_version(cs231n_version)
+        self.cs231n_version = cs231n_version
         self.self_attn = MultiHeadAttention(input_dim, num_heads, dropout)
-        self.multihead_attn = MultiHeadAttention(input_dim, num_heads, dropout)
-        self.linear1 = Linear(input_dim, dim_feedforward)
-        self.linear2 = Linear(dim_feedforward, input_dim)
-        self.norm1 = LayerNorm(input_dim)
-        self.norm2 = LayerNorm(input_dim)
-        self.norm3 = LayerNorm(input_dim)
-        self.dropout = dropout
+        if cs231n_version == 2021:
+            self.multihead_attn = MultiHeadAttention(input_dim, num_heads, dropout)
+            self.linear1 = Linear(input_dim, dim_feedforward)
+            self.linear2 = Linear(dim_feedforward, input_dim)
+            self.norm1 = LayerNorm(input_dim)
+            self.norm2 = LayerNorm(input_dim)
+            self.norm3 = LayerNorm(input_dim)
+            self.dropout = dropout
+        else:
+            self.cross_attn = MultiHeadAttention(input_dim, num_heads, dropout)
+            self.ffn = FeedForwardNetwork(input_dim, dim_feedforward, dropout)
+            self.norm_self = LayerNorm(input_dim)
+            self.norm_cross = LayerNorm(input_dim)
+            self.norm_ffn = LayerNorm(input_dim)
+            self.dropout_self = Dropout(dropout)
+            self.dropout_cross = Dropout(dropout)
+            self.dropout_ffn = Dropout(dropout)
+
+    @property
+    def cross_attention(self) -> MultiHeadAttention:
+        """The attention to the memory (``multihead_attn`` in 2021, ``cross_attn`` in 2025)."""
+        return self.multihead_attn if self.cs231n_version == 2021 else self.cross_attn
+
+    @property
+    def norms(self) -> tuple[LayerNorm, LayerNorm, LayerNorm]:
+        """The layer norms after self-attention, cross-attention and the feed-forward block."""
+        if self.cs231n_version == 2021:
+            return self.norm1, self.norm2, self.norm3
+        return self.norm_self, self.norm_cross, self.norm_ffn
+
+    @property
+    def residual_dropouts(self) -> tuple[float, float, float]:
+        """The dropout probabilities of the three residual branches, in the order of :attr:`norms`."""
+        if self.cs231n_version == 2021:
+            return self.dropout, self.dropout, self.dropout
+        return self.dropout_self.p, self.dropout_cross.p, self.dropout_ffn.p
+
+    def feed_forward(self, x: Tensor, packing: F.CausalPacking | None = None, training: bool | None = None) -> Tensor:
+        """The feed-forward block of (..., W) inputs, or of packed rows (P, W) with their ``packing``.
+
+        ``training`` overrides the layer's mode for its dropout (generation runs it off).
+        """
+        if self.cs231n_version == 2025:
+            return self.ffn(x, packing, training)
+        training = self.training if training is None else training
+        weights = (self.linear1.weight, self.linear1.bias, self.linear2.weight, self.linear2.bias)
+        if packing is None:
+            return F.feed_forward(x, *weights, self.dropout, training)
+        return F.packed_feed_forward(x, *weights, packing, self.dropout, training)
 
     def forward(self, tgt: Tensor, memory: Tensor, tgt_mask: Tensor | None = None) -> Tensor:
         """(N, T, W) sequence, (N, M, W) memory, optional (T, T) mask -> (N, T, W)."""
-        p, training = self.dropout, self.training
+        training = self.training
+        (norm_self, norm_cross, norm_ffn), (p_self, p_cross, p_ffn) = self.norms, self.residual_dropouts
         attended = self.self_attn(tgt, tgt, tgt, attn_mask=tgt_mask)
-        tgt = self.norm1(tgt + F.dropout(attended, p, training))
-        attended = self.multihead_attn(tgt, memory, memory)
-        tgt = self.norm2(tgt + F.dropout(attended, p, training))
-        transformed = F.feed_forward(
-            tgt, self.linear1.weight, self.linear1.bias, self.linear2.weight, self.linear2.bias, p, training
-        )
-        return self.norm3(tgt + F.dropout(transformed, p, training))
+        tgt = norm_self(tgt + F.dropout(attended, p_self, training))
+        attended = self.cross_attention(tgt, memory, memory)
+        tgt = norm_cross(tgt + F.dropout(attended, p_cross, training))
+        return norm_ffn(tgt + F.dropout(self.feed_forward(tgt), p_ffn, training))
 
     def forward_packed(self, rows: Tensor, memory: Tensor, packing: F.CausalPacking) -> Tensor:
         """:meth:`forward` with the causal mask on packed rows (P, W) of the computed positions -> (P, W).
 
         The same values as the computed rows of :meth:`forward`, dropout masks included.
         """
-        p, training = self.dropout, self.training
+        training = self.training
+        (norm_self, norm_cross, norm_ffn), (p_self, p_cross, p_ffn) = self.norms, self.residual_dropouts
         attention = self.self_attn
         attended = F.packed_self_attention(
             rows, attention.query.weight, attention.query.bias, attention.key.weight, attention.key.bias,
             attention.value.weight, attention.value.bias, attention.proj.weight, attention.proj.bias,
             attention.num_heads, packing, attention.dropout, training,
         )  # fmt: skip
-        rows = self.norm1(rows + F.packed_dropout(attended, packing, p, training))
-        attention = self.multihead_attn
+        rows = norm_self(rows + F.packed_dropout(attended, packing, p_self, training))
+        attention = self.cross_attention
         attended = F.packed_memory_attention(
             rows, memory, attention.query.weight, attention.query.bias, attention.key.weight, attention.key.bias,
             attention.value.weight, attention.value.bias, attention.proj.weight, attention.proj.bias,
             attention.num_heads, packing, attention.dropout, training,
         )  # fmt: skip
-        rows = self.norm2(rows + F.packed_dropout(attended, packing, p, training))
-        transformed = F.packed_feed_forward(rows, self.linear1.weight, self.linear1.bias, self.linear2.weight,
-                                            self.linear2.bias, packing, p, training)  # fmt: skip
-        return self.norm3(rows + F.packed_dropout(transformed, packing, p, training))
+        rows = norm_cross(rows + F.packed_dropout(attended, packing, p_cross, training))
+        return norm_ffn(rows + F.packed_dropout(self.feed_forward(rows, packing), packing, p_ffn, training))
+
+    def extra_repr(self) -> str:
+        return f"cs231n_version={self.cs231n_version}"
 
 
 class TransformerDecoder(nn.Module):
