@@ -469,3 +469,15 @@ def test_benchmark_native_gelu_copy_computes_the_same_model():
     assert torch.equal(native.transformer.layers[1].linear2.weight, project.transformer.layers[1].ffn.fc2.weight)
     row = bench.bench_training_step(3, tiny, rounds=1, warmup=0)
     assert math.isfinite(row["ratio"])
+
+
+@pytest.mark.slow
+def test_ddp_trains_the_2025_layer(coco_folder, tmp_path):
+    from test_distributed import finish, free_port, last_checkpoint, launch_train
+
+    out = finish(launch_train("--data-dir", coco_folder, "--batch-size", "4", "--epochs", "1", *SMALL[:4], "--model",
+                              "transformer", "--cs231n-version", "2025", "--devices", "2", "--strategy", "ddp",
+                              "--log-dir", tmp_path, MASTER_PORT=str(free_port())))  # fmt: skip
+    assert out.count("(Iteration 5 / 5) loss:") == 1 and out.count("CIDEr-D:") == 1
+    state = last_checkpoint(tmp_path)
+    assert state["hyper_parameters"]["cs231n_version"] == 2025 and state["global_step"] == 5
