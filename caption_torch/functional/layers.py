@@ -314,7 +314,9 @@ def apply_feed_forward(
     scalar), under autocast as the other products; returns its (..., D') output."""
     if activation == "relu":
         return _apply_autocast(FeedForward, x, weight1, bias1, weight2, bias2, noise, low_precision=True)[0]
-    return _apply_autocast(GeluFeedForward, x, weight1, bias1, weight2, bias2, noise, low_precision=True)[0]
+    keep_slope = torch.is_grad_enabled() and any(t.requires_grad for t in (x, weight1, bias1, weight2, bias2))
+    return _apply_autocast(GeluFeedForward, x, weight1, bias1, weight2, bias2, noise, keep_slope,
+                           low_precision=True)[0]  # fmt: skip
 
 
 # --------------------------------------------------------------------------- #
