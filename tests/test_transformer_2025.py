@@ -407,7 +407,7 @@ def test_train_evaluate_self_critical_and_resume_the_2025_layer(coco_folder, tmp
         "--epochs", "1", *SMALL, "--log-dir", tmp_path / "xe")  # fmt: skip
     ckpt = tmp_path / "xe" / "lightning_logs" / "version_0" / "checkpoints" / "last.ckpt"
     stored = load_system(ckpt)
-    assert stored.config.cs231n_version == 2025 and stored.model.transformer.layers[0].cs231n_version == 2025
+    assert stored.config.model.cs231n_version == 2025 and stored.model.transformer.layers[0].cs231n_version == 2025
     assert "transformer.layers.0.ffn.fc1.weight" in stored.model.state_dict()
     code = evaluate.main(["--ckpt", str(ckpt), "--data-dir", str(coco_folder), "--beam-size", "2", "--no-meteor",
                           "--jsonl", str(tmp_path / "c.jsonl"), "--json", str(tmp_path / "t.json")])  # fmt: skip
@@ -441,7 +441,7 @@ def test_train_evaluate_self_critical_and_resume_the_2025_layer(coco_folder, tmp
     ).out
     assert re.search(r"reward: [\d.]+, baseline: [\d.]+", out)
     sc = load_system(tmp_path / "sc" / "lightning_logs" / "version_0" / "checkpoints" / "last.ckpt")
-    assert sc.config.cs231n_version == 2025  # the layer came from --init-from
+    assert sc.config.model.cs231n_version == 2025  # the layer came from --init-from
 
 
 def test_the_version_flag_applies_to_the_transformer_only(capsys):
