@@ -704,7 +704,8 @@ def test_a_checkpoint_from_before_the_decoder_table_loads(coco_folder, tmp_path,
 
 @pytest.mark.parametrize("flags, phrase", [
     (["--model", "transformer", "--hidden-dim", "32"],
-     "--hidden-dim does not apply to the transformer decoder (its sizes: --wordvec-dim, --num-heads, --num-layers)"),
+     "--hidden-dim does not apply to the transformer decoder (its sizes: --wordvec-dim, --num-heads, --num-layers, "
+     "--cs231n-version)"),
     (["--model", "rnn", "--num-heads", "4", "--num-layers", "3"],
      "--num-heads and --num-layers do not apply to the rnn decoder (its sizes: --wordvec-dim, --hidden-dim)"),
 ])  # fmt: skip
