@@ -60,9 +60,12 @@ def test_csv_format_groups_captions_by_image_and_splits_by_seed(tmp_path):
 @pytest.mark.parametrize(
     "name,text,message",
     [
-        ("captions.txt", "image,caption\na.jpg,A dog\nb.jpg\n", "captions.txt: line 3: expected image,caption, found ['b.jpg']"),
-        ("captions.txt", "file,text\na.jpg,A dog\n", "line 1: expected the header image,caption, found ['file', 'text']"),
-        ("captions.txt", "image,caption\na.jpg,...\n", "line 2: expected a caption with at least one word, found '...'"),
+        ("captions.txt", "image,caption\na.jpg,A dog\nb.jpg\n",
+         "captions.txt: line 3: expected image,caption, found ['b.jpg']"),
+        ("captions.txt", "file,text\na.jpg,A dog\n",
+         "line 1: expected the header image,caption, found ['file', 'text']"),
+        ("captions.txt", "image,caption\na.jpg,...\n",
+         "line 2: expected a caption with at least one word, found '...'"),
         ("d.json", '{"images": [{"filename": "a.jpg", "split": "dev", "sentences": [{"raw": "a"}]}]}',
          "images[0].split: expected one of ['restval', 'test', 'train', 'val'], found the string 'dev'"),
         ("d.json", '{"images": [{"id": 1, "file_name": "a.jpg"}], "annotations": [{"image_id": 2, "caption": "a"}]}',
