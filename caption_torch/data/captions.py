@@ -10,6 +10,9 @@ Three formats, told apart by their content:
   become train, ``val`` and ``test`` stay.
 * CSV with the header ``image,caption`` (Flickr8k's ``captions.txt``), no split.
 
+Each format's keys, types and lines are described in :mod:`caption_torch.data.schema`
+(``COCO_CAPTIONS``, ``KARPATHY_CAPTIONS``, ``CAPTIONS_CSV``) and read through its Validator.
+
 Images without a split get one from a seeded permutation (:func:`assign_splits`).
 Tokenisation as cs231n's: lower case, punctuation dropped, split on white space; the
 vocabulary is the special tokens (ids 0-3) then the train words seen at least
@@ -19,7 +22,6 @@ and stored ``<START> w1 ... <END> <NULL>...`` with T = max_words + 2.
 
 from __future__ import annotations
 
-import string
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,11 +34,10 @@ from caption_torch.data import schema
 from caption_torch.data.schema import SchemaError
 
 SPLITS = ("train", "val", "test")
-KARPATHY_SPLITS = {"train": "train", "restval": "train", "val": "val", "test": "test"}
+KARPATHY_SPLITS = schema.KARPATHY_SPLITS
 HELD_OUT_FRACTION = 0.1  # of the images without a split, each of val and test (at least one image each)
 MAX_WORDS = 15
 MIN_WORD_COUNT = 5
-_DROP_PUNCTUATION = str.maketrans("", "", string.punctuation)
 
 
 class CaptionFileError(SchemaError):
@@ -61,7 +62,7 @@ class CaptionedImage:
 
 def tokenize(text: str) -> list[str]:
     """cs231n's tokenisation: ``"A dog, running."`` -> ``["a", "dog", "running"]``."""
-    return text.lower().translate(_DROP_PUNCTUATION).split()
+    return text.lower().translate(schema.DROP_PUNCTUATION).split()
 
 
 def _read_coco(path: Path, data: dict) -> list[CaptionedImage]:

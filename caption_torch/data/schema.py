@@ -11,6 +11,10 @@ embedded dataset adds a JSON list of scenes per split. Each is described below a
 * JSON (:class:`JsonType` trees): the type of every key and value;
 * text (:data:`URLS`): UTF-8, one line per image.
 
+Files a user brings are described the same way: the caption files ``prepare`` reads (COCO's
+and Karpathy's JSON as :class:`JsonType` trees, the ``image,caption`` CSV as a :class:`CsvFile`)
+and the ``features.json`` record a prepared folder keeps (:data:`FEATURES_RECORD`).
+
 :class:`Validator` reads files through these descriptions and remembers the sizes they fix,
 so the second file that disagrees is named with the first. Every problem is a
 :class:`SchemaError` naming the file, the entry, what was expected and what was found.
@@ -250,12 +254,12 @@ def scene_types() -> JsonType:
 
 # --- caption files (read by caption_torch.data.captions) ----------------------------------------------------------
 
-_PUNCTUATION = str.maketrans("", "", string.punctuation)
+DROP_PUNCTUATION = str.maketrans("", "", string.punctuation)  # cs231n's tokenisation drops it
 
 
 def has_word(text: str) -> bool:
     """Whether a caption keeps a word once tokenised as cs231n does (punctuation dropped, split on white space)."""
-    return bool(text.translate(_PUNCTUATION).split())
+    return bool(text.translate(DROP_PUNCTUATION).split())
 
 
 CAPTION = JsonType("a caption with at least one word", lambda v: isinstance(v, str) and has_word(v))
@@ -273,7 +277,8 @@ COCO_CAPTIONS = object_of(
                                                                    {"image_id": IMAGE_ID, "caption": CAPTION})),
     },
 )  # fmt: skip
-KARPATHY_SPLIT_NAMES = ("train", "restval", "val", "test")
+# Karpathy's splits and the split each becomes: restval is more training data.
+KARPATHY_SPLITS = {"train": "train", "restval": "train", "val": "val", "test": "test"}
 # A Karpathy sentence: its raw text, or (without raw) its tokens.
 SENTENCE = JsonType(
     "an object with raw (a caption) or tokens (a list of words)",
@@ -288,7 +293,7 @@ KARPATHY_CAPTIONS = object_of(
             "a list of images",
             object_of(
                 "an object with filename, split and sentences",
-                {"filename": FILE_NAME, "split": one_of(KARPATHY_SPLIT_NAMES),
+                {"filename": FILE_NAME, "split": one_of(KARPATHY_SPLITS),
                  "sentences": list_of("a non-empty list of sentences", SENTENCE, min_items=1)},
                 {"filepath": STRING},
             ),
