@@ -203,7 +203,9 @@ def prepare(args: argparse.Namespace) -> int:
     vocab = {"idx_to_word": idx_to_word, "word_to_idx": word_to_idx}
     write_text_atomically(out / coco.VOCAB_FILE, json.dumps(vocab))
     write_text_atomically(out / SKIPPED_FILE, "image\treason\n" + "".join(f"{n}\t{r}\n" for n, r in skipped))
-    total_variance = float(np.var(train_fc7.astype(np.float64), axis=0, ddof=1).sum()) or 1.0
+    # As the PCA divides by max(N - 1, 1): one train image has no variance, not NaN.
+    ddof = min(1, len(train_fc7) - 1)
+    total_variance = float(np.var(train_fc7.astype(np.float64), axis=0, ddof=ddof).sum()) or 1.0
     record = {
         "format": record_module.FORMAT,
         "backbone": {

@@ -60,19 +60,29 @@ def test_csv_format_groups_captions_by_image_and_splits_by_seed(tmp_path):
 @pytest.mark.parametrize(
     "name,text,message",
     [
-        ("captions.txt", "image,caption\na.jpg,A dog\nb.jpg\n", "captions.txt line 3: expected image,caption"),
-        ("captions.txt", "file,text\na.jpg,A dog\n", "line 1: expected the header image,caption"),
-        ("captions.txt", "image,caption\na.jpg,...\n", "line 2: expected a caption with at least one word"),
+        ("captions.txt", "image,caption\na.jpg,A dog\nb.jpg\n",
+         "captions.txt: line 3: expected image,caption, found ['b.jpg']"),
+        ("captions.txt", "file,text\na.jpg,A dog\n",
+         "line 1: expected the header image,caption, found ['file', 'text']"),
+        ("captions.txt", "image,caption\na.jpg,...\n",
+         "line 2: expected a caption with at least one word, found '...'"),
         ("d.json", '{"images": [{"filename": "a.jpg", "split": "dev", "sentences": [{"raw": "a"}]}]}',
-         "images[0]: split 'dev'"),
+         "images[0].split: expected one of ['restval', 'test', 'train', 'val'], found the string 'dev'"),
         ("d.json", '{"images": [{"id": 1, "file_name": "a.jpg"}], "annotations": [{"image_id": 2, "caption": "a"}]}',
-         "annotations[0]: image_id 2 is not in images"),
-        ("d.json", '{"images": [', "not valid JSON"),
+         "annotations[0].image_id: expected the id of an entry of images, found the number 2"),
+        ("d.json", '{"images": [', "d.json: expected valid JSON"),
+        ("d.json", '{"images": [{"id": 1, "file_name": "a.jpg"}], "annotations": [{"image_id": 1, "caption": 7}]}',
+         "annotations[0].caption: expected a caption with at least one word, found the number 7"),
+        ("d.json", '{"images": [{"filename": "a.jpg", "split": "val", "sentences": [{"raw": NaN}]}]}',
+         "images[0].sentences[0].raw: expected a caption with at least one word, found the number nan"),
+        ("d.json", '{"images": [{"id": [1], "file_name": "a.jpg"}], "annotations": []}',
+         "images[0].id: expected an integer or string id, found a list of 1"),
+        ("captions.txt", b"image,caption\na.jpg,A \xff dog\n", "captions.txt: expected UTF-8 text"),
     ],
 )  # fmt: skip
 def test_bad_files_name_the_line_or_entry(tmp_path, name, text, message):
     path = tmp_path / name
-    path.write_text(text)
+    path.write_bytes(text if isinstance(text, bytes) else text.encode())
     with pytest.raises(cf.CaptionFileError, match=message.replace("[", r"\[").replace("]", r"\]")):
         cf.read_caption_file(path)
 

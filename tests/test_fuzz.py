@@ -30,8 +30,10 @@ from conftest import write_coco_folder
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from caption_torch import evaluate
+from caption_torch import evaluate, prepare
 from caption_torch.cli import train as cli_train
+from caption_torch.features import record as record_module
+from caption_torch.features import vgg
 from caption_torch.training.checkpointing import tensor_checksum
 
 # FUZZ_EXAMPLES=N draws N fresh cases per test in the fast profile (a hunt); by default, 12 fixed ones.
@@ -40,7 +42,10 @@ settings.register_profile("fuzz-fast", max_examples=HUNT or 12, deadline=None, d
                           suppress_health_check=list(HealthCheck))  # fmt: skip
 settings.register_profile("fuzz-long", max_examples=HUNT or 300, deadline=None, database=None,
                           suppress_health_check=list(HealthCheck))  # fmt: skip
+settings.register_profile("fuzz-captions", max_examples=HUNT or 60, deadline=None, derandomize=not HUNT,
+                          database=None, suppress_health_check=list(HealthCheck))  # fmt: skip
 FAST, LONG = settings.get_profile("fuzz-fast"), settings.get_profile("fuzz-long")
+CAPTIONS_FAST = settings.get_profile("fuzz-captions")  # cases of a few milliseconds: more of them
 HANG_SECONDS = 120  # far beyond any case of the tiny folder; a case still running is a hang
 
 SMALL = ["--hidden-dim", "8", "--wordvec-dim", "8", "--batch-size", "4", "--epochs", "1", "--accelerator", "cpu",
@@ -392,3 +397,153 @@ def test_fuzz_flags(base, data):
 @given(data=st.data())
 def test_fuzz_flags_long(base, data):
     check_flags(base, data, real=True)
+
+
+# --- caption files and features.json ----------------------------------------------------------------------------
+
+IMAGES = ["a.png", "b.png", "c.png", "d.png"]  # no split in COCO's or the CSV: 2 train, 1 val, 1 test by the seed
+CAPTION_FILES = {
+    "captions.json": {  # COCO
+        "images": [{"id": i, "file_name": name} for i, name in enumerate(IMAGES)],
+        "annotations": [{"image_id": i, "caption": f"a picture of thing {i}, red."} for i in range(4)]
+        + [{"image_id": 0, "caption": "another one"}],
+    },
+    "dataset_flickr8k.json": {  # Karpathy
+        "dataset": "flickr8k",
+        "images": [{"filename": name, "split": split, "sentences": [{"raw": "a dog runs.", "tokens": ["a", "dog"]},
+                                                                     {"tokens": ["a", "cat"]}]}
+                   for name, split in zip(IMAGES, ["train", "restval", "val", "test"])],
+    },
+    "captions.txt": "image,caption\n" + "".join(f"{name},A dog, running {i}.\n" for i, name in enumerate(IMAGES))
+    + f'{IMAGES[0]},"a quoted, caption"\n',
+}  # fmt: skip
+RECORD = {"format": 1, "weights": {"kind": "random", "url": None, "path": None, "sha256": None, "seed": 0},
+          "pca": {"file": "vgg16_fc7_pca_basis.h5", "dim": 1}, "images_dir": "/images",
+          "images": {"train": ["a.png"], "val": ["b.png"]}}  # fmt: skip
+HUGE = ["9" * 5000, "1e999", "-1e999", "NaN", "Infinity", "-Infinity", "1" * 20, "-0", "1.5"]
+
+
+@pytest.fixture(scope="module")
+def caption_images(tmp_path_factory) -> Path:
+    """4 tiny PNGs: prepare resolves caption files' names to them (its extraction is replaced in the fuzz)."""
+    from PIL import Image
+
+    folder = tmp_path_factory.mktemp("images")
+    for i, name in enumerate(IMAGES):
+        Image.new("RGB", (4, 4), (60 * i, 0, 0)).save(folder / name)
+    return folder
+
+
+def mutate_json_number(path: Path, draw) -> str:
+    """A value swapped for a number JSON can write but a reader may not hold: huge, inf, NaN."""
+    value = json.loads(path.read_text())
+    node, trail = value, []
+    while isinstance(node, (dict, list)) and node and (not trail or draw(st.booleans())):
+        step = draw(st.sampled_from(sorted(node) if isinstance(node, dict) else range(len(node))))
+        trail.append((node, step))
+        node = node[step]
+    parent, step = trail[-1]
+    parent[step] = "__number__"
+    number = draw(st.sampled_from(HUGE))
+    path.write_text(json.dumps(value).replace('"__number__"', number))
+    return f"{number[:8]} at {[s for _, s in trail]}"
+
+
+def mutate_csv(path: Path, draw) -> str:
+    """A fault in a CSV line: dropped, doubled, a missing or extra cell, quotes, NUL, a huge field."""
+    lines = path.read_text().split("\n")
+    kind = draw(st.sampled_from(["drop", "double", "blank", "cr", "one cell", "empty cell", "quote", "nul", "huge",
+                                 "punctuation", "any text"]))  # fmt: skip
+    at = draw(st.integers(0, len(lines) - 1))
+    if kind == "drop":
+        del lines[at]
+    elif kind == "double":
+        lines.insert(at, lines[at])
+    elif kind == "blank":
+        lines.insert(at, "  ")
+    elif kind == "cr":
+        lines[at] += "\r"
+    elif kind == "one cell":
+        lines[at] = lines[at].split(",")[0]
+    elif kind == "empty cell":
+        lines[at] = "," + lines[at].partition(",")[2]
+    elif kind == "quote":
+        lines[at] = '"' + lines[at]
+    elif kind == "nul":
+        lines[at] += "\0"
+    elif kind == "huge":
+        lines[at] += '"' + "x" * 200_000 + '"'
+    elif kind == "punctuation":
+        lines[at] = lines[at].partition(",")[0] + ",..."
+    else:
+        lines[at] = draw(st.text(max_size=20))
+    path.write_text("\n".join(lines))
+    return kind
+
+
+@st.composite
+def mutated_caption_file(draw, root: Path) -> tuple[Path, str]:
+    name = draw(st.sampled_from(sorted(CAPTION_FILES)))
+    path = root / name
+    content = CAPTION_FILES[name]
+    path.write_text(content if isinstance(content, str) else json.dumps(content))
+    if name.endswith(".txt"):
+        mutate = draw(st.sampled_from([mutate_csv, mutate_csv, mutate_bytes]))
+    else:
+        mutate = draw(st.sampled_from([mutate_json, mutate_json, mutate_json_number, mutate_bytes]))
+    return path, f"{name}: {mutate(path, draw)}"
+
+
+def fake_features(model, paths, work_dir, job, *args):
+    """extract_resumable's place in the fuzz: random 8-d "fc7" rows, nothing skipped (captions are what is fuzzed).
+
+    Narrow rows keep the PCA of a single train image (its covariance route) instant.
+    """
+    work_dir.mkdir(parents=True, exist_ok=True)
+    return np.random.default_rng(0).standard_normal((len(paths), 8)).astype(np.float32), {}
+
+
+def prepare_captions(images: Path, captions: Path, out: Path) -> tuple[int, str]:
+    """prepare's main with the backbone and its extraction replaced: reading, splitting, tokenising, encoding,
+    the PCA and the writes run."""
+    backbone = lambda weights, seed=0, **_: (None, vgg.WeightsSource(vgg.RANDOM_WEIGHTS, None, None, seed))  # noqa: E731
+    with mock.patch.object(prepare.vgg, "build_backbone", backbone), \
+            mock.patch.object(prepare, "extract_resumable", fake_features):  # fmt: skip
+        return run(prepare.main, ["--images", str(images), "--captions", str(captions), "--weights", "random",
+                                  "--pca-dim", "1", "--out", str(out)])  # fmt: skip
+
+
+@pytest.mark.parametrize("name", sorted(CAPTION_FILES))
+def test_caption_fuzz_starts_from_files_prepare_takes(caption_images, tmp_path, name):
+    path = tmp_path / name
+    content = CAPTION_FILES[name]
+    path.write_text(content if isinstance(content, str) else json.dumps(content))
+    code, err = prepare_captions(caption_images, path, tmp_path / "out")
+    assert code == 0, err
+    assert len(json.loads((tmp_path / "out" / "coco2014_vocab.json").read_text())["idx_to_word"]) == 4
+
+
+@CAPTIONS_FAST
+@given(data=st.data())
+def test_fuzz_caption_files(caption_images, data):
+    """prepare on a mutated COCO, Karpathy or CSV file: exit 0, or exit 2 with one error line."""
+    with tempfile.TemporaryDirectory() as root:
+        path, what = data.draw(mutated_caption_file(Path(root)), label="mutation")
+        code, err = prepare_captions(caption_images, path, Path(root) / "out")
+        event(what.split(":")[0])
+        assert_property(code, err)
+
+
+@CAPTIONS_FAST
+@given(data=st.data())
+def test_fuzz_features_record(data):
+    """A mutated features.json: read as a record, or refused with a RecordError naming the entry."""
+    with tempfile.TemporaryDirectory() as root:
+        path = Path(root) / record_module.RECORD_FILE
+        path.write_text(json.dumps(RECORD))
+        mutate = data.draw(st.sampled_from([mutate_json, mutate_json, mutate_json_number, mutate_bytes]))
+        mutate(path, data.draw)
+        try:
+            record_module.image_files(root, "train")
+        except record_module.RecordError as error:
+            assert str(error).startswith(str(path)) and "expected" in str(error), error

@@ -166,6 +166,28 @@ def test_caption_refuses_features_without_a_recorded_extractor(data_dir, coco_fo
     assert err[-1].startswith("error: ") and ("embedded dataset" if data_dir is None else "features.json") in err[-1]
 
 
+@pytest.mark.parametrize(
+    "change,message",
+    [
+        (lambda r: r["weights"].update(kind="cloud"),
+         "weights.kind: expected one of ['file', 'imagenet', 'random'], found the string 'cloud'"),
+        (lambda r: r["images"].update(val=["a.png", 7]), "images['val'][1]: expected a file name, found the number 7"),
+        (lambda r: r.pop("pca"), "expected the key 'pca' (an object with file and dim)"),
+    ],
+)  # fmt: skip
+def test_caption_names_the_entry_of_a_bad_record(prepared, scene_files, tmp_path, capsys, change, message):
+    folder = tmp_path / "data"
+    folder.mkdir()
+    record = json.loads((prepared / "features.json").read_text())
+    change(record)
+    (folder / "features.json").write_text(json.dumps(record))
+    ckpt = tmp_path / "fake.ckpt"
+    torch.save({"datamodule_hyper_parameters": {"data_dir": str(folder), "pca_features": True}}, ckpt)
+    assert caption.main(["--ckpt", str(ckpt), str(scene_files[0] / "val_000000.png")]) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert err[-1].startswith(f"error: {folder / 'features.json'}: ") and message in err[-1], err
+
+
 def run_path(images: Path, captions: Path, root: Path, epochs: int, capsys) -> dict:
     """prepare -> train.py --data-dir -> caption -> evaluate --split test --html; what each printed."""
     data = root / "data"

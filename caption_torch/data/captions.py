@@ -10,6 +10,9 @@ Three formats, told apart by their content:
   become train, ``val`` and ``test`` stay.
 * CSV with the header ``image,caption`` (Flickr8k's ``captions.txt``), no split.
 
+Each format's keys, types and lines are described in :mod:`caption_torch.data.schema`
+(``COCO_CAPTIONS``, ``KARPATHY_CAPTIONS``, ``CAPTIONS_CSV``) and read through its Validator.
+
 Images without a split get one from a seeded permutation (:func:`assign_splits`).
 Tokenisation as cs231n's: lower case, punctuation dropped, split on white space; the
 vocabulary is the special tokens (ids 0-3) then the train words seen at least
@@ -19,9 +22,6 @@ and stored ``<START> w1 ... <END> <NULL>...`` with T = max_words + 2.
 
 from __future__ import annotations
 
-import csv
-import json
-import string
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,17 +30,21 @@ from typing import Sequence
 import numpy as np
 
 from caption_torch import vocabulary
+from caption_torch.data import schema
+from caption_torch.data.schema import SchemaError
 
 SPLITS = ("train", "val", "test")
-KARPATHY_SPLITS = {"train": "train", "restval": "train", "val": "val", "test": "test"}
+KARPATHY_SPLITS = schema.KARPATHY_SPLITS
 HELD_OUT_FRACTION = 0.1  # of the images without a split, each of val and test (at least one image each)
 MAX_WORDS = 15
 MIN_WORD_COUNT = 5
-_DROP_PUNCTUATION = str.maketrans("", "", string.punctuation)
 
 
-class CaptionFileError(ValueError):
-    """A captions file that cannot be read; the message names the file and the line or entry."""
+class CaptionFileError(SchemaError):
+    """A captions file that cannot be read; the message names the file, the line or entry, expected and found."""
+
+    def __init__(self, message: str) -> None:
+        ValueError.__init__(self, message)
 
 
 @dataclass
@@ -58,113 +62,75 @@ class CaptionedImage:
 
 def tokenize(text: str) -> list[str]:
     """cs231n's tokenisation: ``"A dog, running."`` -> ``["a", "dog", "running"]``."""
-    return text.lower().translate(_DROP_PUNCTUATION).split()
-
-
-def _text(value, where: str) -> str:
-    if not isinstance(value, str) or not tokenize(value):
-        raise CaptionFileError(f"{where}: expected a caption with at least one word, found {value!r}")
-    return value
+    return text.lower().translate(schema.DROP_PUNCTUATION).split()
 
 
 def _read_coco(path: Path, data: dict) -> list[CaptionedImage]:
     split = "train" if "train2014" in path.name else "val" if "val2014" in path.name else None
     images: dict = {}
-    for i, entry in enumerate(data["images"]):
-        if not isinstance(entry, dict) or "id" not in entry or not isinstance(entry.get("file_name"), str):
-            found = f"{entry!r:.80}"
-            raise CaptionFileError(f"{path}: images[{i}]: expected an object with id and file_name, found {found}")
+    for entry in data["images"]:
         folder = next((name for name in ("train2014", "val2014") if name in entry["file_name"]), None)
         candidates = (entry["file_name"],) + ((f"{folder}/{entry['file_name']}",) if folder else ())
         images[entry["id"]] = CaptionedImage(candidates, split=split)
     for i, entry in enumerate(data["annotations"]):
-        where = f"{path}: annotations[{i}]"
-        if not isinstance(entry, dict) or "image_id" not in entry or "caption" not in entry:
-            raise CaptionFileError(f"{where}: expected an object with image_id and caption, found {entry!r:.80}")
         if entry["image_id"] not in images:
-            raise CaptionFileError(f"{where}: image_id {entry['image_id']!r} is not in images")
-        images[entry["image_id"]].captions.append(_text(entry["caption"], where))
+            raise SchemaError(path, f"annotations[{i}].image_id", "the id of an entry of images",
+                              schema.json_name(entry["image_id"]))  # fmt: skip
+        images[entry["image_id"]].captions.append(entry["caption"])
     return list(images.values())
 
 
 def _read_karpathy(path: Path, data: dict) -> list[CaptionedImage]:
     images = []
     for i, entry in enumerate(data["images"]):
-        where = f"{path}: images[{i}]"
-        if not isinstance(entry, dict) or not isinstance(entry.get("filename"), str):
-            raise CaptionFileError(f"{where}: expected an object with a filename, found {entry!r:.80}")
-        split = entry.get("split")
-        if split not in KARPATHY_SPLITS:
-            raise CaptionFileError(f"{where}: split {split!r} is not one of {sorted(KARPATHY_SPLITS)}")
-        sentences = entry.get("sentences")
-        if not isinstance(sentences, list) or not sentences:
-            raise CaptionFileError(f"{where}: expected a non-empty list of sentences, found {sentences!r:.80}")
         captions = []
-        for k, sentence in enumerate(sentences):
-            raw = sentence.get("raw") if isinstance(sentence, dict) else None
-            if raw is None and isinstance(sentence, dict) and isinstance(sentence.get("tokens"), list):
-                raw = " ".join(map(str, sentence["tokens"]))
-            captions.append(_text(raw, f"{where}.sentences[{k}]"))
+        for k, sentence in enumerate(entry["sentences"]):
+            raw = sentence["raw"] if "raw" in sentence else " ".join(sentence["tokens"])
+            if not schema.has_word(raw):
+                raise SchemaError(path, f"images[{i}].sentences[{k}].tokens", schema.CAPTION.name,
+                                  schema.json_name(sentence["tokens"]))  # fmt: skip
+            captions.append(raw)
         filepath = entry.get("filepath")
         candidates = ((f"{filepath}/{entry['filename']}",) if filepath else ()) + (entry["filename"],)
-        images.append(CaptionedImage(candidates, captions, KARPATHY_SPLITS[split]))
+        images.append(CaptionedImage(candidates, captions, KARPATHY_SPLITS[entry["split"]]))
     return images
 
 
-def _read_csv(path: Path) -> list[CaptionedImage]:
+def _read_csv(path: Path, text: str, validator: schema.Validator) -> list[CaptionedImage]:
     images: dict[str, CaptionedImage] = {}
-    try:
-        with open(path, newline="", encoding="utf-8-sig") as file:
-            reader = csv.reader(file)
-            header = next(reader, None)
-            if header is None or [cell.strip().lower() for cell in header[:2]] != ["image", "caption"]:
-                raise CaptionFileError(f"{path} line 1: expected the header image,caption, found {header!r}")
-            for row in reader:
-                line = reader.line_num
-                if not row or not "".join(row).strip():
-                    continue
-                if len(row) < 2 or not row[0].strip():
-                    raise CaptionFileError(f"{path} line {line}: expected image,caption, found {row!r:.80}")
-                # An unquoted caption holding commas arrives as several fields: they are one caption.
-                caption = _text(",".join(row[1:]), f"{path} line {line}")
-                name = row[0].strip()
-                images.setdefault(name, CaptionedImage((name,))).captions.append(caption)
-    except UnicodeDecodeError as error:
-        raise CaptionFileError(f"{path}: not UTF-8 text ({error.reason} at byte {error.start})") from None
-    except csv.Error as error:
-        raise CaptionFileError(f"{path}: not valid CSV ({error})") from None
+    for _, (name, caption) in validator.parse_csv(path, text, schema.CAPTIONS_CSV):
+        images.setdefault(name, CaptionedImage((name,))).captions.append(caption)
     return list(images.values())
 
 
 def read_caption_file(path: Path | str) -> list[CaptionedImage]:
     """The images and captions of one captions file, in the file's order (format told from the content).
 
+    Images the file lists without a caption (COCO's ``images`` entries no annotation names) are left out.
+
     Raises:
-        CaptionFileError: naming the file and the line or entry that is wrong.
+        CaptionFileError: naming the file, the line or entry that is wrong, what was expected and what was found.
     """
     path = Path(path)
-    if not path.is_file():
-        raise CaptionFileError(f"{path}: no such file" + (" (it is a folder)" if path.is_dir() else ""))
+    validator = schema.Validator(path.parent)
+    expected = "a captions file: COCO or Karpathy JSON, or CSV image,caption"
     try:
-        head = path.read_bytes()[:1].lstrip()
-    except OSError as error:
-        raise CaptionFileError(f"{path}: cannot be read ({error.strerror})") from None
-    if head[:1] not in (b"{", b"["):
-        images = _read_csv(path)
-    else:
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except (json.JSONDecodeError, UnicodeDecodeError) as error:
-            raise CaptionFileError(f"{path}: not valid JSON ({error})") from None
-        entries = data.get("images") if isinstance(data, dict) else None
-        if not isinstance(entries, list):
-            raise CaptionFileError(f"{path}: expected a JSON object with a list 'images' (COCO or Karpathy format)")
-        if isinstance(data.get("annotations"), list):
-            images = _read_coco(path, data)
+        text = validator.read_text(path, expected).removeprefix("\ufeff")
+        if text.lstrip()[:1] not in ("{", "["):
+            images = _read_csv(path, text, validator)
         else:
-            images = _read_karpathy(path, data)
-    if not images:
-        raise CaptionFileError(f"{path}: no images with captions")
+            data = validator.parse_json(path, text, schema.JsonType("any JSON"), expected)
+            if isinstance(data, dict) and "annotations" in data:
+                images = _read_coco(path, validator.check_json(path, data, schema.COCO_CAPTIONS, expected))
+            else:
+                images = _read_karpathy(path, validator.check_json(path, data, schema.KARPATHY_CAPTIONS, expected))
+        images = [image for image in images if image.captions]
+        if not images:
+            raise SchemaError(path, None, "at least one image with a caption", "none")
+    except CaptionFileError:
+        raise
+    except SchemaError as error:
+        raise CaptionFileError(str(error)) from None
     return images
 
 

@@ -11,6 +11,10 @@ embedded dataset adds a JSON list of scenes per split. Each is described below a
 * JSON (:class:`JsonType` trees): the type of every key and value;
 * text (:data:`URLS`): UTF-8, one line per image.
 
+Files a user brings are described the same way: the caption files ``prepare`` reads (COCO's
+and Karpathy's JSON as :class:`JsonType` trees, the ``image,caption`` CSV as a :class:`CsvFile`)
+and the ``features.json`` record a prepared folder keeps (:data:`FEATURES_RECORD`).
+
 :class:`Validator` reads files through these descriptions and remembers the sizes they fix,
 so the second file that disagrees is named with the first. Every problem is a
 :class:`SchemaError` naming the file, the entry, what was expected and what was found.
@@ -18,8 +22,11 @@ so the second file that disagrees is named with the first. Every problem is a
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import math
+import string
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -146,7 +153,8 @@ class JsonType:
     test: Callable[[Any], bool] = lambda value: True
     items: JsonType | None = None  # a list's items, or an object's values (``keys`` tests its keys)
     keys: JsonType | None = None
-    fields: Mapping[str, JsonType] | None = None  # an object with exactly these keys (extra keys allowed)
+    fields: Mapping[str, JsonType] | None = None  # an object with these keys (extra keys allowed)
+    optional: Mapping[str, JsonType] | None = None  # keys an object may hold, of these types when it does
     min_items: int = 0
 
     def check(self, value: Any, where: str) -> None:
@@ -157,6 +165,9 @@ class JsonType:
                 if key not in value:
                     raise _Mismatch(where, f"the key {key!r} ({kind.name})", json_name(value))
                 kind.check(value[key], f"{where}.{key}" if where else key)
+        for key, kind in (self.optional or {}).items():
+            if key in value:
+                kind.check(value[key], f"{where}.{key}" if where else key)
         if isinstance(value, (list, dict)) and len(value) < self.min_items:
             raise _Mismatch(where, f"{self.name}, at least {self.min_items}", json_name(value))
         if self.items is not None:
@@ -165,6 +176,20 @@ class JsonType:
                 if self.keys is not None:
                     self.keys.check(key, f"{where} key {key!r}")
                 self.items.check(item, f"{where}[{key!r}]")
+
+
+def one_of(names) -> JsonType:
+    """A string among ``names``."""
+    return JsonType(f"one of {sorted(names)}", lambda v: isinstance(v, str) and v in names)
+
+
+def object_of(name: str, fields: Mapping[str, JsonType], optional: Mapping[str, JsonType] | None = None) -> JsonType:
+    """An object with the keys ``fields`` (and maybe ``optional``), each of its type."""
+    return JsonType(name, lambda v: isinstance(v, dict), fields=fields, optional=optional)
+
+
+def list_of(name: str, items: JsonType, min_items: int = 0) -> JsonType:
+    return JsonType(name, lambda v: isinstance(v, list), items=items, min_items=min_items)
 
 
 class _Mismatch(Exception):
@@ -205,9 +230,6 @@ def scene_types() -> JsonType:
     """One embedded-dataset scene (format: ``caption_torch.data.synthetic.scenes``), as drawing reads it."""
     from caption_torch.data.synthetic.scenes import COLOURS, RELATIONS, SETTINGS, SHAPES, SIZE_RADIUS
 
-    def one_of(names) -> JsonType:
-        return JsonType(f"one of {sorted(names)}", lambda v: isinstance(v, str) and v in names)
-
     position = JsonType(
         "an [x, y] pair of numbers in [0, 1]",
         lambda v: isinstance(v, list) and len(v) == 2 and all(_is_number(x) and 0 <= x <= 1 for x in v),
@@ -228,6 +250,100 @@ def scene_types() -> JsonType:
             "objects": JsonType("a list of objects", lambda v: isinstance(v, list), items=thing, min_items=1),
         },
     )
+
+
+# --- caption files (read by caption_torch.data.captions) ----------------------------------------------------------
+
+DROP_PUNCTUATION = str.maketrans("", "", string.punctuation)  # cs231n's tokenisation drops it
+
+
+def has_word(text: str) -> bool:
+    """Whether a caption keeps a word once tokenised as cs231n does (punctuation dropped, split on white space)."""
+    return bool(text.translate(DROP_PUNCTUATION).split())
+
+
+CAPTION = JsonType("a caption with at least one word", lambda v: isinstance(v, str) and has_word(v))
+# An image's name, relative to the images folder: a path cannot hold NUL.
+FILE_NAME = JsonType("a file name", lambda v: isinstance(v, str) and v.strip() != "" and "\0" not in v)
+# COCO's ids are integers; strings are taken too, as long as images and annotations agree.
+IMAGE_ID = JsonType("an integer or string id", lambda v: _is_int(v) or isinstance(v, str))
+# COCO's captions_{train,val}2014.json: each annotation's image_id is the id of an entry of images.
+COCO_CAPTIONS = object_of(
+    "a COCO captions object with images and annotations",
+    {
+        "images": list_of("a list of images", object_of("an object with id and file_name",
+                                                         {"id": IMAGE_ID, "file_name": FILE_NAME}), min_items=1),
+        "annotations": list_of("a list of annotations", object_of("an object with image_id and caption",
+                                                                   {"image_id": IMAGE_ID, "caption": CAPTION})),
+    },
+)  # fmt: skip
+# Karpathy's splits and the split each becomes: restval is more training data.
+KARPATHY_SPLITS = {"train": "train", "restval": "train", "val": "val", "test": "test"}
+# A Karpathy sentence: its raw text, or (without raw) its tokens.
+SENTENCE = JsonType(
+    "an object with raw (a caption) or tokens (a list of words)",
+    lambda v: isinstance(v, dict) and ("raw" in v or "tokens" in v),
+    optional={"raw": CAPTION, "tokens": list_of("a list of words", STRING, min_items=1)},
+)
+# Karpathy's dataset_{coco,flickr8k,flickr30k}.json: filepath (optional) is the folder of filename.
+KARPATHY_CAPTIONS = object_of(
+    "a Karpathy dataset object with images",
+    {
+        "images": list_of(
+            "a list of images",
+            object_of(
+                "an object with filename, split and sentences",
+                {"filename": FILE_NAME, "split": one_of(KARPATHY_SPLITS),
+                 "sentences": list_of("a non-empty list of sentences", SENTENCE, min_items=1)},
+                {"filepath": STRING},
+            ),
+            min_items=1,
+        )
+    },
+)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class CsvFile:
+    """A UTF-8 CSV file (a byte-order mark allowed): a header line, then one row per line.
+
+    Attributes:
+        header: the first cells of the header line (compared stripped, in lower case).
+        columns: each row's cells, described for messages; the last one takes any further cells
+            (an unquoted caption holding commas arrives as several cells).
+        cells: a test of each column's text (stripped).
+    """
+
+    header: tuple[str, ...]
+    columns: tuple[str, ...]
+    cells: tuple[Callable[[str], bool], ...]
+
+
+# Flickr8k's captions.txt: one caption per line, an image named on as many lines as it has captions.
+CAPTIONS_CSV = CsvFile(("image", "caption"), ("an image name", "a caption with at least one word"),
+                       (lambda cell: cell != "" and "\0" not in cell, has_word))  # fmt: skip
+
+
+# --- features.json (read by caption_torch.features.record) ------------------------------------------------------
+
+_NULL_OR_STRING = JsonType("null or a string", lambda v: v is None or isinstance(v, str))
+FEATURES_RECORD = object_of(
+    "a features record of format 1",
+    {
+        "format": JsonType("the format 1", lambda v: _is_int(v) and v == 1),
+        "weights": object_of(
+            "an object with kind, path, sha256 and seed",
+            {"kind": one_of(("imagenet", "file", "random"))},
+            {"path": _NULL_OR_STRING, "sha256": _NULL_OR_STRING,
+             "seed": JsonType("null or an integer", lambda v: v is None or _is_int(v))},
+        ),
+        "pca": object_of("an object with file and dim", {"file": FILE_NAME, "dim": JsonType(
+            "an integer >= 1", lambda v: _is_int(v) and v >= 1)}),
+        "images_dir": FILE_NAME,
+        "images": JsonType("an object of split: list of image files", lambda v: isinstance(v, dict),
+                           keys=one_of(("train", "val", "test")), items=list_of("a list of image files", FILE_NAME)),
+    },
+)  # fmt: skip
 
 
 # --- text ---------------------------------------------------------------------------------------------------------
@@ -361,13 +477,20 @@ class Validator:
 
     def read_json(self, path: Path, kind: JsonType, expected: str) -> Any:
         """``path`` parsed as JSON and checked against ``kind``."""
-        text = self.read_text(path, expected)
+        return self.parse_json(path, self.read_text(path, expected), kind, expected)
+
+    def parse_json(self, path: Path, text: str, kind: JsonType, expected: str) -> Any:
+        """``text`` (read from ``path``) parsed as JSON and checked against ``kind``."""
         try:
             value = json.loads(text)
         except RecursionError:
             raise SchemaError(path, None, f"valid JSON ({expected})", "nesting too deep to parse") from None
         except ValueError as error:  # JSONDecodeError, and integers too long to convert
             raise SchemaError(path, None, f"valid JSON ({expected})", f"a parse error ({_short(error)})") from None
+        return self.check_json(path, value, kind, expected)
+
+    def check_json(self, path: Path, value: Any, kind: JsonType, expected: str) -> Any:
+        """``value`` (parsed from ``path``) checked against ``kind``."""
         try:
             kind.check(value, "")
         except _Mismatch as mismatch:
@@ -375,6 +498,31 @@ class Validator:
         except RecursionError:
             raise SchemaError(path, None, expected, "nesting too deep to check") from None
         return value
+
+    def parse_csv(self, path: Path, text: str, spec: CsvFile) -> Iterator[tuple[int, list[str]]]:
+        """``(line number, cells)`` of each non-blank row of ``text`` (read from ``path``) after the header."""
+        expected_header = ",".join(spec.header)
+        reader = csv.reader(io.StringIO(text.removeprefix("\ufeff"), newline=""))
+        try:
+            header = next(reader, None)
+            if header is None:
+                raise SchemaError(path, "line 1", f"the header {expected_header}", "an empty file")
+            if [cell.strip().lower() for cell in header[: len(spec.header)]] != list(spec.header):
+                raise SchemaError(path, "line 1", f"the header {expected_header}", f"{_cells(header)}")
+            for row in reader:
+                line = reader.line_num
+                if not "".join(row).strip():
+                    continue
+                width = len(spec.columns)
+                if len(row) < width:
+                    raise SchemaError(path, f"line {line}", expected_header, _cells(row))
+                cells = [cell.strip() for cell in row[: width - 1]] + [",".join(row[width - 1 :]).strip()]
+                for cell, column, test in zip(cells, spec.columns, spec.cells):
+                    if not test(cell):
+                        raise SchemaError(path, f"line {line}", column, f"{cell[:40]!r}" + ("..." * (len(cell) > 40)))
+                yield line, cells
+        except csv.Error as error:  # a field beyond csv's size limit, a NUL in older Pythons
+            raise SchemaError(path, f"line {reader.line_num}", "valid CSV", _short(error)) from None
 
     def read_lines(self, path: Path, expected: str) -> list[str]:
         """The lines of a UTF-8 text file (``\\n``-separated, each stripped), trailing blank lines aside."""
@@ -393,6 +541,11 @@ def _member(f: h5py.File, name: str) -> bool:
 
 def _entries(file: H5File, split: str) -> str:
     return ", ".join(f"{a.names[0].format(split=split)} ({a.describe(split)})" for a in file.arrays)
+
+
+def _cells(row: list[str]) -> str:
+    shown = repr(row)
+    return shown[:80] + ("..." if len(shown) > 80 else "")
 
 
 def _short(error: BaseException) -> str:

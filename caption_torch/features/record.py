@@ -16,35 +16,41 @@ Folders without it (cs231n's own files, the embedded data) have features whose e
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
+
+from caption_torch.data import schema
 
 RECORD_FILE = "features.json"
 FORMAT = 1
 
 
-class RecordError(ValueError):
+class RecordError(schema.SchemaError):
     """A data folder with no usable record of its feature extractor."""
+
+    def __init__(self, message: str) -> None:
+        ValueError.__init__(self, message)
 
 
 def read_record(data_dir: Path | str) -> dict | None:
-    """The folder's record, or None when it has none (features from elsewhere)."""
+    """The folder's record (its keys and types as ``schema.FEATURES_RECORD``), or None when it has none.
+
+    Raises:
+        RecordError: the file is not a record of this format (naming the entry, what was expected and found).
+    """
     path = Path(data_dir) / RECORD_FILE
     if not path.is_file():
         return None
     try:
-        record = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise RecordError(f"{path}: not valid JSON ({error})") from None
-    if not isinstance(record, dict) or record.get("format") != FORMAT or "weights" not in record:
-        raise RecordError(f"{path}: not a features record of format {FORMAT}")
-    return record
+        expected = f"a features record of format {FORMAT}"
+        return schema.Validator(path.parent).read_json(path, schema.FEATURES_RECORD, expected)
+    except schema.SchemaError as error:
+        raise RecordError(str(error)) from None
 
 
 def image_files(data_dir: Path | str, split: str) -> list[Path] | None:
     """Each feature row's image file of a split, or None when the folder records none."""
     record = read_record(data_dir)
-    if record is None or split not in record.get("images", {}):
+    if record is None or split not in record["images"]:
         return None
     root = Path(record["images_dir"])
     return [root / name for name in record["images"][split]]
