@@ -319,18 +319,27 @@ def check_lstm_model_loss() -> Iterator[CheckLine]:
 # anywhere. 2026's notebook runs its checks after .eval(): no masks, the same values on any CPU.
 
 
+def attention_notebook_outputs(attn: torch.nn.Module) -> tuple[Tensor, Tensor, Tensor]:
+    """The Transformer notebooks' three attention calls, drawing their inputs from torch's generator in order.
+
+    Returns (1, 3, 8) outputs of self-attention, masked self-attention (``randn(3, 3) < 0.5``) and attention
+    to other data (key = value).
+    """
+    data = torch.randn(1, 3, 8)
+    self_attn_output = attn(query=data, key=data, value=data)
+    mask = torch.randn(3, 3) < 0.5
+    masked_self_attn_output = attn(query=data, key=data, value=data, attn_mask=mask)
+    other_data = torch.randn(1, 3, 8)
+    return self_attn_output, masked_self_attn_output, attn(query=data, key=other_data, value=other_data)
+
+
 def check_transformer_attention() -> Iterator[CheckLine]:
     from caption_torch.models.transformer import MultiHeadAttention
 
     with F.mkl_dropout():
         torch.manual_seed(231)
         attn = MultiHeadAttention(8, num_heads=2)
-        data = torch.randn(1, 3, 8)
-        self_attn_output = attn(query=data, key=data, value=data)
-        mask = torch.randn(3, 3) < 0.5
-        masked_self_attn_output = attn(query=data, key=data, value=data, attn_mask=mask)
-        other_data = torch.randn(1, 3, 8)
-        attn_output = attn(query=data, key=other_data, value=other_data)
+        self_attn_output, masked_self_attn_output, attn_output = attention_notebook_outputs(attn)
     expected_self = np.asarray([[
         [-0.2494, 0.1396, 0.4323, -0.2411, -0.1547, 0.2329, -0.1936, -0.1444],
         [-0.1997, 0.1746, 0.7377, -0.3549, -0.2657, 0.2693, -0.2541, -0.2476],
@@ -396,12 +405,7 @@ def check_transformer_attention_2026() -> Iterator[CheckLine]:
 
     torch.manual_seed(231)
     attn = MultiHeadAttention(8, num_heads=2).eval()
-    data = torch.randn(1, 3, 8)
-    self_attn_output = attn(query=data, key=data, value=data)
-    mask = torch.randn(3, 3) < 0.5
-    masked_self_attn_output = attn(query=data, key=data, value=data, attn_mask=mask)
-    other_data = torch.randn(1, 3, 8)
-    attn_output = attn(query=data, key=other_data, value=other_data)
+    self_attn_output, masked_self_attn_output, attn_output = attention_notebook_outputs(attn)
     expected_self = np.asarray([[
         [-0.1030, 0.2090, 0.7481, -0.4116, -0.2772, 0.2357, -0.2740, -0.2798],
         [-0.1794, 0.1637, 0.6930, -0.3435, -0.2300, 0.2457, -0.2504, -0.2323],
