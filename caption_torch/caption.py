@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from caption_torch import vocabulary
+from caption_torch import guard, vocabulary
 from caption_torch.cli.argtypes import check_writable_file, positive_int
 from caption_torch.features import vgg
 from caption_torch.features.extractor import RecordedExtractor
@@ -70,6 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+@guard.entry_point("caption", lambda argv: Path(guard.option_value(argv, "--ckpt") or "x").parent)
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:

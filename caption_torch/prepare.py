@@ -35,6 +35,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
+from caption_torch import guard
 from caption_torch.cli.argtypes import positive_int
 from caption_torch.data import captions as caption_files
 from caption_torch.data import cs231n as coco
@@ -244,6 +245,7 @@ def prepare(args: argparse.Namespace) -> int:
     return 0
 
 
+@guard.entry_point("prepare", lambda argv: Path(guard.option_value(argv, "--out") or "."))
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
