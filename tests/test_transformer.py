@@ -83,13 +83,14 @@ class RefDecoder(nn.Module):
 
 
 class RefModel(nn.Module):
-    def __init__(self, word_to_idx, D, W, heads=4, num_layers=2, max_length=50):
+    def __init__(self, word_to_idx, D, W, heads=4, num_layers=2, max_length=50, layer=None):
+        """``layer``: the decoder layer's class (cs231n 2021-24's ``RefLayer`` by default)."""
         super().__init__()
         V = len(word_to_idx)
         self.visual_projection = nn.Linear(D, W)
         self.embedding = nn.Embedding(V, W, padding_idx=word_to_idx["<NULL>"])
         self.positional_encoding = RefPositions(W, max_len=max_length)
-        self.transformer = RefDecoder(RefLayer(W, heads), num_layers)
+        self.transformer = RefDecoder((layer or RefLayer)(W, heads), num_layers)
         self.apply(self._init_weights)
         self.output = nn.Linear(W, V)
 

@@ -1,14 +1,13 @@
 """cs231n 2025-2026's Transformer (GELU feed-forward): the GELU Functions, the layer and the model against
 cs231n's own modules in torch.nn, the notebooks' checks, and train.py / evaluate with --cs231n-version 2025."""
 
-import copy
 import math
 import re
 
 import numpy as np
 import pytest
 import torch
-from test_transformer import WORDS, RefAttention, RefPositions, batch, ref_loss
+from test_transformer import WORDS, RefAttention, RefModel, batch, ref_loss
 from torch import nn
 
 import caption_torch.functional as F
@@ -51,43 +50,9 @@ class RefLayer2025(nn.Module):
         return self.norm_ffn(tgt + self.dropout_ffn(self.ffn(tgt)))
 
 
-class RefDecoder(nn.Module):
-    def __init__(self, layer, num_layers):
-        super().__init__()
-        self.layers = nn.ModuleList(copy.deepcopy(layer) for _ in range(num_layers))
-
-    def forward(self, tgt, memory, tgt_mask):
-        for layer in self.layers:
-            tgt = layer(tgt, memory, tgt_mask)
-        return tgt
-
-
-class RefModel2025(nn.Module):
-    def __init__(self, word_to_idx, D, W, heads=4, num_layers=2, max_length=50):
-        super().__init__()
-        V = len(word_to_idx)
-        self.visual_projection = nn.Linear(D, W)
-        self.embedding = nn.Embedding(V, W, padding_idx=word_to_idx["<NULL>"])
-        self.positional_encoding = RefPositions(W, max_len=max_length)
-        self.transformer = RefDecoder(RefLayer2025(W, heads), num_layers)
-        self.apply(self._init_weights)
-        self.output = nn.Linear(W, V)
-
-    @staticmethod
-    def _init_weights(module):
-        if isinstance(module, (nn.Linear, nn.Embedding)):
-            module.weight.data.normal_(mean=0.0, std=0.02)
-            if isinstance(module, nn.Linear):
-                module.bias.data.zero_()
-        elif isinstance(module, nn.LayerNorm):
-            module.bias.data.zero_()
-            module.weight.data.fill_(1.0)
-
-    def forward(self, features, captions):
-        T = captions.shape[1]
-        words = self.positional_encoding(self.embedding(captions))
-        memory = self.visual_projection(features).unsqueeze(1)
-        return self.output(self.transformer(words, memory, torch.tril(torch.ones(T, T))))
+def RefModel2025(word_to_idx, D, W, heads=4, num_layers=2, max_length=50):
+    """cs231n's 2025 CaptioningTransformer in plain torch.nn: the 2021-24 reference model with 2025's layer."""
+    return RefModel(word_to_idx, D, W, heads, num_layers, max_length, layer=RefLayer2025)
 
 
 def both_models(D=6, W=8, heads=2, layers=2, max_length=12, seed=231):
