@@ -15,7 +15,7 @@ import train
 from benchmarks import transformer as bench
 from caption_torch import CaptioningTransformer, check
 from caption_torch.functional.dropout import dropout_noise
-from caption_torch.functional.gelu import GeluFeedForward, gelu_slope
+from caption_torch.functional.gelu import GeluFeedForward, gelu_slope_times
 from caption_torch.transformer import FeedForwardNetwork, TransformerDecoderLayer
 
 # --------------------------------------------------------------------------- #
@@ -123,9 +123,23 @@ def test_gelu_agrees_with_nn_gelu(dtype):
     torch.testing.assert_close(grad, ref_grad, **tol)
 
 
-def test_gelu_slope_in_bf16_is_computed_wide():
+def test_gelu_slope_is_the_derivative_written_out():
+    x = torch.cat([torch.linspace(-9, 9, 721), torch.randn(500) * 3]).double()
+    grad = torch.randn(x.shape, dtype=torch.float64)
+    cdf = torch.tensor([(1 + math.erf(v / math.sqrt(2))) / 2 for v in x.tolist()], dtype=torch.float64)
+    density = torch.exp(-x * x / 2) / math.sqrt(2 * math.pi)
+    torch.testing.assert_close(gelu_slope_times(grad, x), grad * (cdf + x * density), rtol=1e-13, atol=1e-15)
+
+
+def test_gelu_slope_in_place_with_a_scalar_upstream_and_in_bf16():
     x = torch.linspace(-4, 4, 401)
-    torch.testing.assert_close(gelu_slope(x.bfloat16()).float(), gelu_slope(x), rtol=8e-3, atol=4e-3)
+    expected = gelu_slope_times(torch.tensor(1.25), x.clone())
+    in_place = x.clone()
+    assert gelu_slope_times(torch.tensor(1.25), in_place, out=in_place) is in_place
+    torch.testing.assert_close(in_place, expected, rtol=0, atol=0)
+    wide = gelu_slope_times(torch.ones(()), x)
+    torch.testing.assert_close(gelu_slope_times(torch.ones((), dtype=torch.bfloat16), x.bfloat16()).float(), wide,
+                               rtol=8e-3, atol=4e-3)  # fmt: skip
 
 
 @pytest.mark.parametrize("p", [0.0, 0.2, 1.0])

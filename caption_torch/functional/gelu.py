@@ -5,53 +5,38 @@
 
 cs231n's Transformer of 2025-2026 puts it between the two linear maps of its feed-forward block,
 ``fc2(dropout(gelu(fc1(x))))``; :class:`GeluFeedForward` computes that block as one Function, as
-``FeedForward`` (``layers.py``) computes 2021-2024's ReLU block.
+``FeedForward`` (``layers.py``) computes 2021-2024's ReLU block. The elementwise values come from
+ATen's one-pass kernels (``gelu`` and ``gelu_backward``, what ``nn.GELU()`` runs): a chain of erf,
+exp and products in separate passes costs several times more than the two matrix products around it.
 """
 
 from __future__ import annotations
-
-import math
 
 import torch
 from torch import Tensor
 from torch.autograd.function import FunctionCtx, once_differentiable
 
-from caption_torch.functional._common import _HALF_DTYPES, _addmm, _check_float, _mm, _mm_at
-
-_SQRT_HALF = math.sqrt(0.5)
-_INV_SQRT_2PI = 1 / math.sqrt(2 * math.pi)
+from caption_torch.functional._common import _addmm, _check_float, _mm, _mm_at
 
 
-def _gelu(x: Tensor) -> Tensor:
-    """``x * Phi(x)`` elementwise (ATen's exact-form kernel: one pass, the value ``nn.GELU()`` gives)."""
-    return torch.nn.functional.gelu(x)
+def gelu_slope_times(grad: Tensor, x: Tensor, out: Tensor | None = None) -> Tensor:
+    """``grad * gelu'(x)`` elementwise, ``gelu'(x) = Phi(x) + x * phi(x)``, in one pass.
 
-
-def _normal_cdf_and_density(x: Tensor) -> tuple[Tensor, Tensor]:
-    """Phi(x) and phi(x) elementwise, new tensors of x's dtype."""
-    cdf = torch.erf(x * _SQRT_HALF).add_(1).mul_(0.5)
-    density = x.square().mul_(-0.5).exp_().mul_(_INV_SQRT_2PI)
-    return cdf, density
-
-
-def gelu_slope(x: Tensor) -> Tensor:
-    """gelu'(x) = Phi(x) + x * phi(x), elementwise, in x's dtype (computed in float32 for 16-bit x).
+    ATen's ``gelu_backward`` kernel evaluates exactly this product (vectorised, wide for 16-bit
+    dtypes); the chain rule around it, through the linear maps and the dropout, is this module's.
 
     Args:
-        x: any floating-point tensor (the pre-activations).
+        grad: the upstream gradient, broadcastable to x (a 0-dim scalar scales every element).
+        x: the pre-activations, any floating-point tensor.
+        out: where to write the result (x's shape; may be x itself, read and written element by element).
 
     Returns:
-        A tensor of x's shape and dtype.
+        A tensor of x's shape and dtype (``out`` when given).
     """
-    wide = x.float() if x.dtype in _HALF_DTYPES else x
-    cdf, density = _normal_cdf_and_density(wide)
-    return cdf.addcmul_(wide, density).to(x.dtype)
-
-
-# The feed-forward block's elementwise work (gelu, its slope, the dropout noise) takes several passes;
-# over blocks this size (a few hundred KiB in float32, with their temporaries) they run in cache, so
-# the whole reads the (M, F) pre-activations and noise once and writes each result once.
-_BLOCK = 1 << 17
+    grad = grad.expand_as(x)  # the CPU kernel refuses a 0-dim gradient; an expanded view reads the same numbers
+    if out is None:
+        return torch.ops.aten.gelu_backward(grad, x)
+    return torch.ops.aten.gelu_backward.grad_input(grad, x, grad_input=out)
 
 
 def _gelu_dropout_(pre: Tensor, noise: Tensor, keep_slope: bool) -> Tensor:
@@ -60,24 +45,13 @@ def _gelu_dropout_(pre: Tensor, noise: Tensor, keep_slope: bool) -> Tensor:
 
     Args:
         pre: (M, F) contiguous pre-activations.
-        noise: (M, F) dropout noise or a 0-dim scalar.
+        noise: dropout noise of M * F elements (any shape), or a 0-dim scalar.
         keep_slope: whether to overwrite pre with the scaled slope.
     """
-    dropped = torch.empty_like(pre)
-    pre_blocks, dropped_blocks = pre.view(-1).split(_BLOCK), dropped.view(-1).split(_BLOCK)
-    noise_blocks = noise.reshape(-1).split(_BLOCK) if noise.dim() else [noise] * len(pre_blocks)
-    half = pre.dtype in _HALF_DTYPES
-    for pre_block, dropped_block, noise_block in zip(pre_blocks, dropped_blocks, noise_blocks):
-        wide = pre_block.float() if half else pre_block
-        cdf, density = _normal_cdf_and_density(wide)
-        if half:
-            dropped_block.copy_((wide * cdf).mul_(noise_block))
-        else:
-            torch.mul(wide, cdf, out=dropped_block).mul_(noise_block)
-        if keep_slope and half:
-            pre_block.copy_(cdf.addcmul_(wide, density).mul_(noise_block))
-        elif keep_slope:  # the last read of this block of pre: written over with the result, element by element
-            torch.addcmul(cdf, wide, density, out=pre_block).mul_(noise_block)
+    noise = noise.reshape(pre.shape) if noise.dim() else noise
+    dropped = torch.nn.functional.gelu(pre).mul_(noise)
+    if keep_slope:  # the last read of pre: written over with the result, element by element
+        gelu_slope_times(noise, pre, out=pre)
     return dropped
 
 
@@ -86,7 +60,7 @@ class Gelu(torch.autograd.Function):
 
     @staticmethod
     def forward(x: Tensor) -> Tensor:
-        return _gelu(x)
+        return torch.nn.functional.gelu(x)
 
     @staticmethod
     def setup_context(ctx: FunctionCtx, inputs: tuple, output: Tensor) -> None:
@@ -96,7 +70,7 @@ class Gelu(torch.autograd.Function):
     @once_differentiable
     def backward(ctx: FunctionCtx, grad_out: Tensor):
         (x,) = ctx.saved_tensors
-        return grad_out * gelu_slope(x) if ctx.needs_input_grad[0] else None
+        return gelu_slope_times(grad_out, x) if ctx.needs_input_grad[0] else None
 
 
 def gelu(x: Tensor) -> Tensor:
@@ -137,11 +111,14 @@ class GeluFeedForward(torch.autograd.Function):
         x, weight1, _, weight2, _, _, _ = inputs
         _, dropped, slope = output
         ctx.mark_non_differentiable(dropped, slope)
+        ctx.set_materialize_grads(False)  # no (M, F) zeros for the intermediates, which get no gradient
         ctx.save_for_backward(x, weight1, weight2, dropped, slope)
 
     @staticmethod
     @once_differentiable
-    def backward(ctx: FunctionCtx, grad_out: Tensor, _grad_dropped: Tensor, _grad_slope: Tensor):
+    def backward(ctx: FunctionCtx, grad_out: Tensor | None, _grad_dropped: None, _grad_slope: None):
+        if grad_out is None:  # the output was not used: no gradient flows back
+            return (None,) * len(ctx.needs_input_grad)
         x, weight1, weight2, dropped, slope = ctx.saved_tensors
         need_x, need_w1, need_b1, need_w2, need_b2 = ctx.needs_input_grad[:5]
         grad_rows = grad_out.reshape(-1, grad_out.shape[-1])  # (M, D')
