@@ -79,15 +79,15 @@ def fit_pca(features, dim: int, chunk_rows: int = CHUNK_ROWS) -> Pca:
         fitted = _fit_by_gram(np.asarray(features, dtype=np.float64), dim)
         if fitted is not None:
             return fitted
-    total = torch.zeros(width, dtype=torch.float64)
-    scatter = torch.zeros(width, width, dtype=torch.float64)
+    total = np.zeros(width)
+    scatter = np.zeros((width, width))
     for begin in range(0, num_rows, chunk_rows):
-        chunk = torch.from_numpy(np.asarray(features[begin : begin + chunk_rows], dtype=np.float64))
-        total += chunk.sum(dim=0)
-        scatter.addmm_(chunk.T, chunk)
-    mean = total / num_rows
+        chunk = np.asarray(features[begin : begin + chunk_rows], dtype=np.float64)
+        total += chunk.sum(axis=0)
+        scatter += chunk.T @ chunk  # NumPy sees A^T A and calls BLAS's syrk: half the products of a general GEMM
+    mean = torch.from_numpy(total / num_rows)
     # float64 keeps the cancellation in X^T X - N mean mean^T harmless (fc7's mean is not far above its spread).
-    covariance = (scatter - num_rows * torch.outer(mean, mean)) / max(num_rows - 1, 1)
+    covariance = (torch.from_numpy(scatter) - num_rows * torch.outer(mean, mean)) / max(num_rows - 1, 1)
     eigenvalues, eigenvectors = torch.linalg.eigh(covariance)  # ascending
     top = torch.flip(eigenvectors[:, -dim:], dims=(1,)).T.contiguous().numpy()  # (dim, D), largest first
     variance = torch.flip(eigenvalues[-dim:], dims=(0,)).clamp_min(0).numpy()
