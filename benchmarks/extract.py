@@ -104,9 +104,8 @@ def bench_pca(args) -> None:
 def bench_caption(args) -> None:
     from caption_torch.data.synthetic.images import write_scene_images
     from caption_torch.features.extractor import RecordedExtractor
-    from caption_torch.models.config import CaptionConfig
     from caption_torch.models.decoding import decode
-    from caption_torch.models.registry import DECODERS
+    from caption_torch.models.registry import DECODERS, CaptionConfig
     from caption_torch.prepare import main as prepare_main
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -132,7 +131,7 @@ def bench_caption(args) -> None:
         )
         extractor = RecordedExtractor(data)
         word_to_idx, _ = coco.read_vocab(data)
-        model = DECODERS["lstm"].build(word_to_idx, 3, CaptionConfig(decoder="lstm")).eval()  # full-size LSTM
+        model = DECODERS["lstm"].build(word_to_idx, 3, CaptionConfig.of("lstm")).eval()  # full-size LSTM
         image = [Path(tmp) / "scenes/images/val_000000.png"]
         samples = []
         for _ in range(args.rounds + 1):

@@ -312,6 +312,13 @@ def test_extract_benchmark_pca_at_a_tiny_size(capsys):
     assert re.match(r"PCA 300 x 4096 float32 -> 8, \d+ threads: median [\d.]+ s", capsys.readouterr().out)
 
 
+def test_extract_benchmark_caption_one_round(capsys):
+    from benchmarks import extract
+
+    extract.main(["caption", "--rounds", "1"])
+    assert re.search(r"^caption of one image on cpu, \d+ threads, weights loaded: median [\d.]+ s", capsys.readouterr().out, re.M)
+
+
 def test_transformer_benchmark_one_round(capsys):
     from benchmarks import transformer
 
