@@ -6,6 +6,7 @@ from torch.autograd import gradcheck
 from torch.utils._python_dispatch import TorchDispatchMode
 
 import caption_torch.functional as F
+from caption_torch.functional.words import PlaceRows
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 
@@ -174,6 +175,13 @@ def make_case(name, N, T, D, H, V, dtype, device):
         return F.weighted_softmax_loss, ref_weighted_softmax_loss, [randn(N * T, V)], [ids.reshape(N * T), weights, 3.0]
     if name == "select_rows":
         return (lambda x: F.select_rows(x, mask)), (lambda x: x[mask]), [randn(N, T, H)], []
+    if name == "place_rows":  # the adjoint of select_rows: the packed rows back at their positions, zeros elsewhere
+        return (
+            (lambda rows: PlaceRows.apply(rows, mask)),
+            (lambda rows: torch.zeros(N, T, H, dtype=rows.dtype).masked_scatter(mask[..., None], rows)),
+            [randn(int(mask.sum()), H)],
+            [],
+        )
     raise KeyError(name)
 
 
@@ -181,7 +189,7 @@ FUNCTIONS = [
     "rnn_step", "rnn_step_projected", "rnn", "rnn_lengths", "rnn_projected", "rnn_lookup",
     "lstm_step", "lstm_step_projected", "lstm", "lstm_lengths", "lstm_projected", "lstm_lookup",
     "word_embedding", "temporal_affine", "temporal_softmax_loss", "vocab_softmax_loss", "weighted_softmax_loss",
-    "select_rows",
+    "select_rows", "place_rows",
 ]  # fmt: skip
 
 

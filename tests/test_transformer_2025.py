@@ -106,21 +106,31 @@ def plain_feed_forward(noise):
     return lambda x, w1, b1, w2, b2: (nn.GELU()(x @ w1.T + b1) * noise) @ w2.T + b2
 
 
-def test_gelu_gradcheck_float64():
-    x = torch.linspace(-6, 6, 49, dtype=torch.float64).view(7, 7).requires_grad_()
-    assert torch.autograd.gradcheck(F.gelu, (x,), eps=1e-6, atol=1e-7, rtol=1e-6)
+def gelu_range_inputs(dtype):
+    """x = 1 and a first map whose F pre-activations span the GELU's whole range, -12..12 and random ones."""
+    pre = torch.cat([torch.linspace(-12, 12, 241), torch.randn(200) * 3]).to(dtype)
+    generator = torch.Generator().manual_seed(3)
+    w2 = torch.randn(3, pre.numel(), generator=generator).to(dtype)
+    return torch.ones(1, 1, 1, dtype=dtype), pre[:, None], torch.zeros_like(pre), w2, torch.zeros(3, dtype=dtype)
+
+
+def test_gelu_feed_forward_gradcheck_float64_across_the_gelu_range():
+    inputs = [t.requires_grad_() for t in gelu_range_inputs(torch.float64)]
+    assert torch.autograd.gradcheck(gelu_feed_forward(0.0), inputs, eps=1e-6, atol=1e-7, rtol=1e-6)
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
-def test_gelu_agrees_with_nn_gelu(dtype):
-    x = torch.cat([torch.linspace(-12, 12, 2001), torch.randn(3000) * 3]).to(dtype)
-    ours_in, ref_in = x.clone().requires_grad_(), x.clone().requires_grad_()
-    ours, ref = F.gelu(ours_in), nn.GELU()(ref_in)
-    upstream = torch.randn(x.shape, dtype=dtype)
-    (grad,), (ref_grad,) = torch.autograd.grad(ours, ours_in, upstream), torch.autograd.grad(ref, ref_in, upstream)
-    tol = dict(rtol=1e-13, atol=1e-14) if dtype == torch.float64 else dict(rtol=1e-6, atol=1e-6)
+def test_gelu_feed_forward_agrees_with_nn_gelu_across_the_gelu_range(dtype):
+    ours_in = [t.requires_grad_() for t in gelu_range_inputs(dtype)]
+    ref_in = [t.detach().clone().requires_grad_() for t in ours_in]
+    ours, ref = gelu_feed_forward(0.0)(*ours_in), plain_feed_forward(1.0)(*ref_in)
+    upstream = torch.randn(ours.shape, dtype=dtype)
+    grads = torch.autograd.grad(ours, ours_in, upstream)
+    ref_grads = torch.autograd.grad(ref, ref_in, upstream)
+    tol = dict(rtol=1e-12, atol=1e-13) if dtype == torch.float64 else dict(rtol=2e-5, atol=2e-5)
     torch.testing.assert_close(ours, ref, **tol)
-    torch.testing.assert_close(grad, ref_grad, **tol)
+    for grad, ref_grad in zip(grads, ref_grads):
+        torch.testing.assert_close(grad, ref_grad, **tol)
 
 
 def test_gelu_slope_is_the_derivative_written_out():
@@ -155,7 +165,7 @@ def test_packed_gelu_feed_forward_gradcheck_float64():
 
     def packed(*args):
         torch.manual_seed(3)
-        return F.packed_feed_forward(*args, packing, 0.2, activation="gelu")
+        return F.feed_forward(*args, 0.2, activation="gelu", packing=packing)
 
     assert torch.autograd.gradcheck(packed, inputs, eps=1e-6, atol=1e-6, rtol=1e-5)
 

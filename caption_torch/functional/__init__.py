@@ -82,7 +82,7 @@ __all__ = [
 
 # The Transformer's layers, weights in nn.Linear's (out, in) layout:
 #   dropout.py    dropout, and mkl_dropout() to draw its masks as torch's CPU dropout did through Intel MKL
-#   gelu.py       gelu (exact form), and the GELU feed-forward block of cs231n 2025-2026
+#   gelu.py       the GELU feed-forward block of cs231n 2025-2026 (exact GELU), reached through feed_forward
 #   layers.py     linear, memory_mean, layer_norm, feed_forward (ReLU or GELU), sinusoidal_positions/add_positions,
 #                 transformer_softmax_loss
 #   attention.py  multi_head_attention: projections, masked softmax, dropout, weighted sum, output map in one;
@@ -91,7 +91,6 @@ __all__ = [
 #                 attending to M memory vectors per caption
 from caption_torch.functional.attention import attention_heads, cached_attention, multi_head_attention  # noqa: E402
 from caption_torch.functional.dropout import dropout, mkl_dropout  # noqa: E402
-from caption_torch.functional.gelu import gelu  # noqa: E402
 from caption_torch.functional.layers import (  # noqa: E402
     add_positions,
     feed_forward,
@@ -105,16 +104,13 @@ from caption_torch.functional.packing import (  # noqa: E402
     CausalPacking,
     causal_packing,
     pack_rows,
+    packed_attention,
     packed_dropout,
-    packed_feed_forward,
-    packed_memory_attention,
-    packed_self_attention,
 )
 
 __all__ += [
     "mkl_dropout",
     "dropout",
-    "gelu",
     "linear",
     "memory_mean",
     "layer_norm",
@@ -129,7 +125,5 @@ __all__ += [
     "causal_packing",
     "pack_rows",
     "packed_dropout",
-    "packed_feed_forward",
-    "packed_self_attention",
-    "packed_memory_attention",
+    "packed_attention",
 ]

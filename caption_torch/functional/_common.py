@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+import math
 import os
 from typing import Callable
 
@@ -274,3 +276,71 @@ def _project(x: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
     """(N, L, E) @ weight.T + bias -> (N, L, E') as one GEMM."""
     N, L, E = x.shape
     return _addmm(bias, x.reshape(N * L, E), weight.T).view(N, L, weight.shape[0])
+
+
+def _attend(Q: Tensor, K: Tensor, V: Tensor, noise: Tensor, blocked: Tensor | None = None):
+    """Scaled dot-product attention of every head: ``softmax(Q K^T / sqrt(d))``, masked, dropped, times V.
+
+    Args:
+        Q: (N, H, S, d) queries; K, V: (N, H, T, d) keys and values.
+        noise: (N, H, S, T) dropout noise of the weights, or a scalar (a 0-dim tensor or a number).
+        blocked: optional (S, T) bool, True where a query may not look (its score becomes -inf).
+
+    Returns:
+        weights (N, H, S, T), the dropped weights (N, H, S, T) and the context (N, H, S, d):
+        what :func:`_attend_backward` reads.
+    """
+    scores = torch.matmul(Q, K.transpose(2, 3)).mul_(1 / math.sqrt(Q.shape[-1]))  # (N, H, S, T)
+    if blocked is not None:
+        scores.masked_fill_(blocked, float("-inf"))
+    weights = torch.softmax(scores, dim=-1)
+    dropped = weights * noise
+    return weights, dropped, torch.matmul(dropped, V)
+
+
+def _attend_backward(grad_context: Tensor, Q: Tensor, K: Tensor, V: Tensor, weights: Tensor, dropped: Tensor,
+                     noise: Tensor, out: tuple[Tensor, Tensor, Tensor] | None = None):  # fmt: skip
+    """The gradients of :func:`_attend`'s context with respect to Q, K and V, by hand.
+
+    Args:
+        grad_context: (N, H, S, d); Q, K, V, weights, dropped, noise: as :func:`_attend` took and gave them.
+        out: optional (grad_Q, grad_K, grad_V) tensors to write the results into.
+
+    Returns:
+        grad_Q (N, H, S, d), grad_K and grad_V (N, H, T, d).
+    """
+    grad_Q, grad_K, grad_V = out if out is not None else (None, None, None)
+    grad_V = torch.matmul(dropped.transpose(2, 3), grad_context, out=grad_V)
+    grad_weights = torch.matmul(grad_context, V.transpose(2, 3)).mul_(noise)  # (N, H, S, T)
+    # Softmax backward, row by row: weights * (g - sum(g * weights)); a masked weight is 0, so its score gets none.
+    grad_scores = grad_weights.sub_((grad_weights * weights).sum(-1, keepdim=True)).mul_(weights)
+    grad_scores.mul_(1 / math.sqrt(Q.shape[-1]))
+    grad_Q = torch.matmul(grad_scores, K, out=grad_Q)
+    return grad_Q, torch.matmul(grad_scores.transpose(2, 3), Q, out=grad_K), grad_V
+
+
+# --------------------------------------------------------------------------- #
+# Functions that return their intermediates for backward
+# --------------------------------------------------------------------------- #
+
+
+def _save_with_intermediates(ctx, saved: tuple, intermediates: tuple) -> None:
+    """Save ``saved`` for backward, where ``intermediates`` are extra outputs of the Function (kept for
+    backward, never differentiated): they are marked non-differentiable, and backward gets None, not a
+    tensor of zeros, for them and for an output that was not used."""
+    ctx.mark_non_differentiable(*intermediates)
+    ctx.set_materialize_grads(False)
+    ctx.save_for_backward(*saved)
+
+
+def _unless_unused(backward: Callable) -> Callable:
+    """Wrap a ``backward(ctx, grad_out, *grad_intermediates)`` of a Function that saved with
+    :func:`_save_with_intermediates`: if the main output was not used, no gradient flows back."""
+
+    @functools.wraps(backward)
+    def wrapped(ctx, grad_out, *grad_intermediates):
+        if grad_out is None:
+            return (None,) * len(ctx.needs_input_grad)
+        return backward(ctx, grad_out, *grad_intermediates)
+
+    return wrapped

@@ -18,8 +18,6 @@ the query, so :class:`SingleKeyAttention` computes it without queries or scores.
 
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import Tensor
 from torch.autograd.function import FunctionCtx, once_differentiable
@@ -27,13 +25,17 @@ from torch.autograd.function import FunctionCtx, once_differentiable
 from caption_torch.functional._common import (
     _addmm,
     _apply_autocast,
+    _attend,
+    _attend_backward,
     _check_dim,
     _check_float,
     _check_same_dtype,
     _merge_heads,
     _mm,
     _project,
+    _save_with_intermediates,
     _split_heads,
+    _unless_unused,
 )
 from caption_torch.functional.checks import check_positive_integer
 from caption_torch.functional.dropout import check_probability, dropout_noise, drops
@@ -49,12 +51,8 @@ class MultiHeadAttention(torch.autograd.Function):
         Q = _split_heads(_project(query, W_query, b_query), heads)  # (N, H, S, d)
         K = _split_heads(_project(key, W_key, b_key), heads)  # (N, H, T, d)
         V = _split_heads(_project(value, W_value, b_value), heads)  # (N, H, T, d)
-        scale = 1 / math.sqrt(E / heads)
-        scores = torch.matmul(Q, K.transpose(2, 3)).mul_(scale)  # (N, H, S, T)
-        scores.masked_fill_(~allowed, float("-inf"))
-        weights = torch.softmax(scores, dim=-1)
-        dropped = weights * noise  # (N, H, S, T)
-        context = _merge_heads(torch.matmul(dropped, V))  # (N * S, E)
+        weights, dropped, context = _attend(Q, K, V, noise, ~allowed)  # (N, H, S, T) twice, (N, H, S, d)
+        context = _merge_heads(context)  # (N * S, E)
         out = _addmm(b_proj, context, W_proj.T).view(N, S, E)
         return out, Q, K, V, weights, dropped, context  # the intermediates are outputs that setup_context saves
 
@@ -62,17 +60,16 @@ class MultiHeadAttention(torch.autograd.Function):
     def setup_context(ctx: FunctionCtx, inputs: tuple, output: tuple) -> None:
         query, key, value, W_query, _, W_key, _, W_value, _, W_proj, _, _, noise, heads = inputs
         _, Q, K, V, weights, dropped, context = output
-        ctx.mark_non_differentiable(Q, K, V, weights, dropped, context)
-        ctx.set_materialize_grads(False)
-        ctx.save_for_backward(query, key, value, W_query, W_key, W_value, W_proj, Q, K, V, weights, dropped, noise,
-                              context)  # fmt: skip
-        ctx.scale = 1 / math.sqrt(query.shape[2] / heads)
+        _save_with_intermediates(
+            ctx,
+            (query, key, value, W_query, W_key, W_value, W_proj, Q, K, V, weights, dropped, noise, context),
+            (Q, K, V, weights, dropped, context),
+        )
 
     @staticmethod
     @once_differentiable
+    @_unless_unused
     def backward(ctx: FunctionCtx, grad_out: Tensor, *_grad_intermediates: None):
-        if grad_out is None:  # the output was not used: no gradient flows back
-            return (None,) * len(ctx.needs_input_grad)
         query, key, value, W_query, W_key, W_value, W_proj, Q, K, V, weights, dropped, noise, context = (
             ctx.saved_tensors
         )
@@ -86,12 +83,7 @@ class MultiHeadAttention(torch.autograd.Function):
         if not any(ctx.needs_input_grad[:9]):  # only the output map's parameters: nothing flows further back
             return (None,) * 9 + (grad_W_proj, grad_b_proj, None, None, None)
         grad_context = _split_heads(_mm(grad_rows, W_proj).view(N, S, E), heads)  # (N, H, S, d)
-        grad_V = torch.matmul(dropped.transpose(2, 3), grad_context)  # (N, H, T, d)
-        grad_weights = torch.matmul(grad_context, V.transpose(2, 3)).mul_(noise)  # (N, H, S, T)
-        # Softmax backward, row by row; masked weights are 0, so their scores get no gradient.
-        grad_scores = grad_weights.sub_((grad_weights * weights).sum(-1, keepdim=True)).mul_(weights).mul_(ctx.scale)
-        grad_Q = torch.matmul(grad_scores, K)  # (N, H, S, d)
-        grad_K = torch.matmul(grad_scores.transpose(2, 3), Q)  # (N, H, T, d)
+        grad_Q, grad_K, grad_V = _attend_backward(grad_context, Q, K, V, weights, dropped, noise)
 
         def input_grads(grad_heads, x, W, need_x, need_W, need_b):
             grad_projected = _merge_heads(grad_heads)  # (N * L, E)
@@ -131,15 +123,14 @@ class SingleKeyAttention(torch.autograd.Function):
     def setup_context(ctx: FunctionCtx, inputs: tuple, output: tuple) -> None:
         query, key, value, W_query, _, W_key, _, W_value, _, W_proj, _, noise, _ = inputs
         _, V, context = output
-        ctx.mark_non_differentiable(V, context)
-        ctx.set_materialize_grads(False)
-        ctx.save_for_backward(query, key, value, W_query, W_key, W_value, W_proj, V, noise, context)
+        _save_with_intermediates(
+            ctx, (query, key, value, W_query, W_key, W_value, W_proj, V, noise, context), (V, context)
+        )
 
     @staticmethod
     @once_differentiable
+    @_unless_unused
     def backward(ctx: FunctionCtx, grad_out: Tensor, *_grad_intermediates: None):
-        if grad_out is None:  # the output was not used: no gradient flows back
-            return (None,) * len(ctx.needs_input_grad)
         query, key, value, W_query, W_key, W_value, W_proj, V, noise, context = ctx.saved_tensors
         needs = ctx.needs_input_grad
         N, S, E = query.shape
@@ -306,6 +297,6 @@ def cached_attention(
     if torch.is_grad_enabled() and any(t.requires_grad for t in inputs):
         raise ValueError("cached_attention is for generation and has no backward: call it under torch.no_grad()")
     Q = _split_heads(_project(query, W_query, b_query), H)  # (N, H, S, d)
-    weights = torch.softmax(torch.matmul(Q, keys.transpose(2, 3)).mul_(1 / math.sqrt(E / H)), dim=-1)  # (N, H, S, T)
-    context = _merge_heads(torch.matmul(weights, values))  # (N * S, E)
+    _, _, context = _attend(Q, keys, values, noise=1)  # (N, H, S, d)
+    context = _merge_heads(context)  # (N * S, E)
     return _addmm(b_proj, context, W_proj.T).view(N, S, E)

@@ -1,4 +1,4 @@
-"""GELU, the exact (erf) form of ``nn.GELU()``, alone and fused into the feed-forward block.
+"""GELU, the exact (erf) form of ``nn.GELU()``, fused into the feed-forward block.
 
     gelu(x)  = x * Phi(x),                 Phi(x) = (1 + erf(x / sqrt(2))) / 2, the standard normal CDF
     gelu'(x) = Phi(x) + x * phi(x),        phi(x) = exp(-x^2 / 2) / sqrt(2 pi), its density
@@ -16,7 +16,7 @@ import torch
 from torch import Tensor
 from torch.autograd.function import FunctionCtx, once_differentiable
 
-from caption_torch.functional._common import _addmm, _check_float, _mm, _mm_at
+from caption_torch.functional._common import _addmm, _mm, _mm_at, _save_with_intermediates, _unless_unused
 
 
 def gelu_slope_times(grad: Tensor, x: Tensor, out: Tensor | None = None) -> Tensor:
@@ -55,39 +55,6 @@ def _gelu_dropout_(pre: Tensor, noise: Tensor, keep_slope: bool) -> Tensor:
     return dropped
 
 
-class Gelu(torch.autograd.Function):
-    """``out = gelu(x)``; backward: ``grad_out * gelu'(x)``, from the saved x."""
-
-    @staticmethod
-    def forward(x: Tensor) -> Tensor:
-        return torch.nn.functional.gelu(x)
-
-    @staticmethod
-    def setup_context(ctx: FunctionCtx, inputs: tuple, output: Tensor) -> None:
-        ctx.save_for_backward(inputs[0])
-
-    @staticmethod
-    @once_differentiable
-    def backward(ctx: FunctionCtx, grad_out: Tensor):
-        (x,) = ctx.saved_tensors
-        return gelu_slope_times(grad_out, x) if ctx.needs_input_grad[0] else None
-
-
-def gelu(x: Tensor) -> Tensor:
-    """The Gaussian error linear unit, exact form, as ``nn.GELU()`` (``approximate="none"``).
-
-    Args:
-        x: any floating-point tensor.
-
-    Returns:
-        ``x * Phi(x)`` elementwise, x's shape and dtype (Phi: the standard normal CDF).
-    """
-    if not isinstance(x, Tensor):
-        raise ValueError(f"x must be a torch.Tensor, got {type(x).__name__}")
-    _check_float("x", x, x.dim())
-    return Gelu.apply(x)
-
-
 class GeluFeedForward(torch.autograd.Function):
     """``Linear2(Dropout(GELU(Linear1(x))))`` with the dropout's noise given (see ``dropout_noise``).
 
@@ -110,15 +77,12 @@ class GeluFeedForward(torch.autograd.Function):
     def setup_context(ctx: FunctionCtx, inputs: tuple, output: tuple) -> None:
         x, weight1, _, weight2, _, _, _ = inputs
         _, dropped, slope = output
-        ctx.mark_non_differentiable(dropped, slope)
-        ctx.set_materialize_grads(False)  # no (M, F) zeros for the intermediates, which get no gradient
-        ctx.save_for_backward(x, weight1, weight2, dropped, slope)
+        _save_with_intermediates(ctx, (x, weight1, weight2, dropped, slope), (dropped, slope))
 
     @staticmethod
     @once_differentiable
+    @_unless_unused
     def backward(ctx: FunctionCtx, grad_out: Tensor | None, _grad_dropped: None, _grad_slope: None):
-        if grad_out is None:  # the output was not used: no gradient flows back
-            return (None,) * len(ctx.needs_input_grad)
         x, weight1, weight2, dropped, slope = ctx.saved_tensors
         need_x, need_w1, need_b1, need_w2, need_b2 = ctx.needs_input_grad[:5]
         grad_rows = grad_out.reshape(-1, grad_out.shape[-1])  # (M, D')

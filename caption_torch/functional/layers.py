@@ -7,6 +7,7 @@ last dimension of an input with any number of leading dimensions (the model's ar
 from __future__ import annotations
 
 import numbers
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
@@ -25,10 +26,15 @@ from caption_torch.functional._common import (
     _mm,
     _mm_at,
     _on_onednn,
+    _save_with_intermediates,
+    _unless_unused,
 )
 from caption_torch.functional.dropout import Dropout, check_probability, dropout_noise, drops
 from caption_torch.functional.gelu import GeluFeedForward
-from caption_torch.functional.words import weighted_softmax_loss
+from caption_torch.functional.words import Affine, weighted_softmax_loss
+
+if TYPE_CHECKING:  # packing.py builds on this module
+    from caption_torch.functional.packing import CausalPacking
 
 # --------------------------------------------------------------------------- #
 # Linear
@@ -38,30 +44,6 @@ from caption_torch.functional.words import weighted_softmax_loss
 def _rows(x: Tensor) -> Tensor:
     """x (..., D) as a matrix (M, D) of its rows (a view when x's layout allows)."""
     return x.reshape(-1, x.shape[-1])
-
-
-class Linear(torch.autograd.Function):
-    """``out = x @ W.T + b`` over the last dimension, as one GEMM over all leading positions."""
-
-    @staticmethod
-    def forward(x: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
-        return _addmm(bias, _rows(x), weight.T).view(*x.shape[:-1], weight.shape[0])
-
-    @staticmethod
-    def setup_context(ctx: FunctionCtx, inputs: tuple, output: Tensor) -> None:
-        x, weight, _ = inputs
-        ctx.save_for_backward(x, weight)
-
-    @staticmethod
-    @once_differentiable
-    def backward(ctx: FunctionCtx, grad_out: Tensor):
-        x, weight = ctx.saved_tensors
-        need_x, need_weight, need_bias = ctx.needs_input_grad
-        grad_rows = _rows(grad_out)  # (M, out)
-        grad_x = _mm(grad_rows, weight).view(x.shape) if need_x else None
-        grad_weight = _mm_at(grad_rows, _rows(x)) if need_weight else None  # (out, in)
-        grad_bias = grad_rows.sum(0) if need_bias else None
-        return grad_x, grad_weight, grad_bias
 
 
 def _check_linear(x_name: str, x: Tensor, prefix: str, weight: Tensor, bias: Tensor) -> None:
@@ -87,7 +69,7 @@ def linear(x: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
     """
     _check_input("x", x)
     _check_linear("x", x, "", weight, bias)
-    return _apply_autocast(Linear, x, weight, bias, low_precision=True)
+    return _apply_autocast(Affine, x, weight, bias, True, low_precision=True)
 
 
 # --------------------------------------------------------------------------- #
@@ -152,15 +134,12 @@ class LayerNorm(torch.autograd.Function):
     def setup_context(ctx: FunctionCtx, inputs: tuple, output: tuple) -> None:
         x, weight, _, _ = inputs
         _, mean, inverse_std = output
-        ctx.mark_non_differentiable(mean, inverse_std)
-        ctx.set_materialize_grads(False)
-        ctx.save_for_backward(x, mean, inverse_std, weight)
+        _save_with_intermediates(ctx, (x, mean, inverse_std, weight), (mean, inverse_std))
 
     @staticmethod
     @once_differentiable
+    @_unless_unused
     def backward(ctx: FunctionCtx, grad_out: Tensor, _grad_mean: None, _grad_inverse_std: None):
-        if grad_out is None:  # the output was not used: no gradient flows back
-            return (None,) * len(ctx.needs_input_grad)
         x, mean, inverse_std, weight = ctx.saved_tensors
         need_x, need_weight, need_bias = ctx.needs_input_grad[:3]
         normalized = (x - mean).mul_(inverse_std)  # x_hat (..., D), recomputed rather than kept
@@ -242,9 +221,8 @@ class FeedForward(torch.autograd.Function):
 
     @staticmethod
     @once_differentiable
+    @_unless_unused
     def backward(ctx: FunctionCtx, grad_out: Tensor, _grad_dropped: None):
-        if grad_out is None:  # the output was not used: no gradient flows back
-            return (None,) * len(ctx.needs_input_grad)
         x, weight1, weight2, dropped, kept_scale = ctx.saved_tensors
         need_x, need_w1, need_b1, need_w2, need_b2 = ctx.needs_input_grad[:5]
         grad_rows = _rows(grad_out)  # (M, D)
@@ -274,24 +252,33 @@ def feed_forward(
     dropout_p: float = 0.0,
     training: bool = True,
     activation: str = "relu",
+    packing: CausalPacking | None = None,
 ) -> Tensor:
     """The Transformer's position-wise block: ``Linear2(Dropout(ReLU(Linear1(x))))``, or GELU for ReLU.
 
     Args:
-        x: (..., D) inputs.
+        x: (..., D) inputs, or (P, D) packed rows with ``packing``.
         weight1: (F, D), bias1: (F,) the first map (F = 2048 in cs231n's decoder layer).
         weight2: (D', F), bias2: (D',) the second map.
         dropout_p: probability of dropping a hidden unit (drawn as :func:`dropout` draws).
         training: False turns the dropout off.
         activation: ``"relu"`` (cs231n 2021-2024) or ``"gelu"`` (exact form, cs231n 2025-2026).
+        packing: the packing of x's rows (``packing.py``): the hidden dropout is then masked as the
+            unpacked (N, T, F) layer's would be.
 
     Returns:
         (..., D') outputs.
     """
-    _check_input("x", x)
+    if packing is None:
+        _check_input("x", x)
+    else:
+        packing.check_rows(x)
     _check_feed_forward_weights(x, weight1, bias1, weight2, bias2)
     check_probability("dropout_p", dropout_p)
     check_activation(activation)
+    if packing is not None:
+        noise = packing.row_noise(weight1.shape[0], dropout_p, training, x)
+        return apply_feed_forward(activation, x, weight1, bias1, weight2, bias2, noise)
     hidden_shape = (*x.shape[:-1], weight1.shape[0])
     hidden_like = torch.empty(hidden_shape, dtype=x.dtype, device=x.device) if training else x
     if drops(dropout_p, training, hidden_like):

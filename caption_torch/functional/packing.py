@@ -22,7 +22,6 @@ computed rows are drawn: the same distribution, without paying for the padding's
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
@@ -32,20 +31,20 @@ from torch.autograd.function import FunctionCtx, once_differentiable
 from caption_torch.functional._common import (
     _addmm,
     _apply_autocast,
-    _check_feed_forward_weights,
+    _attend,
+    _attend_backward,
     _check_float,
     _check_input,
     _check_same_dtype,
-    _merge_heads,
     _mm,
     _mm_at,
-    _project,
-    _split_heads,
+    _save_with_intermediates,
+    _unless_unused,
 )
+from caption_torch.functional.attention import MultiHeadAttention
 from caption_torch.functional.checks import check_positive_integer
 from caption_torch.functional.dropout import Dropout, check_probability, dropout_noise, drops, uses_mkl_masks
-from caption_torch.functional.layers import apply_feed_forward, check_activation
-from caption_torch.functional.words import SelectRows
+from caption_torch.functional.words import PlaceRows, SelectRows
 
 
 @dataclass(frozen=True)
@@ -66,6 +65,20 @@ class CausalPacking:
     def rows(self) -> int:
         """P, the number of packed rows."""
         return self.images.shape[0]
+
+    def check_rows(self, x: Tensor) -> None:
+        """x must be (P, W) floating-point rows of this packing."""
+        _check_float("x", x, 2)
+        if x.shape[0] != self.rows:
+            raise ValueError(f"x has {x.shape[0]} rows but the packing has P = {self.rows}")
+
+    def row_noise(self, width: int, p: float, training: bool, x: Tensor) -> Tensor:
+        """(P, width) dropout noise for x's packed rows, or a scalar (1: keeps all, 0: drops all): drawn at
+        (N, T, width) and the computed rows kept inside :func:`mkl_dropout`, drawn at (P, width) otherwise."""
+        if not uses_mkl_masks():
+            return _draw((self.rows, width), p, training, x.dtype, x.device)
+        noise = _draw((*self.computed.shape, width), p, training, x.dtype, x.device)
+        return noise[self.computed] if noise.dim() else noise
 
 
 def causal_packing(lengths: Tensor, T: int) -> CausalPacking:
@@ -91,15 +104,6 @@ def _draw(shape: tuple[int, ...], p: float, training: bool, dtype: torch.dtype, 
     if drops(p, training, like):
         return dropout_noise(like, p)
     return torch.tensor(0.0 if training and p == 1 else 1.0, dtype=dtype, device=device)
-
-
-def _row_noise(packing: CausalPacking, width: int, p: float, training: bool, x: Tensor) -> Tensor:
-    """(P, width) noise, or a scalar: drawn at (N, T, width) and the computed rows kept inside
-    :func:`mkl_dropout`, drawn at (P, width) otherwise."""
-    if not uses_mkl_masks():
-        return _draw((packing.rows, width), p, training, x.dtype, x.device)
-    noise = _draw((*packing.computed.shape, width), p, training, x.dtype, x.device)
-    return noise[packing.computed] if noise.dim() else noise
 
 
 def _attention_noise(
@@ -137,12 +141,6 @@ def pack_rows(x: Tensor, packing: CausalPacking) -> Tensor:
     return SelectRows.apply(x, packing.computed)
 
 
-def _check_rows(x: Tensor, packing: CausalPacking) -> None:
-    _check_float("x", x, 2)
-    if x.shape[0] != packing.rows:
-        raise ValueError(f"x has {x.shape[0]} rows but the packing has P = {packing.rows}")
-
-
 def packed_dropout(x: Tensor, packing: CausalPacking, p: float, training: bool = True) -> Tensor:
     """:func:`dropout` of packed rows, with the mask the unpacked (N, T, W) tensor would get.
 
@@ -154,41 +152,12 @@ def packed_dropout(x: Tensor, packing: CausalPacking, p: float, training: bool =
     Returns:
         (P, W).
     """
-    _check_rows(x, packing)
+    packing.check_rows(x)
     check_probability("p", p)
-    noise = _row_noise(packing, x.shape[1], p, training, x)
+    noise = packing.row_noise(x.shape[1], p, training, x)
     if noise.dim() == 0 and noise.item() == 1:
         return x
     return _apply_autocast(Dropout, x, noise, low_precision=True)
-
-
-def packed_feed_forward(
-    x: Tensor,
-    weight1: Tensor,
-    bias1: Tensor,
-    weight2: Tensor,
-    bias2: Tensor,
-    packing: CausalPacking,
-    dropout_p: float = 0.0,
-    training: bool = True,
-    activation: str = "relu",
-) -> Tensor:
-    """:func:`feed_forward` of packed rows, its hidden dropout masked as the unpacked (N, T, F) layer would be.
-
-    Args:
-        x: (P, W) packed rows; weight1 (F, W), bias1 (F,), weight2 (W, F), bias2 (W,).
-        packing: their packing.
-        dropout_p, training, activation: as :func:`feed_forward`.
-
-    Returns:
-        (P, W).
-    """
-    _check_rows(x, packing)
-    _check_feed_forward_weights(x, weight1, bias1, weight2, bias2)
-    check_probability("dropout_p", dropout_p)
-    check_activation(activation)
-    noise = _row_noise(packing, weight1.shape[0], dropout_p, training, x)
-    return apply_feed_forward(activation, x, weight1, bias1, weight2, bias2, noise)
 
 
 # --------------------------------------------------------------------------- #
@@ -215,13 +184,9 @@ class PackedSelfAttention(torch.autograd.Function):
         qkv = x.new_zeros(3, N, heads, L, E // heads)  # one copy into the layout the batched products read
         qkv.permute(1, 3, 0, 2, 4)[computed] = rows.view(P, 3, heads, E // heads)
         Q, K, V = qkv  # (N, H, L, d) each
-        scale = 1 / math.sqrt(E / heads)
-        scores = torch.matmul(Q, K.transpose(2, 3)).mul_(scale)  # (N, H, L, L)
-        causal = torch.ones(L, L, dtype=torch.bool, device=x.device).tril_()
-        scores.masked_fill_(~causal, float("-inf"))
-        weights = torch.softmax(scores, dim=-1)
-        dropped = weights * noise
-        context = torch.matmul(dropped, V).transpose(1, 2)[computed].view(P, E)  # (P, H, d) -> (P, E)
+        later = torch.ones(L, L, dtype=torch.bool, device=x.device).triu_(1)  # the causal mask's blocked keys
+        weights, dropped, context = _attend(Q, K, V, noise, later)  # (N, H, L, L) twice, (N, H, L, d)
+        context = context.transpose(1, 2)[computed].view(P, E)  # (P, H, d) -> (P, E)
         out = _addmm(b_proj, context, W_proj.T)
         return out, W_qkv, qkv, weights, dropped, context  # the intermediates are outputs that setup_context saves
 
@@ -229,16 +194,16 @@ class PackedSelfAttention(torch.autograd.Function):
     def setup_context(ctx: FunctionCtx, inputs: tuple, output: tuple) -> None:
         x, _, _, _, _, _, _, W_proj, _, computed, noise, heads = inputs
         _, W_qkv, qkv, weights, dropped, context = output
-        ctx.mark_non_differentiable(W_qkv, qkv, weights, dropped, context)
-        ctx.set_materialize_grads(False)
-        ctx.save_for_backward(x, W_qkv, W_proj, qkv, weights, dropped, noise, context, computed)
-        ctx.scale = 1 / math.sqrt(x.shape[1] / heads)
+        _save_with_intermediates(
+            ctx,
+            (x, W_qkv, W_proj, qkv, weights, dropped, noise, context, computed),
+            (W_qkv, qkv, weights, dropped, context),
+        )
 
     @staticmethod
     @once_differentiable
+    @_unless_unused
     def backward(ctx: FunctionCtx, grad_out: Tensor, *_grad_intermediates: None):
-        if grad_out is None:  # the output was not used: no gradient flows back
-            return (None,) * len(ctx.needs_input_grad)
         x, W_qkv, W_proj, qkv, weights, dropped, noise, context, computed = ctx.saved_tensors
         need_x, need_Wq, need_bq, need_Wk, need_bk, need_Wv, need_bv, need_Wp, need_bp = ctx.needs_input_grad[:9]
         P, E = x.shape
@@ -249,13 +214,8 @@ class PackedSelfAttention(torch.autograd.Function):
             return (None,) * 7 + (grad_W_proj, grad_b_proj, None, None, None)
         grad_context = x.new_zeros(N, heads, L, d)
         grad_context.transpose(1, 2)[computed] = _mm(grad_out, W_proj).view(P, heads, d)
-        Q, K, V = qkv
         grad_qkv = torch.empty_like(qkv)  # (3, N, H, L, d)
-        torch.matmul(dropped.transpose(2, 3), grad_context, out=grad_qkv[2])  # grad_V
-        grad_weights = torch.matmul(grad_context, V.transpose(2, 3)).mul_(noise)  # (N, H, L, L)
-        grad_scores = grad_weights.sub_((grad_weights * weights).sum(-1, keepdim=True)).mul_(weights).mul_(ctx.scale)
-        torch.matmul(grad_scores, K, out=grad_qkv[0])  # grad_Q
-        torch.matmul(grad_scores.transpose(2, 3), Q, out=grad_qkv[1])  # grad_K
+        _attend_backward(grad_context, *qkv, weights, dropped, noise, out=tuple(grad_qkv))
         # (P, 3, H, d) -> (P, 3E): query, key, value side by side, as the rows of W_qkv
         grad_rows = grad_qkv.permute(1, 3, 0, 2, 4)[computed].view(P, 3 * E)
         grad_x = _mm(grad_rows, W_qkv) if need_x else None
@@ -291,16 +251,13 @@ class PackedSingleKeyAttention(torch.autograd.Function):
     def setup_context(ctx: FunctionCtx, inputs: tuple, output: tuple) -> None:
         x, memory, W_query, _, W_key, _, W_value, _, W_proj, _, images, noise, heads = inputs
         _, V = output
-        ctx.mark_non_differentiable(V)
-        ctx.set_materialize_grads(False)
-        ctx.save_for_backward(x, memory, W_query, W_key, W_value, W_proj, V, images, noise)
+        _save_with_intermediates(ctx, (x, memory, W_query, W_key, W_value, W_proj, V, images, noise), (V,))
         ctx.heads = heads
 
     @staticmethod
     @once_differentiable
+    @_unless_unused
     def backward(ctx: FunctionCtx, grad_out: Tensor, _grad_V: None):
-        if grad_out is None:  # the output was not used: no gradient flows back
-            return (None,) * len(ctx.needs_input_grad)
         x, memory, W_query, W_key, W_value, W_proj, V, images, noise = ctx.saved_tensors
         needs = ctx.needs_input_grad
         N, _, E = memory.shape
@@ -332,84 +289,6 @@ class PackedSingleKeyAttention(torch.autograd.Function):
                 grad_b_proj, None, None, None)  # fmt: skip
 
 
-class PackedMemoryAttention(torch.autograd.Function):
-    """Attention of packed rows to M memory vectors per caption (``MultiHeadAttention`` without a mask).
-
-    ``computed`` (N, L) bool, prefixes; ``noise`` (N, H, L, M) or a scalar. The queries are
-    projected as (P, W) rows and scattered into an (N, H, L, W/H) block (zeros past each
-    prefix: their context rows are never gathered back and their gradients are zero), the keys
-    and values are projected once per image, (N, H, M, W/H), and the context rows of the
-    computed positions are gathered back.
-    """
-
-    @staticmethod
-    def forward(x, memory, W_query, b_query, W_key, b_key, W_value, b_value, W_proj, b_proj, computed, noise, heads):
-        P, E = x.shape
-        N, L = computed.shape
-        d = E // heads
-        Q = x.new_zeros(N, L, heads, d)  # (N, L, H, d); read as (N, H, L, d) by the products
-        Q[computed] = _addmm(b_query, x, W_query.T).view(P, heads, d)
-        Q = Q.transpose(1, 2)
-        K = _split_heads(_project(memory, W_key, b_key), heads)  # (N, H, M, d)
-        V = _split_heads(_project(memory, W_value, b_value), heads)  # (N, H, M, d)
-        scores = torch.matmul(Q, K.transpose(2, 3)).mul_(1 / math.sqrt(d))  # (N, H, L, M)
-        weights = torch.softmax(scores, dim=-1)
-        dropped = weights * noise
-        context = torch.matmul(dropped, V).transpose(1, 2)[computed].view(P, E)  # (P, H, d) -> (P, E)
-        out = _addmm(b_proj, context, W_proj.T)
-        return out, Q, K, V, weights, dropped, context  # the intermediates are outputs that setup_context saves
-
-    @staticmethod
-    def setup_context(ctx: FunctionCtx, inputs: tuple, output: tuple) -> None:
-        x, memory, W_query, _, W_key, _, W_value, _, W_proj, _, computed, noise, heads = inputs
-        _, Q, K, V, weights, dropped, context = output
-        ctx.mark_non_differentiable(Q, K, V, weights, dropped, context)
-        ctx.set_materialize_grads(False)
-        ctx.save_for_backward(x, memory, W_query, W_key, W_value, W_proj, Q, K, V, weights, dropped, noise, context,
-                              computed)  # fmt: skip
-        ctx.scale = 1 / math.sqrt(x.shape[1] / heads)
-
-    @staticmethod
-    @once_differentiable
-    def backward(ctx: FunctionCtx, grad_out: Tensor, *_grad_intermediates: None):
-        if grad_out is None:  # the output was not used: no gradient flows back
-            return (None,) * len(ctx.needs_input_grad)
-        x, memory, W_query, W_key, W_value, W_proj, Q, K, V, weights, dropped, noise, context, computed = (
-            ctx.saved_tensors
-        )
-        (need_x, need_memory, need_Wq, need_bq, need_Wk, need_bk, need_Wv, need_bv, need_Wp,
-         need_bp) = ctx.needs_input_grad[:10]  # fmt: skip
-        P, E = x.shape
-        N, heads, L, d = Q.shape
-        grad_W_proj = _mm_at(grad_out, context) if need_Wp else None
-        grad_b_proj = grad_out.sum(0) if need_bp else None
-        if not any(ctx.needs_input_grad[:8]):
-            return (None,) * 8 + (grad_W_proj, grad_b_proj, None, None, None)
-        grad_context = x.new_zeros(N, L, heads, d)
-        grad_context[computed] = _mm(grad_out, W_proj).view(P, heads, d)
-        grad_context = grad_context.transpose(1, 2)  # (N, H, L, d), zero past each prefix
-        grad_V = torch.matmul(dropped.transpose(2, 3), grad_context)  # (N, H, M, d)
-        grad_weights = torch.matmul(grad_context, V.transpose(2, 3)).mul_(noise)  # (N, H, L, M)
-        # Softmax backward, row by row.
-        grad_scores = grad_weights.sub_((grad_weights * weights).sum(-1, keepdim=True)).mul_(weights).mul_(ctx.scale)
-        grad_query = torch.matmul(grad_scores, K).transpose(1, 2)[computed].view(P, E)  # (P, E)
-        grad_K = torch.matmul(grad_scores.transpose(2, 3), Q)  # (N, H, M, d)
-        grad_x = _mm(grad_query, W_query) if need_x else None
-        grad_W_query = _mm_at(grad_query, x) if need_Wq else None
-        grad_b_query = grad_query.sum(0) if need_bq else None
-        memory_rows = memory.reshape(-1, E)  # (N * M, E)
-        grad_memory = None
-        grad_keys, grad_values = _merge_heads(grad_K), _merge_heads(grad_V)  # (N * M, E) each
-        if need_memory:
-            grad_memory = torch.addmm(_mm(grad_keys, W_key), grad_values, W_value).view(memory.shape)
-        grad_W_key = _mm_at(grad_keys, memory_rows) if need_Wk else None
-        grad_b_key = grad_keys.sum(0) if need_bk else None
-        grad_W_value = _mm_at(grad_values, memory_rows) if need_Wv else None
-        grad_b_value = grad_values.sum(0) if need_bv else None
-        return (grad_x, grad_memory, grad_W_query, grad_b_query, grad_W_key, grad_b_key, grad_W_value, grad_b_value,
-                grad_W_proj, grad_b_proj, None, None, None)  # fmt: skip
-
-
 _ATTENTION_WEIGHT_NAMES = ("W_query", "b_query", "W_key", "b_key", "W_value", "b_value", "W_proj", "b_proj")
 
 
@@ -428,8 +307,9 @@ def _check_attention_weights(x: Tensor, num_heads: int, weights: tuple[Tensor, .
     return named
 
 
-def packed_self_attention(
+def packed_attention(
     x: Tensor,
+    memory: Tensor | None,
     W_query: Tensor,
     b_query: Tensor,
     W_key: Tensor,
@@ -443,72 +323,48 @@ def packed_self_attention(
     dropout_p: float = 0.0,
     training: bool = True,
 ) -> Tensor:
-    """Causal self-attention of packed rows: the computed rows of :func:`multi_head_attention` of the
-    unpacked captions with the causal mask, attention weights dropped as there ((N, H, T, T) masks).
-
-    Args:
-        x: (P, E) packed rows; W_* (E, E) and b_* (E,) as :func:`multi_head_attention`.
-        num_heads: H, dividing E.
-        packing: the rows' packing.
-        dropout_p, training: dropout of the attention weights.
-
-    Returns:
-        (P, E).
-    """
-    _check_rows(x, packing)
-    named = _check_attention_weights(x, num_heads, (W_query, b_query, W_key, b_key, W_value, b_value, W_proj, b_proj))
-    _check_same_dtype(x=x, **named)
-    check_probability("dropout_p", dropout_p)
-    L, T = packing.longest, packing.computed.shape[1]
-    noise = _attention_noise(packing, num_heads, L, T, dropout_p, training, x)  # (N, H, L, L) of (N, H, T, T)
-    return _apply_autocast(PackedSelfAttention, x, *named.values(), packing.computed[:, :L], noise, num_heads,
-                           low_precision=True)[0]  # fmt: skip
-
-
-def packed_memory_attention(
-    x: Tensor,
-    memory: Tensor,
-    W_query: Tensor,
-    b_query: Tensor,
-    W_key: Tensor,
-    b_key: Tensor,
-    W_value: Tensor,
-    b_value: Tensor,
-    W_proj: Tensor,
-    b_proj: Tensor,
-    num_heads: int,
-    packing: CausalPacking,
-    dropout_p: float = 0.0,
-    training: bool = True,
-) -> Tensor:
-    """Attention of packed rows to each caption's memory: the computed rows of :func:`multi_head_attention`
-    (query = the captions, key = value = memory, no mask), weights dropped as there.
+    """The computed rows of :func:`multi_head_attention` of the unpacked captions: causal self-attention
+    (``memory`` None: query = key = value = the captions, the causal mask), or attention to each caption's
+    memory (query = the captions, key = value = memory, no mask); weights dropped as there.
 
     Args:
         x: (P, E) packed rows (the queries).
-        memory: (N, M, E) M keys and values per caption (M = 1: one image vector, computed without
-            queries or scores, as the weight of a single key is 1).
+        memory: None, or (N, M, E): M keys and values per caption (M = 1: one image vector, computed
+            without queries or scores, as the weight of a single key is 1).
         W_* (E, E), b_* (E,), num_heads: as :func:`multi_head_attention`.
         packing: the rows' packing.
-        dropout_p, training: dropout of the attention weights ((N, H, T, M) masks).
+        dropout_p, training: dropout of the attention weights (masks of the unpacked (N, H, T, T or M)
+            weights inside :func:`mkl_dropout`).
 
     Returns:
         (P, E).
     """
-    _check_rows(x, packing)
-    _check_float("memory", memory, 3)
+    packing.check_rows(x)
     N, T = packing.computed.shape
-    M = memory.shape[1]
-    if memory.shape[0] != N or memory.shape[2] != x.shape[1] or M == 0:
-        raise ValueError(f"memory must have shape (N, M, E) = ({N}, M >= 1, {x.shape[1]}), got {tuple(memory.shape)}")
+    L = packing.longest
+    if memory is not None:
+        _check_float("memory", memory, 3)
+        if memory.shape[0] != N or memory.shape[2] != x.shape[1] or memory.shape[1] == 0:
+            raise ValueError(
+                f"memory must have shape (N, M, E) = ({N}, M >= 1, {x.shape[1]}), got {tuple(memory.shape)}"
+            )
     named = _check_attention_weights(x, num_heads, (W_query, b_query, W_key, b_key, W_value, b_value, W_proj, b_proj))
-    _check_same_dtype(x=x, memory=memory, **named)
+    tensors = {"x": x} if memory is None else {"x": x, "memory": memory}
+    _check_same_dtype(**tensors, **named)
     check_probability("dropout_p", dropout_p)
-    if M > 1:
-        L = packing.longest
+    if memory is None:
+        noise = _attention_noise(packing, num_heads, L, T, dropout_p, training, x)  # (N, H, L, L) of (N, H, T, T)
+        return _apply_autocast(PackedSelfAttention, x, *named.values(), packing.computed[:, :L], noise, num_heads,
+                               low_precision=True)[0]  # fmt: skip
+    M = memory.shape[1]
+    if M > 1:  # the computed rows of the dense attention of (N, L, E) queries, zeros past each prefix
+        computed = packing.computed[:, :L]
         noise = _attention_noise(packing, num_heads, M, M, dropout_p, training, x)  # (N, H, L, M)
-        return _apply_autocast(PackedMemoryAttention, x, memory, *named.values(), packing.computed[:, :L], noise,
-                               num_heads, low_precision=True)[0]  # fmt: skip
+        queries = _apply_autocast(PlaceRows, x, computed, low_precision=True)
+        everywhere = torch.ones((), dtype=torch.bool, device=x.device)
+        attended = _apply_autocast(MultiHeadAttention, queries, memory, memory, *named.values(), everywhere, noise,
+                                   num_heads, low_precision=True)[0]  # fmt: skip
+        return _apply_autocast(SelectRows, attended, computed, low_precision=True)
     if uses_mkl_masks():
         noise = _draw((N, num_heads, T, 1), dropout_p, training, x.dtype, x.device)
         noise = noise[..., 0].transpose(1, 2)[packing.computed] if noise.dim() else noise  # (P, H)

@@ -32,6 +32,8 @@ from caption_torch.functional._common import (
     _check_targets,
     _is_dense,
     _mm,
+    _mm_at,
+    _save_with_intermediates,
     _without_autocast,
 )
 from caption_torch.functional.checks import check_token_ids
@@ -87,29 +89,38 @@ def word_embedding(x: Tensor, W: Tensor) -> Tensor:
 # --------------------------------------------------------------------------- #
 
 
-class TemporalAffine(torch.autograd.Function):
-    """``out[n, t] = x[n, t] @ w + b`` as one GEMM over all N*T rows."""
+class Affine(torch.autograd.Function):
+    """``x @ W.T + b`` for a weight in ``nn.Linear``'s (out, in) layout (``out_in``), or ``x @ w + b``
+    for cs231n's (in, out) layout: one GEMM over all leading positions.
+
+    The weight's gradient is computed in the weight's own layout, (out, in) through BLAS (which
+    reads the transposed left operand in place), (in, out) through :func:`_mm`.
+    """
 
     @staticmethod
-    def forward(x: Tensor, w: Tensor, b: Tensor) -> Tensor:
-        N, T, D = x.shape
-        return _addmm(b, x.reshape(N * T, D), w).view(N, T, w.shape[1])
+    def forward(x: Tensor, weight: Tensor, bias: Tensor, out_in: bool) -> Tensor:
+        right = weight.T if out_in else weight  # (in, out)
+        return _addmm(bias, x.reshape(-1, x.shape[-1]), right).view(*x.shape[:-1], right.shape[1])
 
     @staticmethod
     def setup_context(ctx: FunctionCtx, inputs: tuple, output: Tensor) -> None:
-        x, w, _ = inputs
-        ctx.save_for_backward(x, w)
+        x, weight, _, out_in = inputs
+        ctx.save_for_backward(x, weight)
+        ctx.out_in = out_in
 
     @staticmethod
     @once_differentiable
     def backward(ctx: FunctionCtx, grad_out: Tensor):
-        x, w = ctx.saved_tensors
-        N, T, D = x.shape
-        grad_flat = grad_out.reshape(N * T, w.shape[1])
-        grad_x = _mm(grad_flat, w.T).view(N, T, D) if ctx.needs_input_grad[0] else None
-        grad_w = _mm(x.reshape(N * T, D).T, grad_flat) if ctx.needs_input_grad[1] else None
-        grad_b = grad_flat.sum(0) if ctx.needs_input_grad[2] else None
-        return grad_x, grad_w, grad_b
+        x, weight = ctx.saved_tensors
+        need_x, need_weight, need_bias, _ = ctx.needs_input_grad
+        grad_rows = grad_out.reshape(-1, grad_out.shape[-1])  # (rows, out)
+        rows = x.reshape(-1, x.shape[-1])  # (rows, in)
+        grad_x = _mm(grad_rows, weight if ctx.out_in else weight.T).view(x.shape) if need_x else None
+        grad_weight = None
+        if need_weight:
+            grad_weight = _mm_at(grad_rows, rows) if ctx.out_in else _mm(rows.T, grad_rows)
+        grad_bias = grad_rows.sum(0) if need_bias else None
+        return grad_x, grad_weight, grad_bias, None
 
 
 def temporal_affine(x: Tensor, w: Tensor, b: Tensor) -> Tensor:
@@ -124,7 +135,7 @@ def temporal_affine(x: Tensor, w: Tensor, b: Tensor) -> Tensor:
         (N, T, M) outputs.
     """
     _check_affine(("x", x), ("w", w), ("b", b))
-    return _apply_autocast(TemporalAffine, x, w, b, low_precision=True)
+    return _apply_autocast(Affine, x, w, b, False, low_precision=True)
 
 
 def _check_affine(x: tuple[str, Tensor], w: tuple[str, Tensor], b: tuple[str, Tensor]) -> None:
@@ -177,6 +188,27 @@ class SelectRows(torch.autograd.Function):
         return grad_x, None
 
 
+class PlaceRows(torch.autograd.Function):
+    """The adjoint of :class:`SelectRows`: (K, ...) rows placed, in row order, at the positions where the
+    (N, T) bool mask is True of an (N, T, ...) tensor of zeros. The gradient is the selected rows'."""
+
+    @staticmethod
+    def forward(rows: Tensor, mask: Tensor) -> Tensor:
+        placed = rows.new_zeros(*mask.shape, *rows.shape[1:])
+        placed[mask] = rows
+        return placed
+
+    @staticmethod
+    def setup_context(ctx: FunctionCtx, inputs: tuple, output: Tensor) -> None:
+        ctx.save_for_backward(inputs[1])
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx: FunctionCtx, grad_placed: Tensor):
+        (mask,) = ctx.saved_tensors
+        return (grad_placed[mask] if ctx.needs_input_grad[0] else None), None
+
+
 def select_rows(x: Tensor, mask: Tensor) -> Tensor:
     """The rows of the positions where mask is True.
 
@@ -221,9 +253,7 @@ class WeightedSoftmaxLoss(torch.autograd.Function):
     def setup_context(ctx: FunctionCtx, inputs: tuple, output: tuple) -> None:
         scores, targets, weights, total = inputs
         _, probs = output
-        ctx.mark_non_differentiable(probs)
-        ctx.set_materialize_grads(False)
-        ctx.save_for_backward(probs, targets, weights)
+        _save_with_intermediates(ctx, (probs, targets, weights), (probs,))
         ctx.total, ctx.scores_dtype = total, scores.dtype
 
     @staticmethod

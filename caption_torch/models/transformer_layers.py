@@ -164,6 +164,16 @@ class MultiHeadAttention(nn.Module):
             self.num_heads, attn_mask, self.dropout, self.training,
         )  # fmt: skip
 
+    def forward_packed(self, rows: Tensor, memory: Tensor | None, packing: F.CausalPacking) -> Tensor:
+        """The computed rows of :meth:`forward` for packed rows (P, E): causal self-attention (``memory`` None)
+        or attention to each caption's (N, M, E) memory; see :func:`caption_torch.functional.packed_attention`."""
+        return F.packed_attention(
+            rows, memory,
+            self.query.weight, self.query.bias, self.key.weight, self.key.bias,
+            self.value.weight, self.value.bias, self.proj.weight, self.proj.bias,
+            self.num_heads, packing, self.dropout, self.training,
+        )  # fmt: skip
+
     def extra_repr(self) -> str:
         return f"embed_dim={self.embed_dim}, num_heads={self.num_heads}, dropout={self.dropout}"
 
@@ -220,9 +230,7 @@ class FeedForwardNetwork(nn.Module):
         """
         weights = (self.fc1.weight, self.fc1.bias, self.fc2.weight, self.fc2.bias)
         training = self.training if training is None else training
-        if packing is None:
-            return F.feed_forward(x, *weights, self.dropout.p, training, activation="gelu")
-        return F.packed_feed_forward(x, *weights, packing, self.dropout.p, training, activation="gelu")
+        return F.feed_forward(x, *weights, self.dropout.p, training, activation="gelu", packing=packing)
 
 
 class TransformerDecoderLayer(nn.Module):
@@ -298,9 +306,7 @@ class TransformerDecoderLayer(nn.Module):
             return self.ffn(x, packing, training)
         training = self.training if training is None else training
         weights = (self.linear1.weight, self.linear1.bias, self.linear2.weight, self.linear2.bias)
-        if packing is None:
-            return F.feed_forward(x, *weights, self.dropout, training)
-        return F.packed_feed_forward(x, *weights, packing, self.dropout, training)
+        return F.feed_forward(x, *weights, self.dropout, training, packing=packing)
 
     def forward(self, tgt: Tensor, memory: Tensor, tgt_mask: Tensor | None = None) -> Tensor:
         """(N, T, W) sequence, (N, M, W) memory, optional (T, T) mask -> (N, T, W)."""
@@ -319,19 +325,9 @@ class TransformerDecoderLayer(nn.Module):
         """
         training = self.training
         (norm_self, norm_cross, norm_ffn), (p_self, p_cross, p_ffn) = self.norms, self.residual_dropouts
-        attention = self.self_attn
-        attended = F.packed_self_attention(
-            rows, attention.query.weight, attention.query.bias, attention.key.weight, attention.key.bias,
-            attention.value.weight, attention.value.bias, attention.proj.weight, attention.proj.bias,
-            attention.num_heads, packing, attention.dropout, training,
-        )  # fmt: skip
+        attended = self.self_attn.forward_packed(rows, None, packing)
         rows = norm_self(rows + F.packed_dropout(attended, packing, p_self, training))
-        attention = self.cross_attention
-        attended = F.packed_memory_attention(
-            rows, memory, attention.query.weight, attention.query.bias, attention.key.weight, attention.key.bias,
-            attention.value.weight, attention.value.bias, attention.proj.weight, attention.proj.bias,
-            attention.num_heads, packing, attention.dropout, training,
-        )  # fmt: skip
+        attended = self.cross_attention.forward_packed(rows, memory, packing)
         rows = norm_cross(rows + F.packed_dropout(attended, packing, p_cross, training))
         return norm_ffn(rows + F.packed_dropout(self.feed_forward(rows, packing), packing, p_ffn, training))
 
