@@ -316,7 +316,8 @@ def test_extract_benchmark_caption_one_round(capsys):
     from benchmarks import extract
 
     extract.main(["caption", "--rounds", "1"])
-    assert re.search(r"^caption of one image on cpu, \d+ threads, weights loaded: median [\d.]+ s", capsys.readouterr().out, re.M)
+    printed = capsys.readouterr().out
+    assert re.search(r"^caption of one image on cpu, \d+ threads, weights loaded: median [\d.]+ s", printed, re.M)
 
 
 def test_transformer_benchmark_one_round(capsys):

@@ -273,7 +273,7 @@ def make_packed_case(name, N, T, E, F_width, dtype, randn, weights, p, heads, se
             padded = unpack(x)
             return ref_attention(padded, padded, padded, *params, heads, causal, noise)[computed]
 
-        ours = reseeded(lambda *args: F.packed_attention(args[0], None, *args[1:], heads, packing, p), seed)
+        ours = reseeded(lambda *args: F.packed_attention(args[0], None, args[1:], heads, packing, p), seed)
         return ours, ref, [randn(P, E), *weights], []
     if name.startswith("packed_memory"):  # with dropout of the attention weights, and without
         p = p if name == "packed_memory_attention" else 0.0
@@ -283,7 +283,7 @@ def make_packed_case(name, N, T, E, F_width, dtype, randn, weights, p, heads, se
             padded_noise = unpack(noise).transpose(1, 2)[..., None]  # (N, H, T, 1)
             return ref_attention(unpack(x), memory, memory, *params, heads, None, padded_noise)[computed]
 
-        ours = reseeded(lambda *args: F.packed_attention(*args, heads, packing, p), seed)
+        ours = reseeded(lambda *args: F.packed_attention(args[0], args[1], args[2:], heads, packing, p), seed)
         return ours, ref, [randn(P, E), randn(N, 1, E), *weights], []
     if name == "packed_regions_attention":  # M = 3 memory vectors per caption, attention weights dropped
         M = 3
@@ -292,7 +292,7 @@ def make_packed_case(name, N, T, E, F_width, dtype, randn, weights, p, heads, se
         def ref(x, memory, *params):
             return ref_attention(unpack(x), memory, memory, *params, heads, None, noise)[computed]
 
-        ours = reseeded(lambda *args: F.packed_attention(*args, heads, packing, p), seed)
+        ours = reseeded(lambda *args: F.packed_attention(args[0], args[1], args[2:], heads, packing, p), seed)
         return ours, ref, [randn(P, E), randn(N, M, E), *weights], []
     raise KeyError(name)
 
@@ -477,9 +477,9 @@ def test_packed_mkl_masks_give_the_rows_of_the_unpacked_layer(name):
         "dropout": (lambda: F.dropout(x, p), lambda: F.packed_dropout(rows, packing, p)),
         "feed_forward": (lambda: F.feed_forward(x, *ffn, p), lambda: F.feed_forward(rows, *ffn, p, packing=packing)),
         "self_attention": (lambda: F.multi_head_attention(x, x, x, *weights, heads, causal, p),
-                           lambda: F.packed_attention(rows, None, *weights, heads, packing, p)),
+                           lambda: F.packed_attention(rows, None, weights, heads, packing, p)),
         "memory_attention": (lambda: F.multi_head_attention(x, memory, memory, *weights, heads, None, p),
-                             lambda: F.packed_attention(rows, memory, *weights, heads, packing, p)),
+                             lambda: F.packed_attention(rows, memory, weights, heads, packing, p)),
     }[name]  # fmt: skip
     with F.mkl_dropout():
         torch.manual_seed(7)
@@ -506,11 +506,13 @@ def _packing():
                                 torch.randn(8), packing=_packing()), "weight1 has size 7 in dimension 1"),
         (lambda: F.feed_forward(torch.randn(5, 8), torch.randn(6, 8), torch.randn(6), torch.randn(8, 6),
                                 torch.randn(8), packing=_packing()), "x has 5 rows but the packing has P = 4"),
-        (lambda: F.packed_attention(torch.randn(4, 8), None, *_attention_args(E=8)[3:], 3, _packing()),
+        (lambda: F.packed_attention(torch.randn(4, 8), None, _attention_args(E=8)[3:], 3, _packing()),
          "num_heads=3 must divide the width 8 of x"),
-        (lambda: F.packed_attention(torch.randn(4, 4), None, *_attention_args(E=8)[3:], 2, _packing()),
+        (lambda: F.packed_attention(torch.randn(4, 8), None, _attention_args(E=8)[3:9], 2, _packing()),
+         "maps must be the eight weights and biases W_query, b_query"),
+        (lambda: F.packed_attention(torch.randn(4, 4), None, _attention_args(E=8)[3:], 2, _packing()),
          "W_query must have shape \\(4, 4\\)"),
-        (lambda: F.packed_attention(torch.randn(4, 8), torch.randn(3, 2, 8), *_attention_args(E=8)[3:], 2,
+        (lambda: F.packed_attention(torch.randn(4, 8), torch.randn(3, 2, 8), _attention_args(E=8)[3:], 2,
                                     _packing()), "memory must have shape \\(N, M, E\\) = \\(2, M >= 1, 8\\)"),
     ],
 )  # fmt: skip

@@ -23,6 +23,7 @@ computed rows are drawn: the same distribution, without paying for the padding's
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Sequence
 
 import torch
 from torch import Tensor
@@ -292,8 +293,10 @@ class PackedSingleKeyAttention(torch.autograd.Function):
 _ATTENTION_WEIGHT_NAMES = ("W_query", "b_query", "W_key", "b_key", "W_value", "b_value", "W_proj", "b_proj")
 
 
-def _check_attention_weights(x: Tensor, num_heads: int, weights: tuple[Tensor, ...]) -> dict[str, Tensor]:
+def _check_attention_weights(x: Tensor, num_heads: int, weights: Sequence[Tensor]) -> dict[str, Tensor]:
     """The eight (E, E) and (E,) maps of attention for x (P, E), checked; returned by name, in the Functions' order."""
+    if isinstance(weights, Tensor) or len(weights) != len(_ATTENTION_WEIGHT_NAMES):
+        raise ValueError(f"maps must be the eight weights and biases {', '.join(_ATTENTION_WEIGHT_NAMES)}")
     named = dict(zip(_ATTENTION_WEIGHT_NAMES, weights))
     E = x.shape[1]
     check_positive_integer("num_heads", num_heads)
@@ -307,22 +310,8 @@ def _check_attention_weights(x: Tensor, num_heads: int, weights: tuple[Tensor, .
     return named
 
 
-def packed_attention(
-    x: Tensor,
-    memory: Tensor | None,
-    W_query: Tensor,
-    b_query: Tensor,
-    W_key: Tensor,
-    b_key: Tensor,
-    W_value: Tensor,
-    b_value: Tensor,
-    W_proj: Tensor,
-    b_proj: Tensor,
-    num_heads: int,
-    packing: CausalPacking,
-    dropout_p: float = 0.0,
-    training: bool = True,
-) -> Tensor:
+def packed_attention(x: Tensor, memory: Tensor | None, maps: Sequence[Tensor], num_heads: int, packing: CausalPacking,
+                     dropout_p: float = 0.0, training: bool = True) -> Tensor:  # fmt: skip
     """The computed rows of :func:`multi_head_attention` of the unpacked captions: causal self-attention
     (``memory`` None: query = key = value = the captions, the causal mask), or attention to each caption's
     memory (query = the captions, key = value = memory, no mask); weights dropped as there.
@@ -331,7 +320,9 @@ def packed_attention(
         x: (P, E) packed rows (the queries).
         memory: None, or (N, M, E): M keys and values per caption (M = 1: one image vector, computed
             without queries or scores, as the weight of a single key is 1).
-        W_* (E, E), b_* (E,), num_heads: as :func:`multi_head_attention`.
+        maps: the eight weights and biases of :func:`multi_head_attention`, in its order: W_query (E, E),
+            b_query (E,), W_key, b_key, W_value, b_value, W_proj, b_proj.
+        num_heads: H, dividing E.
         packing: the rows' packing.
         dropout_p, training: dropout of the attention weights (masks of the unpacked (N, H, T, T or M)
             weights inside :func:`mkl_dropout`).
@@ -348,7 +339,7 @@ def packed_attention(
             raise ValueError(
                 f"memory must have shape (N, M, E) = ({N}, M >= 1, {x.shape[1]}), got {tuple(memory.shape)}"
             )
-    named = _check_attention_weights(x, num_heads, (W_query, b_query, W_key, b_key, W_value, b_value, W_proj, b_proj))
+    named = _check_attention_weights(x, num_heads, maps)
     tensors = {"x": x} if memory is None else {"x": x, "memory": memory}
     _check_same_dtype(**tensors, **named)
     check_probability("dropout_p", dropout_p)

@@ -157,22 +157,19 @@ class MultiHeadAttention(nn.Module):
         Returns:
             (N, S, E).
         """
-        return F.multi_head_attention(
-            query, key, value,
-            self.query.weight, self.query.bias, self.key.weight, self.key.bias,
-            self.value.weight, self.value.bias, self.proj.weight, self.proj.bias,
-            self.num_heads, attn_mask, self.dropout, self.training,
-        )  # fmt: skip
+        return F.multi_head_attention(query, key, value, *self.maps(), self.num_heads, attn_mask, self.dropout,
+                                      self.training)  # fmt: skip
+
+    def maps(self) -> tuple[Tensor, ...]:
+        """The eight weights and biases in :func:`caption_torch.functional.multi_head_attention`'s order."""
+        return tuple(
+            t for linear in (self.query, self.key, self.value, self.proj) for t in (linear.weight, linear.bias)
+        )
 
     def forward_packed(self, rows: Tensor, memory: Tensor | None, packing: F.CausalPacking) -> Tensor:
         """The computed rows of :meth:`forward` for packed rows (P, E): causal self-attention (``memory`` None)
         or attention to each caption's (N, M, E) memory; see :func:`caption_torch.functional.packed_attention`."""
-        return F.packed_attention(
-            rows, memory,
-            self.query.weight, self.query.bias, self.key.weight, self.key.bias,
-            self.value.weight, self.value.bias, self.proj.weight, self.proj.bias,
-            self.num_heads, packing, self.dropout, self.training,
-        )  # fmt: skip
+        return F.packed_attention(rows, memory, self.maps(), self.num_heads, packing, self.dropout, self.training)
 
     def extra_repr(self) -> str:
         return f"embed_dim={self.embed_dim}, num_heads={self.num_heads}, dropout={self.dropout}"
