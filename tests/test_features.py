@@ -170,3 +170,37 @@ def test_pca_equals_numpy_svd(rows, width):
 def test_pca_dimension_above_the_rows_is_refused():
     with pytest.raises(PcaError, match="more than the 10 train images"):
         fit_pca(np.zeros((10, 32), dtype=np.float32), 11)
+
+
+def _probe_script():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "scripts" / "probe_backbone.py"
+    spec = importlib.util.spec_from_file_location("probe_backbone", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_probe_finds_a_value_the_features_hold_and_not_one_they_do_not():
+    probe = _probe_script()
+    generator = torch.Generator().manual_seed(0)
+    labels = [("a", "b", "c")[i % 3] for i in range(90)]
+    noise = torch.randn(90, 20, generator=generator, dtype=torch.float64)
+    holding = noise.clone()
+    holding[:, 0] += 10.0 * torch.tensor([float("abc".index(label)) for label in labels])
+    order = torch.randperm(90, generator=generator)
+    train, held_out = order[:72], order[72:]
+    accuracy, chance = probe.probe_accuracy(holding, labels, train, held_out, 1e-3)
+    assert accuracy == 1.0 and 0.0 < chance < 0.6
+    accuracy, chance = probe.probe_accuracy(noise, labels, train, held_out, 1e-3)
+    assert accuracy < 0.7
+
+
+def test_probe_command_on_a_few_scenes(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("CAPTION_TORCH_CACHE", str(tmp_path))
+    assert _probe_script().main(["--scenes", "10"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == "10 scenes, VGG-16 fc7 (random weights), 8 to fit, 2 held out"
+    assert [line.split()[0] for line in lines[2:]] == ["setting", "first", "first"]
