@@ -12,7 +12,8 @@ prefix of positions up to its last scored word, row by row (``P`` rows in all)::
 The position-wise layers (linear maps, layer norm, the feed-forward block, the output map)
 run on the (P, W) rows as they are. Self-attention scatters its projected rows into an
 (N, L, 3W) block (L: the longest computed prefix) for the causal scores of each caption;
-attention to the one-key memory needs one output row per image and head.
+attention to the one-key memory needs one output row per image and head; attention to M > 1 memory
+vectors places the rows back at their (N, L) positions for the dense attention Function.
 
 Dropout masks: inside :func:`mkl_dropout` they are drawn at the full (N, T, ...) shape the
 unpacked model draws and the rows of the computed positions are kept, so the masks are
