@@ -93,10 +93,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.scenes < 5:
+        print(f"error: --scenes must be at least 5 (4 to fit, 1 held out), got {args.scenes}", file=sys.stderr)
+        return 2
     features, scenes = fc7_of_scenes(args.scenes, args.weights, args.seed)
     order = torch.randperm(len(scenes), generator=torch.Generator().manual_seed(args.seed))
-    cut = max(1, int(0.8 * len(scenes)))
-    train, held_out = order[:cut], order[cut:] if cut < len(scenes) else order[:cut]
+    cut = int(0.8 * len(scenes))
+    train, held_out = order[:cut], order[cut:]
     print(f"{args.scenes} scenes, VGG-16 fc7 ({args.weights} weights), {len(train)} to fit, {len(held_out)} held out")
     print(f"{'attribute':<14}{'values':>7}{'probe':>8}{'chance':>8}")
     for name, attribute in ATTRIBUTES.items():

@@ -259,13 +259,13 @@ def make_packed_case(name, N, T, E, F_width, dtype, randn, weights, p, heads, se
     if name == "packed_dropout":
         noise = seeded_noise((P, E), p, dtype, seed)  # the default masks: drawn for the computed rows only
         return reseeded(lambda x: F.packed_dropout(x, packing, p), seed), (lambda x: x * noise), [randn(P, E)], []
-    if name == "packed_feed_forward":
+    if name == "packed_feed_forward_rows":
         noise = seeded_noise((P, F_width), p, dtype, seed)
         inputs = [randn(P, E), randn(F_width, E, scale=E**-0.5), randn(F_width, scale=0.1),
                   randn(E, F_width, scale=F_width**-0.5), randn(E, scale=0.1)]  # fmt: skip
         ours = reseeded(lambda *args: F.feed_forward(*args, p, packing=packing), seed)
         return ours, (lambda x, w1, b1, w2, b2: (torch.relu(x @ w1.T + b1) * noise) @ w2.T + b2), inputs, []
-    if name == "packed_self_attention":
+    if name == "packed_attention_self":
         noise = seeded_noise((N, heads, T, T), p, dtype, seed)
         causal = torch.tril(torch.ones(T, T, dtype=dtype))
 
@@ -275,8 +275,8 @@ def make_packed_case(name, N, T, E, F_width, dtype, randn, weights, p, heads, se
 
         ours = reseeded(lambda *args: F.packed_attention(args[0], None, args[1:], heads, packing, p), seed)
         return ours, ref, [randn(P, E), *weights], []
-    if name.startswith("packed_memory"):  # with dropout of the attention weights, and without
-        p = p if name == "packed_memory_attention" else 0.0
+    if name.startswith("packed_attention_memory_image"):  # with dropout of the attention weights, and without
+        p = p if name == "packed_attention_memory_image" else 0.0
         noise = seeded_noise((P, heads), p, dtype, seed) if p else torch.ones(P, heads, dtype=dtype)
 
         def ref(x, memory, *params):
@@ -285,7 +285,7 @@ def make_packed_case(name, N, T, E, F_width, dtype, randn, weights, p, heads, se
 
         ours = reseeded(lambda *args: F.packed_attention(args[0], args[1], args[2:], heads, packing, p), seed)
         return ours, ref, [randn(P, E), randn(N, 1, E), *weights], []
-    if name == "packed_regions_attention":  # M = 3 memory vectors per caption, attention weights dropped
+    if name == "packed_attention_regions":  # M = 3 memory vectors per caption, attention weights dropped
         M = 3
         noise = seeded_noise((N, heads, packing.longest, M), p, dtype, seed)  # the default masks: (N, H, L, M)
 
@@ -300,8 +300,8 @@ def make_packed_case(name, N, T, E, F_width, dtype, randn, weights, p, heads, se
 TRANSFORMER_FUNCTIONS = [
     "linear", "layer_norm", "dropout", "add_positions", "feed_forward",
     "attention_causal", "attention_cross", "attention_memory", "attention_image", "transformer_softmax_loss",
-    "pack_rows", "packed_dropout", "packed_feed_forward", "packed_self_attention", "packed_memory_attention",
-    "packed_memory_image", "packed_regions_attention", "memory_mean",
+    "pack_rows", "packed_dropout", "packed_feed_forward_rows", "packed_attention_self", "packed_attention_memory_image",
+    "packed_attention_memory_image_no_dropout", "packed_attention_regions", "memory_mean",
 ]  # fmt: skip
 
 

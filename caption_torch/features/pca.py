@@ -80,11 +80,12 @@ def fit_pca(features, dim: int, chunk_rows: int = CHUNK_ROWS) -> Pca:
         if fitted is not None:
             return fitted
     total = np.zeros(width)
-    scatter = np.zeros((width, width))
+    scatter, product = np.zeros((width, width)), np.empty((width, width))  # one (D, D) buffer for every chunk
     for begin in range(0, num_rows, chunk_rows):
         chunk = np.asarray(features[begin : begin + chunk_rows], dtype=np.float64)
         total += chunk.sum(axis=0)
-        scatter += chunk.T @ chunk  # NumPy sees A^T A and calls BLAS's syrk: half the products of a general GEMM
+        # NumPy sees A^T A and calls BLAS's syrk: half the products of a general GEMM.
+        scatter += np.matmul(chunk.T, chunk, out=product)
     mean = torch.from_numpy(total / num_rows)
     # float64 keeps the cancellation in X^T X - N mean mean^T harmless (fc7's mean is not far above its spread).
     covariance = (torch.from_numpy(scatter) - num_rows * torch.outer(mean, mean)) / max(num_rows - 1, 1)

@@ -27,8 +27,9 @@ argument) and then calls ``Function.apply``. The modules, in dependency order:
 
     _common.py    input checks, autocast casting, the matrix products (oneDNN on CPU)
     checks.py     check_positive_integer, check_token_ids: the argument checks layers and decoders share
-    words.py      word_embedding, temporal_affine, select_rows, and weighted_softmax_loss, the one softmax
-                  loss Function, with temporal_softmax_loss and vocab_softmax_loss as its wrappers
+    words.py      word_embedding; Affine, the one affine Function (temporal_affine, linear); select_rows and
+                  its adjoint; weighted_softmax_loss, the one softmax loss Function, with
+                  temporal_softmax_loss and vocab_softmax_loss as its wrappers
     steps.py      one timestep of any cell (generation's Function)
     sequences.py  whole sequences of any cell: packed time loops with BPTT in backward
     cells/        CELLS: each recurrent cell, one file each (rnn.py, lstm.py), with cs231n's

@@ -278,12 +278,13 @@ def _project(x: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
     return _addmm(bias, x.reshape(N * L, E), weight.T).view(N, L, weight.shape[0])
 
 
-def _attend(Q: Tensor, K: Tensor, V: Tensor, noise: Tensor, blocked: Tensor | None = None):
+def _attend(Q: Tensor, K: Tensor, V: Tensor, noise: Tensor | None, blocked: Tensor | None = None):
     """Scaled dot-product attention of every head: ``softmax(Q K^T / sqrt(d))``, masked, dropped, times V.
 
     Args:
         Q: (N, H, S, d) queries; K, V: (N, H, T, d) keys and values.
-        noise: (N, H, S, T) dropout noise of the weights, or a scalar (a 0-dim tensor or a number).
+        noise: (N, H, S, T) dropout noise of the weights, a 0-dim scalar, or None (no dropout: the
+            dropped weights are the weights).
         blocked: optional (S, T) bool, True where a query may not look (its score becomes -inf).
 
     Returns:
@@ -294,7 +295,7 @@ def _attend(Q: Tensor, K: Tensor, V: Tensor, noise: Tensor, blocked: Tensor | No
     if blocked is not None:
         scores.masked_fill_(blocked, float("-inf"))
     weights = torch.softmax(scores, dim=-1)
-    dropped = weights * noise
+    dropped = weights if noise is None else weights * noise
     return weights, dropped, torch.matmul(dropped, V)
 
 

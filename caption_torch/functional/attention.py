@@ -42,7 +42,8 @@ from caption_torch.functional.dropout import check_probability, dropout_noise, d
 
 
 class MultiHeadAttention(torch.autograd.Function):
-    """The attention sketched above; ``allowed`` (S, T) bool, ``noise`` (N, H, S, T) or a scalar 1."""
+    """The attention sketched above; ``allowed`` (S, T) bool or a 0-dim True (no mask), ``noise`` (N, H, S, T)
+    or a scalar 1."""
 
     @staticmethod
     def forward(query, key, value, W_query, b_query, W_key, b_key, W_value, b_value, W_proj, b_proj, allowed, noise,
@@ -51,7 +52,8 @@ class MultiHeadAttention(torch.autograd.Function):
         Q = _split_heads(_project(query, W_query, b_query), heads)  # (N, H, S, d)
         K = _split_heads(_project(key, W_key, b_key), heads)  # (N, H, T, d)
         V = _split_heads(_project(value, W_value, b_value), heads)  # (N, H, T, d)
-        weights, dropped, context = _attend(Q, K, V, noise, ~allowed)  # (N, H, S, T) twice, (N, H, S, d)
+        blocked = None if allowed.dim() == 0 else ~allowed  # a 0-dim True: no mask
+        weights, dropped, context = _attend(Q, K, V, noise, blocked)  # (N, H, S, T) twice, (N, H, S, d)
         context = _merge_heads(context)  # (N * S, E)
         out = _addmm(b_proj, context, W_proj.T).view(N, S, E)
         return out, Q, K, V, weights, dropped, context  # the intermediates are outputs that setup_context saves
@@ -297,6 +299,6 @@ def cached_attention(
     if torch.is_grad_enabled() and any(t.requires_grad for t in inputs):
         raise ValueError("cached_attention is for generation and has no backward: call it under torch.no_grad()")
     Q = _split_heads(_project(query, W_query, b_query), H)  # (N, H, S, d)
-    _, _, context = _attend(Q, keys, values, noise=1)  # (N, H, S, d)
+    _, _, context = _attend(Q, keys, values, noise=None)  # (N, H, S, d)
     context = _merge_heads(context)  # (N * S, E)
     return _addmm(b_proj, context, W_proj.T).view(N, S, E)

@@ -16,7 +16,14 @@ import torch
 from torch import Tensor
 from torch.autograd.function import FunctionCtx, once_differentiable
 
-from caption_torch.functional._common import _addmm, _mm, _mm_at, _save_with_intermediates, _unless_unused
+from caption_torch.functional._common import (
+    _HALF_DTYPES,
+    _addmm,
+    _mm,
+    _mm_at,
+    _save_with_intermediates,
+    _unless_unused,
+)
 
 
 def gelu_slope_times(grad: Tensor, x: Tensor, out: Tensor | None = None) -> Tensor:
@@ -49,7 +56,10 @@ def _gelu_dropout_(pre: Tensor, noise: Tensor, keep_slope: bool) -> Tensor:
         keep_slope: whether to overwrite pre with the scaled slope.
     """
     noise = noise.reshape(pre.shape) if noise.dim() else noise
-    dropped = torch.nn.functional.gelu(pre).mul_(noise)
+    if pre.dtype in _HALF_DTYPES:  # one rounding of gelu(pre) * noise to 16 bits, not two
+        dropped = torch.nn.functional.gelu(pre.float()).mul_(noise).to(pre.dtype)
+    else:
+        dropped = torch.nn.functional.gelu(pre).mul_(noise)
     if keep_slope:  # the last read of pre: written over with the result, element by element
         gelu_slope_times(noise, pre, out=pre)
     return dropped

@@ -215,9 +215,8 @@ class FeedForward(torch.autograd.Function):
     def setup_context(ctx: FunctionCtx, inputs: tuple, output: tuple) -> None:
         x, weight1, _, weight2, _, noise = inputs
         _, dropped = output
-        ctx.mark_non_differentiable(dropped)
-        ctx.set_materialize_grads(False)
-        ctx.save_for_backward(x, weight1, weight2, dropped, noise.amax())  # every kept unit's noise (0-dim)
+        # noise.amax(): every kept unit's noise (0-dim)
+        _save_with_intermediates(ctx, (x, weight1, weight2, dropped, noise.amax()), (dropped,))
 
     @staticmethod
     @once_differentiable

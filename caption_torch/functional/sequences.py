@@ -18,6 +18,7 @@ from caption_torch.functional._common import (
     _check_same_dtype,
     _mm,
     _times,
+    _unless_unused,
 )
 from caption_torch.functional.checks import check_token_ids
 
@@ -247,9 +248,8 @@ class Recurrence(torch.autograd.Function):
 
     @staticmethod
     @once_differentiable
-    def backward(ctx: FunctionCtx, grad_output: Tensor | None, _):
-        if grad_output is None:  # autograd passes no gradient (not zeros, see setup_context): none flows back
-            return None, None, None, None, None
+    @_unless_unused
+    def backward(ctx: FunctionCtx, grad_output: Tensor, _):
         Wh, *tensors = ctx.saved_tensors
         packing: _Packing = ctx.packing
         size = ctx.cell.state_size
@@ -288,9 +288,8 @@ class RecurrenceLookup(torch.autograd.Function):
 
     @staticmethod
     @once_differentiable
-    def backward(ctx: FunctionCtx, grad_output: Tensor | None, _):
-        if grad_output is None:
-            return None, None, None, None, None, None
+    @_unless_unused
+    def backward(ctx: FunctionCtx, grad_output: Tensor, _):
         rows, Wh, *tensors = ctx.saved_tensors
         packing: _Packing = ctx.packing
         size = ctx.cell.state_size

@@ -1,4 +1,8 @@
-"""Words in and out: the embedding lookup, the vocabulary projection and the weighted softmax loss.
+"""Words in and out: the embedding lookup, the affine maps, row selection and the weighted softmax loss.
+
+:class:`Affine` is every affine map of the project: ``temporal_affine`` (cs231n's (in, out) weights,
+the vocabulary projection) and ``layers.linear`` (``nn.Linear``'s (out, in)). :class:`SelectRows` and
+its adjoint :class:`PlaceRows` move rows between (N, T, ...) tensors and the positions a mask keeps.
 
 Every softmax loss of the project is one Function, :class:`WeightedSoftmaxLoss`, over rows of
 scores with a weight per row (per word)::
@@ -34,6 +38,7 @@ from caption_torch.functional._common import (
     _mm,
     _mm_at,
     _save_with_intermediates,
+    _unless_unused,
     _without_autocast,
 )
 from caption_torch.functional.checks import check_token_ids
@@ -85,7 +90,7 @@ def word_embedding(x: Tensor, W: Tensor) -> Tensor:
 
 
 # --------------------------------------------------------------------------- #
-# Vocabulary projection and loss
+# Affine maps and rows
 # --------------------------------------------------------------------------- #
 
 
@@ -258,8 +263,9 @@ class WeightedSoftmaxLoss(torch.autograd.Function):
 
     @staticmethod
     @once_differentiable
+    @_unless_unused
     def backward(ctx: FunctionCtx, grad_loss: Tensor, _grad_probs: None):
-        if not ctx.needs_input_grad[0] or grad_loss is None:
+        if not ctx.needs_input_grad[0]:
             return None, None, None, None
         probs, targets, weights = ctx.saved_tensors
         # d loss / d scores[k] = weights[k] * (probs[k] - onehot(targets[k])) / total, written over probs' copy.
