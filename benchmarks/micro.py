@@ -15,6 +15,7 @@ Groups (``--groups``; each names the choice it measures):
     weight_grad  the Transformer's weight gradients g.T @ x in the weight's layout: BLAS, oneDNN, and BLAS's
              transposed result copied as autograd copies it (functional/layers.py, packing.py)
     masks    a dropout mask from 32 generator bits per element against bernoulli_ (functional/dropout.py)
+    gelu     the GELU block's elementwise values from ATen's kernels against an erf/exp chain (functional/gelu.py)
     rng      one rng.random() per draw against rng.integers (data/synthetic/wording.py)
     unique   np.unique against sort-and-compare on millions of int64s (metrics/ngrams.py distinct)
     bleu     bleu_scores over 40k images x 5 references (metrics/bleu.py)
@@ -45,7 +46,7 @@ from benchmarks.rows import Shapes, coco_vocab  # noqa: E402
 from benchmarks.timing import Timing, time_interleaved  # noqa: E402
 from caption_torch.models.recurrent import CaptioningRNN  # noqa: E402
 
-GROUPS = ("adam", "softmax", "tanh", "mm", "weight_grad", "masks", "rng", "unique", "bleu")
+GROUPS = ("adam", "softmax", "tanh", "mm", "weight_grad", "masks", "gelu", "rng", "unique", "bleu")
 CPU = torch.device("cpu")
 
 
@@ -216,6 +217,32 @@ def masks_group(budget: Budget) -> list[dict]:
         rows.append(report(f"({positions}, 2048), p = 0.1", timed(contenders, budget, 3), "32 bits per element",
                            "bernoulli_"))  # fmt: skip
     return rows
+
+
+def gelu_group(budget: Budget) -> list[dict]:
+    """The GELU feed-forward block's elementwise work on its (298, 2048) hidden layer (batch 25): the dropped
+    GELU and the slope times the noise from ATen's one-pass kernels, against a chain of erf, exp and products."""
+    import math
+
+    from caption_torch.functional.dropout import dropout_noise
+    from caption_torch.functional.gelu import gelu_slope_times
+
+    pre = torch.randn(298, 2048)
+    noise = dropout_noise(pre, 0.1)
+
+    def kernels() -> None:
+        pre_copy = pre.clone()
+        torch.nn.functional.gelu(pre_copy).mul_(noise)
+        gelu_slope_times(noise, pre_copy, out=pre_copy)
+
+    def chain() -> None:
+        cdf = torch.erf(pre * math.sqrt(0.5)).add_(1).mul_(0.5)
+        density = pre.square().mul_(-0.5).exp_().mul_(1 / math.sqrt(2 * math.pi))
+        (pre * cdf).mul_(noise)
+        cdf.addcmul_(pre, density).mul_(noise)
+
+    contenders = {"ATen kernels": kernels, "erf/exp chain": chain}
+    return [report("(298, 2048) gelu and slope", timed(contenders, budget, 5), "ATen kernels", "erf/exp chain")]
 
 
 def rng_group(budget: Budget) -> list[dict]:
