@@ -41,7 +41,8 @@ def fc7_of_scenes(count: int, weights: str, seed: int, batch_size: int = 16) -> 
         source.scene for source in SyntheticSource(folder=ensure_synthetic_dataset("default")).image_sources("train")
     ]
     if not 1 <= count <= len(scenes):
-        raise ValueError(f"--scenes must be in [1, {len(scenes)}], got {count}")
+        raise ValueError(f"--scenes must be at most {len(scenes)} (the default embedded dataset's train scenes), "
+                         f"got {count}")  # fmt: skip
     backbone, _ = build_backbone(weights, seed)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -96,7 +97,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.scenes < 5:
         print(f"error: --scenes must be at least 5 (4 to fit, 1 held out), got {args.scenes}", file=sys.stderr)
         return 2
-    features, scenes = fc7_of_scenes(args.scenes, args.weights, args.seed)
+    try:
+        features, scenes = fc7_of_scenes(args.scenes, args.weights, args.seed)
+    except ValueError as error:  # a --scenes beyond the dataset, a weights file that is not VGG-16's
+        print(f"error: {error}", file=sys.stderr)
+        return 2
     order = torch.randperm(len(scenes), generator=torch.Generator().manual_seed(args.seed))
     cut = int(0.8 * len(scenes))
     train, held_out = order[:cut], order[cut:]
