@@ -204,6 +204,8 @@ def multi_head_attention(
     if E % num_heads:
         raise ValueError(f"num_heads={num_heads} must divide the embed width {E} of query")
     T = key.shape[1]
+    if T == 0:
+        raise ValueError(f"key holds T = 0 positions (shape {tuple(key.shape)}); a query must have a key to attend to")
     _check_dim("key", key, 0, N, "the batch size of query")
     _check_dim("key", key, 2, E, "the embed width of query")
     if value.shape != key.shape:
@@ -225,7 +227,13 @@ def multi_head_attention(
         if not isinstance(attn_mask, Tensor) or tuple(attn_mask.shape) != (S, T):
             shape = tuple(attn_mask.shape) if isinstance(attn_mask, Tensor) else type(attn_mask).__name__
             raise ValueError(f"attn_mask must be an (S, T) = {(S, T)} tensor, got {shape}")
+        # Other dtypes cost one host sync to check; an additive mask (0 and -inf) would otherwise be read inverted.
+        if attn_mask.dtype != torch.bool and bool(((attn_mask != 0) & (attn_mask != 1)).any()):
+            raise ValueError("attn_mask must hold only 0 and 1 (or be bool): 1 where a query may attend to a key")
         allowed = attn_mask != 0
+        blocked_rows = (~allowed.any(1)).nonzero()
+        if len(blocked_rows):
+            raise ValueError(f"attn_mask row {int(blocked_rows[0])} allows no key: every query must attend to one")
     scores_like = torch.empty((N, num_heads, S, T), dtype=query.dtype, device=query.device) if training else query
     if drops(dropout_p, training, scores_like):
         noise = dropout_noise(scores_like, dropout_p)
