@@ -83,6 +83,12 @@ class CausalPacking:
         return noise[self.computed] if noise.dim() else noise
 
 
+def check_packing(packing: CausalPacking) -> None:
+    """``packing`` must be a :class:`CausalPacking` (from :func:`causal_packing`)."""
+    if not isinstance(packing, CausalPacking):
+        raise ValueError(f"packing must be a CausalPacking from causal_packing(), got {type(packing).__name__}")
+
+
 def causal_packing(lengths: Tensor, T: int) -> CausalPacking:
     """The packing of captions whose first ``lengths[n]`` positions (of T) are computed.
 
@@ -90,8 +96,10 @@ def causal_packing(lengths: Tensor, T: int) -> CausalPacking:
         lengths: (N,) integers in [0, T], at least one of them positive.
         T: the positions each caption has.
     """
-    if not isinstance(lengths, Tensor) or lengths.dim() != 1 or lengths.is_floating_point():
-        raise ValueError(f"lengths must be an (N,) integer tensor, got {lengths!r:.80}")
+    # int32/int64 only, as token ids: repeat_interleave takes no other integer dtype (nor bool).
+    if not isinstance(lengths, Tensor) or lengths.dim() != 1 or lengths.dtype not in (torch.int32, torch.int64):
+        raise ValueError(f"lengths must be an (N,) int64 (or int32) tensor, got {lengths!r:.80}")
+    check_positive_integer("T", T)
     low, high = (int(v) for v in torch.stack(torch.aminmax(lengths)).tolist()) if lengths.numel() else (0, 0)
     if low < 0 or high > T or high < 1:
         raise ValueError(f"lengths must lie in [0, T = {T}] with at least one positive, got range [{low}, {high}]")
@@ -138,6 +146,7 @@ def pack_rows(x: Tensor, packing: CausalPacking) -> Tensor:
         (P, ...) the rows of the computed positions, caption by caption.
     """
     _check_input("x", x, 2)
+    check_packing(packing)
     if tuple(x.shape[:2]) != tuple(packing.computed.shape):
         raise ValueError(f"x has (N, T) = {tuple(x.shape[:2])} but the packing is of {tuple(packing.computed.shape)}")
     return SelectRows.apply(x, packing.computed)
@@ -154,6 +163,7 @@ def packed_dropout(x: Tensor, packing: CausalPacking, p: float, training: bool =
     Returns:
         (P, W).
     """
+    check_packing(packing)
     packing.check_rows(x)
     check_probability("p", p)
     noise = packing.row_noise(x.shape[1], p, training, x)
@@ -331,6 +341,7 @@ def packed_attention(x: Tensor, memory: Tensor | None, maps: Sequence[Tensor], n
     Returns:
         (P, E).
     """
+    check_packing(packing)
     packing.check_rows(x)
     N, T = packing.computed.shape
     L = packing.longest
