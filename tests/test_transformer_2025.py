@@ -334,7 +334,7 @@ def test_bf16_autocast_trains_with_float32_gradients():
         assert param.grad.dtype == torch.float32 and torch.isfinite(param.grad).all(), name
 
 
-@pytest.mark.parametrize("version", [2024, 2026, True, "2025"])
+@pytest.mark.parametrize("version", [2024, 2026, True, "2025", 2025.0])
 def test_unknown_versions_are_refused(version):
     with pytest.raises(ValueError, match="cs231n_version must be one of \\(2021, 2025\\)"):
         TransformerDecoderLayer(8, 2, cs231n_version=version)

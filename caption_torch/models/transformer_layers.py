@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import copy
 import math
+import numbers
 
 import torch
 from torch import Tensor, nn
@@ -116,7 +117,9 @@ CS231N_VERSIONS: dict[int, str] = {
 
 def check_cs231n_version(cs231n_version: int) -> None:
     """A decoder layer's version must be one of :data:`CS231N_VERSIONS`."""
-    if isinstance(cs231n_version, bool) or cs231n_version not in CS231N_VERSIONS:
+    # An integer, as check_positive_integer takes them: a bool or a float such as 2025.0 equals a key too.
+    integral = isinstance(cs231n_version, numbers.Integral) and not isinstance(cs231n_version, bool)
+    if not integral or cs231n_version not in CS231N_VERSIONS:
         raise ValueError(f"cs231n_version must be one of {tuple(CS231N_VERSIONS)}, got {cs231n_version!r}")
 
 
