@@ -26,6 +26,12 @@ def _check_float(name: str, tensor: Tensor, ndim: int) -> None:
         raise ValueError(f"{name} must have {ndim} dimensions, got shape {tuple(tensor.shape)}")
 
 
+def _check_width(name: str, tensor: Tensor) -> None:
+    """The input of a map over the last dimension must have a positive width (no map reads a width of 0)."""
+    if tensor.shape[-1] == 0:
+        raise ValueError(f"{name} has width 0 in its last dimension (shape {tuple(tensor.shape)})")
+
+
 def _check_same_dtype(**tensors: Tensor) -> None:
     device = next(iter(tensors.values())).device.type
     if torch.is_autocast_enabled(device):
@@ -206,6 +212,7 @@ def _check_feed_forward_weights(x: Tensor, weight1: Tensor, bias1: Tensor, weigh
     _check_float("weight2", weight2, 2)
     _check_float("bias2", bias2, 1)
     _check_same_dtype(x=x, weight1=weight1, bias1=bias1, weight2=weight2, bias2=bias2)
+    _check_width("x", x)
     _check_dim("weight1", weight1, 1, x.shape[-1], "the width of x")
     _check_dim("bias1", bias1, 0, weight1.shape[0], "the output width of weight1")
     _check_dim("weight2", weight2, 1, weight1.shape[0], "the output width of weight1")

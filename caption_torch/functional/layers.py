@@ -23,6 +23,7 @@ from caption_torch.functional._common import (
     _check_input,
     _check_same_dtype,
     _check_targets,
+    _check_width,
     _mm,
     _mm_at,
     _on_onednn,
@@ -52,6 +53,7 @@ def _check_linear(x_name: str, x: Tensor, prefix: str, weight: Tensor, bias: Ten
     _check_float(w_name, weight, 2)
     _check_float(b_name, bias, 1)
     _check_same_dtype(**{x_name: x, w_name: weight, b_name: bias})
+    _check_width(x_name, x)
     _check_dim(w_name, weight, 1, x.shape[-1], f"the width of {x_name}")
     _check_dim(b_name, bias, 0, weight.shape[0], f"the output width of {w_name}")
 

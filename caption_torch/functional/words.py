@@ -34,6 +34,7 @@ from caption_torch.functional._common import (
     _check_input,
     _check_same_dtype,
     _check_targets,
+    _check_width,
     _is_dense,
     _mm,
     _mm_at,
@@ -150,6 +151,7 @@ def _check_affine(x: tuple[str, Tensor], w: tuple[str, Tensor], b: tuple[str, Te
     _check_float(w_name, w_value, 2)
     _check_float(b_name, b_value, 1)
     _check_same_dtype(**{x_name: x_value, w_name: w_value, b_name: b_value})
+    _check_width(x_name, x_value)
     _check_dim(w_name, w_value, 0, x_value.shape[2], f"the width of {x_name}")
     _check_dim(b_name, b_value, 0, w_value.shape[1], f"the output width of {w_name}")
 
