@@ -273,9 +273,8 @@ def feed_forward(
     if packing is None:
         _check_input("x", x)
     else:
-        from caption_torch.functional.packing import check_packing  # packing.py builds on this module
-
-        check_packing(packing)
+        if not callable(getattr(packing, "check_rows", None)):  # packing.py builds on this module: no isinstance
+            raise ValueError(f"packing must be a CausalPacking from causal_packing(), got {type(packing).__name__}")
         packing.check_rows(x)
     _check_feed_forward_weights(x, weight1, bias1, weight2, bias2)
     check_probability("dropout_p", dropout_p)
