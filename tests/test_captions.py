@@ -78,6 +78,10 @@ def test_csv_format_groups_captions_by_image_and_splits_by_seed(tmp_path):
         ("d.json", '{"images": [{"id": [1], "file_name": "a.jpg"}], "annotations": []}',
          "images[0].id: expected an integer or string id, found a list of 1"),
         ("captions.txt", b"image,caption\na.jpg,A \xff dog\n", "captions.txt: expected UTF-8 text"),
+        ("d.json", '{"images": [{"filename": "a\\ud800.jpg", "split": "val", "sentences": [{"raw": "a"}]}]}',
+         "images[0].filename: expected a file name, found the string 'a.ud800.jpg', holding a lone surrogate"),
+        ("d.json", '{"images": [{"filename": "a.jpg", "split": "val", "sentences": [{"tokens": ["\\udc80"]}]}]}',
+         "images[0].sentences[0].tokens[0]: expected a string, found the string '.udc80', holding a lone surrogate"),
     ],
 )  # fmt: skip
 def test_bad_files_name_the_line_or_entry(tmp_path, name, text, message):
