@@ -64,6 +64,8 @@ def test_csv_format_groups_captions_by_image_and_splits_by_seed(tmp_path):
          "captions.txt: line 3: expected image,caption, found ['b.jpg']"),
         ("captions.txt", "file,text\na.jpg,A dog\n",
          "line 1: expected the header image,caption, found ['file', 'text']"),
+        ("captions.txt", "image,caption,source\na.jpg,A dog,flickr\n",
+         "line 1: expected the header image,caption, found ['image', 'caption', 'source']"),
         ("captions.txt", "image,caption\na.jpg,...\n",
          "line 2: expected a caption with at least one word, found '...'"),
         ("d.json", '{"images": [{"filename": "a.jpg", "split": "dev", "sentences": [{"raw": "a"}]}]}',

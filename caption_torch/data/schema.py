@@ -321,7 +321,7 @@ class CsvFile:
     """A UTF-8 CSV file (a byte-order mark allowed): a header line, then one row per line.
 
     Attributes:
-        header: the first cells of the header line (compared stripped, in lower case).
+        header: the cells of the header line (compared stripped, in lower case; no further column).
         columns: each row's cells, described for messages; the last one takes any further cells
             (an unquoted caption holding commas arrives as several cells).
         cells: a test of each column's text (stripped).
@@ -520,7 +520,11 @@ class Validator:
             header = next(reader, None)
             if header is None:
                 raise SchemaError(path, "line 1", f"the header {expected_header}", "an empty file")
-            if [cell.strip().lower() for cell in header[: len(spec.header)]] != list(spec.header):
+            cells = [cell.strip().lower() for cell in header]
+            while cells and not cells[-1]:
+                cells.pop()  # "image,caption," names no third column
+            # A third column would be glued onto each caption (the last column takes the cells after it).
+            if cells != list(spec.header):
                 raise SchemaError(path, "line 1", f"the header {expected_header}", f"{_cells(header)}")
             for row in reader:
                 line = reader.line_num
