@@ -223,6 +223,12 @@ def check_path(result: dict, num_images: int, num_test: int) -> None:
 def test_offline_path_on_a_few_images(scene_files, tmp_path, capsys):
     result = run_path(*scene_files, tmp_path, epochs=1, capsys=capsys)
     check_path(result, num_images=8, num_test=2)
+    notes = tmp_path / "notes.jpg"
+    notes.write_text("not a picture")
+    ckpt = next(tmp_path.glob("lightning_logs/version_*/checkpoints/last.ckpt"))
+    assert caption.main(["--ckpt", str(ckpt), str(notes)]) == 2  # no image left: one error line, as for any refusal
+    err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error: ")]
+    assert err == [f"error: no image could be captioned: {notes}: not an image Pillow can read"]
 
 
 @pytest.mark.slow
