@@ -77,6 +77,8 @@ def test_csv_format_groups_captions_by_image_and_splits_by_seed(tmp_path):
          "annotations[0].caption: expected a caption with at least one word, found the number 7"),
         ("d.json", '{"images": [{"filename": "a.jpg", "split": "val", "sentences": [{"raw": NaN}]}]}',
          "images[0].sentences[0].raw: expected a caption with at least one word, found the number nan"),
+        ("d.json", '{"images": [{"id": 1, "file_name": "a.jpg"}, {"id": 1, "file_name": "b.jpg"}], "annotations": []}',
+         "images[1].id: expected an id no other entry of images has, found the number 1, the id of images[0] too"),
         ("d.json", '{"images": [{"id": [1], "file_name": "a.jpg"}], "annotations": []}',
          "images[0].id: expected an integer or string id, found a list of 1"),
         ("captions.txt", b"image,caption\na.jpg,A \xff dog\n", "captions.txt: expected UTF-8 text"),
