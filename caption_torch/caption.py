@@ -135,7 +135,12 @@ def main(argv: list[str] | None = None) -> int:
                 out.write(json.dumps(record) + "\n")
             for path, reason in problems.items():
                 out.write(json.dumps({"image": str(path), "skipped": reason}) + "\n")
-    return 0 if kept else 2
+    if not kept:
+        (path, reason), more = next(iter(problems.items())), len(problems) - 1
+        print(f"error: no image could be captioned: {path}: {reason}" + (f" ({more} more above)" if more else ""),
+              file=sys.stderr)  # fmt: skip
+        return 2
+    return 0
 
 
 if __name__ == "__main__":

@@ -136,15 +136,17 @@ def prepare(args: argparse.Namespace) -> int:
             skipped.append((image.name, "missing file"))
         else:
             kept.append((image, found))
-    if skipped:
-        print(f"{len(skipped)} images named by the captions are missing (listed in {out / SKIPPED_FILE})")
     order = {split: i for i, split in enumerate(caption_files.SPLITS)}
     kept.sort(key=lambda item: order[item[0].split])  # rows: train, then val, then test; file order within
-    num_train = sum(image.split == "train" for image, _ in kept)
-    pca_module.check_dim(args.pca_dim, num_train, vgg.FC7_DIM)
     for split in ("train", "val"):
         if not any(image.split == split for image, _ in kept):
-            raise ValueError(f"no {split} image is left (of {len(images)} named): a data folder needs train and val")
+            missing = [image.name for image in images if image.split == split]
+            found = f"{len(missing)} missing, the first {missing[0]}" if missing else "none named"
+            raise ValueError(f"no {split} image is left ({found}): a data folder needs train and val")
+    num_train = sum(image.split == "train" for image, _ in kept)
+    pca_module.check_dim(args.pca_dim, num_train, vgg.FC7_DIM)
+    if skipped:
+        print(f"{len(skipped)} images named by the captions are missing (listed in {out / SKIPPED_FILE} at the end)")
 
     model, weights = vgg.build_backbone(args.weights, seed=args.seed)
     if weights.is_test_backbone:
@@ -167,8 +169,10 @@ def prepare(args: argparse.Namespace) -> int:
         if row not in problems:
             rows_by_split[image.split].append(row)
     for split in ("train", "val"):
-        if not rows_by_split[split]:
-            raise ValueError(f"every {split} image was skipped (see {out / SKIPPED_FILE}); nothing to write")
+        if not rows_by_split[split]:  # the run stops before skipped.tsv is written: the message says why
+            rows = [row for row, (image, _) in enumerate(kept) if image.split == split]
+            first = f"{names[rows[0]]}: {problems[rows[0]]}" + (f" ({len(rows) - 1} more)" if len(rows) > 1 else "")
+            raise ValueError(f"every {split} image was skipped, nothing to write: {first}")
     pca_module.check_dim(args.pca_dim, len(rows_by_split["train"]), vgg.FC7_DIM)
     splits = [split for split in caption_files.SPLITS if rows_by_split[split]]
 

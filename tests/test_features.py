@@ -144,6 +144,32 @@ def test_every_image_kind_is_converted_or_named(tmp_path):
     assert files[0][1].startswith("decompression bomb") and files[1][1] == ""
 
 
+def test_a_long_thin_image_resizes_only_what_the_crop_keeps(monkeypatch):
+    """1 x 20000 pixels (a 60 kB PNG) resized whole is 256 x 5,120,000 pixels (4 GB): only the crop's part is."""
+    rng = np.random.default_rng(0)
+    resize = Image.Image.resize
+
+    def bounded_resize(self, size, *args, **kwargs):
+        if size[0] * size[1] > 16 * 256 * 256:  # an aspect ratio of 16:1
+            raise MemoryError(f"resize to {size}")
+        return resize(self, size, *args, **kwargs)
+
+    monkeypatch.setattr(Image.Image, "resize", bounded_resize)
+    for height, width in [(20_000, 1), (1, 20_000)]:
+        assert image_io.preprocess(Image.fromarray(rng.integers(0, 256, (height, width, 3), np.uint8))).shape == (
+            3, 224, 224)  # fmt: skip
+    # 20:1: the crop's pixels are those of resizing the whole image and cropping, within one level of 255.
+    std = torch.tensor(image_io.IMAGENET_STD).view(3, 1, 1)
+    for height, width in [(400, 20), (20, 400)]:
+        image = Image.fromarray(rng.integers(0, 256, (height, width, 3), np.uint8))
+        size = (256, 5120) if width < height else (5120, 256)
+        left, top = (size[0] - 224) // 2, (size[1] - 224) // 2
+        whole = resize(image, size, Image.Resampling.BILINEAR).crop((left, top, left + 224, top + 224))
+        expected = torch.from_numpy(np.asarray(whole, dtype=np.float32) / 255.0).permute(2, 0, 1)
+        got = image_io.preprocess(image) * std + torch.tensor(image_io.IMAGENET_MEAN).view(3, 1, 1)
+        assert (got - expected).abs().max() <= 1.01 / 255
+
+
 def _svd_pca(X: np.ndarray, k: int):
     X = X.astype(np.float64)
     U, S, Vt = np.linalg.svd(X - X.mean(axis=0), full_matrices=False)

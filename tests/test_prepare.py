@@ -141,6 +141,27 @@ def test_bad_images_are_converted_or_skipped_and_listed(scene_files, tmp_path, c
     assert coco.feature_shape(out, "train") == (7, 3)
 
 
+def test_a_split_left_without_images_names_one_of_them(tmp_path, capsys):
+    images = tmp_path / "images"
+    images.mkdir()
+    for name in ("train_0.png", "train_1.png", "val_0.png"):
+        (images / name).write_text("not a picture")  # the run stops before skipped.tsv: the error line says why
+    captions = tmp_path / "dataset.json"
+    for train, message in [
+        (["gone_0.png", "gone_1.png"], "error: no train image is left (2 missing, the first gone_0.png): "),
+        (["train_0.png", "train_1.png"], "error: every train image was skipped, nothing to write: "
+                                         "train_0.png: not an image Pillow can read (1 more)"),
+    ]:  # fmt: skip
+        entries = [{"filename": name, "split": split, "sentences": [{"raw": "a scene"}]}
+                   for split, names in (("train", train), ("val", ["val_0.png"])) for name in names]  # fmt: skip
+        captions.write_text(json.dumps({"images": entries}))
+        assert prepare.main(prepare_args(images, captions, tmp_path / "out", "--pca-dim", "1")) == 2
+        captured = capsys.readouterr()
+        errors = [line for line in captured.err.splitlines() if line.startswith("error: ")]
+        assert len(errors) == 1 and errors[0].startswith(message), captured.err
+        assert "skipped.tsv" not in captured.out + captured.err and not (tmp_path / "out" / "skipped.tsv").exists()
+
+
 def test_a_bad_captions_file_is_one_error_line(scene_files, tmp_path, capsys):
     captions = tmp_path / "captions.txt"
     captions.write_text("image,caption\ntrain_000000.png,a scene\ntrain_000001.png\n")
@@ -223,6 +244,12 @@ def check_path(result: dict, num_images: int, num_test: int) -> None:
 def test_offline_path_on_a_few_images(scene_files, tmp_path, capsys):
     result = run_path(*scene_files, tmp_path, epochs=1, capsys=capsys)
     check_path(result, num_images=8, num_test=2)
+    notes = tmp_path / "notes.jpg"
+    notes.write_text("not a picture")
+    ckpt = next(tmp_path.glob("lightning_logs/version_*/checkpoints/last.ckpt"))
+    assert caption.main(["--ckpt", str(ckpt), str(notes)]) == 2  # no image left: one error line, as for any refusal
+    err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error: ")]
+    assert err == [f"error: no image could be captioned: {notes}: not an image Pillow can read"]
 
 
 @pytest.mark.slow

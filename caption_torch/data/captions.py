@@ -68,7 +68,12 @@ def tokenize(text: str) -> list[str]:
 def _read_coco(path: Path, data: dict) -> list[CaptionedImage]:
     split = "train" if "train2014" in path.name else "val" if "val2014" in path.name else None
     images: dict = {}
-    for entry in data["images"]:
+    first: dict = {}  # id -> index of the entry that has it
+    for i, entry in enumerate(data["images"]):
+        earlier = first.setdefault(entry["id"], i)
+        if earlier != i:  # which file would its annotations caption?
+            raise SchemaError(path, f"images[{i}].id", "an id no other entry of images has",
+                              f"{schema.json_name(entry['id'])}, the id of images[{earlier}] too")  # fmt: skip
         folder = next((name for name in ("train2014", "val2014") if name in entry["file_name"]), None)
         candidates = (entry["file_name"],) + ((f"{folder}/{entry['file_name']}",) if folder else ())
         images[entry["id"]] = CaptionedImage(candidates, split=split)

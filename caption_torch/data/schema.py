@@ -137,7 +137,8 @@ def json_name(value: Any) -> str:
     if isinstance(value, (int, float)):
         return f"the number {value!r}"
     if isinstance(value, str):
-        return f"the string {value[:40]!r}" + ("..." if len(value) > 40 else "")
+        shown = f"the string {value[:40]!r}" + ("..." if len(value) > 40 else "")
+        return shown if is_text(value) else f"{shown}, holding a lone surrogate (not Unicode text)"
     if isinstance(value, list):
         return f"a list of {len(value)}"
     if isinstance(value, dict):
@@ -202,11 +203,23 @@ def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
+def is_text(value: Any) -> bool:
+    """Whether ``value`` is a string that UTF-8 can encode: JSON's ``"\\ud800"`` escapes decode to lone surrogates,
+    which no file name, file or terminal can hold."""
+    if not isinstance(value, str):
+        return False
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
-STRING = JsonType("a string", lambda v: isinstance(v, str))
+STRING = JsonType("a string", is_text)
 WORD_ID = JsonType("an integer id >= 0", lambda v: _is_int(v) and v >= 0)
 ID_KEY = JsonType("a key that is an integer id", lambda v: isinstance(v, str) and v.isascii() and v.isdigit())
 VOCABULARY = JsonType(
@@ -262,9 +275,9 @@ def has_word(text: str) -> bool:
     return bool(text.translate(DROP_PUNCTUATION).split())
 
 
-CAPTION = JsonType("a caption with at least one word", lambda v: isinstance(v, str) and has_word(v))
+CAPTION = JsonType("a caption with at least one word", lambda v: is_text(v) and has_word(v))
 # An image's name, relative to the images folder: a path cannot hold NUL.
-FILE_NAME = JsonType("a file name", lambda v: isinstance(v, str) and v.strip() != "" and "\0" not in v)
+FILE_NAME = JsonType("a file name", lambda v: is_text(v) and v.strip() != "" and "\0" not in v)
 # COCO's ids are integers; strings are taken too, as long as images and annotations agree.
 IMAGE_ID = JsonType("an integer or string id", lambda v: _is_int(v) or isinstance(v, str))
 # COCO's captions_{train,val}2014.json: each annotation's image_id is the id of an entry of images.
@@ -308,7 +321,7 @@ class CsvFile:
     """A UTF-8 CSV file (a byte-order mark allowed): a header line, then one row per line.
 
     Attributes:
-        header: the first cells of the header line (compared stripped, in lower case).
+        header: the cells of the header line (compared stripped, in lower case; no further column).
         columns: each row's cells, described for messages; the last one takes any further cells
             (an unquoted caption holding commas arrives as several cells).
         cells: a test of each column's text (stripped).
@@ -507,7 +520,11 @@ class Validator:
             header = next(reader, None)
             if header is None:
                 raise SchemaError(path, "line 1", f"the header {expected_header}", "an empty file")
-            if [cell.strip().lower() for cell in header[: len(spec.header)]] != list(spec.header):
+            cells = [cell.strip().lower() for cell in header]
+            while cells and not cells[-1]:
+                cells.pop()  # "image,caption," names no third column
+            # A third column would be glued onto each caption (the last column takes the cells after it).
+            if cells != list(spec.header):
                 raise SchemaError(path, "line 1", f"the header {expected_header}", f"{_cells(header)}")
             for row in reader:
                 line = reader.line_num

@@ -29,6 +29,8 @@ RESIZE_TO = 256  # shorter side after resizing
 CROP_TO = 224  # side of the centre crop the network sees
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+# Beyond this resized side (an aspect ratio over 16:1), only the crop's source is resized (within 1 of the same pixels).
+MAX_RESIZED_SIDE = 16 * RESIZE_TO
 MAX_PIXELS = 89_478_485  # Pillow's own decompression-bomb threshold (a 1024 MiB 24-bit image / 4 / 3)
 _ALPHA_MODES = {"RGBA", "LA", "PA", "RGBa", "La"}
 _WIDE_GREY_MODES = {"I", "I;16", "I;16L", "I;16B", "I;16N"}
@@ -94,10 +96,14 @@ def preprocess(image: Image.Image) -> Tensor:
         size = (RESIZE_TO, int(RESIZE_TO * height / width))
     else:
         size = (int(RESIZE_TO * width / height), RESIZE_TO)
-    image = image.resize(size, Image.Resampling.BILINEAR)
     left = int(round((size[0] - CROP_TO) / 2.0))
     top = int(round((size[1] - CROP_TO) / 2.0))
-    image = image.crop((left, top, left + CROP_TO, top + CROP_TO))
+    if max(size) <= MAX_RESIZED_SIDE:
+        image = image.resize(size, Image.Resampling.BILINEAR).crop((left, top, left + CROP_TO, top + CROP_TO))
+    else:  # a long, thin image: resize only the part the crop keeps (the whole of 1 x 20000 pixels would be 5 GB)
+        scale_x, scale_y = width / size[0], height / size[1]
+        box = (left * scale_x, top * scale_y, (left + CROP_TO) * scale_x, (top + CROP_TO) * scale_y)
+        image = image.resize((CROP_TO, CROP_TO), Image.Resampling.BILINEAR, box=box)
     pixels = torch.from_numpy(np.asarray(image, dtype=np.float32) / 255.0).permute(2, 0, 1)
     mean = torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
     std = torch.tensor(IMAGENET_STD).view(3, 1, 1)
