@@ -30,12 +30,13 @@ import json
 import os
 import shutil
 import sys
+from collections import Counter
 from pathlib import Path
 
 import h5py
 import numpy as np
 
-from caption_torch import guard
+from caption_torch import guard, vocabulary
 from caption_torch.cli.argtypes import positive_int
 from caption_torch.data import captions as caption_files
 from caption_torch.data import cs231n as coco
@@ -117,6 +118,17 @@ def resolve(images_dir: Path, image: caption_files.CaptionedImage) -> str | None
     return next((name for name in image.candidates if (images_dir / name).is_file()), None)
 
 
+def _check_vocabulary(train_images: list[caption_files.CaptionedImage], args: argparse.Namespace) -> list[str]:
+    """The vocabulary of the train captions (``idx_to_word``); refused if no word reaches --min-word-count."""
+    words = [caption_files.tokenize(caption)[: args.max_words] for image in train_images for caption in image.captions]
+    idx_to_word = caption_files.build_vocabulary(words, args.min_word_count)
+    if len(idx_to_word) == len(vocabulary.SPECIAL_TOKENS):
+        most = max(Counter(word for caption in words for word in caption).values(), default=0)
+        raise ValueError(f"--min-word-count {args.min_word_count} leaves no word in the vocabulary: the most "
+                         f"frequent train word appears {most} times")  # fmt: skip
+    return idx_to_word
+
+
 def prepare(args: argparse.Namespace) -> int:
     images_dir, out = args.images, args.out
     if not images_dir.is_dir():
@@ -145,6 +157,7 @@ def prepare(args: argparse.Namespace) -> int:
             raise ValueError(f"no {split} image is left ({found}): a data folder needs train and val")
     num_train = sum(image.split == "train" for image, _ in kept)
     pca_module.check_dim(args.pca_dim, num_train, vgg.FC7_DIM)
+    _check_vocabulary([image for image, _ in kept if image.split == "train"], args)  # before hours of extraction
     if skipped:
         print(f"{len(skipped)} images named by the captions are missing (listed in {out / SKIPPED_FILE} at the end)")
 
@@ -180,9 +193,7 @@ def prepare(args: argparse.Namespace) -> int:
         split: [[caption_files.tokenize(c) for c in kept[row][0].captions] for row in rows_by_split[split]]
         for split in splits
     }
-    idx_to_word = caption_files.build_vocabulary(
-        [words[: args.max_words] for per_image in tokens["train"] for words in per_image], args.min_word_count
-    )
+    idx_to_word = _check_vocabulary([kept[row][0] for row in rows_by_split["train"]], args)
     word_to_idx = {word: idx for idx, word in enumerate(idx_to_word)}
     caption_arrays = {}
     for split in splits:
@@ -195,6 +206,13 @@ def prepare(args: argparse.Namespace) -> int:
         caption_arrays[f"{split}_captions"] = np.stack(encoded).astype(np.int32)
         caption_arrays[f"{split}_image_idxs"] = np.asarray(image_idxs, dtype=np.int32)
 
+    # The record goes first and is written last: a folder killed while being rewritten has none, so nothing
+    # trusts it; a split this run does not have loses the files an earlier run into the same --out left.
+    (out / record_module.RECORD_FILE).unlink(missing_ok=True)
+    for split in set(caption_files.SPLITS) - set(splits):
+        for path in (coco.feature_file(split, pca_features=False), coco.feature_file(split, pca_features=True),
+                     coco.urls_file(split)):  # fmt: skip
+            (out / path).unlink(missing_ok=True)
     train_fc7 = np.asarray(fc7[rows_by_split["train"]], dtype=np.float32)
     pca = pca_module.fit_pca(train_fc7, args.pca_dim)
     pca.save(out / pca_module.PCA_FILE)

@@ -177,6 +177,28 @@ def test_pca_dimension_above_the_train_images_is_refused(scene_files, tmp_path, 
     assert "--pca-dim 5 is more than the 4 train images" in capsys.readouterr().err
 
 
+def test_a_min_word_count_that_leaves_no_word_is_refused_before_extraction(scene_files, tmp_path, capsys):
+    args = prepare_args(*scene_files, tmp_path / "out")
+    args[args.index("--min-word-count") + 1] = "1000"
+    assert prepare.main(args) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: --min-word-count 1000 leaves no word in the vocabulary: the most frequent")
+    assert err.count("\n") == 1 and not (tmp_path / "out").exists()  # refused before any extraction
+
+
+def test_a_rerun_into_the_same_folder_keeps_no_file_of_the_earlier_run(prepared, scene_files, tmp_path):
+    out = tmp_path / "data"
+    assert prepare.main(prepare_args(*scene_files, out)) == 0
+    assert (out / coco.feature_file("test", pca_features=True)).exists()
+    without_test = json.loads(scene_files[1].read_text())
+    without_test["images"] = [image for image in without_test["images"] if image["split"] != "test"]
+    captions = tmp_path / "dataset_no_test.json"
+    captions.write_text(json.dumps(without_test))
+    assert prepare.main(prepare_args(scene_files[0], captions, out)) == 0
+    left = sorted(path.name for path in out.iterdir() if path.name.startswith("test"))
+    assert left == [] and sorted(read_record(out)["images"]) == ["train", "val"]
+
+
 @pytest.mark.parametrize("data_dir", [None, "cs231n"])
 def test_caption_refuses_features_without_a_recorded_extractor(data_dir, coco_folder, scene_files, tmp_path, capsys):
     ckpt = tmp_path / "fake.ckpt"

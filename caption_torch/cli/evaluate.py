@@ -243,8 +243,8 @@ def load_runs(args: argparse.Namespace, runs: list[Run]) -> Loaded:
     dm.prepare_data()
     dm.setup("validate")
     if args.split not in dm.num_images:
-        raise coco.CocoDataError(f"{dm.source.folder}: no {args.split} split (folders written by caption_torch.prepare "
-                                 "have one)")  # fmt: skip
+        raise coco.CocoDataError(f"{dm.source.folder}: no {args.split} split (caption_torch.prepare writes one when "
+                                 "its captions file has test images, as Karpathy's splits do)")  # fmt: skip
     for system in systems.values():
         check_model_fits_data(system.model, dm.word_to_idx, dm.feature_dim)
         try:
