@@ -224,8 +224,12 @@ def test_missing_and_corrupt_checkpoints(tmp_path):
         evaluate.load_model(tmp_path / "none.ckpt")
     bad = tmp_path / "bad.ckpt"
     bad.write_bytes(b"not a checkpoint")
-    with pytest.raises(evaluate.CheckpointError, match="cannot be loaded safely"):
+    with pytest.raises(evaluate.CheckpointError, match=r"is not a file torch.save wrote \(it begins with b'not '\)"):
         evaluate.load_model(bad)
+    torn = tmp_path / "torn.ckpt"
+    torn.write_bytes(b"\x80\x02 half a pickle")
+    with pytest.raises(evaluate.CheckpointError, match="cannot be loaded safely: UnpicklingError"):
+        evaluate.load_model(torn)
 
 
 @pytest.mark.parametrize("damage, message", [

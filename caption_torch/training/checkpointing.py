@@ -102,13 +102,18 @@ def read_checkpoint(path: Path | str) -> dict[str, Any]:
         raise CheckpointError(f"checkpoint {path} does not exist" + (" (it is a folder)" if path.is_dir() else ""))
     if path.stat().st_size == 0:
         raise CheckpointError(f"checkpoint {path} is an empty file (0 bytes): its write never finished")
+    with open(path, "rb") as file:
+        head = file.read(4)
+    if not head.startswith((b"PK\x03\x04", b"\x80")):  # torch.save's zip archive, or its legacy pickle
+        raise CheckpointError(f"checkpoint {path} is not a file torch.save wrote (it begins with {head!r}); "
+                              "pass a .ckpt from lightning_logs/version_N/checkpoints/")  # fmt: skip
     try:
         # weights_only: a checkpoint holds tensors, numbers, strings, lists and dicts, so reading one never runs code.
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except OSError as error:  # permissions, I/O errors: the reason, not a traceback
         raise CheckpointError(f"checkpoint {path} cannot be read: {error.strerror or error}") from None
     except Exception as error:  # torch raises several types for corrupt or foreign files
-        reason = " ".join(str(error).split())[:300]
+        reason = " ".join(f"{type(error).__name__}: {error}".split())[:300]
         raise CheckpointError(f"checkpoint {path} cannot be loaded safely: {reason}") from None
     if not isinstance(checkpoint, dict):
         raise CheckpointError(f"checkpoint {path} holds a {type(checkpoint).__name__}, not a train.py checkpoint")
