@@ -66,6 +66,8 @@ def test_csv_format_groups_captions_by_image_and_splits_by_seed(tmp_path):
          "line 1: expected the header image,caption, found ['file', 'text']"),
         ("captions.txt", "image,caption,source\na.jpg,A dog,flickr\n",
          "line 1: expected the header image,caption, found ['image', 'caption', 'source']"),
+        ("captions.txt", 'image,caption\na.jpg,A dog\nb.jpg,"A cat on\na mat\n',
+         "captions.txt: line 3: expected valid CSV, found unexpected end of data"),
         ("captions.txt", "image,caption\na.jpg,...\n",
          "line 2: expected a caption with at least one word, found '...'"),
         ("d.json", '{"images": [{"filename": "a.jpg", "split": "dev", "sentences": [{"raw": "a"}]}]}',

@@ -510,7 +510,7 @@ def prepare_captions(images: Path, captions: Path, out: Path) -> tuple[int, str]
     with mock.patch.object(prepare.vgg, "build_backbone", backbone), \
             mock.patch.object(prepare, "extract_resumable", fake_features):  # fmt: skip
         return run(prepare.main, ["--images", str(images), "--captions", str(captions), "--weights", "random",
-                                  "--pca-dim", "1", "--out", str(out)])  # fmt: skip
+                                  "--pca-dim", "1", "--min-word-count", "1", "--out", str(out)])  # fmt: skip
 
 
 @pytest.mark.parametrize("name", sorted(CAPTION_FILES))
@@ -520,7 +520,8 @@ def test_caption_fuzz_starts_from_files_prepare_takes(caption_images, tmp_path, 
     path.write_text(content if isinstance(content, str) else json.dumps(content))
     code, err = prepare_captions(caption_images, path, tmp_path / "out")
     assert code == 0, err
-    assert len(json.loads((tmp_path / "out" / "coco2014_vocab.json").read_text())["idx_to_word"]) == 4
+    words = json.loads((tmp_path / "out" / "coco2014_vocab.json").read_text())["idx_to_word"]
+    assert words[:4] == ["<NULL>", "<START>", "<END>", "<UNK>"] and len(words) > 4
 
 
 @CAPTIONS_FAST

@@ -515,7 +515,8 @@ class Validator:
     def parse_csv(self, path: Path, text: str, spec: CsvFile) -> Iterator[tuple[int, list[str]]]:
         """``(line number, cells)`` of each non-blank row of ``text`` (read from ``path``) after the header."""
         expected_header = ",".join(spec.header)
-        reader = csv.reader(io.StringIO(text.removeprefix("\ufeff"), newline=""))
+        reader = csv.reader(io.StringIO(text.removeprefix("\ufeff"), newline=""), strict=True)  # strict: a quote left open
+        read = 0  # the lines of the records read whole: a broken record begins on the next one
         try:
             header = next(reader, None)
             if header is None:
@@ -526,8 +527,9 @@ class Validator:
             # A third column would be glued onto each caption (the last column takes the cells after it).
             if cells != list(spec.header):
                 raise SchemaError(path, "line 1", f"the header {expected_header}", f"{_cells(header)}")
+            read = reader.line_num
             for row in reader:
-                line = reader.line_num
+                line, read = read + 1, reader.line_num
                 if not "".join(row).strip():
                     continue
                 width = len(spec.columns)
@@ -538,8 +540,8 @@ class Validator:
                     if not test(cell):
                         raise SchemaError(path, f"line {line}", column, f"{cell[:40]!r}" + ("..." * (len(cell) > 40)))
                 yield line, cells
-        except csv.Error as error:  # a field beyond csv's size limit, a NUL in older Pythons
-            raise SchemaError(path, f"line {reader.line_num}", "valid CSV", _short(error)) from None
+        except csv.Error as error:  # a quote left open, a field beyond csv's size limit, a NUL in older Pythons
+            raise SchemaError(path, f"line {read + 1}", "valid CSV", _short(error)) from None
 
     def read_lines(self, path: Path, expected: str) -> list[str]:
         """The lines of a UTF-8 text file (``\\n``-separated, each stripped), trailing blank lines aside."""
