@@ -515,7 +515,8 @@ class Validator:
     def parse_csv(self, path: Path, text: str, spec: CsvFile) -> Iterator[tuple[int, list[str]]]:
         """``(line number, cells)`` of each non-blank row of ``text`` (read from ``path``) after the header."""
         expected_header = ",".join(spec.header)
-        reader = csv.reader(io.StringIO(text.removeprefix("\ufeff"), newline=""), strict=True)  # strict: a quote left open
+        # strict: a quote left open is an error, not a caption running to the end of the file.
+        reader = csv.reader(io.StringIO(text.removeprefix("\ufeff"), newline=""), strict=True)
         read = 0  # the lines of the records read whole: a broken record begins on the next one
         try:
             header = next(reader, None)
