@@ -401,6 +401,20 @@ def test_train_evaluate_self_critical_and_resume_the_2025_layer(coco_folder, tmp
     code = evaluate.main(["--ckpt", str(ckpt), "--data-dir", str(coco_folder), "--beam-size", "2", "--no-meteor",
                           "--jsonl", str(tmp_path / "c.jsonl"), "--json", str(tmp_path / "t.json")])  # fmt: skip
     assert code == 0 and "CIDEr-D" in capsys.readouterr().out
+    # Hyperparameters that lost the version (or name the other one) say so, not only which tensor is extra.
+    for edit in ({"cs231n_version": 2021}, None):
+        edited = torch.load(ckpt, weights_only=True)
+        if edit is None:
+            del edited["hyper_parameters"]["cs231n_version"]
+        else:
+            edited["hyper_parameters"].update(edit)
+        edited.pop("checksum", None)
+        torch.save(edited, tmp_path / "edited.ckpt")
+        assert evaluate.main(["--ckpt", str(tmp_path / "edited.ckpt"), "--data-dir", str(coco_folder)]) == 2
+        err = capsys.readouterr().err
+        hint = "the tensors are those of the cs231n_version 2025 layer, but hyper_parameters['cs231n_version'] is"
+        assert hint in err
+        assert ("2021" if edit else "not given (2021 then)") in err and err.count("\n") == 1
     # A run that would build the 2021 layer from this checkpoint is refused with one line.
     err = run(*data, "--resume", ckpt, "--epochs", "2", "--cs231n-version", "2021", *SMALL, "--log-dir",
               tmp_path / "xe", code=2).err  # fmt: skip

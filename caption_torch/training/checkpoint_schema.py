@@ -28,6 +28,7 @@ import torch
 
 from caption_torch.models.config import TrainingConfig
 from caption_torch.models.registry import DECODERS, CaptionConfig, build_decoder
+from caption_torch.models.transformer_layers import CS231N_VERSIONS
 
 
 class CheckpointError(ValueError):
@@ -211,6 +212,21 @@ def check_training_state(checkpoint: Mapping[str, Any], parameters: list[tuple],
             raise _problem(path, f"{entry}['step']", "a step count", _found(step))
 
 
+def _version_of_tensors(
+    stored: Any, word_to_idx: Mapping[str, int], input_dim: int, config: CaptionConfig
+) -> int | None:
+    """The other cs231n_version of the Transformer whose tensors ``stored`` holds exactly, if one does."""
+    if config.decoder != "transformer" or not isinstance(stored, Mapping):
+        return None
+    found = {name: tuple(t.shape) for name, t in stored.items() if isinstance(t, torch.Tensor)}
+    for version in CS231N_VERSIONS:
+        if version != config.cs231n_version:
+            other = meta_decoder(word_to_idx, input_dim, config.updated(cs231n_version=version))
+            if expected_shapes(other) == found:
+                return version
+    return None
+
+
 def check_checkpoint(checkpoint: dict[str, Any], path: Path | str) -> tuple[dict[str, int], int, CaptionConfig]:
     """A read checkpoint against its whole description; returns its vocabulary, feature width and config."""
     for key in ("hyper_parameters", "state_dict"):
@@ -227,6 +243,14 @@ def check_checkpoint(checkpoint: dict[str, Any], path: Path | str) -> tuple[dict
         model = meta_decoder(word_to_idx, input_dim, config)
     except ValueError as error:
         raise CheckpointError(f"checkpoint {path}: hyper_parameters: {error}") from None
-    check_state_dict(checkpoint["state_dict"], expected_shapes(model), path)
+    try:
+        check_state_dict(stored, expected_shapes(model), path)
+    except CheckpointError as error:
+        other = _version_of_tensors(stored, word_to_idx, input_dim, config)
+        if other is None:
+            raise
+        said = checkpoint["hyper_parameters"].get("cs231n_version", "not given (2021 then)")
+        raise CheckpointError(f"{error}; the tensors are those of the cs231n_version {other} layer, but "
+                              f"hyper_parameters['cs231n_version'] is {said}") from None  # fmt: skip
     check_training_state(checkpoint, [tuple(p.shape) for p in model.parameters()], path)
     return word_to_idx, input_dim, config
