@@ -227,15 +227,6 @@ BAD_DATA = {
 }  # fmt: skip
 
 
-@pytest.mark.parametrize("case", BAD_DATA)
-def test_bad_data_stops_train_with_one_line(coco_folder, tmp_path, capsys, case):
-    corrupt, phrases = BAD_DATA[case]
-    corrupt(coco_folder)
-    code, err = run_train(capsys, "--data-dir", coco_folder, "--epochs", "1", *SMALL, "--log-dir", tmp_path)
-    assert_one_line_error(code, err, *phrases)
-    assert not (tmp_path / "lightning_logs").exists()  # stopped before training
-
-
 def test_float64_features_are_read_as_float32(coco_folder, tmp_path, capsys):
     """Documented behaviour: any float dtype is accepted and converted to float32."""
     with h5py.File(coco_folder / "train2014_vgg16_fc7_pca.h5", "r") as f:
@@ -762,12 +753,14 @@ SCHEMA_CASES = {
 }  # fmt: skip
 
 
-@pytest.mark.parametrize("case", SCHEMA_CASES)
-def test_every_file_is_read_through_its_schema(coco_folder, tmp_path, capsys, case):
-    corrupt, phrases = SCHEMA_CASES[case]
+@pytest.mark.parametrize("case", [*BAD_DATA, *SCHEMA_CASES])
+def test_bad_data_stops_train_with_one_line(coco_folder, tmp_path, capsys, case):
+    """Every file is read through its schema: a damaged one stops train.py with one line, before training."""
+    corrupt, phrases = (BAD_DATA | SCHEMA_CASES)[case]
     corrupt(coco_folder)
     code, err = run_train(capsys, "--data-dir", coco_folder, "--epochs", "1", *SMALL, "--log-dir", tmp_path)
     assert_one_line_error(code, err, *phrases)
+    assert not (tmp_path / "lightning_logs").exists()  # stopped before training
 
 
 @pytest.mark.parametrize("idx_to_word", ["list with nulls", "object"])
