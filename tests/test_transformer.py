@@ -170,20 +170,28 @@ def test_training_scores_loss_and_gradients_match_the_reference(masks):
         for module in ours.modules():
             if isinstance(getattr(module, "dropout", None), float):
                 module.dropout = 0.0
-    with F.mkl_dropout() if masks == "mkl" else torch.autograd.set_grad_enabled(True):
+    assert_loss_and_gradients_match(ours, ref, features, captions, masks == "mkl", dict(rtol=1e-5, atol=1e-6),
+                                    dict(rtol=1e-4, atol=1e-6))  # fmt: skip
+
+
+def assert_loss_and_gradients_match(ours, ref, features, captions, mkl: bool, loss_tol: dict, grad_tol: dict):
+    """The project's loss (packed captions) and the reference's plain-autograd loss, each after
+    ``torch.manual_seed(5)`` (inside ``mkl_dropout()`` with ``mkl``), and every parameter's gradient agree."""
+    with F.mkl_dropout() if mkl else torch.autograd.set_grad_enabled(True):
         torch.manual_seed(5)
         loss = ours.loss(features, captions)
         torch.manual_seed(5)
         expected = ref_loss(ref(features, captions[:, :-1]), captions[:, 1:])
-    torch.testing.assert_close(loss, expected, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(loss, expected, **loss_tol)
     grads = torch.autograd.grad(loss, list(ours.parameters()))
     ref_grads = torch.autograd.grad(expected, list(ref.parameters()), allow_unused=True)
+    assert len(grads) == len(ref_grads) == len(list(ref.parameters()))
     for (name, _), grad, ref_grad in zip(ours.named_parameters(), grads, ref_grads):
         if name == "embedding.weight":  # nn.Embedding's padding row gets no gradient; its inputs affect no score
             ref_grad = ref_grad.clone()
             ref_grad[0] = grad[0]
             assert grad[0].abs().max() == 0
-        torch.testing.assert_close(grad, ref_grad, rtol=1e-4, atol=1e-6, msg=lambda m: f"{name}: {m}")
+        torch.testing.assert_close(grad, ref_grad, **grad_tol, msg=lambda m: f"{name}: {m}")
 
 
 @pytest.mark.parametrize("masks", ["mkl", "none"])

@@ -7,7 +7,7 @@ import re
 import numpy as np
 import pytest
 import torch
-from test_transformer import WORDS, RefAttention, RefModel, batch, ref_loss
+from test_transformer import WORDS, RefAttention, RefModel, assert_loss_and_gradients_match, batch
 from torch import nn
 
 import caption_torch.functional as F
@@ -266,20 +266,8 @@ def test_float64_loss_and_every_gradient_equal_cs231n_2025_modules(masks):
                     module.p = 0.0
                 if isinstance(getattr(module, "dropout", None), float):
                     module.dropout = 0.0
-    with F.mkl_dropout():
-        torch.manual_seed(5)
-        loss = ours.loss(features, captions)
-        torch.manual_seed(5)
-        expected = ref_loss(ref(features, captions[:, :-1]), captions[:, 1:])
-    torch.testing.assert_close(loss, expected, rtol=1e-12, atol=1e-14)
-    grads = torch.autograd.grad(loss, list(ours.parameters()))
-    ref_grads = torch.autograd.grad(expected, list(ref.parameters()), allow_unused=True)
-    assert len(grads) == len(ref_grads) == len(list(ref.parameters()))
-    for (name, _), grad, ref_grad in zip(ours.named_parameters(), grads, ref_grads):
-        if name == "embedding.weight":  # nn.Embedding's padding row gets no gradient; its inputs affect no score
-            ref_grad = ref_grad.clone()
-            ref_grad[0] = grad[0]
-        torch.testing.assert_close(grad, ref_grad, rtol=1e-10, atol=1e-13, msg=lambda m: f"{name}: {m}")
+    assert_loss_and_gradients_match(ours, ref, features, captions, True, dict(rtol=1e-12, atol=1e-14),
+                                    dict(rtol=1e-10, atol=1e-13))  # fmt: skip
 
 
 def test_layer_and_feed_forward_modules_equal_the_reference_modules():
