@@ -267,6 +267,11 @@ def _without_autocast(function, *args):
 # --------------------------------------------------------------------------- #
 
 
+def _rows(x: Tensor) -> Tensor:
+    """x (..., D) as a matrix (M, D) of its rows (a view when x's layout allows)."""
+    return x.reshape(-1, x.shape[-1])
+
+
 def _split_heads(x: Tensor, heads: int) -> Tensor:
     """(N, L, E) -> (N, H, L, d), a view."""
     N, L, E = x.shape

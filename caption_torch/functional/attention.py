@@ -33,6 +33,7 @@ from caption_torch.functional._common import (
     _merge_heads,
     _mm,
     _project,
+    _rows,
     _save_with_intermediates,
     _split_heads,
     _unless_unused,
@@ -90,7 +91,7 @@ class MultiHeadAttention(torch.autograd.Function):
         def input_grads(grad_heads, x, W, need_x, need_W, need_b):
             grad_projected = _merge_heads(grad_heads)  # (N * L, E)
             grad_x = _mm(grad_projected, W).view(x.shape) if need_x else None
-            grad_W = _mm(grad_projected.T, x.reshape(-1, x.shape[-1])) if need_W else None
+            grad_W = _mm(grad_projected.T, _rows(x)) if need_W else None
             grad_b = grad_projected.sum(0) if need_b else None
             return grad_x, grad_W, grad_b
 
@@ -227,13 +228,15 @@ def multi_head_attention(
         if not isinstance(attn_mask, Tensor) or tuple(attn_mask.shape) != (S, T):
             shape = tuple(attn_mask.shape) if isinstance(attn_mask, Tensor) else type(attn_mask).__name__
             raise ValueError(f"attn_mask must be an (S, T) = {(S, T)} tensor, got {shape}")
-        # Other dtypes cost one host sync to check; an additive mask (0 and -inf) would otherwise be read inverted.
-        if attn_mask.dtype != torch.bool and bool(((attn_mask != 0) & (attn_mask != 1)).any()):
+        # Both checks read the (S, T) mask on the host: one small copy from an accelerator, not one sync each.
+        # An additive mask (0 and -inf) would otherwise be read inverted; a row allowing no key gives NaN.
+        on_host = attn_mask.detach().cpu()
+        if on_host.dtype != torch.bool and bool(((on_host != 0) & (on_host != 1)).any()):
             raise ValueError("attn_mask must hold only 0 and 1 (or be bool): 1 where a query may attend to a key")
-        allowed = attn_mask != 0
-        blocked_rows = (~allowed.any(1)).nonzero()
+        blocked_rows = (~(on_host != 0).any(1)).nonzero()
         if len(blocked_rows):
             raise ValueError(f"attn_mask row {int(blocked_rows[0])} allows no key: every query must attend to one")
+        allowed = attn_mask != 0
     scores_like = torch.empty((N, num_heads, S, T), dtype=query.dtype, device=query.device) if training else query
     if drops(dropout_p, training, scores_like):
         noise = dropout_noise(scores_like, dropout_p)

@@ -6,8 +6,9 @@
 cs231n's Transformer of 2025-2026 puts it between the two linear maps of its feed-forward block,
 ``fc2(dropout(gelu(fc1(x))))``; :class:`GeluFeedForward` computes that block as one Function, as
 ``FeedForward`` (``layers.py``) computes 2021-2024's ReLU block. The elementwise values come from
-ATen's one-pass kernels (``gelu`` and ``gelu_backward``, what ``nn.GELU()`` runs): a chain of erf,
-exp and products in separate passes costs several times more than the two matrix products around it.
+ATen's one-pass kernels (``gelu`` and ``gelu_backward``, what ``nn.GELU()`` runs), where a chain of
+erf, exp and products would take several passes over the (M, F) hidden layer
+(``benchmarks/micro.py --groups gelu``).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from caption_torch.functional._common import (
     _addmm,
     _mm,
     _mm_at,
+    _rows,
     _save_with_intermediates,
     _unless_unused,
 )
@@ -78,7 +80,7 @@ class GeluFeedForward(torch.autograd.Function):
     @staticmethod
     def forward(x: Tensor, weight1: Tensor, bias1: Tensor, weight2: Tensor, bias2: Tensor, noise: Tensor,
                 keep_slope: bool):  # fmt: skip
-        pre = _addmm(bias1, x.reshape(-1, x.shape[-1]), weight1.T)  # (M, F)
+        pre = _addmm(bias1, _rows(x), weight1.T)  # (M, F)
         dropped = _gelu_dropout_(pre, noise, keep_slope)  # pre now holds the slope times the noise
         out = _addmm(bias2, dropped, weight2.T).view(*x.shape[:-1], weight2.shape[0])
         return out, dropped, pre
@@ -95,14 +97,14 @@ class GeluFeedForward(torch.autograd.Function):
     def backward(ctx: FunctionCtx, grad_out: Tensor | None, _grad_dropped: None, _grad_slope: None):
         x, weight1, weight2, dropped, slope = ctx.saved_tensors
         need_x, need_w1, need_b1, need_w2, need_b2 = ctx.needs_input_grad[:5]
-        grad_rows = grad_out.reshape(-1, grad_out.shape[-1])  # (M, D')
+        grad_rows = _rows(grad_out)  # (M, D')
         # (D', F) with the wide (M, F) input through oneDNN, as FeedForward's second map.
         grad_weight2 = _mm(grad_rows.T, dropped) if need_w2 else None
         grad_bias2 = grad_rows.sum(0) if need_b2 else None
         grad_x = grad_weight1 = grad_bias1 = None
         if need_x or need_w1 or need_b1:
             grad_pre = _mm(grad_rows, weight2).mul_(slope)  # (M, F): through the dropout and the GELU
-            rows = x.reshape(-1, x.shape[-1])
+            rows = _rows(x)
             grad_x = _mm(grad_pre, weight1).view(x.shape) if need_x else None
             grad_weight1 = _mm_at(grad_pre, rows) if need_w1 else None  # (F, D) in the weight's own layout
             grad_bias1 = grad_pre.sum(0) if need_b1 else None

@@ -27,6 +27,7 @@ from caption_torch.functional._common import (
     _mm,
     _mm_at,
     _on_onednn,
+    _rows,
     _save_with_intermediates,
     _unless_unused,
 )
@@ -40,11 +41,6 @@ if TYPE_CHECKING:  # packing.py builds on this module
 # --------------------------------------------------------------------------- #
 # Linear
 # --------------------------------------------------------------------------- #
-
-
-def _rows(x: Tensor) -> Tensor:
-    """x (..., D) as a matrix (M, D) of its rows (a view when x's layout allows)."""
-    return x.reshape(-1, x.shape[-1])
 
 
 def _check_linear(x_name: str, x: Tensor, prefix: str, weight: Tensor, bias: Tensor) -> None:

@@ -38,6 +38,7 @@ from caption_torch.functional._common import (
     _is_dense,
     _mm,
     _mm_at,
+    _rows,
     _save_with_intermediates,
     _unless_unused,
     _without_autocast,
@@ -106,7 +107,7 @@ class Affine(torch.autograd.Function):
     @staticmethod
     def forward(x: Tensor, weight: Tensor, bias: Tensor, out_in: bool) -> Tensor:
         right = weight.T if out_in else weight  # (in, out)
-        return _addmm(bias, x.reshape(-1, x.shape[-1]), right).view(*x.shape[:-1], right.shape[1])
+        return _addmm(bias, _rows(x), right).view(*x.shape[:-1], right.shape[1])
 
     @staticmethod
     def setup_context(ctx: FunctionCtx, inputs: tuple, output: Tensor) -> None:
@@ -119,8 +120,7 @@ class Affine(torch.autograd.Function):
     def backward(ctx: FunctionCtx, grad_out: Tensor):
         x, weight = ctx.saved_tensors
         need_x, need_weight, need_bias, _ = ctx.needs_input_grad
-        grad_rows = grad_out.reshape(-1, grad_out.shape[-1])  # (rows, out)
-        rows = x.reshape(-1, x.shape[-1])  # (rows, in)
+        grad_rows, rows = _rows(grad_out), _rows(x)  # (rows, out), (rows, in)
         grad_x = _mm(grad_rows, weight if ctx.out_in else weight.T).view(x.shape) if need_x else None
         grad_weight = None
         if need_weight:
