@@ -219,6 +219,13 @@ def _check_feed_forward_weights(x: Tensor, weight1: Tensor, bias1: Tensor, weigh
     _check_dim("bias2", bias2, 0, weight2.shape[0], "the output width of weight2")
 
 
+def _check_packing(packing) -> None:
+    """``packing`` must be a ``CausalPacking`` from ``causal_packing()``; it is known by its ``check_rows``
+    method, as the modules below ``packing.py`` (``layers.py``) take one without importing it."""
+    if not callable(getattr(packing, "check_rows", None)):
+        raise ValueError(f"packing must be a CausalPacking from causal_packing(), got {type(packing).__name__}")
+
+
 def _check_input(name: str, x: Tensor, min_ndim: int = 1) -> None:
     """A floating-point tensor of at least ``min_ndim`` dimensions."""
     if not isinstance(x, Tensor):

@@ -21,6 +21,7 @@ from caption_torch.functional._common import (
     _check_feed_forward_weights,
     _check_float,
     _check_input,
+    _check_packing,
     _check_same_dtype,
     _check_targets,
     _check_width,
@@ -269,8 +270,7 @@ def feed_forward(
     if packing is None:
         _check_input("x", x)
     else:
-        if not callable(getattr(packing, "check_rows", None)):  # packing.py builds on this module: no isinstance
-            raise ValueError(f"packing must be a CausalPacking from causal_packing(), got {type(packing).__name__}")
+        _check_packing(packing)
         packing.check_rows(x)
     _check_feed_forward_weights(x, weight1, bias1, weight2, bias2)
     check_probability("dropout_p", dropout_p)

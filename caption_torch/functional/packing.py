@@ -37,6 +37,7 @@ from caption_torch.functional._common import (
     _attend_backward,
     _check_float,
     _check_input,
+    _check_packing,
     _check_same_dtype,
     _mm,
     _mm_at,
@@ -81,12 +82,6 @@ class CausalPacking:
             return _draw((self.rows, width), p, training, x.dtype, x.device)
         noise = _draw((*self.computed.shape, width), p, training, x.dtype, x.device)
         return noise[self.computed] if noise.dim() else noise
-
-
-def check_packing(packing: CausalPacking) -> None:
-    """``packing`` must be a :class:`CausalPacking` (from :func:`causal_packing`)."""
-    if not isinstance(packing, CausalPacking):
-        raise ValueError(f"packing must be a CausalPacking from causal_packing(), got {type(packing).__name__}")
 
 
 def causal_packing(lengths: Tensor, T: int) -> CausalPacking:
@@ -146,7 +141,7 @@ def pack_rows(x: Tensor, packing: CausalPacking) -> Tensor:
         (P, ...) the rows of the computed positions, caption by caption.
     """
     _check_input("x", x, 2)
-    check_packing(packing)
+    _check_packing(packing)
     if tuple(x.shape[:2]) != tuple(packing.computed.shape):
         raise ValueError(f"x has (N, T) = {tuple(x.shape[:2])} but the packing is of {tuple(packing.computed.shape)}")
     return SelectRows.apply(x, packing.computed)
@@ -163,7 +158,7 @@ def packed_dropout(x: Tensor, packing: CausalPacking, p: float, training: bool =
     Returns:
         (P, W).
     """
-    check_packing(packing)
+    _check_packing(packing)
     packing.check_rows(x)
     check_probability("p", p)
     noise = packing.row_noise(x.shape[1], p, training, x)
@@ -341,7 +336,7 @@ def packed_attention(x: Tensor, memory: Tensor | None, maps: Sequence[Tensor], n
     Returns:
         (P, E).
     """
-    check_packing(packing)
+    _check_packing(packing)
     packing.check_rows(x)
     N, T = packing.computed.shape
     L = packing.longest
