@@ -86,13 +86,13 @@ def fit_pca(features, dim: int, chunk_rows: int = CHUNK_ROWS) -> Pca:
         total += chunk.sum(axis=0)
         # NumPy sees A^T A and calls BLAS's syrk: half the products of a general GEMM.
         scatter += np.matmul(chunk.T, chunk, out=product)
-    mean = torch.from_numpy(total / num_rows)
+    mean = total / num_rows
     # float64 keeps the cancellation in X^T X - N mean mean^T harmless (fc7's mean is not far above its spread).
-    covariance = (torch.from_numpy(scatter) - num_rows * torch.outer(mean, mean)) / max(num_rows - 1, 1)
-    eigenvalues, eigenvectors = torch.linalg.eigh(covariance)  # ascending
+    covariance = (scatter - num_rows * np.outer(mean, mean)) / max(num_rows - 1, 1)
+    eigenvalues, eigenvectors = torch.linalg.eigh(torch.from_numpy(covariance))  # ascending
     top = torch.flip(eigenvectors[:, -dim:], dims=(1,)).T.contiguous().numpy()  # (dim, D), largest first
     variance = torch.flip(eigenvalues[-dim:], dims=(0,)).clamp_min(0).numpy()
-    return _with_fixed_signs(mean.numpy(), top, variance.copy())
+    return _with_fixed_signs(mean, top, variance.copy())
 
 
 def _fit_by_gram(rows: np.ndarray, dim: int) -> Pca | None:
