@@ -7,7 +7,14 @@ import re
 import numpy as np
 import pytest
 import torch
-from test_transformer import WORDS, RefAttention, RefModel, assert_loss_and_gradients_match, batch
+from test_transformer import (
+    WORDS,
+    RefAttention,
+    RefModel,
+    assert_bf16_autocast_trains_with_float32_gradients,
+    assert_loss_and_gradients_match,
+    batch,
+)
 from torch import nn
 
 import caption_torch.functional as F
@@ -309,17 +316,7 @@ def test_cached_steps_and_sampling_give_the_full_models_scores():
 
 
 def test_bf16_autocast_trains_with_float32_gradients():
-    ours, _ = both_models()
-    features, captions = batch()
-    torch.manual_seed(1)
-    full = ours.loss(features, captions)
-    with torch.autocast("cpu", dtype=torch.bfloat16):
-        torch.manual_seed(1)
-        mixed = ours.loss(features, captions)
-    torch.testing.assert_close(mixed, full, rtol=2e-2, atol=0)
-    mixed.backward()
-    for name, param in ours.named_parameters():
-        assert param.grad.dtype == torch.float32 and torch.isfinite(param.grad).all(), name
+    assert_bf16_autocast_trains_with_float32_gradients(both_models()[0])
 
 
 @pytest.mark.parametrize("version", [2024, 2026, True, "2025", 2025.0])
